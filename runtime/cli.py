@@ -1,0 +1,69 @@
+"""``kubeserve-runtime``: ``serve`` a model, or ``fetch`` one into place (the operator's init container)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kubeserve.runtime import __version__
+from kubeserve.runtime.config import ConfigError, RuntimeSettings, load_settings
+
+# Exit codes: 2 is argparse's own for a bad command line; bad settings share it.
+EXIT_BAD_CONFIG = 2
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, all defaulting to None so that unset flags do not mask env or file."""
+    for name, field in RuntimeSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=field.description)
+        else:
+            parser.add_argument(flag, dest=name, metavar=name.upper(), help=field.description)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubeserve-runtime", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve an ONNX model over the Open Inference Protocol (V2) and KServe V1",
+        description="Every setting can also come from a YAML file (--config or KUBESERVE_CONFIG) "
+        "and from KUBESERVE_<NAME> environment variables; flag > environment > file > default.",
+    )
+    serve.add_argument("--config", type=Path, help="YAML file of settings")
+    _add_setting_flags(serve)
+
+    from kubeserve.runtime import fetch
+
+    fetch_parser = commands.add_parser("fetch", help="download a model to a local path, atomically")
+    fetch.add_arguments(fetch_parser)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    flags: dict[str, Any] = {name: getattr(args, name) for name in RuntimeSettings.model_fields}
+    try:
+        settings = load_settings(flags, os.environ, args.config)
+    except ConfigError as error:
+        print(f"kubeserve-runtime: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    # Imported here so that `--help` and config errors stay fast.
+    from kubeserve.runtime.server.lifecycle import serve
+
+    return serve(settings)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        raise SystemExit(_serve(args))
+    from kubeserve.runtime import fetch
+
+    raise SystemExit(fetch.run(args))

@@ -1,0 +1,159 @@
+"""The runtime's settings: one flat name per setting, from flags, environment, a YAML file and defaults.
+
+Precedence is flag > environment (``KUBESERVE_<NAME>``) > config file > default. The same name is used
+everywhere (``max_batch_size`` in the file, ``KUBESERVE_MAX_BATCH_SIZE`` in the environment,
+``--max-batch-size`` on the command line), and the batching names are Triton's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "KUBESERVE_"
+CONFIG_FILE_ENV = "KUBESERVE_CONFIG"
+
+
+class ConfigError(Exception):
+    """The settings cannot be used; the message says which one and why."""
+
+
+class RuntimeSettings(BaseModel):
+    """Everything the model server can be told. Field descriptions double as ``--help`` text."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The model.
+    model_path: Path = Field(description="ONNX model file to serve")
+    model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", description="name in URLs")
+    model_version: str = Field(
+        default="1", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", description="version in URLs"
+    )
+
+    # HTTP.
+    host: str = Field(default="0.0.0.0", description="address to listen on")  # noqa: S104 (a pod's server)
+    port: int = Field(default=8080, ge=0, le=65535, description="port to listen on (0 picks a free one)")
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="largest request body")
+    access_log: bool = Field(default=False, description="log one line per request")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
+
+    # Dynamic batching (Triton's names and meanings).
+    max_batch_size: int = Field(
+        default=32, ge=0, description="most rows in one batch; 0 runs each request alone"
+    )
+    max_queue_delay_microseconds: int = Field(
+        default=0, ge=0, description="longest wait for more requests to join a batch"
+    )
+    preferred_batch_size: list[int] = Field(
+        default_factory=list, description="batch sizes sent as soon as they can be formed"
+    )
+    max_queue_size: int = Field(default=1024, ge=1, description="most requests waiting; more get 503")
+    default_timeout_microseconds: int = Field(
+        default=0, ge=0, description="queue deadline of a request that sets none; 0 means none"
+    )
+    instance_count: int = Field(default=1, ge=1, le=64, description="batches computing at the same time")
+
+    # ONNX Runtime.
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto uses CUDA when onnxruntime-gpu and a GPU are present"
+    )
+    cuda_device_id: int = Field(default=0, ge=0, description="GPU to run on")
+    cuda_memory_limit_bytes: int = Field(default=0, ge=0, description="CUDA arena limit; 0 means none")
+    intra_op_num_threads: int = Field(default=0, ge=0, description="threads inside one operator; 0: ORT picks")
+    inter_op_num_threads: int = Field(default=0, ge=0, description="threads across operators; 0: ORT picks")
+    allow_spinning: bool = Field(
+        default=False, description="let ORT's idle threads spin (burns CPU the server needs on small machines)"
+    )
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
+        default="all", description="ORT graph optimisations"
+    )
+
+    # Lifecycle.
+    drain_timeout_seconds: float = Field(
+        default=30.0, ge=0, description="on SIGTERM, longest wait for accepted requests to finish"
+    )
+    load_failure_exit_seconds: float = Field(
+        default=5.0, ge=0, description="after a failed model load, how long to report why before exiting"
+    )
+    termination_message_path: Path | None = Field(
+        default=Path("/dev/termination-log"),
+        description="where a fatal error is written for Kubernetes (skipped when not writable)",
+    )
+
+    @field_validator("preferred_batch_size", mode="before")
+    @classmethod
+    def _split_sizes(cls, value: Any) -> Any:
+        # Environment variables and flags carry lists as "4,8,16".
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_batching(self) -> RuntimeSettings:
+        for size in self.preferred_batch_size:
+            if size < 1 or (self.max_batch_size and size > self.max_batch_size):
+                raise ValueError(
+                    f"preferred_batch_size {size} must be between 1 and max_batch_size ({self.max_batch_size})"
+                )
+        return self
+
+
+SETTING_NAMES: tuple[str, ...] = tuple(RuntimeSettings.model_fields)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The settings in a YAML file: a mapping of setting names to values."""
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(loaded).__name__}")
+    unknown = sorted(set(loaded) - set(SETTING_NAMES))
+    if unknown:
+        raise ConfigError(f"config file {path} has unknown settings: {', '.join(map(str, unknown))}")
+    return loaded
+
+
+def settings_from_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """``KUBESERVE_<NAME>`` variables that name a setting; others (service links, say) are not ours."""
+    found = {}
+    for name in SETTING_NAMES:
+        value = environ.get(ENV_PREFIX + name.upper())
+        if value is not None:
+            found[name] = value
+    return found
+
+
+def load_settings(
+    flags: Mapping[str, Any], environ: Mapping[str, str], config_file: Path | None = None
+) -> RuntimeSettings:
+    """Merge the sources (flag > environment > file > default) and validate the result."""
+    if config_file is None and environ.get(CONFIG_FILE_ENV):
+        config_file = Path(environ[CONFIG_FILE_ENV])
+    merged: dict[str, Any] = read_config_file(config_file) if config_file else {}
+    merged.update(settings_from_environment(environ))
+    merged.update({name: value for name, value in flags.items() if value is not None})
+    try:
+        return RuntimeSettings.model_validate(merged)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error)) from error
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per problem, naming the setting as a user writes it."""
+    lines = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "settings"
+        given = problem.get("input")
+        shown = "" if problem["type"] == "missing" or isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"{where}: {problem['msg']}{shown}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
