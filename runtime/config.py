@@ -35,16 +35,14 @@ class RuntimeSettings(BaseModel):
     )
 
     # HTTP.
-    host: str = Field(default="0.0.0.0", description="address to listen on")  # noqa: S104 (a pod's server)
+    host: str = Field(default="0.0.0.0", description="address to listen on")
     port: int = Field(default=8080, ge=0, le=65535, description="port to listen on (0 picks a free one)")
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="largest request body")
     access_log: bool = Field(default=False, description="log one line per request")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
 
     # Dynamic batching (Triton's names and meanings).
-    max_batch_size: int = Field(
-        default=32, ge=0, description="most rows in one batch; 0 runs each request alone"
-    )
+    max_batch_size: int = Field(default=32, ge=0, description="most rows in one batch; 0 runs each request alone")
     max_queue_delay_microseconds: int = Field(
         default=0, ge=0, description="longest wait for more requests to join a batch"
     )
