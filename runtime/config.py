@@ -79,7 +79,7 @@ class RuntimeSettings(BaseModel):
     )
     termination_message_path: Path | None = Field(
         default=Path("/dev/termination-log"),
-        description="where a fatal error is written for Kubernetes (skipped when not writable)",
+        description="file a fatal error is written to for Kubernetes (only if it exists)",
     )
 
     @field_validator("preferred_batch_size", mode="before")

@@ -1,0 +1,356 @@
+"""The dynamic batcher: requests wait in a bounded priority queue and leave it in batches.
+
+Triton's rules and names: a batch goes out as soon as it is full (``max_batch_size`` rows) or reaches a
+``preferred_batch_size``; otherwise it waits up to ``max_queue_delay_microseconds`` from its oldest
+request for more to join. Requests with different non-batch shapes never share a batch. Up to
+``instance_count`` batches compute at once in worker threads; while they compute, the next batch forms.
+
+Deadlines (``default_timeout_microseconds``, or a request's shorter ``timeout``) count from the request's
+arrival; a request still queued at its deadline leaves the queue with a 503 and costs no compute. A full
+queue answers 503 at once. Priority 1 is served first, then 2, ...; requests without one come last.
+
+Everything but the compute itself runs on the event loop, so the queue needs no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import enum
+import itertools
+import logging
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from kubeserve.runtime.metrics import ServerMetrics
+from kubeserve.runtime.protocol.errors import BadRequest, InternalError, Unavailable
+
+log = logging.getLogger(__name__)
+
+Outputs = dict[str, np.ndarray]
+RunModel = Callable[[dict[str, np.ndarray], Sequence[str] | None], Outputs]
+
+# Requests that name no priority are served after every level that is named.
+UNPRIORITISED = sys.maxsize
+
+
+class JobState(enum.Enum):
+    QUEUED = enum.auto()
+    COMPUTING = enum.auto()
+    DONE = enum.auto()  # answered: computed, expired or abandoned
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    max_batch_size: int  # 0: every request runs alone
+    max_queue_delay_microseconds: int = 0
+    preferred_batch_size: tuple[int, ...] = ()
+    max_queue_size: int = 1024
+    default_timeout_microseconds: int = 0
+    instance_count: int = 1
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch_size > 0
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    """One request's place in the queue, and the times the server reports for it."""
+
+    feeds: dict[str, np.ndarray]
+    rows: int
+    shape_key: tuple
+    output_names: frozenset[str] | None  # None: all of them
+    priority: int
+    deadline: float | None  # on the loop's clock
+    arrived: float  # perf_counter() when the request arrived
+    future: asyncio.Future[Outputs]
+    state: JobState = JobState.QUEUED
+    queued: float = 0.0
+    started: float = 0.0  # compute started (perf_counter)
+    finished: float = 0.0  # compute finished (perf_counter)
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+class DynamicBatcher:
+    def __init__(self, run_model: RunModel, policy: BatchPolicy, metrics: ServerMetrics) -> None:
+        self._run_model = run_model
+        self.policy = policy
+        self._metrics = metrics
+        self._preferred = frozenset(policy.preferred_batch_size)
+        self._delay = policy.max_queue_delay_microseconds / 1e6
+        self._levels: dict[int, deque[Job]] = {}
+        self._level_order: list[int] = []
+        self._queued = 0
+        self._computing = 0
+        self._wake_timer: asyncio.TimerHandle | None = None
+        self._wake_at = 0.0
+        self._draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(policy.instance_count, thread_name_prefix="inference")
+
+    # -- admission ---------------------------------------------------------------------------------
+
+    def batch_shape(self, feeds: dict[str, np.ndarray]) -> tuple[int, tuple]:
+        """Rows and the shape key of a request, or a 400 if it cannot be batched as given."""
+        if not self.policy.batching:
+            return 1, ()
+        rows = {array.shape[0] for array in feeds.values()}
+        if len(rows) != 1:
+            raise BadRequest(f"inputs disagree on the batch (first) dimension: {sorted(rows)}")
+        count = rows.pop()
+        if count < 1:
+            raise BadRequest("the batch (first) dimension must be at least 1")
+        if count > self.policy.max_batch_size:
+            raise BadRequest(f"{count} rows exceed the model's max_batch_size of {self.policy.max_batch_size}")
+        return count, tuple((name, feeds[name].shape[1:]) for name in sorted(feeds))
+
+    def deadline(self, arrived_on_loop: float, timeout_microseconds: int | None) -> float | None:
+        """Triton's rule: a request may shorten the default timeout, not extend it; 0 means none."""
+        limits = [t for t in (timeout_microseconds or 0, self.policy.default_timeout_microseconds) if t > 0]
+        return arrived_on_loop + min(limits) / 1e6 if limits else None
+
+    async def infer(
+        self,
+        feeds: dict[str, np.ndarray],
+        *,
+        output_names: Sequence[str] | None = None,
+        priority: int = 0,
+        timeout_microseconds: int | None = None,
+        arrived: float | None = None,
+        arrived_on_loop: float | None = None,
+    ) -> tuple[Outputs, Job]:
+        """Queue a request, wait for its batch, and return its rows of the outputs (with its timings)."""
+        rows, shape_key = self.batch_shape(feeds)
+        now = time.perf_counter()
+        job = Job(
+            feeds=feeds,
+            rows=rows,
+            shape_key=shape_key,
+            output_names=frozenset(output_names) if output_names is not None else None,
+            priority=priority or UNPRIORITISED,
+            deadline=self.deadline(arrived_on_loop or self._loop.time(), timeout_microseconds),
+            arrived=arrived or now,
+            future=self._loop.create_future(),
+            queued=now,
+        )
+        self._admit(job)
+        try:
+            return await job.future, job
+        except asyncio.CancelledError:
+            self._abandon(job)
+            raise
+
+    def _admit(self, job: Job) -> None:
+        if self._queued >= self.policy.max_queue_size:
+            raise Unavailable(
+                f"the queue is full ({self.policy.max_queue_size} requests waiting); retry later",
+                reason="queue_full",
+            )
+        level = self._levels.get(job.priority)
+        if level is None:
+            level = self._levels[job.priority] = deque()
+            bisect.insort(self._level_order, job.priority)
+        level.append(job)
+        self._queued += 1
+        self._idle.clear()
+        self._metrics.queue_depth.set(self._queued)
+        if job.deadline is not None:
+            job.timer = self._loop.call_at(job.deadline, self._expire, job)
+        self._dispatch()
+
+    def _leave_queue(self, job: Job) -> None:
+        job.state = JobState.DONE
+        if job.timer is not None:
+            job.timer.cancel()
+        self._queued -= 1
+        self._metrics.queue_depth.set(self._queued)
+
+    def _expire(self, job: Job) -> None:
+        if job.state is not JobState.QUEUED:
+            return
+        self._leave_queue(job)
+        waited = time.perf_counter() - job.arrived
+        # It waited this long and never computed: count it, or overload would look like a short queue.
+        self._metrics.queue_delay.observe(waited)
+        job.future.set_exception(
+            Unavailable(f"request timeout expired: {waited * 1e6:.0f} µs in the queue without compute", "timeout")
+        )
+        self._check_idle()
+
+    def _abandon(self, job: Job) -> None:
+        if job.state is JobState.QUEUED:
+            self._leave_queue(job)
+            self._check_idle()
+
+    # -- forming batches ---------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while self._queued and self._computing < self.policy.instance_count:
+            batch = self._next_batch()
+            if not batch:
+                return
+            self._start(batch)
+
+    def _next_batch(self) -> list[Job]:
+        """The batch to send now, or [] (with a wake-up set) when it should wait for more requests."""
+        chosen: list[Job] = []
+        rows = 0
+        preferred_count = 0
+        send_now = self._draining or not self.policy.batching
+        for job in self._in_order():
+            if chosen and (job.shape_key != chosen[0].shape_key or rows + job.rows > self.policy.max_batch_size):
+                send_now = True
+                break
+            chosen.append(job)
+            rows += job.rows
+            if rows in self._preferred:
+                preferred_count = len(chosen)
+            if not self.policy.batching or rows == self.policy.max_batch_size:
+                send_now = True
+                break
+        if not chosen:
+            return []
+        if not send_now and preferred_count:
+            chosen = chosen[:preferred_count]
+            send_now = True
+        if not send_now:
+            ready_at = min(job.queued for job in chosen) + self._delay
+            wait = ready_at - time.perf_counter()
+            if wait > 0:
+                self._wake_in(wait)
+                return []
+        self._take(chosen)
+        return chosen
+
+    def _in_order(self) -> itertools.chain[Job]:
+        """Queued jobs, by priority and then arrival (skipping those that left early)."""
+        return itertools.chain.from_iterable(
+            (job for job in self._levels[level] if job.state is JobState.QUEUED) for level in self._level_order
+        )
+
+    def _take(self, chosen: list[Job]) -> None:
+        """Remove ``chosen`` (the first queued jobs in order) and anything stale in front of them."""
+        remaining = len(chosen)
+        for level in list(self._level_order):
+            jobs = self._levels[level]
+            while jobs and (remaining or jobs[0].state is not JobState.QUEUED):
+                if jobs.popleft().state is JobState.QUEUED:
+                    remaining -= 1
+            if not jobs:
+                del self._levels[level]
+                self._level_order.remove(level)
+            if not remaining:
+                break
+
+    def _wake_in(self, seconds: float) -> None:
+        wake_at = self._loop.time() + seconds
+        if self._wake_timer is not None and not self._wake_timer.cancelled() and self._wake_at <= wake_at:
+            return
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
+        self._wake_at = wake_at
+        self._wake_timer = self._loop.call_at(wake_at, self._dispatch)
+
+    # -- computing ---------------------------------------------------------------------------------
+
+    def _start(self, batch: list[Job]) -> None:
+        started = time.perf_counter()
+        for job in batch:
+            self._leave_queue(job)
+            job.state = JobState.COMPUTING
+            job.started = started
+            self._metrics.queue_delay.observe(started - job.arrived)
+        self._metrics.batch_size.observe(sum(job.rows for job in batch))
+        self._computing += 1
+        wanted = [job.output_names for job in batch]
+        names = None if None in wanted else sorted(frozenset().union(*wanted))
+        future = self._executor.submit(self._compute, batch, names)
+        future.add_done_callback(lambda done: self._finish_threadsafe(batch, done))
+
+    def _compute(self, batch: list[Job], names: list[str] | None) -> list[Outputs]:
+        """Runs in a worker thread: stack the requests, run the model, split the outputs back."""
+        if len(batch) == 1:
+            outputs = self._run_model(batch[0].feeds, names)
+            per_job = [outputs]
+        else:
+            feeds = {name: np.concatenate([job.feeds[name] for job in batch]) for name in batch[0].feeds}
+            outputs = self._run_model(feeds, names)
+            total = sum(job.rows for job in batch)
+            for name, array in outputs.items():
+                if array.ndim == 0 or array.shape[0] != total:
+                    raise InternalError(
+                        f"output '{name}' has shape {list(array.shape)}, not {total} rows for a batch of {total}"
+                    )
+            per_job = []
+            start = 0
+            for job in batch:
+                end = start + job.rows
+                per_job.append({name: array[start:end] for name, array in outputs.items()})
+                start = end
+        finished = time.perf_counter()
+        for job in batch:
+            job.finished = finished
+        return per_job
+
+    def _finish_threadsafe(self, batch: list[Job], done: Future[list[Outputs]]) -> None:
+        # A closed loop raises RuntimeError: nobody is waiting for these answers any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._finish, batch, done)
+
+    def _finish(self, batch: list[Job], done: Future[list[Outputs]]) -> None:
+        self._computing -= 1
+        try:
+            results = done.result()
+        except Exception as error:
+            log.error("inference failed", extra={"event": "inference_failed", "error": str(error)})
+            failure = error if isinstance(error, InternalError) else InternalError(f"inference failed: {error}")
+            results = None
+        for index, job in enumerate(batch):
+            job.state = JobState.DONE
+            if job.future.done():
+                continue
+            if results is None:
+                job.future.set_exception(failure)
+            else:
+                job.future.set_result(results[index])
+        self._dispatch()
+        self._check_idle()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def _check_idle(self) -> None:
+        if not self._queued and not self._computing:
+            self._idle.set()
+
+    async def drain(self) -> None:
+        """Stop waiting for batches to fill, and return once nothing is queued or computing."""
+        self._draining = True
+        self._dispatch()
+        await self._idle.wait()
+
+    def close(self) -> None:
+        """Answer whatever is still queued with 503, and let the worker threads go."""
+        for level in self._level_order:
+            for job in self._levels[level]:
+                if job.state is JobState.QUEUED:
+                    self._leave_queue(job)
+                    job.future.set_exception(Unavailable("the server is shutting down", "draining"))
+        self._levels.clear()
+        self._level_order.clear()
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)

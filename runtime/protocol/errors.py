@@ -1,0 +1,46 @@
+"""Errors a caller sees: each carries its HTTP status and becomes ``{"error": message}``."""
+
+from __future__ import annotations
+
+
+class InferenceError(Exception):
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class BadRequest(InferenceError):
+    status = 400
+
+
+class NotFound(InferenceError):
+    status = 404
+
+
+class PayloadTooLarge(InferenceError):
+    status = 413
+
+
+class Unavailable(InferenceError):
+    """503: retry later (or elsewhere). ``reason`` labels the rejection in the metrics."""
+
+    status = 503
+
+    def __init__(self, message: str, reason: str, retry_after_seconds: int = 1) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after_seconds = retry_after_seconds
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}
+
+
+class InternalError(InferenceError):
+    status = 500

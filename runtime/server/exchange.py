@@ -1,0 +1,99 @@
+"""One inference request's passage through the server, timed per stage and counted once.
+
+Stages: ``deserialize`` (body read and decoded), ``queue`` (waiting for its batch), ``compute`` (its
+batch's inference), ``serialize`` (response encoded) and ``total`` (arrival to response ready). They go
+to ``kubeserve_request_duration_seconds`` and back to the caller in a ``Server-Timing`` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from types import TracebackType
+
+import numpy as np
+from aiohttp import web
+from kubeserve.runtime.batcher import DynamicBatcher, Job, Outputs
+from kubeserve.runtime.protocol.errors import InferenceError, PayloadTooLarge, Unavailable
+from kubeserve.runtime.server.state import ServerState
+
+
+class Exchange:
+    __slots__ = ("_state", "arrived", "arrived_on_loop", "deserialized_at", "job", "resumed_at")
+
+    def __init__(self, state: ServerState) -> None:
+        self._state = state
+        self.arrived = time.perf_counter()
+        self.arrived_on_loop = asyncio.get_running_loop().time()
+        self.deserialized_at = 0.0
+        self.resumed_at = 0.0
+        self.job: Job | None = None
+
+    async def __aenter__(self) -> Exchange:
+        self._state.request_started()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self._state.request_finished()
+        if isinstance(error, InferenceError):
+            metrics = self._state.metrics
+            metrics.answered(error.status)
+            if isinstance(error, Unavailable):
+                metrics.rejected[error.reason].inc()
+        elif error is not None and not isinstance(error, asyncio.CancelledError):
+            self._state.metrics.answered(500)
+
+    async def read_body(self, request: web.Request) -> bytes:
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            limit = self._state.settings.max_request_bytes
+            raise PayloadTooLarge(f"request body exceeds max_request_bytes ({limit} bytes)") from None
+
+    def deserialized(self) -> None:
+        self.deserialized_at = time.perf_counter()
+
+    async def compute(
+        self,
+        batcher: DynamicBatcher,
+        feeds: dict[str, np.ndarray],
+        output_names: Sequence[str] | None = None,
+        priority: int = 0,
+        timeout_microseconds: int | None = None,
+    ) -> Outputs:
+        outputs, self.job = await batcher.infer(
+            feeds,
+            output_names=output_names,
+            priority=priority,
+            timeout_microseconds=timeout_microseconds,
+            arrived=self.arrived,
+            arrived_on_loop=self.arrived_on_loop,
+        )
+        self.resumed_at = time.perf_counter()
+        return outputs
+
+    def respond(self, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> web.Response:
+        done = time.perf_counter()
+        job = self.job
+        assert job is not None, "respond() follows compute()"
+        stages = (
+            ("deserialize", self.deserialized_at - self.arrived),
+            ("queue", job.started - job.queued),
+            ("compute", job.finished - job.started),
+            ("serialize", done - self.resumed_at),
+            ("total", done - self.arrived),
+        )
+        metrics = self._state.metrics
+        for stage, seconds in stages:
+            metrics.stage[stage].observe(seconds)
+        metrics.answered(200)
+        response_headers = {
+            "Content-Type": content_type,
+            "Server-Timing": ", ".join(f"{stage};dur={seconds * 1e3:.3f}" for stage, seconds in stages),
+        }
+        if headers:
+            response_headers.update(headers)
+        return web.Response(body=body, headers=response_headers)

@@ -1,0 +1,153 @@
+"""The server's life: listen, load the model (then report ready), serve, and drain on SIGTERM.
+
+Listening starts before the model loads, so liveness answers during a slow load. A model that cannot
+load makes the server report why (logs, ``/ready``, the termination message) and exit 3. On SIGTERM or
+SIGINT readiness turns false at once while liveness stays true; idle keep-alive connections close,
+responses carry ``Connection: close``, queued batches go out without waiting to fill, and the server
+exits 0 once every accepted request is answered (at most ``drain_timeout_seconds`` later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+
+from aiohttp import web
+from kubeserve.runtime.batcher import DynamicBatcher
+from kubeserve.runtime.config import RuntimeSettings
+from kubeserve.runtime.logs import configure_logging
+from kubeserve.runtime.metrics import ServerMetrics
+from kubeserve.runtime.model import ModelLoadError, OnnxModel
+from kubeserve.runtime.server.app import create_app
+from kubeserve.runtime.server.state import LoadedModel, ServerState
+
+log = logging.getLogger("kubeserve.runtime")
+
+EXIT_OK = 0
+EXIT_MODEL_LOAD_FAILED = 3
+
+
+def serve(settings: RuntimeSettings) -> int:
+    configure_logging(settings.log_level)
+    loop_factory = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(_serve(settings))
+
+
+async def _serve(settings: RuntimeSettings) -> int:
+    state = ServerState(settings, ServerMetrics(settings.model_name, settings.model_version))
+    runner = web.AppRunner(
+        create_app(state),
+        handle_signals=False,
+        access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+    await site.start()
+    address = runner.addresses[0]
+    log.info(
+        "listening",
+        extra={"event": "listening", "host": address[0], "port": address[1], "model": settings.model_name},
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    exit_code = EXIT_OK
+    loading = asyncio.create_task(_load(state))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if loading.done() and state.loaded is None:
+        exit_code = EXIT_MODEL_LOAD_FAILED
+        # Keep answering /ready with the reason for a while, so a person (or the operator) can read it.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.load_failure_exit_seconds)
+    elif loading.done():
+        await stop.wait()
+        await _drain(state, runner)
+    else:
+        log.info("stopping before the model loaded", extra={"event": "stopping"})
+    loading.cancel()
+    stopping.cancel()
+    await runner.cleanup()
+    if state.loaded is not None:
+        state.loaded.batcher.close()
+    log.info("stopped", extra={"event": "stopped", "exit_code": exit_code})
+    return exit_code
+
+
+async def _load(state: ServerState) -> None:
+    settings = state.settings
+    started = time.perf_counter()
+    log.info("loading model", extra={"event": "model_loading", "path": str(settings.model_path)})
+    try:
+        model = await asyncio.to_thread(OnnxModel.load, settings.model_path, settings)
+    except Exception as error:  # a model that cannot load is reported, whatever the cause
+        state.load_error = str(error) if isinstance(error, ModelLoadError) else f"{type(error).__name__}: {error}"
+        log.error("model failed to load", extra={"event": "model_load_failed", "reason": state.load_error})
+        _write_termination_message(settings.termination_message_path, f"model failed to load: {state.load_error}")
+        return
+    seconds = time.perf_counter() - started
+    batchable = model.signature.batchable
+    if settings.max_batch_size and not batchable:
+        log.info(
+            "the model has no dynamic batch dimension: requests run unbatched",
+            extra={"event": "batching_disabled"},
+        )
+    state.loaded = LoadedModel(model, DynamicBatcher(model.run, state.batch_policy(batchable), state.metrics))
+    state.metrics.model_load_seconds.set(seconds)
+    state.metrics.model_ready.set(1)
+    log.info(
+        "model ready",
+        extra={
+            "event": "model_ready",
+            "seconds": round(seconds, 3),
+            "providers": model.providers,
+            "inputs": {s.name: [s.datatype.name, list(s.shape)] for s in model.signature.inputs},
+            "outputs": {s.name: [s.datatype.name, list(s.shape)] for s in model.signature.outputs},
+            "max_batch_size": state.loaded.batcher.policy.max_batch_size,
+        },
+    )
+
+
+async def _drain(state: ServerState, runner: web.AppRunner) -> None:
+    settings = state.settings
+    state.draining = True
+    state.metrics.model_ready.set(0)
+    log.info(
+        "draining",
+        extra={"event": "draining", "in_flight": state.in_flight, "timeout_seconds": settings.drain_timeout_seconds},
+    )
+    # Idle keep-alive connections close now; busy ones close after their current response.
+    if runner.server is not None:
+        runner.server.pre_shutdown()
+    assert state.loaded is not None
+    try:
+        async with asyncio.timeout(settings.drain_timeout_seconds):
+            await state.loaded.batcher.drain()
+            await state.wait_quiet()
+    except TimeoutError:
+        log.warning(
+            "drain timed out; answering what is left with 503",
+            extra={"event": "drain_timeout", "in_flight": state.in_flight},
+        )
+    log.info("drained", extra={"event": "drained"})
+
+
+def _write_termination_message(path: Path | None, message: str) -> None:
+    """Kubernetes shows this file's contents as the container's termination message. The kubelet creates
+    the file; where it does not exist (outside Kubernetes) nothing is written."""
+    if path is None or not path.is_file():
+        return
+    with contextlib.suppress(OSError):
+        path.write_text(message[:4096])

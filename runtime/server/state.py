@@ -1,0 +1,91 @@
+"""What the HTTP handlers share: the settings, the metrics, and the model once it is loaded."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from kubeserve.runtime.batcher import BatchPolicy, DynamicBatcher
+from kubeserve.runtime.config import RuntimeSettings
+from kubeserve.runtime.metrics import ServerMetrics
+from kubeserve.runtime.model import OnnxModel
+from kubeserve.runtime.protocol.errors import NotFound, Unavailable
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    model: OnnxModel
+    batcher: DynamicBatcher
+
+
+@dataclass(slots=True)
+class ServerState:
+    settings: RuntimeSettings
+    metrics: ServerMetrics
+    loaded: LoadedModel | None = None
+    load_error: str | None = None
+    draining: bool = False
+    in_flight: int = 0
+    _quiet: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self._quiet.set()
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded is not None and not self.draining
+
+    @property
+    def not_ready_reason(self) -> str:
+        if self.load_error is not None:
+            return f"model failed to load: {self.load_error}"
+        if self.loaded is None:
+            return "loading model"
+        return "draining: the server is shutting down"
+
+    def batch_policy(self, batchable: bool) -> BatchPolicy:
+        s = self.settings
+        return BatchPolicy(
+            max_batch_size=s.max_batch_size if batchable else 0,
+            max_queue_delay_microseconds=s.max_queue_delay_microseconds,
+            preferred_batch_size=tuple(s.preferred_batch_size),
+            max_queue_size=s.max_queue_size,
+            default_timeout_microseconds=s.default_timeout_microseconds,
+            instance_count=s.instance_count,
+        )
+
+    def check_model(self, name: str, version: str | None) -> None:
+        """404 unless this server serves that model (and version)."""
+        if name != self.settings.model_name:
+            raise NotFound(f"unknown model '{name}'; this server serves '{self.settings.model_name}'")
+        if version is not None and version != self.settings.model_version:
+            raise NotFound(
+                f"unknown version '{version}' of model '{name}'; this server serves version "
+                f"'{self.settings.model_version}'"
+            )
+
+    def model_for(self, request: web.Request) -> LoadedModel:
+        """The loaded model a request names: 404 for another model or version, 503 until it is loaded."""
+        self.check_model(request.match_info["name"], request.match_info.get("version"))
+        if self.loaded is None:
+            raise Unavailable(f"model '{self.settings.model_name}' is not ready: {self.not_ready_reason}", "not_ready")
+        return self.loaded
+
+    # In-flight inference requests: the drain waits for them.
+    def request_started(self) -> None:
+        self.in_flight += 1
+        self._quiet.clear()
+        self.metrics.in_flight.set(self.in_flight)
+
+    def request_finished(self) -> None:
+        self.in_flight -= 1
+        self.metrics.in_flight.set(self.in_flight)
+        if not self.in_flight:
+            self._quiet.set()
+
+    async def wait_quiet(self) -> None:
+        await self._quiet.wait()
+
+
+STATE = web.AppKey("state", ServerState)

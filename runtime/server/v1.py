@@ -1,0 +1,26 @@
+"""KServe V1 endpoints: model status and ``:predict``."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from kubeserve.runtime.protocol.v1 import decode_instances, encode_predictions
+from kubeserve.runtime.server.exchange import Exchange
+from kubeserve.runtime.server.responses import JSON, json_response
+from kubeserve.runtime.server.state import STATE
+
+
+async def model_status(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.check_model(request.match_info["name"], None)
+    return json_response({"name": state.settings.model_name, "ready": state.ready}, 200 if state.ready else 503)
+
+
+async def predict(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    async with Exchange(state) as exchange:
+        loaded = state.model_for(request)
+        body = await exchange.read_body(request)
+        feeds = decode_instances(body, loaded.model.signature)
+        exchange.deserialized()
+        outputs = await exchange.compute(loaded.batcher, feeds)
+        return exchange.respond(encode_predictions(outputs, loaded.model.signature), JSON)

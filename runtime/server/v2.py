@@ -1,0 +1,119 @@
+"""Open Inference Protocol (V2) model endpoints: metadata, readiness, Triton's model configuration, and
+inference (JSON, or Triton's binary tensor extension)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from kubeserve.runtime.protocol.v2_request import decode_request
+from kubeserve.runtime.protocol.v2_response import encode_response
+from kubeserve.runtime.server.exchange import Exchange
+from kubeserve.runtime.server.responses import BINARY, JSON, json_response
+from kubeserve.runtime.server.state import STATE, LoadedModel, ServerState
+from kubeserve.runtime.signature import TensorSpec
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype.name, "shape": list(spec.shape)}
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    signature = state.model_for(request).model.signature
+    return json_response(
+        {
+            "name": state.settings.model_name,
+            "versions": [state.settings.model_version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [_tensor_metadata(spec) for spec in signature.inputs],
+            "outputs": [_tensor_metadata(spec) for spec in signature.outputs],
+        }
+    )
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.check_model(request.match_info["name"], request.match_info.get("version"))
+    body: dict[str, Any] = {"name": state.settings.model_name, "ready": state.ready}
+    if not state.ready:
+        body["reason"] = state.not_ready_reason
+    return json_response(body, status=200 if state.ready else 503)
+
+
+def triton_config(state: ServerState, loaded: LoadedModel) -> dict[str, Any]:
+    """The model as Triton's model configuration describes it, so Triton's own tools can drive us."""
+    settings = state.settings
+    policy = loaded.batcher.policy
+    batching = policy.batching
+
+    def tensor(spec: TensorSpec) -> dict[str, Any]:
+        dims = spec.shape[1:] if batching else spec.shape
+        return {"name": spec.name, "data_type": spec.datatype.triton, "dims": list(dims)}
+
+    on_gpu = loaded.model.providers[0] == "CUDAExecutionProvider"
+    config: dict[str, Any] = {
+        "name": settings.model_name,
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "version_policy": {"specific": {"versions": [settings.model_version]}},
+        "max_batch_size": policy.max_batch_size,
+        "input": [tensor(spec) for spec in loaded.model.signature.inputs],
+        "output": [tensor(spec) for spec in loaded.model.signature.outputs],
+        "instance_group": [
+            {
+                "name": settings.model_name,
+                "kind": "KIND_GPU" if on_gpu else "KIND_CPU",
+                "count": policy.instance_count,
+                **({"gpus": [settings.cuda_device_id]} if on_gpu else {}),
+            }
+        ],
+    }
+    if batching:
+        config["dynamic_batching"] = {
+            "preferred_batch_size": list(policy.preferred_batch_size),
+            "max_queue_delay_microseconds": policy.max_queue_delay_microseconds,
+            "default_queue_policy": {
+                "timeout_action": "REJECT",
+                "default_timeout_microseconds": policy.default_timeout_microseconds,
+                "allow_timeout_override": True,
+                "max_queue_size": policy.max_queue_size,
+            },
+        }
+    return config
+
+
+async def model_config(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return json_response(triton_config(state, state.model_for(request)))
+
+
+async def infer(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    async with Exchange(state) as exchange:
+        loaded = state.model_for(request)
+        body = await exchange.read_body(request)
+        signature = loaded.model.signature
+        decoded = decode_request(body, request.headers.get(HEADER_LENGTH), signature)
+        exchange.deserialized()
+        outputs = await exchange.compute(
+            loaded.batcher,
+            decoded.inputs,
+            output_names=[output.name for output in decoded.outputs],
+            priority=decoded.priority,
+            timeout_microseconds=decoded.timeout_microseconds,
+        )
+        body, header_length = encode_response(
+            state.settings.model_name,
+            state.settings.model_version,
+            decoded.id,
+            decoded.outputs,
+            outputs,
+            signature,
+            decoded.custom_parameters,
+        )
+        if header_length is None:
+            return exchange.respond(body, JSON)
+        return exchange.respond(body, BINARY, {HEADER_LENGTH: str(header_length)})
