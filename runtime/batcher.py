@@ -69,13 +69,15 @@ class Job:
     shape_key: tuple
     output_names: frozenset[str] | None  # None: all of them
     priority: int
-    deadline: float | None  # on the loop's clock
-    arrived: float  # perf_counter() when the request arrived
+    # Scheduling (batch delay, deadline) runs on the loop's clock; reported durations on perf_counter().
+    queued_on_loop: float
+    deadline: float | None
+    arrived: float
     future: asyncio.Future[Outputs]
     state: JobState = JobState.QUEUED
     queued: float = 0.0
-    started: float = 0.0  # compute started (perf_counter)
-    finished: float = 0.0  # compute finished (perf_counter)
+    started: float = 0.0
+    finished: float = 0.0
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
@@ -93,6 +95,7 @@ class DynamicBatcher:
         self._wake_timer: asyncio.TimerHandle | None = None
         self._wake_at = 0.0
         self._draining = False
+        self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
         self._loop = asyncio.get_running_loop()
@@ -132,13 +135,15 @@ class DynamicBatcher:
         """Queue a request, wait for its batch, and return its rows of the outputs (with its timings)."""
         rows, shape_key = self.batch_shape(feeds)
         now = time.perf_counter()
+        now_on_loop = self._loop.time()
         job = Job(
             feeds=feeds,
             rows=rows,
             shape_key=shape_key,
             output_names=frozenset(output_names) if output_names is not None else None,
             priority=priority or UNPRIORITISED,
-            deadline=self.deadline(arrived_on_loop or self._loop.time(), timeout_microseconds),
+            queued_on_loop=now_on_loop,
+            deadline=self.deadline(arrived_on_loop or now_on_loop, timeout_microseconds),
             arrived=arrived or now,
             future=self._loop.create_future(),
             queued=now,
@@ -151,6 +156,8 @@ class DynamicBatcher:
             raise
 
     def _admit(self, job: Job) -> None:
+        if self._closed:
+            raise Unavailable("the server is shutting down", "draining")
         if self._queued >= self.policy.max_queue_size:
             raise Unavailable(
                 f"the queue is full ({self.policy.max_queue_size} requests waiting); retry later",
@@ -179,11 +186,10 @@ class DynamicBatcher:
         if job.state is not JobState.QUEUED:
             return
         self._leave_queue(job)
-        waited = time.perf_counter() - job.arrived
         # It waited this long and never computed: count it, or overload would look like a short queue.
-        self._metrics.queue_delay.observe(waited)
+        self._metrics.queue_delay.observe(time.perf_counter() - job.arrived)
         job.future.set_exception(
-            Unavailable(f"request timeout expired: {waited * 1e6:.0f} µs in the queue without compute", "timeout")
+            Unavailable("request timeout expired before compute started (Triton's 'timeout', in µs)", "timeout")
         )
         self._check_idle()
 
@@ -224,10 +230,9 @@ class DynamicBatcher:
             chosen = chosen[:preferred_count]
             send_now = True
         if not send_now:
-            ready_at = min(job.queued for job in chosen) + self._delay
-            wait = ready_at - time.perf_counter()
-            if wait > 0:
-                self._wake_in(wait)
+            ready_at = min(job.queued_on_loop for job in chosen) + self._delay
+            if ready_at > self._loop.time():
+                self._wake_at_time(ready_at)
                 return []
         self._take(chosen)
         return chosen
@@ -252,8 +257,7 @@ class DynamicBatcher:
             if not remaining:
                 break
 
-    def _wake_in(self, seconds: float) -> None:
-        wake_at = self._loop.time() + seconds
+    def _wake_at_time(self, wake_at: float) -> None:
         if self._wake_timer is not None and not self._wake_timer.cancelled() and self._wake_at <= wake_at:
             return
         if self._wake_timer is not None:
@@ -343,7 +347,8 @@ class DynamicBatcher:
         await self._idle.wait()
 
     def close(self) -> None:
-        """Answer whatever is still queued with 503, and let the worker threads go."""
+        """Answer whatever is still queued (or arrives later) with 503, and let the worker threads go."""
+        self._closed = True
         for level in self._level_order:
             for job in self._levels[level]:
                 if job.state is JobState.QUEUED:

@@ -13,7 +13,7 @@ from kubeserve.runtime.protocol.errors import BadRequest
 _LENGTH = struct.Struct("<I")
 
 # JSON numbers arrive as Python ints/floats/bools; which NumPy kinds may become which datatype.
-_ACCEPTED_KINDS = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}
+_ACCEPTED_KINDS = {"b": "b", "f": "biuf"}
 
 
 def element_count(shape: tuple[int, ...]) -> int:
@@ -30,18 +30,32 @@ def from_json(name: str, data: object, datatype: Datatype, shape: tuple[int, ...
         values = np.asarray(data)
     except ValueError as error:  # ragged nesting
         raise BadRequest(f"input '{name}': data is not a regular (row-major) array: {error}") from error
-    target = datatype.numpy
-    if values.size and values.dtype.kind not in _ACCEPTED_KINDS[target.kind]:
-        raise BadRequest(f"input '{name}': data holds {_describe_kind(values.dtype)}, not {datatype.name} values")
     if values.size != element_count(shape):
         raise BadRequest(
             f"input '{name}': shape {list(shape)} needs {element_count(shape)} elements, data has {values.size}"
         )
-    if target.kind in "iu" and values.size:
-        limits = np.iinfo(target)
-        if values.min() < limits.min or values.max() > limits.max:
-            raise BadRequest(f"input '{name}': a value is out of range for {datatype.name}")
+    target = datatype.numpy
+    if values.size and target.kind in "iu":
+        values = _integers(name, data, values, datatype)
+    elif values.size and values.dtype.kind not in _ACCEPTED_KINDS[target.kind]:
+        raise BadRequest(f"input '{name}': data holds {_describe_kind(values.dtype)}, not {datatype.name} values")
     return values.astype(target, copy=False).reshape(shape)
+
+
+def _integers(name: str, data: list, values: np.ndarray, datatype: Datatype) -> np.ndarray:
+    """Integers converted straight from the JSON values, so NumPy checks the range (and keeps all 64 bits)."""
+    if values.dtype.kind not in "biufO":
+        raise BadRequest(f"input '{name}': data holds {_describe_kind(values.dtype)}, not {datatype.name} values")
+    try:
+        exact = np.asarray(data, dtype=datatype.numpy)
+    except OverflowError:
+        raise BadRequest(f"input '{name}': a value is out of range for {datatype.name}") from None
+    except (TypeError, ValueError):
+        raise BadRequest(f"input '{name}': data holds non-integer values, not {datatype.name} values") from None
+    # Floats are only integers if nothing was cut off (2**63 arrives as a float in NumPy's eyes).
+    if values.dtype.kind == "f" and not np.array_equal(exact, values):
+        raise BadRequest(f"input '{name}': data holds fractional numbers, not {datatype.name} values")
+    return exact
 
 
 def _describe_kind(dtype: np.dtype) -> str:

@@ -47,6 +47,8 @@ async def _serve(settings: RuntimeSettings) -> int:
     runner = web.AppRunner(
         create_app(state),
         handle_signals=False,
+        # After the drain (or its timeout), handlers still running get this long before they are cancelled.
+        shutdown_timeout=1.0,
         access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
     )
     await runner.setup()
@@ -64,6 +66,7 @@ async def _serve(settings: RuntimeSettings) -> int:
         loop.add_signal_handler(signum, stop.set)
 
     exit_code = EXIT_OK
+    drained = False
     loading = asyncio.create_task(_load(state))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -74,15 +77,26 @@ async def _serve(settings: RuntimeSettings) -> int:
             await asyncio.wait_for(stop.wait(), settings.load_failure_exit_seconds)
     elif loading.done():
         await stop.wait()
-        await _drain(state, runner)
+        drained = await _drain(state, runner, site)
     else:
         log.info("stopping before the model loaded", extra={"event": "stopping"})
     loading.cancel()
     stopping.cancel()
-    await runner.cleanup()
-    if state.loaded is not None:
-        state.loaded.batcher.close()
-    log.info("stopped", extra={"event": "stopped", "exit_code": exit_code})
+    batcher = state.loaded.batcher if state.loaded is not None else None
+    if batcher is not None and not drained:
+        batcher.close()  # a timed-out drain: what is still queued is answered 503 before connections close
+    await runner.cleanup()  # closes connections; a request still running gets shutdown_timeout to finish
+    if batcher is not None:
+        batcher.close()
+    log.info(
+        "stopped",
+        extra={
+            "event": "stopped",
+            "exit_code": exit_code,
+            "accepted": state.accepted,
+            "unanswered": state.in_flight,
+        },
+    )
     return exit_code
 
 
@@ -120,7 +134,8 @@ async def _load(state: ServerState) -> None:
     )
 
 
-async def _drain(state: ServerState, runner: web.AppRunner) -> None:
+async def _drain(state: ServerState, runner: web.AppRunner, site: web.TCPSite) -> bool:
+    """Whether every accepted request was answered within the drain timeout."""
     settings = state.settings
     state.draining = True
     state.metrics.model_ready.set(0)
@@ -128,20 +143,39 @@ async def _drain(state: ServerState, runner: web.AppRunner) -> None:
         "draining",
         extra={"event": "draining", "in_flight": state.in_flight, "timeout_seconds": settings.drain_timeout_seconds},
     )
-    # Idle keep-alive connections close now; busy ones close after their current response.
-    if runner.server is not None:
-        runner.server.pre_shutdown()
+    _close_idle_connections(runner)
     assert state.loaded is not None
     try:
         async with asyncio.timeout(settings.drain_timeout_seconds):
             await state.loaded.batcher.drain()
+            await state.wait_quiet()
+            # Stop listening, then answer whatever arrived before the listener closed.
+            await site.stop()
             await state.wait_quiet()
     except TimeoutError:
         log.warning(
             "drain timed out; answering what is left with 503",
             extra={"event": "drain_timeout", "in_flight": state.in_flight},
         )
-    log.info("drained", extra={"event": "drained"})
+        return False
+    log.info("drained", extra={"event": "drained", "accepted": state.accepted})
+    return True
+
+
+def _close_idle_connections(runner: web.AppRunner) -> None:
+    """Close keep-alive connections waiting for a next request. Busy ones close after their response
+    (``Connection: close``), brand-new ones after their first request.
+
+    aiohttp's own ``pre_shutdown()`` will not do: its ``close()`` makes a busy connection drop the rest of a
+    request body still on its way, and leaves an idle one's socket open. Which connections are idle is
+    aiohttp's private state (a pending wait for the next message, after at least one request): pinned in
+    constraints.txt and covered by the drain tests, which fail if it changes."""
+    if runner.server is None:
+        return
+    for connection in runner.server.connections:
+        waiting = getattr(connection, "_waiter", None) is not None
+        if waiting and getattr(connection, "_request_count", 0) > 0:
+            connection.force_close()
 
 
 def _write_termination_message(path: Path | None, message: str) -> None:

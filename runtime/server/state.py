@@ -27,6 +27,7 @@ class ServerState:
     load_error: str | None = None
     draining: bool = False
     in_flight: int = 0
+    accepted: int = 0  # inference requests whose handling began, since start
     _quiet: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -74,6 +75,7 @@ class ServerState:
 
     # In-flight inference requests: the drain waits for them.
     def request_started(self) -> None:
+        self.accepted += 1
         self.in_flight += 1
         self._quiet.clear()
         self.metrics.in_flight.set(self.in_flight)

@@ -1,0 +1,360 @@
+"""Fixtures for the runtime's tests: tiny real ONNX models, the real server as a subprocess, and an
+in-process server whose compute a test can hold at a gate (so queue behaviour is deterministic)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from aiohttp import web
+from kubeserve.runtime.batcher import DynamicBatcher
+from kubeserve.runtime.config import RuntimeSettings
+from kubeserve.runtime.metrics import ServerMetrics
+from kubeserve.runtime.model import OnnxModel
+from kubeserve.runtime.samples import write_sample
+from kubeserve.runtime.server.app import create_app
+from kubeserve.runtime.server.state import LoadedModel, ServerState
+from onnx import TensorProto, helper, numpy_helper
+
+# Every datatype the protocol carries, with ONNX's element type.
+ELEMENT_TYPES = {
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def build_types(path: Path) -> Path:
+    """``in_<DT>`` [batch, 2] -> Identity -> ``out_<DT>`` for every datatype."""
+    nodes, inputs, outputs = [], [], []
+    for name, element in ELEMENT_TYPES.items():
+        inputs.append(helper.make_tensor_value_info(f"in_{name}", element, ["batch", 2]))
+        outputs.append(helper.make_tensor_value_info(f"out_{name}", element, ["batch", 2]))
+        nodes.append(helper.make_node("Identity", [f"in_{name}"], [f"out_{name}"]))
+    return _save(helper.make_graph(nodes, "types", inputs, outputs), path)
+
+
+def build_pair(path: Path) -> Path:
+    """Two inputs ``a``, ``b`` FP32 [batch, 3]; outputs ``sum`` FP32 and ``greater`` BOOL."""
+    return _save(
+        helper.make_graph(
+            [helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node("Greater", ["a", "b"], ["greater"])],
+            "pair",
+            [
+                helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 3]),
+                helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", 3]),
+            ],
+            [
+                helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["batch", 3]),
+                helper.make_tensor_value_info("greater", TensorProto.BOOL, ["batch", 3]),
+            ],
+        ),
+        path,
+    )
+
+
+def build_fixed(path: Path) -> Path:
+    """No dynamic batch dimension: ``x`` FP32 [2, 3] -> ``y`` = 2x."""
+    two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")
+    return _save(
+        helper.make_graph(
+            [helper.make_node("Mul", ["x", "two"], ["y"])],
+            "fixed",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+            initializer=[two],
+        ),
+        path,
+    )
+
+
+def build_sequence(path: Path) -> Path:
+    """Two dynamic dimensions: ``tokens`` FP32 [batch, seq] -> ``total`` [batch, 1] (row sums)."""
+    axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
+    return _save(
+        helper.make_graph(
+            [helper.make_node("ReduceSum", ["tokens", "axes"], ["total"], keepdims=1)],
+            "sequence",
+            [helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["batch", "seq"])],
+            [helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch", 1])],
+            initializer=[axes],
+        ),
+        path,
+    )
+
+
+def build_all(directory: Path) -> dict[str, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {name: write_sample(name, directory / f"{name}.onnx") for name in ("tiny", "mlp")}
+    paths["types"] = build_types(directory / "types.onnx")
+    paths["pair"] = build_pair(directory / "pair.onnx")
+    paths["fixed"] = build_fixed(directory / "fixed.onnx")
+    paths["sequence"] = build_sequence(directory / "sequence.onnx")
+    paths["broken"] = directory / "broken.onnx"
+    paths["broken"].write_bytes(b"this is not an ONNX model")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return build_all(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def element_types() -> dict[str, int]:
+    return ELEMENT_TYPES
+
+
+# -- the real server, as a subprocess ---------------------------------------------------------------
+
+RUNTIME = str(Path(sys.executable).with_name("kubeserve-runtime"))
+
+
+class RuntimeProcess:
+    """``kubeserve-runtime serve`` in a subprocess; its JSON log lines are collected as they come."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [RUNTIME, *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self.events: list[dict[str, Any]] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._changed:
+                self.lines.append(line)
+                with contextlib.suppress(ValueError):
+                    self.events.append(json.loads(line))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for_event(self, name: str, timeout: float = 60) -> dict[str, Any]:
+        """The first log event called ``name``; fails if the process exits first."""
+        with self._changed:
+            found = self._changed.wait_for(
+                lambda: self._event(name) is not None or not self._reader.is_alive(), timeout
+            )
+            event = self._event(name)
+        assert found and event is not None, f"no {name!r} event; server said:\n{''.join(self.lines)}"
+        return event
+
+    def _event(self, name: str) -> dict[str, Any] | None:
+        return next((event for event in self.events if event.get("event") == name), None)
+
+    @property
+    def port(self) -> int:
+        return int(self.wait_for_event("listening")["port"])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_ready(self) -> RuntimeProcess:
+        self.wait_for_event("model_ready")
+        return self
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 60) -> int:
+        code = self.process.wait(timeout)
+        self._reader.join(timeout)
+        return code
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture
+def start_runtime(models: dict[str, Path]) -> Iterator[Callable[..., RuntimeProcess]]:
+    """Start ``kubeserve-runtime serve`` on a free port: ``start_runtime("mlp", "--max-batch-size", "8")``."""
+    started: list[RuntimeProcess] = []
+
+    def start(model: str | None = "mlp", *flags: str, env: dict[str, str] | None = None) -> RuntimeProcess:
+        args = ["serve", "--host", "127.0.0.1", "--port", "0", "--log-level", "info", *flags]
+        if model is not None:
+            args += ["--model-path", str(models[model]), "--model-name", model]
+        process = RuntimeProcess(args, env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def mlp_server(models: dict[str, Path]) -> Iterator[RuntimeProcess]:
+    """One MLP server shared by a module's read-mostly tests."""
+    process = RuntimeProcess(
+        ["serve", "--host", "127.0.0.1", "--port", "0", "--model-path", str(models["mlp"]), "--model-name", "mlp"]
+    )
+    yield process.wait_ready()
+    process.stop()
+
+
+# -- the server in-process, with compute held at a gate ----------------------------------------------
+
+
+@dataclass
+class Gate:
+    """Wraps a model's run: records each batch and, while closed, holds compute until opened."""
+
+    batches: list[dict[str, np.ndarray]] = field(default_factory=list)
+    entered: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+    _open: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self._open.set()
+
+    def close(self) -> None:
+        self._open.clear()
+
+    def open(self) -> None:
+        self._open.set()
+
+    def wrap(self, run: Callable[..., dict[str, np.ndarray]]) -> Callable[..., dict[str, np.ndarray]]:
+        def gated(feeds: dict[str, np.ndarray], names: Sequence[str] | None) -> dict[str, np.ndarray]:
+            self.batches.append(feeds)
+            self.entered.release()
+            assert self._open.wait(30), "the test never opened the gate"
+            return run(feeds, names)
+
+        return gated
+
+    async def wait_entered(self) -> None:
+        """Until a batch has reached the model (one per call)."""
+        assert await asyncio.to_thread(self.entered.acquire, True, 30), "no batch reached the model"
+
+    @property
+    def batch_rows(self) -> list[int]:
+        return [len(next(iter(feeds.values()))) for feeds in self.batches]
+
+
+@dataclass
+class InProcessServer:
+    url: str
+    state: ServerState
+    gate: Gate
+
+    @property
+    def batcher(self) -> DynamicBatcher:
+        assert self.state.loaded is not None
+        return self.state.loaded.batcher
+
+    async def until_queued(self, count: int) -> None:
+        """Yield to the loop until ``count`` requests wait in the queue."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + 30
+        while self.batcher.queued != count:
+            assert loop.time() < give_up, f"queue holds {self.batcher.queued}, never {count}"
+            await asyncio.sleep(0)
+
+
+@pytest.fixture
+async def serve_in_process(
+    models: dict[str, Path],
+) -> AsyncIterator[Callable[..., Any]]:
+    """Serve a model in this test's event loop on 127.0.0.1, with its compute behind a ``Gate``."""
+    runners: list[tuple[web.AppRunner, ServerState]] = []
+
+    async def start(model: str = "mlp", **settings: Any) -> InProcessServer:
+        config = RuntimeSettings(model_path=models[model], model_name=model, **settings)
+        state = ServerState(config, ServerMetrics(model, config.model_version))
+        onnx_model = await asyncio.to_thread(OnnxModel.load, config.model_path, config)
+        gate = Gate()
+        policy = state.batch_policy(onnx_model.signature.batchable)
+        state.loaded = LoadedModel(onnx_model, DynamicBatcher(gate.wrap(onnx_model.run), policy, state.metrics))
+        runner = web.AppRunner(create_app(state), handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append((runner, state))
+        host, port = runner.addresses[0][:2]
+        return InProcessServer(f"http://{host}:{port}", state, gate)
+
+    yield start
+    for runner, state in runners:
+        if state.loaded is not None:
+            state.loaded.batcher.close()
+        await runner.cleanup()
+
+
+def v2_request(name: str, array: np.ndarray, datatype: str = "FP32", **extra: Any) -> dict[str, Any]:
+    """A JSON V2 request body with one input."""
+    return {
+        "inputs": [{"name": name, "shape": list(array.shape), "datatype": datatype, "data": array.ravel().tolist()}],
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def v2_body() -> Callable[..., dict[str, Any]]:
+    return v2_request
+
+
+@pytest.fixture(scope="session")
+def reference(models: dict[str, Path]) -> Callable[[str, dict[str, np.ndarray]], list[np.ndarray]]:
+    """In-process ONNX Runtime on the same model file: what the server must answer."""
+    import onnxruntime as ort
+
+    sessions: dict[str, ort.InferenceSession] = {}
+
+    def run(model: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if model not in sessions:
+            sessions[model] = ort.InferenceSession(str(models[model]), providers=["CPUExecutionProvider"])
+        return sessions[model].run(None, feeds)
+
+    return run
+
+
+@pytest.fixture
+def gate() -> Gate:
+    return Gate()

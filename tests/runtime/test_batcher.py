@@ -1,0 +1,252 @@
+"""The dynamic batcher's rules, on its own: batch forming, delays, deadlines, priorities, overload.
+
+The model here doubles its input (so each caller's rows are checkable); the queue delay and deadlines
+run on looptime's fake clock, so "waits 10 s" takes no real time and cannot flake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from kubeserve.runtime.batcher import BatchPolicy, DynamicBatcher
+from kubeserve.runtime.metrics import ServerMetrics
+from kubeserve.runtime.protocol.errors import BadRequest, InternalError, Unavailable
+
+
+def double(feeds, names):
+    return {"y": feeds["x"] * 2}
+
+
+def batcher_for(gate, run=double, **policy) -> DynamicBatcher:
+    policy = {"max_batch_size": 8, **policy}
+    return DynamicBatcher(gate.wrap(run), BatchPolicy(**policy), ServerMetrics("m", "1"))
+
+
+def rows(count: int, value: float = 1.0, width: int = 2) -> dict[str, np.ndarray]:
+    return {"x": np.full((count, width), value, np.float32)}
+
+
+async def infer(batcher, feeds, **options):
+    outputs, _job = await batcher.infer(feeds, **options)
+    return outputs
+
+
+@pytest.mark.looptime
+async def test_a_full_batch_goes_at_once(gate):
+    batcher = batcher_for(gate, max_batch_size=4, max_queue_delay_microseconds=10_000_000)
+    loop = asyncio.get_running_loop()
+    results = await asyncio.gather(infer(batcher, rows(2, 1.0)), infer(batcher, rows(2, 3.0)))
+    assert loop.time() < 1
+    assert gate.batch_rows == [4]
+    np.testing.assert_array_equal(results[0]["y"], np.full((2, 2), 2.0))
+    np.testing.assert_array_equal(results[1]["y"], np.full((2, 2), 6.0))
+    batcher.close()
+
+
+@pytest.mark.looptime
+async def test_a_partial_batch_waits_for_the_delay_and_gathers_latecomers(gate):
+    batcher = batcher_for(gate, max_batch_size=8, max_queue_delay_microseconds=10_000_000)
+    loop = asyncio.get_running_loop()
+    early = asyncio.create_task(infer(batcher, rows(1)))
+    await asyncio.sleep(5)
+    assert gate.batch_rows == []
+    late = asyncio.create_task(infer(batcher, rows(2)))
+    await asyncio.gather(early, late)
+    assert 10 <= loop.time() < 11  # the oldest request's delay, not the latecomer's
+    assert gate.batch_rows == [3]
+    batcher.close()
+
+
+@pytest.mark.looptime
+async def test_a_preferred_size_goes_at_once(gate):
+    batcher = batcher_for(gate, max_batch_size=16, preferred_batch_size=(4,), max_queue_delay_microseconds=10_000_000)
+    loop = asyncio.get_running_loop()
+    four = [asyncio.create_task(infer(batcher, rows(1, i))) for i in range(4)]
+    fifth = asyncio.create_task(infer(batcher, rows(1, 9)))
+    await asyncio.gather(*four)
+    assert loop.time() < 1
+    await fifth
+    assert loop.time() >= 10
+    assert gate.batch_rows == [4, 1]
+    batcher.close()
+
+
+async def test_batches_never_exceed_max_batch_size_and_split_back_exactly(gate):
+    batcher = batcher_for(gate, max_batch_size=8)
+    gate.close()
+    first = asyncio.create_task(infer(batcher, rows(3, -1)))
+    await gate.wait_entered()
+    calls = [asyncio.create_task(infer(batcher, rows(3, value))) for value in range(10)]
+    await asyncio.sleep(0)
+    assert batcher.queued == 10
+    gate.open()
+    results = await asyncio.gather(first, *calls)
+    assert gate.batch_rows == [3, 6, 6, 6, 6, 6]
+    for value, result in zip(range(-1, 10), results, strict=True):
+        np.testing.assert_array_equal(result["y"], np.full((3, 2), 2.0 * value))
+    batcher.close()
+
+
+async def test_requests_with_different_shapes_never_share_a_batch(gate):
+    batcher = batcher_for(gate, max_batch_size=8)
+    gate.close()
+    first = asyncio.create_task(infer(batcher, rows(1, width=2)))
+    await gate.wait_entered()
+    widths = [3, 3, 5, 3]
+    calls = [asyncio.create_task(infer(batcher, rows(1, i, width=w))) for i, w in enumerate(widths)]
+    await asyncio.sleep(0)
+    gate.open()
+    results = await asyncio.gather(first, *calls)
+    assert [feeds["x"].shape for feeds in gate.batches] == [(1, 2), (2, 3), (1, 5), (1, 3)]
+    for i, (w, result) in enumerate(zip(widths, results[1:], strict=True)):
+        np.testing.assert_array_equal(result["y"], np.full((1, w), 2.0 * i))
+    batcher.close()
+
+
+async def test_priority_one_is_served_first_and_unprioritised_last(gate):
+    batcher = batcher_for(gate, max_batch_size=1)
+    gate.close()
+    first = asyncio.create_task(infer(batcher, rows(1, -1)))
+    await gate.wait_entered()
+    calls = [asyncio.create_task(infer(batcher, rows(1, p), priority=p)) for p in (0, 3, 1, 2, 1)]
+    await asyncio.sleep(0)
+    gate.open()
+    await asyncio.gather(first, *calls)
+    assert [float(feeds["x"][0, 0]) for feeds in gate.batches] == [-1, 1, 1, 2, 3, 0]
+    batcher.close()
+
+
+async def test_a_full_queue_refuses_at_once_with_a_retry_hint(gate):
+    batcher = batcher_for(gate, max_batch_size=1, max_queue_size=2)
+    gate.close()
+    first = asyncio.create_task(infer(batcher, rows(1)))
+    await gate.wait_entered()
+    queued = [asyncio.create_task(infer(batcher, rows(1))) for _ in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(Unavailable) as refused:
+        await infer(batcher, rows(1))
+    assert refused.value.reason == "queue_full"
+    assert refused.value.headers == {"Retry-After": "1"}
+    gate.open()
+    await asyncio.gather(first, *queued)
+    batcher.close()
+
+
+@pytest.mark.looptime
+async def test_a_request_past_its_deadline_leaves_the_queue_uncomputed(gate):
+    batcher = batcher_for(gate, max_batch_size=1, default_timeout_microseconds=1_000_000)
+    gate.close()
+    first = asyncio.create_task(infer(batcher, rows(1, 1)))
+    await gate.wait_entered()
+    late = asyncio.create_task(infer(batcher, rows(1, 2)))
+    own_deadline = asyncio.create_task(infer(batcher, rows(1, 3), timeout_microseconds=200_000))
+    with pytest.raises(Unavailable, match="timeout expired") as expired:
+        await own_deadline
+    assert expired.value.reason == "timeout"
+    with pytest.raises(Unavailable, match="timeout expired"):
+        await late
+    assert batcher.queued == 0
+    gate.open()
+    await first
+    assert [float(feeds["x"][0, 0]) for feeds in gate.batches] == [1]
+    batcher.close()
+
+
+def test_a_request_may_shorten_the_default_timeout_but_not_extend_it(gate):
+    async def check():
+        batcher = batcher_for(gate, default_timeout_microseconds=1_000_000)
+        assert batcher.deadline(100.0, None) == pytest.approx(101.0)
+        assert batcher.deadline(100.0, 0) == pytest.approx(101.0)
+        assert batcher.deadline(100.0, 500_000) == pytest.approx(100.5)
+        assert batcher.deadline(100.0, 5_000_000) == pytest.approx(101.0)
+        unlimited = batcher_for(gate)
+        assert unlimited.deadline(100.0, None) is None
+        assert unlimited.deadline(100.0, 2_000_000) == pytest.approx(102.0)
+
+    asyncio.run(check())
+
+
+async def test_an_abandoned_request_leaves_the_queue(gate):
+    batcher = batcher_for(gate, max_batch_size=1)
+    gate.close()
+    first = asyncio.create_task(infer(batcher, rows(1, 1)))
+    await gate.wait_entered()
+    abandoned = asyncio.create_task(infer(batcher, rows(1, 2)))
+    await asyncio.sleep(0)
+    assert batcher.queued == 1
+    abandoned.cancel()
+    await asyncio.sleep(0)
+    assert batcher.queued == 0
+    gate.open()
+    await first
+    assert len(gate.batches) == 1
+    batcher.close()
+
+
+@pytest.mark.looptime
+async def test_drain_sends_partial_batches_without_waiting(gate):
+    batcher = batcher_for(gate, max_queue_delay_microseconds=60_000_000)
+    loop = asyncio.get_running_loop()
+    call = asyncio.create_task(infer(batcher, rows(1)))
+    await asyncio.sleep(0)
+    await batcher.drain()
+    await call
+    assert loop.time() < 1
+    batcher.close()
+
+
+async def test_close_answers_whatever_is_queued_with_503(gate):
+    batcher = batcher_for(gate, max_batch_size=1)
+    gate.close()
+    first = asyncio.create_task(infer(batcher, rows(1)))
+    await gate.wait_entered()
+    queued = asyncio.create_task(infer(batcher, rows(1)))
+    await asyncio.sleep(0)
+    batcher.close()
+    with pytest.raises(Unavailable, match="shutting down"):
+        await queued
+    gate.open()
+    first.cancel()
+
+
+async def test_a_model_failure_fails_its_own_batch_only(gate):
+    def fragile(feeds, names):
+        if (feeds["x"] < 0).any():
+            raise RuntimeError("negative input broke the kernel")
+        return double(feeds, names)
+
+    batcher = batcher_for(gate, run=fragile, max_batch_size=1)
+    with pytest.raises(InternalError, match="inference failed: negative input broke the kernel"):
+        await infer(batcher, rows(1, -1))
+    result = await infer(batcher, rows(1, 2))
+    np.testing.assert_array_equal(result["y"], np.full((1, 2), 4.0))
+    batcher.close()
+
+
+async def test_outputs_that_lose_the_batch_dimension_are_an_internal_error(gate):
+    batcher = batcher_for(gate, run=lambda feeds, names: {"y": feeds["x"].sum(keepdims=True)[0]})
+    gate.close()
+    first = asyncio.create_task(infer(batcher, rows(1)))
+    await gate.wait_entered()
+    pair = [asyncio.create_task(infer(batcher, rows(1))) for _ in range(2)]
+    await asyncio.sleep(0)
+    gate.open()
+    await first
+    for call in pair:
+        with pytest.raises(InternalError, match="not 2 rows"):
+            await call
+    batcher.close()
+
+
+async def test_rows_are_checked_before_queueing(gate):
+    batcher = batcher_for(gate, max_batch_size=4)
+    with pytest.raises(BadRequest, match="exceed the model's max_batch_size of 4"):
+        await infer(batcher, rows(5))
+    with pytest.raises(BadRequest, match="at least 1"):
+        await infer(batcher, rows(0))
+    with pytest.raises(BadRequest, match="disagree"):
+        await infer(batcher, {"x": np.ones((1, 2)), "z": np.ones((2, 2))})
+    assert batcher.queued == 0
+    batcher.close()

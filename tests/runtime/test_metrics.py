@@ -1,0 +1,94 @@
+"""``/metrics`` as Prometheus reads it: parsed with prometheus_client's own parser, and the counts add up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = {k: v for k, v in sample.labels.items() if k not in ("model", "version")}
+            assert sample.labels.get("model") == "mlp", sample
+            assert sample.labels.get("version") == "1", sample
+            found[(sample.name, frozenset(labels.items()))] = sample.value
+    return found
+
+
+def _value(samples, name: str, **labels) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_metrics_add_up(serve_in_process):
+    server = await serve_in_process("mlp", max_batch_size=8, max_queue_size=1)
+    url = f"{server.url}/v2/models/mlp/infer"
+    rows = [1, 2, 3, 1, 2]
+
+    def body(n: int) -> str:
+        return json.dumps({"inputs": [{"name": "features", "shape": [n, 32], "datatype": "FP32",
+                                       "data": [0.1] * 32 * n}]})  # fmt: skip
+
+    async with aiohttp.ClientSession() as session:
+        for n in rows:
+            assert (await session.post(url, data=body(n))).status == 200
+        for _ in range(3):
+            assert (await session.post(url, data="{broken")).status == 400
+        for _ in range(2):
+            assert (await session.post(f"{server.url}/v2/models/other/infer", data=body(1))).status == 404
+        # One refusal for a full queue: the model held busy, one request queued, the next refused.
+        server.gate.close()
+        busy = asyncio.create_task(session.post(url, data=body(1)))
+        await server.gate.wait_entered()
+        queued = asyncio.create_task(session.post(url, data=body(1)))
+        await server.until_queued(1)
+        assert (await session.post(url, data=body(1))).status == 503
+        server.gate.open()
+        assert [(await busy).status, (await queued).status] == [200, 200]
+
+        response = await session.get(f"{server.url}/metrics")
+        assert response.headers["Content-Type"].startswith("text/plain")
+        samples = _samples(await response.text())
+
+    served = len(rows) + 2
+    assert _value(samples, "kubeserve_requests_total", code="200") == served
+    assert _value(samples, "kubeserve_requests_total", code="400") == 3
+    assert _value(samples, "kubeserve_requests_total", code="404") == 2
+    assert _value(samples, "kubeserve_requests_total", code="503") == 1
+    assert _value(samples, "kubeserve_rejected_requests_total", reason="queue_full") == 1
+    for stage in ("deserialize", "queue", "compute", "serialize", "total"):
+        assert _value(samples, "kubeserve_request_duration_seconds_count", stage=stage) == served
+        assert _value(samples, "kubeserve_request_duration_seconds_bucket", stage=stage, le="+Inf") == served
+    assert _value(samples, "kubeserve_queue_delay_seconds_count") == served
+    assert _value(samples, "kubeserve_batch_size_sum") == sum(rows) + 2
+    assert _value(samples, "kubeserve_batch_size_count") == len(server.gate.batches)
+    assert _value(samples, "kubeserve_queue_depth") == 0
+    assert _value(samples, "kubeserve_requests_in_flight") == 0
+    total = _value(samples, "kubeserve_request_duration_seconds_sum", stage="total")
+    parts = sum(
+        _value(samples, "kubeserve_request_duration_seconds_sum", stage=stage)
+        for stage in ("deserialize", "queue", "compute", "serialize")
+    )
+    assert 0 < parts <= total
+
+
+async def test_openmetrics_is_offered_to_those_who_ask(serve_in_process):
+    server = await serve_in_process("mlp")
+    async with aiohttp.ClientSession() as session:
+        response = await session.get(
+            f"{server.url}/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+        )
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert (await response.text()).rstrip().endswith("# EOF")
+
+
+def test_model_gauges_are_set_once_loaded(mlp_server):
+    import requests
+
+    samples = _samples(requests.get(f"{mlp_server.url}/metrics").text)
+    assert _value(samples, "kubeserve_model_ready") == 1
+    assert _value(samples, "kubeserve_model_load_seconds") > 0
