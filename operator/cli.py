@@ -1,2 +1,155 @@
-def main() -> None:
-    raise SystemExit("not yet")
+"""``kubeserve-operator``: ``run`` the operator, or ``render`` the manifests it would apply for a file."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubeserve.operator import manifests
+from kubeserve.operator.reconcile import assess
+from kubeserve.operator.settings import SETTING_NAMES, SettingsError, env_name, load_settings
+from kubeserve.runtime import __version__
+
+EXIT_INVALID_INPUT = 1
+EXIT_STOPPED = 1
+EXIT_BAD_SETTINGS = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubeserve-operator", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run the operator against the cluster of the service account or kubeconfig",
+        description="Settings come from KUBESERVE_OPERATOR_<NAME> environment variables: "
+        + ", ".join(env_name(name) for name in SETTING_NAMES)
+        + ". Flags override them.",
+    )
+    run.add_argument("--standalone", action="store_true", default=None, help="run without peering (one replica)")
+    run.add_argument(
+        "-n", "--namespace", action="append", dest="namespaces", metavar="NAMESPACE", help="watch only this namespace"
+    )
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level")
+
+    render = commands.add_parser(
+        "render",
+        help="print every manifest the operator would apply for InferenceServices in a file (no cluster needed)",
+        description="Reads InferenceService documents from YAML files ('-' for stdin) and prints the ConfigMap, "
+        "Service, Deployment and HPA the operator would apply, as a YAML stream. The operator's settings "
+        "(runtime images) come from the same environment variables as for 'run'. Exits 1 when any "
+        "InferenceService is invalid, listing every problem.",
+    )
+    render.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        dest="filenames",
+        metavar="FILE",
+        help="InferenceService YAML ('-': stdin); repeat for several files",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    raise SystemExit(_run(args) if args.command == "run" else _render(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(
+            os.environ, {"standalone": args.standalone, "namespaces": args.namespaces, "log_level": args.log_level}
+        )
+    except SettingsError as error:
+        print(f"kubeserve-operator: {error}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    import kopf  # imported here: `render` and `--help` stay fast
+    from kubeserve.operator import handlers  # noqa: F401  (registers the handlers with kopf)
+
+    kopf.configure(debug=settings.log_level == "debug")
+    logging.getLogger().setLevel(settings.log_level.upper())
+
+    try:
+        kopf.run(
+            clusterwide=settings.clusterwide,
+            namespaces=list(settings.namespaces),
+            standalone=settings.standalone,
+            peering_name=None if settings.standalone else settings.peering_name,
+            priority=settings.peering_priority,
+            liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
+            memo=kopf.Memo(settings=settings),
+        )
+    except Exception as error:  # kopf has logged the details; say why it stopped, without a traceback
+        print(f"kubeserve-operator: stopped: {error.__cause__ or error}", file=sys.stderr)
+        return EXIT_STOPPED
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(os.environ)
+    except SettingsError as error:
+        print(f"kubeserve-operator: {error}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    rendered: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for filename in args.filenames:
+        source = "stdin" if filename == "-" else filename
+        try:
+            text = sys.stdin.read() if filename == "-" else Path(filename).read_text()
+            documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+        except OSError as error:
+            print(f"kubeserve-operator: cannot read {source}: {error.strerror}", file=sys.stderr)
+            return EXIT_INVALID_INPUT
+        except yaml.YAMLError as error:
+            print(f"kubeserve-operator: {source} is not valid YAML: {error}", file=sys.stderr)
+            return EXIT_INVALID_INPUT
+        if not documents:
+            errors.append(f"{source}: no InferenceService found")
+        for number, document in enumerate(documents, start=1):
+            where = f"{source}, document {number}"
+            if not isinstance(document, dict):
+                errors.append(f"{where}: expected an InferenceService mapping, got {type(document).__name__}")
+                continue
+            name = (document.get("metadata") or {}).get("name")
+            where += f" ({name})" if name else ""
+            assessment = assess(document)
+            if assessment.isvc is None:
+                errors.extend(f"{where}: {problem}" for problem in assessment.problems)
+                continue
+            rendered.extend(manifests.children(assessment.isvc, settings).manifests)
+            if assessment.isvc.metadata.uid is None:
+                print(
+                    f"kubeserve-operator: note: {where} has no metadata.uid yet, so the manifests carry no "
+                    "ownerReferences (the operator adds them once the API server has created it)",
+                    file=sys.stderr,
+                )
+    if errors:
+        print("kubeserve-operator: invalid InferenceService:\n  " + "\n  ".join(errors), file=sys.stderr)
+        return EXIT_INVALID_INPUT
+    sys.stdout.write(yaml.dump_all(rendered, Dumper=_ManifestDumper, sort_keys=False, default_flow_style=False))
+    return 0
+
+
+class _ManifestDumper(yaml.SafeDumper):
+    """Readable output: multi-line strings (the runtime's config file) as literal blocks, no anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _literal_strings(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_ManifestDumper.add_representer(str, _literal_strings)

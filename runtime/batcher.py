@@ -96,6 +96,7 @@ class DynamicBatcher:
         self._wake_at = 0.0
         self._draining = False
         self._closed = False
+        self._dispatch_scheduled = False
         self._idle = asyncio.Event()
         self._idle.set()
         self._loop = asyncio.get_running_loop()
@@ -173,6 +174,14 @@ class DynamicBatcher:
         self._metrics.queue_depth.set(self._queued)
         if job.deadline is not None:
             job.timer = self._loop.call_at(job.deadline, self._expire, job)
+        # Dispatch at the end of this loop iteration, not now: requests read from the same poll of the
+        # sockets then share a batch instead of the first one leaving alone.
+        if not self._dispatch_scheduled:
+            self._dispatch_scheduled = True
+            self._loop.call_soon(self._scheduled_dispatch)
+
+    def _scheduled_dispatch(self) -> None:
+        self._dispatch_scheduled = False
         self._dispatch()
 
     def _leave_queue(self, job: Job) -> None:

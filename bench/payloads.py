@@ -1,0 +1,41 @@
+"""Request bodies for the sample models: JSON, or JSON followed by binary tensors (Triton's extension)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+# The sample models' single inputs (runtime/samples.py).
+INPUTS = {"tiny": ("input", (4,)), "mlp": ("features", (32,)), "cnn": ("image", (3, 64, 64))}
+
+
+@dataclass(frozen=True)
+class Payload:
+    body: bytes
+    headers: dict[str, str]
+    rows: int
+
+
+def sample_rows(model: str, rows: int, seed: int = 0) -> np.ndarray:
+    _name, shape = INPUTS[model]
+    return np.random.default_rng(seed).random((rows, *shape), dtype=np.float32)
+
+
+def json_payload(model: str, rows: int) -> Payload:
+    name, _shape = INPUTS[model]
+    data = sample_rows(model, rows)
+    body = {"inputs": [{"name": name, "shape": list(data.shape), "datatype": "FP32", "data": data.ravel().tolist()}]}
+    return Payload(json.dumps(body).encode(), {"Content-Type": "application/json"}, rows)
+
+
+def binary_payload(model: str, rows: int) -> Payload:
+    name, _shape = INPUTS[model]
+    data = sample_rows(model, rows)
+    header = json.dumps({
+        "inputs": [{"name": name, "shape": list(data.shape), "datatype": "FP32",
+                    "parameters": {"binary_data_size": data.nbytes}}],
+        "parameters": {"binary_data_output": True},
+    }).encode()  # fmt: skip
+    return Payload(header + data.tobytes(), {"Inference-Header-Content-Length": str(len(header))}, rows)

@@ -1,0 +1,68 @@
+{{/*
+The operator's permissions, verb by verb, from what kubeserve.operator and kopf do (tests/deploy/test_chart.py
+holds the same table and checks it against the operator's code). kubeserve reads its objects through
+watches (kopf indexes), never one at a time, so it needs no get on them.
+*/}}
+{{- define "kubeserve.rules.application" -}}
+# InferenceServices: kopf lists and watches them, and patches them for its finalizer and annotations.
+- apiGroups: [serving.kubeserve.io]
+  resources: [inferenceservices]
+  verbs: [list, watch, patch]
+# Their status: conditions, replicas, URL, the model's last failure, kopf's progress.
+- apiGroups: [serving.kubeserve.io]
+  resources: [inferenceservices/status]
+  verbs: [patch]
+# The children's owner references set blockOwnerDeletion, which needs this where the
+# OwnerReferencesPermissionEnforcement admission plugin is on.
+- apiGroups: [serving.kubeserve.io]
+  resources: [inferenceservices/finalizers]
+  verbs: [update]
+# The children: server-side apply (a PATCH, authorised as create when the object is new), and delete
+# (an HPA no longer wanted; everything when an InferenceService goes).
+- apiGroups: [""]
+  resources: [configmaps, services]
+  verbs: [create, patch, delete]
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [create, patch, delete]
+# Runtime Deployments are also watched (a kopf index) to report the rollout in the status.
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [list, watch, create, patch, delete]
+# Runtime pods: only watched (a kopf index), to report fetch failures, image pulls and scheduling.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+# Events on InferenceServices (kopf's warnings, InvalidSpec).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end -}}
+
+{{- define "kubeserve.rules.clusterPeering" -}}
+# kopf peering, cluster-wide: each replica keeps itself alive in the ClusterKopfPeering; one is active
+# (the verbs of kopf's own RBAC documentation).
+- apiGroups: [kopf.dev]
+  resources: [clusterkopfpeerings]
+  verbs: [get, list, watch, patch]
+{{- end -}}
+
+{{- define "kubeserve.rules.namespacedPeering" -}}
+# kopf peering, per namespace: each replica keeps itself alive in the KopfPeering; one is active
+# (the verbs of kopf's own RBAC documentation).
+- apiGroups: [kopf.dev]
+  resources: [kopfpeerings]
+  verbs: [get, list, watch, patch]
+{{- end -}}
+
+{{- define "kubeserve.rules.discovery" -}}
+# kopf discovery: notice CRDs (and, when namespaced, namespaces) that appear or go.
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- if not .Values.watch.clusterWide }}
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+{{- end }}
+{{- end -}}

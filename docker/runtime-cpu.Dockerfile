@@ -1,0 +1,34 @@
+# syntax=docker/dockerfile:1
+# kubeserve-runtime, CPU: the model server on onnxruntime, with the bundled sample models.
+# Build from the repository root:
+#   docker build -f docker/runtime-cpu.Dockerfile -t kubeserve-runtime:0.1.0 .
+
+# --- The virtual environment: kubeserve with onnxruntime, every version pinned by constraints.txt.
+FROM python:3.11.15-slim-bookworm AS venv
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml constraints.txt README.md ./
+COPY runtime/ runtime/
+COPY operator/ operator/
+RUN python -m venv /opt/kubeserve/venv \
+ && /opt/kubeserve/venv/bin/pip install -c constraints.txt '.[cpu]'
+
+# --- The sample models, built with onnx; only this stage has onnx.
+FROM venv AS samples
+RUN /opt/kubeserve/venv/bin/pip install -c constraints.txt '.[cpu,samples]' \
+ && /opt/kubeserve/venv/bin/python -m kubeserve.runtime.samples /opt/kubeserve/samples
+
+# --- The image: the interpreter, the venv and the samples; nothing else from the build.
+FROM python:3.11.15-slim-bookworm
+COPY --from=venv /opt/kubeserve/venv /opt/kubeserve/venv
+COPY --from=samples /opt/kubeserve/samples /opt/kubeserve/samples
+# Bytecode was compiled at install time: at run time nothing is written (the root filesystem is read-only).
+ENV PATH=/opt/kubeserve/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+# A numeric user, so that Kubernetes' runAsNonRoot can verify it.
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["kubeserve-runtime"]
+CMD ["serve", "--config", "/etc/kubeserve/runtime.yaml"]

@@ -1,0 +1,139 @@
+"""The thin API layer: server-side apply, delete; every failure sorted into "retry later" or "rejected".
+
+Built on the official client's asyncio flavour (``kubernetes.aio``), so that it shares kopf's event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from kubernetes.aio import client, config
+from kubeserve.operator import naming
+from kubeserve.operator.manifests import ObjectRef
+
+APPLY_PATCH = "application/apply-patch+yaml"
+
+# kind -> (typed API, method suffix): the four kinds the operator owns.
+_APIS: dict[tuple[str, str], tuple[type, str]] = {
+    ("v1", "ConfigMap"): (client.CoreV1Api, "config_map"),
+    ("v1", "Service"): (client.CoreV1Api, "service"),
+    ("apps/v1", "Deployment"): (client.AppsV1Api, "deployment"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): (client.AutoscalingV2Api, "horizontal_pod_autoscaler"),
+}
+
+# Worth retrying: conflicts, throttling, the API server's own trouble.
+RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+
+
+class ClusterError(Exception):
+    """An API request failed; ``retryable`` says whether the same request may succeed later."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Cluster:
+    """The operator's own requests; kopf does its watching, status patches and events itself."""
+
+    def __init__(self, api_client: client.ApiClient, *, timeout: float) -> None:
+        self._api_client = api_client
+        self._timeout = timeout
+
+    @classmethod
+    async def connect(cls, *, request_timeout: float) -> Cluster:
+        """$KUBECONFIG when set, else the pod's service account, else ~/.kube/config (as the login handler)."""
+        configuration = client.Configuration()
+        # Read $KUBECONFIG now: the client library reads it once, at import.
+        path = os.environ.get("KUBECONFIG")
+        if path is None:
+            try:
+                config.load_incluster_config(client_configuration=configuration)
+            except config.ConfigException:
+                path = str(Path("~/.kube/config").expanduser())  # noqa: ASYNC240
+            else:
+                return cls(client.ApiClient(configuration), timeout=request_timeout)
+        try:
+            await config.load_kube_config(config_file=path, client_configuration=configuration, persist_config=False)
+        except (config.ConfigException, OSError) as error:
+            raise ClusterError(
+                f"no cluster to talk to: not in a pod, and kubeconfig {path} is unusable: {error}", retryable=False
+            ) from error
+        return cls(client.ApiClient(configuration), timeout=request_timeout)
+
+    async def close(self) -> None:
+        await self._api_client.close()
+
+    async def apply(self, manifest: Mapping[str, Any]) -> None:
+        """Server-side apply as field manager ``kubeserve``, taking over fields others changed by hand."""
+        api, suffix = self._api(manifest["apiVersion"], manifest["kind"])
+        metadata = manifest["metadata"]
+        what = f"apply {manifest['kind']} {metadata['namespace']}/{metadata['name']}"
+        patch = getattr(api, f"patch_namespaced_{suffix}_without_preload_content")
+        await self._call(
+            what,
+            patch(
+                metadata["name"],
+                metadata["namespace"],
+                dict(manifest),
+                field_manager=naming.FIELD_MANAGER,
+                force=True,
+                _content_type=APPLY_PATCH,
+                _request_timeout=self._timeout,
+            ),
+        )
+
+    async def delete(self, ref: ObjectRef) -> bool:
+        """Delete the object (its dependents in the background); False when it was not there."""
+        api, suffix = self._api(ref.api_version, ref.kind)
+        delete = getattr(api, f"delete_namespaced_{suffix}_without_preload_content")
+        try:
+            await self._call(
+                f"delete {ref.kind} {ref.namespace}/{ref.name}",
+                delete(ref.name, ref.namespace, propagation_policy="Background", _request_timeout=self._timeout),
+                missing_ok=True,
+            )
+        except _NotFound:
+            return False
+        return True
+
+    def _api(self, api_version: str, kind: str) -> Any:
+        api_class, suffix = _APIS[api_version, kind]
+        return api_class(self._api_client), suffix
+
+    async def _call(self, what: str, request: Any, *, missing_ok: bool = False) -> None:
+        # Responses are read raw: the operator needs their status, not the client's models of their bodies.
+        try:
+            response = await request
+            try:
+                body = await response.read()
+            finally:
+                response.release()
+        except TimeoutError:
+            raise ClusterError(f"{what}: no answer within {self._timeout:g}s", retryable=True) from None
+        except aiohttp.ClientError as error:
+            raise ClusterError(f"{what}: {error}", retryable=True) from error
+        if 200 <= response.status < 300:
+            return
+        if response.status == 404 and missing_ok:
+            raise _NotFound(what)
+        message = _api_message(body) or response.reason or "error"
+        raise ClusterError(f"{what}: {response.status} {message}", retryable=response.status in RETRYABLE_STATUSES)
+
+
+class _NotFound(Exception):
+    pass
+
+
+def _api_message(body: bytes) -> str | None:
+    """The API server's own words: the message of the Status object it answers errors with."""
+    try:
+        status = json.loads(body)
+    except ValueError:
+        return body.decode(errors="replace").strip()[:200] or None
+    return str(status.get("message")) if isinstance(status, dict) and status.get("message") else None

@@ -1,0 +1,58 @@
+"""Pure builders: an InferenceService (and the operator's settings) in, the child manifests out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubeserve.operator import naming
+from kubeserve.operator.manifests.autoscaler import autoscaler
+from kubeserve.operator.manifests.config_map import config_map
+from kubeserve.operator.manifests.deployment import deployment
+from kubeserve.operator.manifests.service import service
+from kubeserve.operator.runtime_config import config_file, config_hash, runtime_settings
+from kubeserve.operator.settings import OperatorSettings
+from kubeserve.operator.spec import InferenceService
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Children:
+    """What to apply, in order (config before the pods that mount it), and what must not exist."""
+
+    manifests: list[dict[str, Any]]
+    absent: list[ObjectRef] = field(default_factory=list)
+
+
+def children(isvc: InferenceService, settings: OperatorSettings) -> Children:
+    config_text = config_file(runtime_settings(isvc))
+    manifests = [
+        config_map(isvc, config_text),
+        service(isvc),
+        deployment(isvc, settings, config_hash(config_text)),
+    ]
+    absent = []
+    if isvc.spec.autoscaling is not None:
+        manifests.append(autoscaler(isvc, isvc.spec.autoscaling))
+    else:
+        absent.append(
+            ObjectRef("autoscaling/v2", "HorizontalPodAutoscaler", isvc.namespace, naming.hpa_name(isvc.name))
+        )
+    return Children(manifests, absent)
+
+
+def all_children_refs(isvc_name: str, namespace: str) -> list[ObjectRef]:
+    """Every object the operator may create for an InferenceService, the pods' owners last."""
+    return [
+        ObjectRef("autoscaling/v2", "HorizontalPodAutoscaler", namespace, naming.hpa_name(isvc_name)),
+        ObjectRef("apps/v1", "Deployment", namespace, naming.deployment_name(isvc_name)),
+        ObjectRef("v1", "Service", namespace, naming.service_name(isvc_name)),
+        ObjectRef("v1", "ConfigMap", namespace, naming.config_map_name(isvc_name)),
+    ]

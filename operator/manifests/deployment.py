@@ -1,0 +1,197 @@
+"""The Deployment of runtime pods: model fetch, probes, graceful drain, GPU scheduling, locked-down security."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from kubeserve.operator import naming
+from kubeserve.operator.manifests.common import child_metadata
+from kubeserve.operator.model_source import ModelSource, model_source
+from kubeserve.operator.settings import OperatorSettings
+from kubeserve.operator.spec import InferenceService
+
+NONROOT_ID = 65532
+# The pause before SIGTERM lets endpoints controllers and load balancers stop sending new requests.
+PRESTOP_PAUSE_SECONDS = 5
+# Headroom after the runtime's own drain timeout before the kubelet kills it.
+GRACE_MARGIN_SECONDS = 10
+PROBE_PERIOD_SECONDS = 5
+
+GPU_TOLERATION = {"key": naming.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+PROMETHEUS_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(naming.HTTP_PORT),
+    "prometheus.io/path": "/metrics",
+}
+
+
+def container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def runtime_image(isvc: InferenceService, settings: OperatorSettings) -> str:
+    if isvc.spec.runtime.image:
+        return isvc.spec.runtime.image
+    return settings.cuda_image if isvc.wants_gpu else settings.cpu_image
+
+
+def deployment(isvc: InferenceService, settings: OperatorSettings, config_hash: str) -> dict[str, Any]:
+    runtime = isvc.spec.runtime
+    source = model_source(isvc.spec.model)
+    pod_labels = {**naming.common_labels(isvc.name), naming.LABEL_REVISION: isvc.spec.model.version}
+    pod_spec: dict[str, Any] = {
+        # A Service called "kubeserve" would otherwise inject KUBESERVE_PORT=tcp://... into the runtime's settings.
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": runtime.service_account_name is not None,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": NONROOT_ID,
+            "runAsGroup": NONROOT_ID,
+            "fsGroup": NONROOT_ID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationGracePeriodSeconds": PRESTOP_PAUSE_SECONDS + runtime.drain_timeout_seconds + GRACE_MARGIN_SECONDS,
+        "containers": [_runtime_container(isvc, settings, source)],
+        "volumes": _volumes(isvc, source),
+    }
+    if source.kind == "fetch":
+        pod_spec["initContainers"] = [_fetch_container(isvc, settings)]
+    pod_spec.update(_scheduling(isvc))
+
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": {naming.LABEL_ISVC: isvc.name}},
+        "revisionHistoryLimit": 3,
+        # Never below the serving capacity during a rollout: new pods come up before old ones go.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
+        "progressDeadlineSeconds": runtime.startup_timeout_seconds + 300,
+        "template": {
+            "metadata": {
+                "labels": pod_labels,
+                "annotations": {**PROMETHEUS_ANNOTATIONS, naming.ANNOTATION_CONFIG_HASH: config_hash},
+            },
+            "spec": pod_spec,
+        },
+    }
+    if isvc.spec.autoscaling is None:
+        # With autoscaling the HPA owns the replica count; leaving it out keeps applies from fighting it.
+        spec["replicas"] = isvc.spec.replicas if isvc.spec.replicas is not None else 1
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": child_metadata(isvc, naming.deployment_name(isvc.name)),
+        "spec": spec,
+    }
+
+
+def _runtime_container(isvc: InferenceService, settings: OperatorSettings, source: ModelSource) -> dict[str, Any]:
+    runtime = isvc.spec.runtime
+    mounts = [
+        {"name": "config", "mountPath": naming.CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if source.kind != "image":
+        mounts.append({"name": "models", "mountPath": naming.MODELS_DIR, "readOnly": True})
+    container: dict[str, Any] = {
+        "name": naming.RUNTIME_CONTAINER,
+        "image": runtime_image(isvc, settings),
+        "imagePullPolicy": runtime.image_pull_policy or settings.image_pull_policy,
+        "command": ["kubeserve-runtime"],
+        "args": ["serve", "--config", f"{naming.CONFIG_DIR}/{naming.CONFIG_FILE}"],
+        "ports": [{"name": "http", "containerPort": naming.HTTP_PORT, "protocol": "TCP"}],
+        "readinessProbe": _probe("/v2/health/ready", failures=2),
+        "livenessProbe": _probe("/v2/health/live", failures=3, period=10),
+        # Liveness waits until the model has loaded and warmed up, however long that takes (up to the timeout).
+        "startupProbe": _probe(
+            "/v2/health/ready", failures=math.ceil(runtime.startup_timeout_seconds / PROBE_PERIOD_SECONDS)
+        ),
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_PAUSE_SECONDS}}},
+        "volumeMounts": mounts,
+        "securityContext": container_security(),
+        # The runtime writes why a model failed to load to /dev/termination-log; logs are the fallback.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if runtime.env:
+        container["env"] = [var.model_dump(by_alias=True, exclude_none=True) for var in runtime.env]
+    resources = runtime.resources.model_dump(by_alias=True, exclude_defaults=True)
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def _fetch_container(isvc: InferenceService, settings: OperatorSettings) -> dict[str, Any]:
+    model, runtime = isvc.spec.model, isvc.spec.runtime
+    container: dict[str, Any] = {
+        "name": naming.FETCH_CONTAINER,
+        "image": runtime_image(isvc, settings),
+        "imagePullPolicy": runtime.image_pull_policy or settings.image_pull_policy,
+        "command": ["kubeserve-runtime"],
+        "args": ["fetch", model.uri, naming.FETCHED_MODEL_PATH],
+        "volumeMounts": [
+            {"name": "models", "mountPath": naming.MODELS_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if model.credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": model.credentials_secret}}]
+    # The download needs no GPU; CPU and memory as the runtime's keep quotas and limit ranges satisfied.
+    plain = {
+        kind: {name: value for name, value in amounts.items() if name in ("cpu", "memory")}
+        for kind, amounts in runtime.resources.model_dump(by_alias=True).items()
+    }
+    plain = {kind: amounts for kind, amounts in plain.items() if amounts}
+    if plain:
+        container["resources"] = plain
+    return container
+
+
+def _probe(path: str, *, failures: int, period: int = PROBE_PERIOD_SECONDS) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def _volumes(isvc: InferenceService, source: ModelSource) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": naming.config_map_name(isvc.name)}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    if source.kind == "fetch":
+        volumes.append({"name": "models", "emptyDir": {}})
+    elif source.kind == "pvc":
+        volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": source.claim, "readOnly": True}})
+    return volumes
+
+
+def _scheduling(isvc: InferenceService) -> dict[str, Any]:
+    runtime = isvc.spec.runtime
+    fields: dict[str, Any] = {}
+    tolerations = [toleration.model_dump(by_alias=True, exclude_none=True) for toleration in runtime.tolerations]
+    # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule to keep other pods off them.
+    if isvc.wants_gpu and not any(toleration.get("key") == naming.GPU_RESOURCE for toleration in tolerations):
+        tolerations.append(GPU_TOLERATION)
+    if tolerations:
+        fields["tolerations"] = tolerations
+    if runtime.node_selector:
+        fields["nodeSelector"] = dict(runtime.node_selector)
+    if runtime.affinity:
+        fields["affinity"] = runtime.affinity
+    if runtime.image_pull_secrets:
+        fields["imagePullSecrets"] = [secret.model_dump(by_alias=True) for secret in runtime.image_pull_secrets]
+    named = {
+        "runtimeClassName": runtime.runtime_class_name,
+        "priorityClassName": runtime.priority_class_name,
+        "serviceAccountName": runtime.service_account_name,
+    }
+    fields.update({key: value for key, value in named.items() if value is not None})
+    return fields

@@ -1,0 +1,62 @@
+"""Names the operator, the chart and later issues share: the API, labels, child object names."""
+
+from __future__ import annotations
+
+GROUP = "serving.kubeserve.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "InferenceService"
+PLURAL = "inferenceservices"
+
+FIELD_MANAGER = "kubeserve"
+FINALIZER = f"{GROUP}/finalizer"
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_ISVC = f"{GROUP}/inferenceservice"
+LABEL_REVISION = f"{GROUP}/revision"
+ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
+
+RUNTIME_APP_NAME = "kubeserve-runtime"
+MANAGED_BY = "kubeserve"
+
+# Inside the runtime pods.
+HTTP_PORT = 8080
+CONFIG_DIR = "/etc/kubeserve"
+CONFIG_FILE = "runtime.yaml"
+MODELS_DIR = "/models"
+FETCHED_MODEL_PATH = f"{MODELS_DIR}/model.onnx"
+RUNTIME_CONTAINER = "runtime"
+FETCH_CONTAINER = "fetch-model"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def common_labels(isvc_name: str) -> dict[str, str]:
+    """Labels on every child object; the Service selects on ``LABEL_ISVC`` alone."""
+    return {
+        LABEL_NAME: RUNTIME_APP_NAME,
+        LABEL_INSTANCE: isvc_name,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_ISVC: isvc_name,
+    }
+
+
+def config_map_name(isvc_name: str) -> str:
+    return f"{isvc_name}-runtime-config"
+
+
+def deployment_name(isvc_name: str) -> str:
+    return isvc_name
+
+
+def service_name(isvc_name: str) -> str:
+    return isvc_name
+
+
+def hpa_name(isvc_name: str) -> str:
+    return isvc_name
+
+
+def service_url(isvc_name: str, namespace: str) -> str:
+    return f"http://{service_name(isvc_name)}.{namespace}.svc.cluster.local"

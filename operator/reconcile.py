@@ -1,0 +1,82 @@
+"""One reconciliation: judge the spec, apply the children, work out the status. Handlers call into this."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from kubeserve.operator import manifests, naming, status
+from kubeserve.operator.runtime_config import config_file, config_hash, runtime_settings
+from kubeserve.operator.settings import OperatorSettings
+from kubeserve.operator.spec import InferenceService, SpecError, parse
+from kubeserve.operator.validation import spec_problems
+
+if TYPE_CHECKING:  # the API client is heavy to import; `render` needs none
+    from kubeserve.operator.cluster import Cluster
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """The spec as the operator judged it: usable (``isvc``) or not (``problems``)."""
+
+    isvc: InferenceService | None
+    problems: list[str]
+
+
+def assess(body: Mapping[str, Any]) -> Assessment:
+    try:
+        isvc = parse(body)
+    except SpecError as error:
+        return Assessment(None, error.problems)
+    problems = spec_problems(isvc)
+    return Assessment(None if problems else isvc, problems)
+
+
+async def apply_children(cluster: Cluster, isvc: InferenceService, settings: OperatorSettings) -> None:
+    """Level-triggered: apply everything wanted, delete what must not exist; safe to repeat."""
+    plan = manifests.children(isvc, settings)
+    for manifest in plan.manifests:
+        await cluster.apply(manifest)
+    for ref in plan.absent:
+        await cluster.delete(ref)
+
+
+async def delete_children(cluster: Cluster, name: str, namespace: str) -> None:
+    for ref in manifests.all_children_refs(name, namespace):
+        await cluster.delete(ref)
+
+
+def status_fields(
+    body: Mapping[str, Any],
+    assessment: Assessment,
+    *,
+    deployments: Iterable[Mapping[str, Any]],
+    pods: Iterable[Mapping[str, Any]],
+    apply_error: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The status the operator owns, for the cluster as the indexes show it."""
+    metadata = body.get("metadata") or {}
+    name, namespace = metadata.get("name", ""), metadata.get("namespace", "default")
+    url = naming.service_url(name, namespace)
+    desired = None
+    if assessment.isvc is not None:
+        isvc = assessment.isvc
+        text = config_file(runtime_settings(isvc))
+        desired = status.Desired(isvc.spec.model.version, config_hash(text), isvc.model_name, url)
+    observation = status.observe(
+        desired=desired,
+        spec_problems=assessment.problems,
+        deployment=next(iter(deployments), None),
+        pods=list(pods),
+        apply_error=apply_error,
+    )
+    return status.next_status(
+        body.get("status") or {},
+        observation,
+        generation=metadata.get("generation"),
+        url=url,
+        now=now or datetime.now(UTC),
+    )

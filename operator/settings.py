@@ -1,0 +1,91 @@
+"""The operator's own settings, from ``KUBESERVE_OPERATOR_<NAME>`` environment variables (flags may override)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Literal
+
+from kubeserve.runtime import __version__
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "KUBESERVE_OPERATOR_"
+
+# kopf pauses every operator that sees a peer of the same priority, so each replica draws its own:
+# the highest one works, the others wait and take over when its keep-alive expires.
+_PRIORITY_RANGE = (1, 2**31 - 1)
+
+
+class SettingsError(Exception):
+    """The environment holds a setting that cannot be used; the message names it."""
+
+
+class OperatorSettings(BaseModel):
+    """Everything the operator can be told. Field descriptions double as documentation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu_image: str = Field(
+        default=f"ghcr.io/kubeserve/kubeserve-runtime:{__version__}",
+        min_length=1,
+        description="runtime image for InferenceServices that ask for no GPU",
+    )
+    cuda_image: str = Field(
+        default=f"ghcr.io/kubeserve/kubeserve-runtime-cuda:{__version__}",
+        min_length=1,
+        description="runtime image for InferenceServices whose resources ask for nvidia.com/gpu",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="runtime pods' image pull policy when the spec sets none"
+    )
+    namespaces: tuple[str, ...] = Field(
+        default=(), description="namespaces to watch (comma-separated); empty watches the whole cluster"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
+    peering_name: str = Field(
+        default="kubeserve", min_length=1, description="the kopf peering object the replicas share"
+    )
+    peering_priority: int = Field(
+        default_factory=lambda: random.randint(*_PRIORITY_RANGE),
+        ge=0,
+        description="this replica's peering priority (the highest works); random when unset",
+    )
+    standalone: bool = Field(default=False, description="run without peering (a single replica)")
+    health_port: int = Field(
+        default=8081, ge=0, le=65535, description="port of the liveness endpoint /healthz; 0 turns it off"
+    )
+    api_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="longest wait for one Kubernetes API request of the operator's own"
+    )
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+
+SETTING_NAMES: tuple[str, ...] = tuple(OperatorSettings.model_fields)
+
+
+def env_name(setting: str) -> str:
+    return ENV_PREFIX + setting.upper()
+
+
+def load_settings(environ: Mapping[str, str], overrides: Mapping[str, object] | None = None) -> OperatorSettings:
+    """Settings from the environment, then ``overrides`` (flags) on top; unset overrides are None."""
+    values: dict[str, object] = {name: environ[env_name(name)] for name in SETTING_NAMES if env_name(name) in environ}
+    values.update({name: value for name, value in (overrides or {}).items() if value is not None})
+    try:
+        return OperatorSettings.model_validate(values)
+    except ValidationError as error:
+        problems = []
+        for problem in error.errors():
+            name = str(problem["loc"][0]) if problem["loc"] else "settings"
+            problems.append(f"{env_name(name)}: {problem['msg']} (got {problem.get('input')!r})")
+        raise SettingsError("invalid operator settings:\n  " + "\n  ".join(problems)) from error

@@ -1,0 +1,314 @@
+"""The InferenceService as the operator reads it: typed, with the CRD's rules (schema and CEL) restated.
+
+The CRD (``crds/inferenceservices.yaml``) is the API's source of truth and the API server enforces it; this
+model lets the operator work with types and lets ``kubeserve-operator render`` reject, without a cluster, what
+the API server would. ``tests/operator/test_crd.py`` keeps the two in step: same fields, same defaults, and
+every invalid object in its table rejected by both with the same message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from kubeserve.operator import naming
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+QUANTITY = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+# A version is also the pods' revision label, so it must be a valid label value.
+MODEL_VERSION = r"^[A-Za-z0-9]([A-Za-z0-9_.\-]*[A-Za-z0-9])?$"
+
+URI_PATTERNS = (
+    re.compile(r"^(https?|s3|gs)://[^/]+/.+$"),
+    re.compile(r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/.+$"),
+    re.compile(r"^file:///.+$"),
+)
+DOTDOT_PATTERN = re.compile(r"^(pvc|file)://.*(^|/)[.][.](/|$)")
+
+# The runtime settings the spec controls; env must not override them (the CRD's env rule lists the same).
+SPEC_CONTROLLED_ENV = (
+    "KUBESERVE_CONFIG",
+    "KUBESERVE_MODEL_PATH",
+    "KUBESERVE_MODEL_NAME",
+    "KUBESERVE_MODEL_VERSION",
+    "KUBESERVE_PORT",
+    "KUBESERVE_MAX_BATCH_SIZE",
+    "KUBESERVE_MAX_QUEUE_DELAY_MICROSECONDS",
+    "KUBESERVE_PREFERRED_BATCH_SIZE",
+    "KUBESERVE_MAX_QUEUE_SIZE",
+    "KUBESERVE_DEFAULT_TIMEOUT_MICROSECONDS",
+    "KUBESERVE_INSTANCE_COUNT",
+    "KUBESERVE_DEVICE",
+    "KUBESERVE_INTRA_OP_NUM_THREADS",
+    "KUBESERVE_INTER_OP_NUM_THREADS",
+    "KUBESERVE_ALLOW_SPINNING",
+    "KUBESERVE_GRAPH_OPTIMIZATION_LEVEL",
+    "KUBESERVE_DRAIN_TIMEOUT_SECONDS",
+    "KUBESERVE_LOG_LEVEL",
+)
+
+# The CRD restricts metadata.name with a pattern; the operator says the same in words.
+MSG_NAME = (
+    "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter, "
+    "at most 63 characters): it names the Service"
+)
+# The messages of the CRD's CEL rules, word for word.
+MSG_REPLICAS_XOR_AUTOSCALING = (
+    "set either replicas or autoscaling, not both: with autoscaling the HPA owns the replica count"
+)
+MSG_URI = (
+    "uri must be https://HOST/PATH, http://HOST/PATH, s3://BUCKET/KEY, gs://BUCKET/OBJECT, pvc://CLAIM/PATH "
+    "or file:///PATH (a file inside the runtime image)"
+)
+MSG_DOTDOT = "uri must not contain '..' path segments"
+MSG_CREDENTIALS = "credentialsSecret is only used for s3:// and gs:// URIs"
+MSG_ENV = "env must not set a KUBESERVE_ variable that the InferenceService spec controls (use the spec field instead)"
+MSG_PREFERRED = "every preferredBatchSize must be at most maxBatchSize"
+MSG_MIN_MAX = "minReplicas must be at most maxReplicas"
+
+
+def _quantity(value: object) -> int | str:
+    # Kubernetes int-or-string: a whole number, or a string such as "500m" or "2Gi"; never a float.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.match(QUANTITY, value):
+        return value
+    raise ValueError("must be a Kubernetes quantity such as 1, 500m or 2Gi")
+
+
+Quantity = Annotated[int | str, PlainValidator(_quantity)]
+
+
+class SpecError(Exception):
+    """The object is not a usable InferenceService; ``problems`` says where and why, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class _Fields(BaseModel):
+    """camelCase on the wire (as in the CRD), snake_case in Python; unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+
+class Model(_Fields):
+    name: str | None = Field(default=None, max_length=63, pattern=MODEL_NAME)
+    version: str = Field(min_length=1, max_length=63, pattern=MODEL_VERSION)
+    uri: str = Field(max_length=2048)
+    format: Literal["onnx"] = "onnx"
+    credentials_secret: str | None = Field(default=None, max_length=253, pattern=DNS1123_SUBDOMAIN)
+
+    @field_validator("uri")
+    @classmethod
+    def _check_uri(cls, uri: str) -> str:
+        if not any(pattern.match(uri) for pattern in URI_PATTERNS):
+            raise ValueError(MSG_URI)
+        if DOTDOT_PATTERN.match(uri):
+            raise ValueError(MSG_DOTDOT)
+        return uri
+
+    @field_validator("credentials_secret")
+    @classmethod
+    def _check_credentials(cls, secret: str | None, info: ValidationInfo) -> str | None:
+        uri = info.data.get("uri", "")
+        if secret is not None and not uri.startswith(("s3://", "gs://")):
+            raise ValueError(MSG_CREDENTIALS)
+        return secret
+
+
+class LocalObjectReference(_Fields):
+    name: str = Field(max_length=253)
+
+
+class Resources(_Fields):
+    limits: dict[str, Quantity] = Field(default_factory=dict, max_length=32)
+    requests: dict[str, Quantity] = Field(default_factory=dict, max_length=32)
+
+
+class Toleration(_Fields):
+    key: str | None = Field(default=None, max_length=317)
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class EnvVar(_Fields):
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str | None = None
+    value_from: dict[str, Any] | None = None
+
+
+class Runtime(_Fields):
+    image: str | None = Field(default=None, min_length=1, max_length=1024)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16)
+    resources: Resources = Field(default_factory=Resources)
+    node_selector: dict[str, str] = Field(default_factory=dict, max_length=64)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
+    affinity: dict[str, Any] | None = None
+    runtime_class_name: str | None = Field(default=None, max_length=253)
+    priority_class_name: str | None = Field(default=None, max_length=253)
+    service_account_name: str | None = Field(default=None, max_length=253)
+    env: list[EnvVar] = Field(default_factory=list, max_length=128)
+    device: Literal["auto", "cpu", "cuda"] | None = None
+    instance_count: int = Field(default=1, ge=1, le=64)
+    intra_op_num_threads: int = Field(default=0, ge=0, le=1024)
+    inter_op_num_threads: int = Field(default=0, ge=0, le=1024)
+    allow_spinning: bool = False
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    drain_timeout_seconds: int = Field(default=30, ge=0, le=3600)
+    startup_timeout_seconds: int = Field(default=600, ge=10, le=86400)
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, env: list[EnvVar]) -> list[EnvVar]:
+        if any(var.name in SPEC_CONTROLLED_ENV for var in env):
+            raise ValueError(MSG_ENV)
+        return env
+
+
+class Batching(_Fields):
+    max_batch_size: int = Field(default=32, ge=0, le=65536)
+    max_queue_delay_microseconds: int = Field(default=0, ge=0, le=10_000_000)
+    preferred_batch_size: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=list, max_length=16)
+    max_queue_size: int = Field(default=1024, ge=1, le=1_000_000)
+    default_timeout_microseconds: int = Field(default=0, ge=0, le=3_600_000_000)
+
+    @field_validator("preferred_batch_size")
+    @classmethod
+    def _check_preferred(cls, sizes: list[int], info: ValidationInfo) -> list[int]:
+        largest = info.data.get("max_batch_size", 0)
+        if largest and any(size > largest for size in sizes):
+            raise ValueError(MSG_PREFERRED)
+        return sizes
+
+
+class ScalingPolicy(_Fields):
+    type: Literal["Pods", "Percent"]
+    value: int = Field(ge=1)
+    period_seconds: int = Field(ge=1, le=1800)
+
+
+class ScalingRules(_Fields):
+    stabilization_window_seconds: int | None = Field(default=None, ge=0, le=3600)
+    select_policy: Literal["Max", "Min", "Disabled"] | None = None
+    tolerance: Quantity | None = None
+    policies: list[ScalingPolicy] | None = Field(default=None, max_length=16)
+
+
+class Behavior(_Fields):
+    scale_up: ScalingRules | None = None
+    scale_down: ScalingRules | None = None
+
+
+class Autoscaling(_Fields):
+    min_replicas: int = Field(default=1, ge=1, le=1000)
+    max_replicas: int = Field(ge=1, le=1000)
+    target_queue_delay_seconds: float = Field(default=0.05, gt=0, le=60)
+    behavior: Behavior | None = None
+
+    @model_validator(mode="after")
+    def _check_range(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(MSG_MIN_MAX)
+        return self
+
+
+class Spec(_Fields):
+    model: Model
+    replicas: int | None = Field(default=None, ge=0, le=1000)
+    runtime: Runtime = Field(default_factory=Runtime)
+    batching: Batching = Field(default_factory=Batching)
+    autoscaling: Autoscaling | None = None
+
+    @model_validator(mode="after")
+    def _check_scaling(self) -> Spec:
+        if self.replicas is not None and self.autoscaling is not None:
+            raise ValueError(MSG_REPLICAS_XOR_AUTOSCALING)
+        return self
+
+
+class Metadata(BaseModel):
+    # Server-set metadata (labels, managedFields, ...) is not the operator's business.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str
+    namespace: str = "default"
+    uid: str | None = None
+    generation: int | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if len(name) > 63 or not re.match(DNS1035_LABEL, name):
+            raise ValueError(MSG_NAME)
+        return name
+
+
+class InferenceService(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    api_version: Literal["serving.kubeserve.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["InferenceService"]
+    metadata: Metadata
+    spec: Spec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace
+
+    @property
+    def model_name(self) -> str:
+        return self.spec.model.name or self.metadata.name
+
+    @property
+    def wants_gpu(self) -> bool:
+        resources = self.spec.runtime.resources
+        return naming.GPU_RESOURCE in resources.limits or naming.GPU_RESOURCE in resources.requests
+
+
+def parse(body: Mapping[str, Any]) -> InferenceService:
+    """The object as an InferenceService, or SpecError with one line per problem."""
+    try:
+        return InferenceService.model_validate(dict(body))
+    except ValidationError as error:
+        raise SpecError(describe(error)) from error
+
+
+def describe(error: ValidationError) -> list[str]:
+    """Problems as ``spec.model.uri: message`` lines, naming fields as the user wrote them."""
+    problems = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"] if not str(part).startswith("function-"))
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "missing":
+            message = "required"
+        elif problem["type"] == "extra_forbidden":
+            message = "unknown field"
+        problems.append(f"{where}: {message}" if where else message)
+    return problems

@@ -1,0 +1,210 @@
+"""Cluster state (the Deployment and its pods) into the InferenceService's status: pure functions.
+
+Three conditions, each with a reason a user can act on and the pods' own message:
+
+- ``Ready``: the Service answers V2 requests (at least one pod is ready), whichever version it serves.
+- ``ModelLoaded``: a pod of the wanted model version has loaded and warmed up the model.
+- ``RolloutComplete``: every pod runs the wanted version and configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kubeserve.operator import naming
+from kubeserve.operator.pod_diagnosis import PodProblem, is_ready, worst
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What the spec asks for, as far as the pods show it."""
+
+    revision: str
+    config_hash: str
+    model_name: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    conditions: tuple[Condition, ...]
+    replicas: int
+    ready_replicas: int
+    failure: PodProblem | None
+
+
+def observe(
+    *,
+    desired: Desired | None,
+    spec_problems: Sequence[str],
+    deployment: Mapping[str, Any] | None,
+    pods: Sequence[Mapping[str, Any]],
+    apply_error: str | None = None,
+) -> Observation:
+    """The conditions for the cluster as it is; ``desired`` is None when the spec is invalid.
+
+    ``apply_error`` is the API server's refusal of the last apply (RBAC, an admission policy, ...).
+    """
+    status = (deployment or {}).get("status") or {}
+    replicas, ready = status.get("replicas") or 0, status.get("readyReplicas") or 0
+    live = [pod for pod in pods if not pod.get("metadata", {}).get("deletionTimestamp")]
+
+    if desired is None:
+        message = "; ".join(spec_problems)
+        kept = "the runtime pods keep their last valid spec" if deployment else "nothing was created"
+        conditions = (
+            Condition("Ready", False, "InvalidSpec", message),
+            Condition("ModelLoaded", False, "InvalidSpec", kept),
+            Condition("RolloutComplete", False, "InvalidSpec", kept),
+        )
+        return Observation(conditions, replicas, ready, None)
+
+    current = [pod for pod in live if _runs(pod, desired)]
+    problem = worst(current)
+    ready_condition = _ready(desired, deployment, ready, problem or worst(live))
+    rollout = _rollout(desired, deployment, problem)
+    if apply_error is not None:
+        rollout = Condition("RolloutComplete", False, "ApplyFailed", apply_error)
+        if not ready_condition.status:
+            ready_condition = Condition("Ready", False, "ApplyFailed", apply_error)
+    conditions = (ready_condition, _model_loaded(desired, deployment, current, problem), rollout)
+    return Observation(conditions, replicas, ready, problem or worst(live))
+
+
+def next_status(
+    current: Mapping[str, Any],
+    observation: Observation,
+    *,
+    generation: int | None,
+    url: str,
+    now: datetime,
+) -> dict[str, Any]:
+    """The status fields the operator owns, keeping transition times and the last failure's first sighting."""
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    previous = {c.get("type"): c for c in current.get("conditions") or []}
+    conditions = []
+    for condition in observation.conditions:
+        status = "True" if condition.status else "False"
+        before = previous.get(condition.type) or {}
+        entry: dict[str, Any] = {
+            "type": condition.type,
+            "status": status,
+            "reason": condition.reason,
+            "message": condition.message,
+            "lastTransitionTime": before.get("lastTransitionTime", stamp) if before.get("status") == status else stamp,
+        }
+        if generation is not None:
+            entry["observedGeneration"] = generation
+        conditions.append(entry)
+    result: dict[str, Any] = {
+        "url": url,
+        "replicas": observation.replicas,
+        "readyReplicas": observation.ready_replicas,
+        "conditions": conditions,
+    }
+    failure, last = observation.failure, current.get("lastFailure")
+    if failure is not None:
+        same = last and last.get("reason") == failure.reason and last.get("message") == failure.message
+        result["lastFailure"] = {
+            "reason": failure.reason,
+            "message": failure.message,
+            "time": last["time"] if same else stamp,
+        }
+    elif last:
+        result["lastFailure"] = last
+    return result
+
+
+def changes(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """Only what differs: a status patch that is empty when nothing happened."""
+    return {key: value for key, value in new.items() if current.get(key) != value}
+
+
+def _runs(pod: Mapping[str, Any], desired: Desired) -> bool:
+    metadata = pod.get("metadata") or {}
+    return (metadata.get("labels") or {}).get(naming.LABEL_REVISION) == desired.revision and (
+        metadata.get("annotations") or {}
+    ).get(naming.ANNOTATION_CONFIG_HASH) == desired.config_hash
+
+
+def _template_matches(deployment: Mapping[str, Any], desired: Desired) -> bool:
+    template = ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    return (template.get("labels") or {}).get(naming.LABEL_REVISION) == desired.revision and (
+        template.get("annotations") or {}
+    ).get(naming.ANNOTATION_CONFIG_HASH) == desired.config_hash
+
+
+def _wanted_replicas(deployment: Mapping[str, Any]) -> int:
+    wanted = (deployment.get("spec") or {}).get("replicas")
+    return 1 if wanted is None else wanted
+
+
+def _ready(desired: Desired, deployment: Mapping[str, Any] | None, ready: int, problem: PodProblem | None) -> Condition:
+    if deployment is None:
+        return Condition("Ready", False, "Pending", "creating the runtime Deployment")
+    wanted = _wanted_replicas(deployment)
+    if ready > 0:
+        endpoint = f"{desired.url}/v2/models/{desired.model_name}/infer"
+        return Condition("Ready", True, "Serving", f"{ready} of {wanted} pods ready; V2 inference at {endpoint}")
+    if wanted == 0:
+        return Condition("Ready", False, "ScaledToZero", "replicas is 0: no pod serves the model")
+    if problem is not None:
+        return Condition("Ready", False, problem.reason, problem.message)
+    return Condition("Ready", False, "ModelLoading", "no pod is ready yet: pods are starting, fetching or loading")
+
+
+def _model_loaded(
+    desired: Desired,
+    deployment: Mapping[str, Any] | None,
+    current: Sequence[Mapping[str, Any]],
+    problem: PodProblem | None,
+) -> Condition:
+    loaded = sum(1 for pod in current if is_ready(pod))
+    what = f"model {desired.model_name} version {desired.revision}"
+    if loaded:
+        return Condition("ModelLoaded", True, "ModelLoaded", f"{what} is loaded in {loaded} pods")
+    if problem is not None:
+        return Condition("ModelLoaded", False, problem.reason, problem.message)
+    if current:
+        return Condition("ModelLoaded", False, "ModelLoading", f"{len(current)} pods are fetching or loading {what}")
+    if deployment is not None and _wanted_replicas(deployment) == 0:
+        return Condition("ModelLoaded", False, "ScaledToZero", f"replicas is 0: {what} is not loaded anywhere")
+    return Condition("ModelLoaded", False, "Pending", f"no pod runs {what} yet")
+
+
+def _rollout(desired: Desired, deployment: Mapping[str, Any] | None, problem: PodProblem | None) -> Condition:
+    if deployment is None:
+        return Condition("RolloutComplete", False, "Pending", "creating the runtime Deployment")
+    if not _template_matches(deployment, desired):
+        return Condition("RolloutComplete", False, "RolloutPending", f"applying version {desired.revision}")
+    status = deployment.get("status") or {}
+    generation = (deployment.get("metadata") or {}).get("generation")
+    if generation is not None and (status.get("observedGeneration") or 0) < generation:
+        return Condition("RolloutComplete", False, "RolloutInProgress", "the Deployment controller has yet to act")
+    if problem is not None:
+        return Condition("RolloutComplete", False, problem.reason, problem.message)
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
+            return Condition("RolloutComplete", False, "ProgressDeadlineExceeded", condition.get("message") or "")
+    wanted = _wanted_replicas(deployment)
+    updated, available = status.get("updatedReplicas") or 0, status.get("availableReplicas") or 0
+    total = status.get("replicas") or 0
+    if updated < wanted or total > updated or available < updated:
+        return Condition(
+            "RolloutComplete",
+            False,
+            "RolloutInProgress",
+            f"{min(updated, available)} of {wanted} pods run version {desired.revision} and are ready",
+        )
+    return Condition("RolloutComplete", True, "RolloutComplete", f"all {wanted} pods run version {desired.revision}")

@@ -1,0 +1,368 @@
+"""The Helm chart, rendered by the pinned helm (`make tools`) and checked against Kubernetes 1.37's own schemas."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "kubeserve"
+HELM = REPO / ".tools" / "bin" / "helm"
+KUBERNETES_VERSION = "1.37"
+RELEASE_NAMESPACE = "kubeserve-system"
+
+CLUSTER_WIDE: tuple[str, ...] = ()
+NAMESPACED = ("watch.clusterWide=false", "watch.namespaces={models,team-b}")
+MODES = {"cluster-wide": CLUSTER_WIDE, "namespaced": NAMESPACED}
+
+# What the operator does with each resource, and so the only verbs it gets.
+APPLICATION_RULES = {
+    # kopf lists and watches InferenceServices, and patches them for its finalizer and annotations.
+    ("serving.kubeserve.io", "inferenceservices"): {"list", "watch", "patch"},
+    # Status: conditions, replicas, URL, the model's last failure, kopf's progress.
+    ("serving.kubeserve.io", "inferenceservices/status"): {"patch"},
+    # blockOwnerDeletion on the children's owner references, where OwnerReferencesPermissionEnforcement is on.
+    ("serving.kubeserve.io", "inferenceservices/finalizers"): {"update"},
+    # Children: server-side apply (PATCH, authorised as create for a new object) and delete.
+    ("", "configmaps"): {"create", "patch", "delete"},
+    ("", "services"): {"create", "patch", "delete"},
+    ("autoscaling", "horizontalpodautoscalers"): {"create", "patch", "delete"},
+    # ...and the Deployments are indexed by kopf (a watch) to report the rollout.
+    ("apps", "deployments"): {"list", "watch", "create", "patch", "delete"},
+    # Runtime pods: indexed by kopf, to report fetch failures, image pulls and scheduling.
+    ("", "pods"): {"list", "watch"},
+    # kopf's warnings and InvalidSpec.
+    ("", "events"): {"create"},
+}
+# kopf's own needs, as its RBAC documentation lists them.
+CLUSTER_PEERING_RULES = {("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"}}
+NAMESPACED_PEERING_RULES = {("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"}}
+CRD_DISCOVERY_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+NAMESPACE_DISCOVERY_RULES = {("", "namespaces"): {"list", "watch"}}
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    if not HELM.exists():
+        pytest.fail("helm is missing: `make tools` puts the pinned helm in .tools/bin")
+    return str(HELM)
+
+
+def render(helm: str, *values: str) -> list[dict]:
+    command = [helm, "template", "kubeserve", str(CHART), "--namespace", RELEASE_NAMESPACE, "--include-crds"]
+    for value in values:
+        command += ["--set", value]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return [document for document in yaml.safe_load_all(result.stdout) if document]
+
+
+def of_kind(manifests: Iterable[dict], kind: str) -> list[dict]:
+    return [manifest for manifest in manifests if manifest["kind"] == kind]
+
+
+def rules_of(role: dict) -> dict[tuple[str, str], set[str]]:
+    """A role's rules as (group, resource) -> verbs, failing on anything a wildcard or a list would hide."""
+    table: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, f"unexpected rule fields in {rule}"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                table.setdefault((group, resource), set()).update(rule["verbs"])
+    return table
+
+
+@pytest.fixture(scope="module", params=list(MODES))
+def mode(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def manifests(helm: str, mode: str) -> list[dict]:
+    return render(helm, *MODES[mode])
+
+
+# --- The chart as helm sees it -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", list(MODES.values()), ids=list(MODES))
+def test_helm_lint_passes(helm, values):
+    command = [helm, "lint", "--strict", str(CHART)]
+    for value in values:
+        command += ["--set", value]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_manifest_is_valid_kubernetes(manifests):
+    crd_schemas = {
+        (crd["spec"]["group"], crd["spec"]["names"]["kind"]): version["schema"]["openAPIV3Schema"]
+        for crd in of_kind(manifests, "CustomResourceDefinition")
+        for version in crd["spec"]["versions"]
+    }
+    for manifest in manifests:
+        group = manifest["apiVersion"].rpartition("/")[0]
+        if (group, manifest["kind"]) in crd_schemas:
+            # A custom resource: its CRD's schema, and the metadata every object needs.
+            jsonschema.validate(manifest, crd_schemas[group, manifest["kind"]])
+            assert manifest["metadata"]["name"]
+        else:
+            kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+def test_namespaced_objects_go_to_the_release_or_watched_namespaces(manifests, mode):
+    cluster_scoped = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
+    allowed = {RELEASE_NAMESPACE} if mode == "cluster-wide" else {RELEASE_NAMESPACE, "models", "team-b"}
+    for manifest in manifests:
+        namespace = manifest["metadata"].get("namespace")
+        if manifest["kind"] in cluster_scoped:
+            assert namespace is None, f"{manifest['kind']} is cluster-scoped"
+        else:
+            assert namespace in allowed, f"{manifest['kind']} {manifest['metadata']['name']} in {namespace}"
+
+
+# --- CRDs ----------------------------------------------------------------------------------------------------
+
+
+def test_the_chart_installs_exactly_the_crds_in_crds_folder(manifests):
+    # charts/kubeserve/crds is a link to crds/: the API has one source of truth.
+    sources = [doc for path in sorted((REPO / "crds").glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text())]
+    rendered = of_kind(manifests, "CustomResourceDefinition")
+
+    assert any(doc["metadata"]["name"] == "inferenceservices.serving.kubeserve.io" for doc in sources)
+    assert sorted(rendered, key=lambda d: d["metadata"]["name"]) == sorted(sources, key=lambda d: d["metadata"]["name"])
+
+
+def test_the_chart_installs_the_inference_service_and_kopf_peering_crds(manifests):
+    names = {crd["metadata"]["name"] for crd in of_kind(manifests, "CustomResourceDefinition")}
+
+    assert names == {"inferenceservices.serving.kubeserve.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+
+
+# --- RBAC ----------------------------------------------------------------------------------------------------
+
+
+def test_the_rbac_table_covers_what_the_operator_code_does():
+    """Cross-check the table with the operator: its resource, every child kind it applies and deletes."""
+    from kubeserve.operator import handlers, manifests
+
+    group, _, plural = handlers.RESOURCE
+    assert {"list", "watch", "patch"} <= APPLICATION_RULES[group, plural]
+    assert "patch" in APPLICATION_RULES[group, f"{plural}/status"]
+    for ref in manifests.all_children_refs("any", "default"):
+        child_group = ref.api_version.rpartition("/")[0]
+        assert {"create", "patch", "delete"} <= APPLICATION_RULES[child_group, ref.kind.lower() + "s"], ref.kind
+
+
+def test_cluster_wide_rbac_grants_exactly_what_the_operator_uses(helm):
+    manifests = render(helm, *CLUSTER_WIDE)
+
+    (role,) = of_kind(manifests, "ClusterRole")
+    assert rules_of(role) == APPLICATION_RULES | CLUSTER_PEERING_RULES | CRD_DISCOVERY_RULES
+    assert of_kind(manifests, "Role") == []
+    (binding,) = of_kind(manifests, "ClusterRoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubeserve"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubeserve", "namespace": RELEASE_NAMESPACE}]
+
+
+def test_namespaced_rbac_is_a_role_in_each_watched_namespace(helm):
+    manifests = render(helm, *NAMESPACED)
+
+    roles = of_kind(manifests, "Role")
+    assert sorted(role["metadata"]["namespace"] for role in roles) == ["models", "team-b"]
+    for role in roles:
+        assert rules_of(role) == APPLICATION_RULES | NAMESPACED_PEERING_RULES
+    bindings = of_kind(manifests, "RoleBinding")
+    assert sorted(binding["metadata"]["namespace"] for binding in bindings) == ["models", "team-b"]
+    for binding in bindings:
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubeserve", "namespace": RELEASE_NAMESPACE}]
+    # Cluster-wide, only read access to the CRDs and namespaces kopf watches come and go.
+    (discovery,) = of_kind(manifests, "ClusterRole")
+    assert rules_of(discovery) == CRD_DISCOVERY_RULES | NAMESPACE_DISCOVERY_RULES
+
+
+def test_namespaced_rbac_without_discovery_has_nothing_cluster_wide(helm):
+    manifests = render(helm, *NAMESPACED, "rbac.discovery=false")
+
+    assert of_kind(manifests, "ClusterRole") == []
+    assert of_kind(manifests, "ClusterRoleBinding") == []
+
+
+def test_a_namespaced_operator_watches_its_own_namespace_by_default(helm):
+    manifests = render(helm, "watch.clusterWide=false")
+
+    assert [role["metadata"]["namespace"] for role in of_kind(manifests, "Role")] == [RELEASE_NAMESPACE]
+    assert [peering["metadata"]["namespace"] for peering in of_kind(manifests, "KopfPeering")] == [RELEASE_NAMESPACE]
+
+
+def test_no_wildcards_anywhere_in_rbac(manifests):
+    for role in of_kind(manifests, "ClusterRole") + of_kind(manifests, "Role"):
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[field], f"{role['kind']} {role['metadata']['name']}: {rule}"
+
+
+def test_rbac_can_be_left_to_the_platform(helm):
+    manifests = render(helm, "rbac.create=false", "serviceAccount.create=false", "serviceAccount.name=platform-sa")
+
+    assert not [m for m in manifests if m["kind"] in {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}]
+    assert of_kind(manifests, "ServiceAccount") == []
+    (deployment,) = of_kind(manifests, "Deployment")
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "platform-sa"
+
+
+# --- The operator Deployment ---------------------------------------------------------------------------------
+
+
+def operator_pod(manifests: list[dict]) -> dict:
+    (deployment,) = of_kind(manifests, "Deployment")
+    return deployment["spec"]["template"]["spec"]
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {item["name"]: item.get("value") for item in container.get("env", [])}
+
+
+def test_two_operator_replicas_share_one_peering(manifests, mode):
+    (deployment,) = of_kind(manifests, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    (container,) = operator_pod(manifests)["containers"]
+    assert env_of(container)["KUBESERVE_OPERATOR_PEERING_NAME"] == "kubeserve"
+    # kopf's identity in the peering object is the pod's name.
+    (pod_id,) = [item for item in container["env"] if item["name"] == "POD_ID"]
+    assert pod_id["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    if mode == "cluster-wide":
+        assert [peering["metadata"]["name"] for peering in of_kind(manifests, "ClusterKopfPeering")] == ["kubeserve"]
+        assert of_kind(manifests, "KopfPeering") == []
+    else:
+        peerings = of_kind(manifests, "KopfPeering")
+        assert sorted((p["metadata"]["namespace"], p["metadata"]["name"]) for p in peerings) == [
+            ("models", "kubeserve"),
+            ("team-b", "kubeserve"),
+        ]
+        assert of_kind(manifests, "ClusterKopfPeering") == []
+    (budget,) = of_kind(manifests, "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+
+
+def test_a_single_replica_gets_no_disruption_budget(helm):
+    manifests = render(helm, "operator.replicas=1")
+
+    assert of_kind(manifests, "PodDisruptionBudget") == []
+
+
+def test_the_operator_runs_as_non_root_on_a_read_only_root_filesystem(manifests):
+    pod = operator_pod(manifests)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["enableServiceLinks"] is False
+    (container,) = pod["containers"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    (tmp,) = [mount for mount in container["volumeMounts"] if mount["mountPath"] == "/tmp"]
+    (volume,) = [volume for volume in pod["volumes"] if volume["name"] == tmp["name"]]
+    assert volume == {"name": tmp["name"], "emptyDir": {}}
+
+
+def operator_settings(manifests: list[dict]):
+    """The settings the operator reads from the rendered environment, through its own loader."""
+    from kubeserve.operator.settings import ENV_PREFIX, SETTING_NAMES, env_name, load_settings
+
+    (container,) = operator_pod(manifests)["containers"]
+    env = {name: value for name, value in env_of(container).items() if value is not None}
+    unknown = {name for name in env if name.startswith(ENV_PREFIX)} - {env_name(s) for s in SETTING_NAMES}
+    assert not unknown, f"the chart sets variables the operator does not read: {unknown}"
+    return load_settings(env)
+
+
+def test_every_operator_setting_the_chart_sets_is_one_the_operator_reads(manifests, mode):
+    settings = operator_settings(manifests)
+
+    assert settings.clusterwide is (mode == "cluster-wide")
+    assert settings.namespaces == (() if mode == "cluster-wide" else ("models", "team-b"))
+    assert settings.peering_name == "kubeserve"
+    assert settings.standalone is False
+    (container,) = operator_pod(manifests)["containers"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["ports"] == [{"name": "health", "containerPort": settings.health_port}]
+
+
+def test_the_chart_defaults_to_the_operators_own_default_images(manifests):
+    from kubeserve.operator.settings import OperatorSettings
+
+    settings = operator_settings(manifests)
+    defaults = OperatorSettings.model_fields
+
+    assert settings.cpu_image == defaults["cpu_image"].default
+    assert settings.cuda_image == defaults["cuda_image"].default
+    assert settings.image_pull_policy == "IfNotPresent"
+    (container,) = operator_pod(manifests)["containers"]
+    assert container["image"] == "ghcr.io/kubeserve/kubeserve-operator:0.1.0"  # the chart's appVersion
+
+
+def test_values_reach_the_operator(helm):
+    manifests = render(
+        helm,
+        "operator.image.tag=1.2.3",
+        "runtime.cpuImage=registry.example/runtime:1.2.3",
+        "runtime.cudaImage=registry.example/runtime-cuda:1.2.3",
+        "runtime.imagePullPolicy=Always",
+        "operator.logLevel=debug",
+        "peering.name=blue",
+    )
+    settings = operator_settings(manifests)
+    (container,) = operator_pod(manifests)["containers"]
+
+    assert container["image"] == "ghcr.io/kubeserve/kubeserve-operator:1.2.3"
+    assert settings.cpu_image == "registry.example/runtime:1.2.3"
+    assert settings.cuda_image == "registry.example/runtime-cuda:1.2.3"
+    assert settings.image_pull_policy == "Always"
+    assert settings.log_level == "debug"
+    assert settings.peering_name == "blue"
+    assert [peering["metadata"]["name"] for peering in of_kind(manifests, "ClusterKopfPeering")] == ["blue"]
+
+
+def test_turning_the_health_endpoint_off_drops_the_probe(helm):
+    manifests = render(helm, "operator.healthPort=0")
+    (container,) = operator_pod(manifests)["containers"]
+
+    assert operator_settings(manifests).health_port == 0
+    assert "livenessProbe" not in container
+    assert "ports" not in container
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        ("runtime.imagePullPolicy=Sometimes", "at '/runtime/imagePullPolicy': value must be one of"),
+        ("watch.namespaces={Not_A_Namespace}", "at '/watch/namespaces/0'"),
+        ("operator.replicas=0", "at '/operator/replicas'"),
+        ("runtime.image=old-name:1", "additional properties 'image' not allowed"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_path_to_fix(helm, value, complaint):
+    command = [helm, "template", "kubeserve", str(CHART), "--set", value]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    assert result.returncode != 0
+    assert complaint in result.stderr
+
+
+def test_replicas_spread_over_nodes(manifests):
+    (spread,) = operator_pod(manifests)["topologySpreadConstraints"]
+    (deployment,) = of_kind(manifests, "Deployment")
+
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]

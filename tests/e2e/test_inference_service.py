@@ -1,0 +1,149 @@
+"""End to end on kind: install the chart, apply the CPU sample, get an answer through its Service, delete it.
+
+Runs with `make e2e` where Docker works (it builds both images and creates a throwaway kind cluster). Anywhere
+else, `make test` included, it is collected and skipped with one line that says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "kubeserve"
+SAMPLE = REPO / "samples" / "isvc-cpu.yaml"
+OPERATOR_NAMESPACE = "kubeserve-system"
+CHILD_KINDS = "configmaps,deployments,services,horizontalpodautoscalers"
+
+
+def docker_problem() -> str | None:
+    """Why Docker cannot run this test here, or None when `docker info` answers."""
+    docker = shutil.which("docker")
+    if docker is None:
+        return "no `docker` command"
+    try:
+        result = subprocess.run([docker, "info"], capture_output=True, text=True, timeout=30, check=False)
+    except subprocess.TimeoutExpired:
+        return "`docker info` did not answer within 30 s"
+    if result.returncode != 0:
+        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        return f"`docker info` failed: {lines[-1] if lines else f'exit code {result.returncode}'}"
+    return None
+
+
+_problem = docker_problem()
+if _problem is not None:
+    pytest.skip(f"kind end-to-end test needs Docker, which is not usable here ({_problem})", allow_module_level=True)
+if os.environ.get("KUBESERVE_E2E") != "1":
+    pytest.skip("kind end-to-end test: Docker works here; run it with `make e2e`", allow_module_level=True)
+
+
+def owned_children(cluster, namespace: str, owner_uid: str) -> list[str]:
+    """The objects whose owner reference points at the InferenceService, as kind/name."""
+    listed = json.loads(cluster.kubectl("get", CHILD_KINDS, "-n", namespace, "-o", "json"))
+    return sorted(
+        f"{item['kind'].lower()}/{item['metadata']['name']}"
+        for item in listed["items"]
+        if any(owner["uid"] == owner_uid for owner in item["metadata"].get("ownerReferences", []))
+    )
+
+
+@contextlib.contextmanager
+def port_forward(cluster, namespace: str, target: str) -> Iterator[int]:
+    """`kubectl port-forward` to a free port on 127.0.0.1, for as long as the block runs."""
+    process = subprocess.Popen(
+        [cluster.kubectl_binary, "port-forward", "-n", namespace, target, ":80"],
+        env=cluster.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 60)
+        line = process.stdout.readline() if ready else ""
+        match = re.search(r"127\.0\.0\.1:(\d+)", line)
+        if match is None:
+            process.terminate()
+            raise AssertionError(f"kubectl port-forward {target} did not start: {line}{process.communicate()[1]}")
+        yield int(match.group(1))
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def expected_probabilities(features: np.ndarray) -> np.ndarray:
+    """What the bundled MLP computes, run here with onnxruntime: the served model must agree."""
+    import onnxruntime
+    from kubeserve.runtime.samples import build_mlp
+
+    session = onnxruntime.InferenceSession(build_mlp().SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["probabilities"], {"features": features})[0]
+
+
+def infer(port: int, model: str, features: np.ndarray) -> dict:
+    body = {"inputs": [{"name": "features", "shape": list(features.shape), "datatype": "FP32",
+                        "data": features.ravel().tolist()}]}  # fmt: skip
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v2/models/{model}/infer",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)
+
+
+def test_a_cpu_inference_service_answers_v2_requests_and_leaves_nothing_behind(cluster, images):
+    sample = yaml.safe_load(SAMPLE.read_text())
+    name = sample["metadata"]["name"]
+    namespace = sample["metadata"].get("namespace", "default")
+    model = sample["spec"]["model"].get("name", name)
+
+    cluster.load(images.operator, images.runtime)
+    try:
+        cluster.helm(
+            "install", "kubeserve", CHART, "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
+            # The images exist only in the cluster (kind load): never pull them.
+            "--set", "operator.image.pullPolicy=Never", "--set", "runtime.imagePullPolicy=Never",
+            "--wait", "--timeout", "5m",
+        )  # fmt: skip
+        cluster.kubectl("apply", "-n", namespace, "-f", SAMPLE)
+        cluster.kubectl(
+            "wait", "-n", namespace, f"inferenceservice/{name}", "--for=condition=Ready", "--timeout=600s", timeout=660
+        )
+        status = json.loads(cluster.kubectl("get", "-n", namespace, f"inferenceservice/{name}", "-o", "json"))
+        assert status["status"]["url"] == f"http://{name}.{namespace}.svc.cluster.local"
+        children = owned_children(cluster, namespace, status["metadata"]["uid"])
+        assert {child.split("/")[0] for child in children} >= {"configmap", "deployment", "service"}
+        (service,) = [child for child in children if child.startswith("service/")]
+
+        features = np.linspace(-1.0, 1.0, 3 * 32, dtype=np.float32).reshape(3, 32)
+        with port_forward(cluster, namespace, service) as port:
+            answer = infer(port, model, features)
+        (output,) = [output for output in answer["outputs"] if output["name"] == "probabilities"]
+        assert output["shape"] == [3, 10]
+        served = np.asarray(output["data"], dtype=np.float32).reshape(3, 10)
+        np.testing.assert_allclose(served, expected_probabilities(features), rtol=1e-4, atol=1e-5)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n\n{cluster.diagnostics(namespace)}") from error
+
+    cluster.kubectl("delete", "-n", namespace, f"inferenceservice/{name}", "--timeout=180s", timeout=200)
+    # Garbage collection follows the owner references; every child must go.
+    cluster.kubectl("wait", "-n", namespace, "--for=delete", *children, "--timeout=180s", timeout=200)
+    assert owned_children(cluster, namespace, status["metadata"]["uid"]) == []

@@ -1,0 +1,569 @@
+"""Fixtures for the operator's tests: the CRD as a validator, sample objects, and an in-memory cluster.
+
+The cluster is kmock's Kubernetes emulator on 127.0.0.1, extended with the one API server behaviour the
+operator relies on and kmock lacks: a server-side apply (PATCH application/apply-patch+yaml) creates the object
+when it does not exist. The real kopf operator (the package's handlers) runs against it, with looptime's fake
+clock, so that retries, back-offs and timers take no real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import itertools
+import re
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import attrs
+import celpy
+import jsonpointer
+import jsonschema
+import kmock
+import kopf
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_PATH = REPO / "crds" / "inferenceservices.yaml"
+SAMPLES = REPO / "samples"
+ISVC_RESOURCE = "serving.kubeserve.io/v1alpha1/inferenceservices"
+
+
+# --- The CRD as a validator (structural schema -> JSON schema, defaults, CEL rules with celpy) ---------------
+
+
+class CrdValidator:
+    """Does what the API server does with an object of the CRD: default it, validate it, run its CEL rules."""
+
+    def __init__(self, crd: Mapping[str, Any]) -> None:
+        (version,) = crd["spec"]["versions"]
+        self.schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
+        self._validator = jsonschema.Draft4Validator(_json_schema(self.schema))
+        self._cel = celpy.Environment()
+        self._programs: dict[str, celpy.Runner] = {}
+
+    def defaulted(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        result = copy.deepcopy(dict(obj))
+        _apply_defaults(self.schema, result)
+        return result
+
+    def errors(self, obj: Mapping[str, Any]) -> list[str]:
+        """Problems as ``path: message``; empty when the API server would accept the object."""
+        obj = self.defaulted(obj)
+        problems = []
+        for error in sorted(self._validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path))):
+            path = [str(part) for part in error.absolute_path]
+            if error.validator == "required":  # reported at the missing field, as the API server does
+                path.append(error.message.split("'")[1])
+                problems.append(f"{'.'.join(path)}: Required value")
+            else:
+                problems.append(f"{'.'.join(path)}: {error.message}")
+        if problems:  # CEL rules assume well-typed data, as they do in the API server
+            return problems
+        return list(self._rules(self.schema, obj, ""))
+
+    def _rules(self, schema: Mapping[str, Any], value: Any, path: str) -> Iterator[str]:
+        for rule in schema.get("x-kubernetes-validations", []):
+            if not self._holds(rule["rule"], value):
+                where = path + rule.get("fieldPath", "")
+                yield f"{where.lstrip('.')}: {' '.join(rule['message'].split())}"
+        if isinstance(value, dict):
+            for key, sub in (schema.get("properties") or {}).items():
+                if key in value:
+                    yield from self._rules(sub, value[key], f"{path}.{key}")
+            extra = schema.get("additionalProperties")
+            if isinstance(extra, dict):
+                for key, item in value.items():
+                    yield from self._rules(extra, item, f"{path}.{key}")
+        if isinstance(value, list) and isinstance(schema.get("items"), dict):
+            for index, item in enumerate(value):
+                yield from self._rules(schema["items"], item, f"{path}[{index}]")
+
+    def _holds(self, rule: str, value: Any) -> bool:
+        if rule not in self._programs:
+            self._programs[rule] = self._cel.program(self._cel.compile(rule))
+        result = self._programs[rule].evaluate({"self": celpy.json_to_cel(value)})
+        if not isinstance(result, celpy.celtypes.BoolType):
+            raise AssertionError(f"CEL rule {rule!r} did not evaluate to a bool: {result!r}")
+        return bool(result)
+
+
+def _json_schema(schema: Mapping[str, Any], *, metadata: bool = False) -> dict[str, Any]:
+    """OpenAPI v3 structural schema -> JSON schema draft 4 (its exclusiveMinimum is OpenAPI's boolean one).
+
+    Unknown fields are errors unless preserved, as with kubectl's (default) strict field validation; metadata
+    is the API server's and only ever restricted (name), never closed.
+    """
+    result: dict[str, Any] = {k: v for k, v in schema.items() if not k.startswith("x-kubernetes-")}
+    if "properties" in schema:
+        result["properties"] = {
+            key: _json_schema(sub, metadata=key == "metadata") for key, sub in schema["properties"].items()
+        }
+        closed = not metadata and not schema.get("x-kubernetes-preserve-unknown-fields")
+        if closed and "additionalProperties" not in schema:
+            result["additionalProperties"] = False
+    if isinstance(schema.get("additionalProperties"), dict):
+        result["additionalProperties"] = _json_schema(schema["additionalProperties"])
+    if isinstance(schema.get("items"), dict):
+        result["items"] = _json_schema(schema["items"])
+    if schema.get("x-kubernetes-int-or-string"):
+        result.pop("type", None)
+    return result
+
+
+def _apply_defaults(schema: Mapping[str, Any], value: Any) -> None:
+    if isinstance(value, dict):
+        for key, sub in (schema.get("properties") or {}).items():
+            if key not in value and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+            if key in value:
+                _apply_defaults(sub, value[key])
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for item in value:
+            _apply_defaults(schema["items"], item)
+
+
+@pytest.fixture(scope="session")
+def crd() -> dict[str, Any]:
+    return yaml.safe_load(CRD_PATH.read_text())
+
+
+@pytest.fixture(scope="session")
+def crd_validator(crd: dict[str, Any]) -> CrdValidator:
+    return CrdValidator(crd)
+
+
+@pytest.fixture(scope="session")
+def samples() -> dict[str, dict[str, Any]]:
+    """Every sample manifest, by file name without the extension."""
+    return {path.stem: yaml.safe_load(path.read_text()) for path in sorted(SAMPLES.glob("*.yaml"))}
+
+
+@pytest.fixture
+def isvc_factory() -> Callable[..., dict[str, Any]]:
+    """An InferenceService body as the API server returns it (uid, generation), with spec overrides."""
+
+    def make(name: str = "mlp", namespace: str = "ml", generation: int = 1, **spec: Any) -> dict[str, Any]:
+        body_spec = {"model": {"version": "1", "uri": "file:///opt/kubeserve/samples/mlp.onnx"}}
+        body_spec.update(spec)
+        return {
+            "apiVersion": "serving.kubeserve.io/v1alpha1",
+            "kind": "InferenceService",
+            "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}", "generation": generation},
+            "spec": body_spec,
+        }
+
+    return make
+
+
+# --- The in-memory cluster ---------------------------------------------------------------------------------
+
+
+@attrs.define(kw_only=True)
+class ApplyingEmulator(kmock.KubernetesEmulator):
+    """kmock's emulator with three API server behaviours the operator (and kopf) rely on.
+
+    - A server-side apply (PATCH application/apply-patch+yaml) creates the object when it does not exist
+      (applied fields merge like kmock's patches do; the real server would also drop fields no longer applied).
+    - Every write bumps ``metadata.resourceVersion``, which kopf uses to tell fresh events from stale ones.
+    - A change of ``spec`` bumps ``metadata.generation``.
+    - A JSON patch whose ``test`` fails (kopf's optimistic concurrency) is answered 422, not 500.
+
+    ``changed`` is notified after every write, for tests to wait on.
+    """
+
+    changed: asyncio.Condition = attrs.field(factory=asyncio.Condition, init=False)
+    _versions: itertools.count = attrs.field(factory=lambda: itertools.count(100), init=False)
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
+            version = str(next(self._versions))
+            if isinstance(request.data, dict):
+                metadata = request.data.setdefault("metadata", {})
+                metadata["resourceVersion"] = version
+                stored = self._stored(request)
+                if request.action == kmock.action.CREATE:
+                    metadata.setdefault("generation", 1)
+                elif stored is not None and not request.subresource and "spec" in request.data:
+                    old_spec = _plain(stored.get("spec") or {})
+                    if _merged(old_spec, request.data["spec"]) != old_spec:
+                        metadata["generation"] = (stored.get("metadata", {}).get("generation") or 0) + 1
+            elif isinstance(request.data, list):  # a JSON patch
+                self._check_tests(request)
+                request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
+            applying = "apply-patch" in request.headers.get("Content-Type", "")
+            if request.action == kmock.action.UPDATE and applying and self._stored(request) is None:
+                self.objects[request.resource, request.namespace, request.name] = {}
+        try:
+            return await super()._handle(request)
+        finally:
+            if request.action in (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE):
+                async with self.changed:
+                    self.changed.notify_all()
+
+    def _check_tests(self, request: kmock.Request) -> None:
+        stored = _plain(self._stored(request) or {})
+        for op in request.data:
+            if op.get("op") == "test" and jsonpointer.resolve_pointer(stored, op["path"], None) != op.get("value"):
+                raise kmock.KubernetesError(status=422, reason="Invalid", message=f"test of {op['path']} failed")
+
+    def _stored(self, request: kmock.Request) -> Mapping[str, Any] | None:
+        try:
+            stored = self.objects[request.resource, request.namespace, request.name]
+        except KeyError:
+            return None
+        return None if stored.deleted else stored
+
+
+@pytest.fixture
+def kmock_options() -> dict[str, Any]:
+    return {"cls": ApplyingEmulator}
+
+
+@pytest.fixture
+def cluster(
+    kmock: kmock.KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> kmock.KubernetesEmulator:
+    """kmock serving the resources the operator uses; $KUBECONFIG points at it."""
+    with warnings.catch_warnings():  # kmock's own use of a deprecated importlib call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        kmock.resources.load_bundled()
+    kmock.resources[ISVC_RESOURCE] = kmock.ResourceInfo(
+        kind="InferenceService",
+        singular="inferenceservice",
+        namespaced=True,
+        shortnames={"isvc"},
+        subresources={"status"},
+        verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
+    )
+    server = str(kmock.url).rstrip("/")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "kmock",
+                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
+                "clusters": [{"name": "kmock", "cluster": {"server": server}}],
+                "users": [{"name": "kmock", "user": {"token": "test-token"}}],
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))  # wins over any in-cluster service account
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    return kmock
+
+
+@pytest.fixture
+def eventually(cluster: ApplyingEmulator) -> Callable[..., Any]:
+    """``await eventually(predicate)``: re-checked after every write to the cluster, never after a fixed sleep;
+    fails after ``within`` seconds of (fake) loop time."""
+
+    async def wait(predicate: Callable[[], Any], within: float = 600) -> None:
+        async with asyncio.timeout(within), cluster.changed:
+            await cluster.changed.wait_for(lambda: _safely(predicate))
+
+    return wait
+
+
+def _safely(predicate: Callable[[], Any]) -> bool:
+    try:
+        return bool(predicate())
+    except (KeyError, TypeError, IndexError):  # the object is not there (yet)
+        return False
+
+
+@pytest.fixture
+def run_operator(cluster: kmock.KubernetesEmulator) -> Callable[..., contextlib.AbstractAsyncContextManager[None]]:
+    """``async with run_operator():`` runs the real operator (all handlers) against the in-memory cluster."""
+    from kubeserve.operator import handlers  # noqa: F401  (registers the handlers with kopf)
+    from kubeserve.operator.settings import OperatorSettings
+
+    @contextlib.asynccontextmanager
+    async def run(**overrides: Any) -> AsyncIterator[None]:
+        values: dict[str, Any] = {
+            "cpu_image": "kubeserve-runtime:test",
+            "cuda_image": "kubeserve-runtime-cuda:test",
+            "standalone": True,
+            "api_timeout_seconds": 10,
+        }
+        settings = OperatorSettings(**{**values, **overrides})
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(
+            kopf.operator(
+                clusterwide=True,
+                standalone=True,
+                memo=kopf.Memo(settings=settings),
+                settings=kopf.OperatorSettings(),
+                stop_flag=stop,
+                ready_flag=ready,
+            )
+        )
+        await ready.wait()
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+
+    return run
+
+
+@pytest.fixture
+def objects(cluster: kmock.KubernetesEmulator) -> Callable[[str, str, str], dict[str, Any] | None]:
+    """The stored object as a plain dict, or None when absent (or deleted)."""
+
+    def get(resource: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            stored = cluster.objects[resource, namespace, name]
+        except KeyError:
+            return None
+        return None if stored.deleted else copy.deepcopy(_plain(stored))
+
+    return get
+
+
+def _merged(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch, as kmock applies dict patches."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merged(result.get(key), value)
+    return result
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def condition_of(status: Mapping[str, Any] | None, kind: str) -> dict[str, Any]:
+    for condition in (status or {}).get("conditions") or []:
+        if condition.get("type") == kind:
+            return dict(condition)
+    return {}
+
+
+@pytest.fixture
+def condition() -> Callable[[Mapping[str, Any] | None, str], dict[str, Any]]:
+    return condition_of
+
+
+@pytest.fixture
+def camel_to_snake() -> Callable[[str], str]:
+    return lambda name: re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+class Api:
+    """Requests a user (kubectl) or a built-in controller would send, over HTTP.
+
+    Each request gets a session of its own: kopf, when it stops, cancels every task started while it ran,
+    which would leave a long-lived session (kmock's own) with a broken connection pool.
+    """
+
+    USER_AGENT = "kubectl/test"
+
+    def __init__(self, cluster: kmock.KubernetesEmulator) -> None:
+        self._base = str(cluster.url).rstrip("/")
+
+    async def _send(self, method: str, path: str, body: Any = None, **headers: str) -> dict[str, Any]:
+        headers = {"User-Agent": self.USER_AGENT, **headers}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(method, self._base + path, json=body, headers=headers) as response,
+        ):
+            assert response.status in (200, 201), await response.text()
+            return await response.json()
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._send("POST", path, body)
+
+    async def patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._send("PATCH", path, body, **{"Content-Type": "application/merge-patch+json"})
+
+    async def delete(self, path: str) -> None:
+        await self._send("DELETE", path)
+
+
+@pytest.fixture
+def api(cluster: kmock.KubernetesEmulator) -> Api:
+    return Api(cluster)
+
+
+class DeploymentController:
+    """Plays the Deployment controller and the kubelet: pods from the current template, with a given status."""
+
+    def __init__(self, api: Api, objects: Callable[[str, str, str], dict[str, Any] | None]) -> None:
+        self._api, self._objects = api, objects
+        self._serial = itertools.count()
+
+    async def run_pod(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+        deployment = self._objects("apps/v1/deployments", namespace, name)
+        assert deployment is not None, "no Deployment to make a pod from"
+        template = deployment["spec"]["template"]
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{name}-{next(self._serial)}",
+                "namespace": namespace,
+                "labels": template["metadata"]["labels"],
+                "annotations": template["metadata"]["annotations"],
+            },
+            "spec": template["spec"],
+            "status": dict(status),
+        }
+        return await self._api.create(f"/api/v1/namespaces/{namespace}/pods", pod)
+
+    async def report(self, namespace: str, name: str, *, replicas: int, ready: int, updated: int | None = None) -> None:
+        deployment = self._objects("apps/v1/deployments", namespace, name)
+        assert deployment is not None
+        status = {
+            "observedGeneration": deployment["metadata"].get("generation", 1),
+            "replicas": replicas,
+            "updatedReplicas": replicas if updated is None else updated,
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+        }
+        await self._api.patch(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}/status", {"status": status})
+
+
+@pytest.fixture
+def controller(api: Api, objects: Callable[[str, str, str], dict[str, Any] | None]) -> DeploymentController:
+    return DeploymentController(api, objects)
+
+
+# Pod statuses, as the kubelet reports them, for the failure modes the operator explains.
+def _container(name: str, **state: Any) -> dict[str, Any]:
+    return {"name": name, "ready": False, "restartCount": 3, "image": "kubeserve-runtime:test", **state}
+
+
+POD_STATUSES: dict[str, dict[str, Any]] = {
+    "serving": {
+        "phase": "Running",
+        "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
+        "containerStatuses": [{**_container("runtime", state={"running": {}}), "ready": True, "restartCount": 0}],
+    },
+    "loading": {
+        "phase": "Running",
+        "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}],
+        "containerStatuses": [_container("runtime", state={"running": {}}, restartCount=0)],
+    },
+    "unschedulable": {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+            }
+        ],
+    },
+    "fetch_failed": {
+        "phase": "Pending",
+        "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}],
+        "initContainerStatuses": [
+            _container(
+                "fetch-model",
+                state={"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting"}},
+                lastState={
+                    "terminated": {
+                        "exitCode": 1,
+                        "reason": "Error",
+                        "message": "fetch https://models.example.com/m.onnx: HTTP 404 Not Found",
+                    }
+                },
+            )
+        ],
+        "containerStatuses": [_container("runtime", state={"waiting": {"reason": "PodInitializing"}})],
+    },
+    "image_pull": {
+        "phase": "Pending",
+        "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}],
+        "containerStatuses": [
+            _container(
+                "runtime",
+                state={
+                    "waiting": {
+                        "reason": "ImagePullBackOff",
+                        "message": 'Back-off pulling image "kubeserve-runtime:nope"',
+                    }
+                },
+            )
+        ],
+    },
+    "load_failed": {
+        "phase": "Running",
+        "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}],
+        "containerStatuses": [
+            _container(
+                "runtime",
+                state={"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 1m20s restarting"}},
+                lastState={
+                    "terminated": {
+                        "exitCode": 3,
+                        "reason": "Error",
+                        "message": "cannot load /models/model.onnx: Protobuf parsing failed",
+                    }
+                },
+            )
+        ],
+    },
+    "crash_loop": {
+        "phase": "Running",
+        "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}],
+        "containerStatuses": [
+            _container(
+                "runtime",
+                state={"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s restarting"}},
+                lastState={"terminated": {"exitCode": 137, "reason": "OOMKilled", "message": ""}},
+            )
+        ],
+    },
+    "settings_rejected": {
+        "phase": "Running",
+        "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}],
+        "containerStatuses": [
+            _container(
+                "runtime",
+                state={"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
+                lastState={
+                    "terminated": {
+                        "exitCode": 2,
+                        "reason": "Error",
+                        "message": "kubeserve-runtime: invalid settings:\n  max_request_bytes: not an integer",
+                    }
+                },
+            )
+        ],
+    },
+    "config_error": {
+        "phase": "Pending",
+        "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}],
+        "initContainerStatuses": [
+            _container(
+                "fetch-model",
+                state={"waiting": {"reason": "CreateContainerConfigError", "message": 'secret "s3-creds" not found'}},
+            )
+        ],
+    },
+}
+
+
+@pytest.fixture
+def pod_statuses() -> dict[str, dict[str, Any]]:
+    return copy.deepcopy(POD_STATUSES)

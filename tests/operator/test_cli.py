@@ -1,0 +1,176 @@
+"""``kubeserve-operator``, run as a user runs it: the installed console script, in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import kubernetes_validate
+import yaml
+
+SCRIPT = str(Path(sys.executable).parent / "kubeserve-operator")
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+
+
+def kubeserve_operator(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SCRIPT, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONSAFEPATH": "1", **env},
+        timeout=60,
+        check=False,
+    )
+
+
+def test_render_prints_every_manifest_of_the_samples_as_valid_kubernetes_objects():
+    result = kubeserve_operator("render", "-f", str(SAMPLES / "isvc-cpu.yaml"), "-f", str(SAMPLES / "isvc-gpu.yaml"))
+    assert result.returncode == 0, result.stderr
+
+    documents = list(yaml.safe_load_all(result.stdout))
+    for document in documents:
+        kubernetes_validate.validate(document, "1.37", strict=True)
+    assert [(d["kind"], d["metadata"]["name"]) for d in documents] == [
+        ("ConfigMap", "mlp-runtime-config"),
+        ("Service", "mlp"),
+        ("Deployment", "mlp"),
+        ("ConfigMap", "resnet-runtime-config"),
+        ("Service", "resnet"),
+        ("Deployment", "resnet"),
+        ("HorizontalPodAutoscaler", "resnet"),
+    ]
+    assert "ownerReferences" in result.stderr  # says why the output has none
+
+
+def test_render_reads_several_documents_from_stdin_with_the_operators_images():
+    stream = (SAMPLES / "isvc-cpu.yaml").read_text() + "\n---\n" + (SAMPLES / "isvc-gpu.yaml").read_text()
+    result = kubeserve_operator(
+        "render",
+        "-f",
+        "-",
+        stdin=stream,
+        KUBESERVE_OPERATOR_CPU_IMAGE="mirror.example/cpu:7",
+        KUBESERVE_OPERATOR_CUDA_IMAGE="mirror.example/cuda:7",
+    )
+    assert result.returncode == 0, result.stderr
+
+    deployments = [d for d in yaml.safe_load_all(result.stdout) if d["kind"] == "Deployment"]
+    images = [d["spec"]["template"]["spec"]["containers"][0]["image"] for d in deployments]
+    assert images == ["mirror.example/cpu:7", "mirror.example/cuda:7"]
+    # The runtime's config file comes out readable, as a literal block.
+    assert "runtime.yaml: |\n    allow_spinning: false\n" in result.stdout
+
+
+def test_render_rejects_an_invalid_file_with_every_problem_and_no_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "serving.kubeserve.io/v1alpha1",
+                "kind": "InferenceService",
+                "metadata": {"name": "bad"},
+                "spec": {
+                    "model": {"version": "1", "uri": "ftp://example.com/m.onnx"},
+                    "autoscaling": {"minReplicas": 4, "maxReplicas": 2},
+                },
+            }
+        )
+    )
+    result = kubeserve_operator("render", "-f", str(bad))
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert f"{bad}, document 1 (bad): spec.model.uri: uri must be https://HOST/PATH" in result.stderr
+    assert "spec.autoscaling: minReplicas must be at most maxReplicas" in result.stderr
+
+
+def test_render_explains_semantic_problems(tmp_path):
+    body = yaml.safe_load((SAMPLES / "isvc-cpu.yaml").read_text())
+    body["spec"]["runtime"]["device"] = "cuda"
+    path = tmp_path / "cuda.yaml"
+    path.write_text(yaml.safe_dump(body))
+
+    result = kubeserve_operator("render", "-f", str(path))
+    assert result.returncode == 1
+    assert "spec.runtime.device: cuda needs a GPU" in result.stderr
+
+
+def test_render_says_what_is_wrong_with_unreadable_input(tmp_path):
+    missing = kubeserve_operator("render", "-f", str(tmp_path / "nope.yaml"))
+    assert (missing.returncode, missing.stderr.strip()) == (
+        1,
+        f"kubeserve-operator: cannot read {tmp_path / 'nope.yaml'}: No such file or directory",
+    )
+    broken = kubeserve_operator("render", "-f", "-", stdin="spec: [unclosed\n")
+    assert broken.returncode == 1
+    assert broken.stderr.startswith("kubeserve-operator: stdin is not valid YAML")
+    other = kubeserve_operator("render", "-f", "-", stdin="apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+    assert other.returncode == 1
+    assert "kind: Input should be 'InferenceService'" in other.stderr
+    assert "Traceback" not in broken.stderr + other.stderr
+
+
+def test_run_without_a_cluster_says_so_without_a_traceback(tmp_path):
+    result = kubeserve_operator("run", "--standalone", KUBECONFIG=str(tmp_path / "none"), HOME=str(tmp_path))
+    assert result.returncode == 1
+    assert "kubeserve-operator: stopped: no cluster to talk to" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_operator_settings_are_named_and_exit_2():
+    result = kubeserve_operator("run", KUBESERVE_OPERATOR_HEALTH_PORT="eighty")
+    assert result.returncode == 2
+    assert "KUBESERVE_OPERATOR_HEALTH_PORT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_run_reconciles_with_peering_serves_liveness_and_stops_cleanly_on_sigterm(
+    api, cluster, objects, eventually, isvc_factory
+):
+    # Real time here: a separate process cannot share the test's fake clock. $KUBECONFIG points at kmock.
+    cluster.resources["kopf.dev/v1/clusterkopfpeerings"] = cluster.ResourceInfo(
+        kind="ClusterKopfPeering", namespaced=False, verbs={"get", "list", "watch", "patch"}
+    )
+    await api.create("/apis/kopf.dev/v1/clusterkopfpeerings", {"metadata": {"name": "kubeserve"}})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        health_port = probe.getsockname()[1]
+    process = await asyncio.create_subprocess_exec(
+        SCRIPT,
+        "run",
+        env={
+            **os.environ,
+            "PYTHONSAFEPATH": "1",
+            "KUBESERVE_OPERATOR_HEALTH_PORT": str(health_port),
+            "KUBESERVE_OPERATOR_PEERING_PRIORITY": "7",
+            "KUBESERVE_OPERATOR_CPU_IMAGE": "kubeserve-runtime:e2e",
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        await api.create("/apis/serving.kubeserve.io/v1alpha1/namespaces/ml/inferenceservices", isvc_factory())
+        await eventually(lambda: objects("apps/v1/deployments", "ml", "mlp"), within=60)
+        image = objects("apps/v1/deployments", "ml", "mlp")["spec"]["template"]["spec"]["containers"][0]["image"]
+        assert image == "kubeserve-runtime:e2e"
+
+        peers = objects("kopf.dev/v1/clusterkopfpeerings", None, "kubeserve")["status"]
+        assert [peer["priority"] for peer in peers.values() if peer] == [7]
+
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{health_port}/healthz") as response,
+        ):
+            assert response.status == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, output.decode()

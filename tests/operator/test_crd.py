@@ -1,0 +1,305 @@
+"""The InferenceService CRD: a valid Kubernetes object, its schema and CEL rules, and the operator kept in step."""
+
+from __future__ import annotations
+
+import copy
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from kubeserve.operator import spec as spec_module
+from kubeserve.operator.reconcile import assess
+from kubeserve.operator.runtime_config import runtime_settings
+from kubeserve.operator.spec import SpecError, parse
+from kubeserve.runtime.config import RuntimeSettings
+from pydantic import BaseModel
+
+
+def test_the_crd_is_a_valid_kubernetes_object(crd):
+    kubernetes_validate.validate(crd, "1.37", strict=True)
+
+
+def test_the_crd_names_printer_columns_and_status(crd):
+    assert crd["metadata"]["name"] == "inferenceservices.serving.kubeserve.io"
+    assert crd["spec"]["group"] == "serving.kubeserve.io"
+    assert crd["spec"]["scope"] == "Namespaced"
+    names = crd["spec"]["names"]
+    assert (names["kind"], names["plural"], names["shortNames"]) == ("InferenceService", "inferenceservices", ["isvc"])
+    (version,) = crd["spec"]["versions"]
+    assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+    assert version["subresources"] == {"status": {}}
+    columns = {column["name"]: column for column in version["additionalPrinterColumns"] if "priority" not in column}
+    assert list(columns) == ["Ready", "URL", "Version", "Replicas", "Age"]
+    assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+    assert columns["URL"]["jsonPath"] == ".status.url"
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert status["x-kubernetes-preserve-unknown-fields"] is True  # kopf keeps its progress there
+
+
+@pytest.mark.parametrize("name", ["isvc-cpu", "isvc-gpu"])
+def test_samples_are_accepted_by_the_crd_and_by_the_operator(crd_validator, samples, name):
+    assert crd_validator.errors(samples[name]) == []
+    assessment = assess(samples[name])
+    assert assessment.problems == []
+    assert assessment.isvc is not None
+
+
+def test_the_api_server_fills_in_the_defaults(crd_validator, isvc_factory):
+    defaulted = crd_validator.defaulted(isvc_factory())
+    assert defaulted["spec"]["model"]["format"] == "onnx"
+    assert defaulted["spec"]["batching"] == {
+        "maxBatchSize": 32,
+        "maxQueueDelayMicroseconds": 0,
+        "maxQueueSize": 1024,
+        "defaultTimeoutMicroseconds": 0,
+    }
+    assert defaulted["spec"]["runtime"]["drainTimeoutSeconds"] == 30
+    assert "replicas" not in defaulted["spec"] and "autoscaling" not in defaulted["spec"]
+
+
+def _crd_defaults(schema: dict, prefix: str = "") -> dict[str, Any]:
+    found = {}
+    for key, sub in (schema.get("properties") or {}).items():
+        if "default" in sub and sub["default"] != {}:
+            found[prefix + key] = sub["default"]
+        found.update(_crd_defaults(sub, f"{prefix}{key}."))
+    return found
+
+
+def test_crd_defaults_are_the_runtimes_and_the_operators_defaults(crd, camel_to_snake):
+    spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    defaults = _crd_defaults(spec_schema)
+    runtime_fields = RuntimeSettings.model_fields
+    checked = 0
+    for path, value in defaults.items():
+        section, _, field = path.rpartition(".")
+        setting = camel_to_snake(field)
+        if section in ("batching", "runtime") and setting in runtime_fields:
+            assert runtime_fields[setting].default == value, path
+            checked += 1
+    assert checked >= 10
+    # And the operator, reading an object the API server did not default (render), assumes the same.
+    body = {
+        "apiVersion": "serving.kubeserve.io/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": "a"},
+        "spec": {"model": {"version": "1", "uri": "file:///m.onnx"}, "autoscaling": {"maxReplicas": 2}},
+    }
+    isvc = parse(body)
+    dumped = isvc.spec.model_dump(by_alias=True)
+    for path, value in defaults.items():
+        node: Any = dumped
+        for part in path.split("."):
+            node = node[part]
+        assert node == value, path
+
+
+def _nested_models(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is not None:
+        return [model for arg in typing.get_args(annotation) for model in _nested_models(arg)]
+    return []
+
+
+def _compare(schema: dict, model: type[BaseModel], path: str) -> list[str]:
+    node = schema.get("items", schema) if schema.get("type") == "array" else schema
+    crd_fields = set((node.get("properties") or {}).keys())
+    model_fields = {info.alias or name: info for name, info in model.model_fields.items()}
+    problems = [f"{path}.{name}: only in the CRD" for name in crd_fields - set(model_fields)]
+    problems += [f"{path}.{name}: only in the operator" for name in set(model_fields) - crd_fields]
+    for name in crd_fields & set(model_fields):
+        for nested in _nested_models(model_fields[name].annotation):
+            problems += _compare(node["properties"][name], nested, f"{path}.{name}")
+    return problems
+
+
+def test_the_operator_reads_exactly_the_fields_the_crd_declares(crd):
+    spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert _compare(spec_schema, spec_module.Spec, "spec") == []
+
+
+def test_env_may_not_override_what_the_spec_controls(crd, isvc_factory):
+    env_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["runtime"][
+        "properties"
+    ]["env"]
+    (rule,) = env_schema["x-kubernetes-validations"]
+    in_cel = set(rule["rule"].split("[", 1)[1].split("]", 1)[0].replace("'", "").replace(",", " ").split())
+    written = {f"KUBESERVE_{name.upper()}" for name in runtime_settings(parse(isvc_factory()))}
+    assert in_cel == set(spec_module.SPEC_CONTROLLED_ENV) == written | {"KUBESERVE_CONFIG"}
+
+
+def _with(path: str, value: Any) -> Callable[[dict], None]:
+    def change(body: dict) -> None:
+        *parents, last = path.split(".")
+        node = body
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is _DELETE:
+            node.pop(last)
+        else:
+            node[last] = value
+
+    return change
+
+
+_DELETE = object()
+
+# (case, change, where the error is reported, the CEL rule's message or None for plain schema rules)
+INVALID = [
+    ("no version", _with("spec.model.version", _DELETE), "spec.model.version", None),
+    ("version ends badly", _with("spec.model.version", "1-"), "spec.model.version", None),
+    ("ftp uri", _with("spec.model.uri", "ftp://host/m.onnx"), "spec.model.uri", spec_module.MSG_URI),
+    ("uri without a path", _with("spec.model.uri", "https://host"), "spec.model.uri", spec_module.MSG_URI),
+    ("pvc escape", _with("spec.model.uri", "pvc://claim/../etc/m.onnx"), "spec.model.uri", spec_module.MSG_DOTDOT),
+    (
+        "credentials for https",
+        _with("spec.model", {"version": "1", "uri": "https://h/m.onnx", "credentialsSecret": "s"}),
+        "spec.model.credentialsSecret",
+        spec_module.MSG_CREDENTIALS,
+    ),
+    ("unknown format", _with("spec.model.format", "tensorflow"), "spec.model.format", None),
+    ("negative replicas", _with("spec.replicas", -1), "spec.replicas", None),
+    (
+        "replicas and autoscaling",
+        _with(
+            "spec",
+            {"model": {"version": "1", "uri": "file:///m.onnx"}, "replicas": 2, "autoscaling": {"maxReplicas": 3}},
+        ),
+        "spec",
+        spec_module.MSG_REPLICAS_XOR_AUTOSCALING,
+    ),
+    (
+        "min above max",
+        _with("spec.autoscaling", {"minReplicas": 5, "maxReplicas": 2}),
+        "spec.autoscaling",
+        spec_module.MSG_MIN_MAX,
+    ),
+    ("no maxReplicas", _with("spec.autoscaling", {"minReplicas": 2}), "spec.autoscaling.maxReplicas", None),
+    (
+        "zero queue delay target",
+        _with("spec.autoscaling", {"maxReplicas": 2, "targetQueueDelaySeconds": 0}),
+        "spec.autoscaling.targetQueueDelaySeconds",
+        None,
+    ),
+    (
+        "preferred above max",
+        _with("spec.batching", {"maxBatchSize": 8, "preferredBatchSize": [4, 16]}),
+        "spec.batching.preferredBatchSize",
+        spec_module.MSG_PREFERRED,
+    ),
+    ("negative batch", _with("spec.batching", {"maxBatchSize": -1}), "spec.batching.maxBatchSize", None),
+    (
+        "env overrides the spec",
+        _with("spec.runtime", {"env": [{"name": "KUBESERVE_MAX_BATCH_SIZE", "value": "4"}]}),
+        "spec.runtime.env",
+        spec_module.MSG_ENV,
+    ),
+    (
+        "memory in GB",
+        _with("spec.runtime", {"resources": {"limits": {"memory": "2GB"}}}),
+        "spec.runtime.resources.limits.memory",
+        None,
+    ),
+    (
+        "fractional cpu as a number",
+        _with("spec.runtime", {"resources": {"requests": {"cpu": 1.5}}}),
+        "spec.runtime.resources.requests.cpu",
+        None,
+    ),
+    ("unknown device", _with("spec.runtime", {"device": "tpu"}), "spec.runtime.device", None),
+    ("a typo", _with("spec.runtime", {"gpus": 1}), "spec.runtime", None),
+    (
+        "bad toleration operator",
+        _with("spec.runtime", {"tolerations": [{"key": "k", "operator": "Maybe"}]}),
+        "spec.runtime.tolerations.0.operator",
+        None,
+    ),
+    (
+        "bad select policy",
+        _with("spec.autoscaling", {"maxReplicas": 2, "behavior": {"scaleUp": {"selectPolicy": "Sometimes"}}}),
+        "spec.autoscaling.behavior.scaleUp.selectPolicy",
+        None,
+    ),
+    (
+        "bad optimization level",
+        _with("spec.runtime", {"graphOptimizationLevel": "max"}),
+        "spec.runtime.graphOptimizationLevel",
+        None,
+    ),
+    ("name with capitals", _with("metadata.name", "My_Model"), "metadata.name", None),
+    ("name too long", _with("metadata.name", "m" * 64), "metadata.name", None),
+]
+
+
+@pytest.mark.parametrize(("change", "where", "message"), [case[1:] for case in INVALID], ids=[c[0] for c in INVALID])
+def test_invalid_objects_are_rejected_by_the_crd_and_the_operator_alike(
+    crd_validator, isvc_factory, change, where, message
+):
+    body = isvc_factory()
+    change(body)
+
+    crd_errors = crd_validator.errors(body)
+    with pytest.raises(SpecError) as raised:
+        parse(body)
+    operator_errors = raised.value.problems
+
+    for errors in (crd_errors, operator_errors):
+        assert errors, "accepted"
+        if message is None:
+            assert any(error.startswith(where) for error in errors), errors
+        else:
+            assert f"{where}: {message}" in errors
+
+
+SEMANTIC = [
+    ("a GPU only in requests", {"resources": {"requests": {"nvidia.com/gpu": 1}}}, "set it in limits"),
+    ("requests above limits", {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}, "more than the limit"),
+    ("half a GPU", {"resources": {"limits": {"nvidia.com/gpu": "500m"}}}, "whole number of GPUs"),
+    ("cuda without a GPU", {"device": "cuda"}, "cuda needs a GPU"),
+]
+
+
+@pytest.mark.parametrize(("runtime", "words"), [case[1:] for case in SEMANTIC], ids=[c[0] for c in SEMANTIC])
+def test_what_the_schema_cannot_catch_the_operator_does(crd_validator, isvc_factory, runtime, words):
+    body = isvc_factory(runtime=copy.deepcopy(runtime))
+
+    assert crd_validator.errors(body) == []
+    assessment = assess(body)
+    assert assessment.isvc is None
+    assert any(words in problem for problem in assessment.problems), assessment.problems
+
+
+def _nodes(schema: dict, path: str = ""):
+    yield path, schema
+    for key, sub in (schema.get("properties") or {}).items():
+        yield from _nodes(sub, f"{path}.{key}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            yield from _nodes(schema[key], f"{path}[{key}]")
+
+
+def test_the_schema_is_structural_and_its_defaults_are_valid(crd, crd_validator):
+    root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for path, node in _nodes(root):
+        untyped = node.get("x-kubernetes-int-or-string") or (
+            node.get("x-kubernetes-preserve-unknown-fields") and "properties" not in node
+        )
+        assert "type" in node or untyped, f"{path} has no type"
+        assert not ("properties" in node and "additionalProperties" in node), path
+        assert "nullable" not in node, path
+    assert set(root["properties"]["metadata"]["properties"]) == {"name"}  # all a CRD may restrict there
+    # Every default must itself pass the schema (the API server refuses the CRD otherwise).
+    filled = crd_validator.defaulted(
+        {
+            "apiVersion": "serving.kubeserve.io/v1alpha1",
+            "kind": "InferenceService",
+            "metadata": {"name": "defaults"},
+            "spec": {"model": {"version": "1", "uri": "file:///m.onnx"}, "autoscaling": {"maxReplicas": 1}},
+        }
+    )
+    assert crd_validator.errors(filled) == []
+    assert filled["spec"]["autoscaling"] == {"maxReplicas": 1, "minReplicas": 1, "targetQueueDelaySeconds": 0.05}

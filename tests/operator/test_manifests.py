@@ -1,0 +1,279 @@
+"""The pure builders: InferenceService in, child manifests out, each checked against Kubernetes 1.37's schemas."""
+
+from __future__ import annotations
+
+import copy
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubeserve.operator import manifests
+from kubeserve.operator.settings import OperatorSettings
+from kubeserve.operator.spec import parse
+from kubeserve.runtime.config import load_settings as load_runtime_settings
+
+SETTINGS = OperatorSettings(cpu_image="registry.example/runtime:1", cuda_image="registry.example/runtime-cuda:1")
+
+
+def render(body: dict) -> dict[str, dict]:
+    """Every child manifest by kind, each validated against the real Kubernetes OpenAPI schema (strict)."""
+    children = manifests.children(parse(body), SETTINGS)
+    for manifest in children.manifests:
+        kubernetes_validate.validate(manifest, "1.37", strict=True)
+    return {manifest["kind"]: manifest for manifest in children.manifests}
+
+
+def pod_spec(rendered: dict[str, dict]) -> dict:
+    return rendered["Deployment"]["spec"]["template"]["spec"]
+
+
+def runtime_container(rendered: dict[str, dict]) -> dict:
+    (container,) = pod_spec(rendered)["containers"]
+    return container
+
+
+def runtime_config(rendered: dict[str, dict]) -> dict:
+    return yaml.safe_load(rendered["ConfigMap"]["data"]["runtime.yaml"])
+
+
+def with_uid(body: dict) -> dict:
+    body = copy.deepcopy(body)
+    body["metadata"].update(uid="0d6a5c1e-0000-4000-8000-000000000001", namespace="ml")
+    return body
+
+
+def test_cpu_sample_serves_the_bundled_model_from_the_image(samples):
+    rendered = render(with_uid(samples["isvc-cpu"]))
+
+    assert sorted(rendered) == ["ConfigMap", "Deployment", "Service"]  # fixed replicas: no HPA
+    container = runtime_container(rendered)
+    assert container["image"] == SETTINGS.cpu_image
+    assert container["args"] == ["serve", "--config", "/etc/kubeserve/runtime.yaml"]
+    assert "initContainers" not in pod_spec(rendered)  # file:// needs no download
+    config = runtime_config(rendered)
+    assert config["model_path"] == "/opt/kubeserve/samples/mlp.onnx"
+    assert (config["model_name"], config["model_version"], config["device"]) == ("mlp", "1", "cpu")
+    assert config["preferred_batch_size"] == [8, 16, 32]
+    assert rendered["Deployment"]["spec"]["replicas"] == 1
+    assert "tolerations" not in pod_spec(rendered)
+
+
+def test_runtime_config_is_accepted_by_the_runtime_itself(samples, tmp_path):
+    for name in ("isvc-cpu", "isvc-gpu"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(render(with_uid(samples[name]))["ConfigMap"]["data"]["runtime.yaml"])
+        settings = load_runtime_settings({}, {}, path)
+        assert settings.port == 8080
+
+
+def test_gpu_sample_gets_the_cuda_image_a_toleration_a_download_and_an_hpa(samples):
+    rendered = render(with_uid(samples["isvc-gpu"]))
+
+    container = runtime_container(rendered)
+    assert container["image"] == SETTINGS.cuda_image
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert runtime_config(rendered)["device"] == "cuda"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod_spec(rendered)["tolerations"]
+    assert pod_spec(rendered)["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+
+    (fetch,) = pod_spec(rendered)["initContainers"]
+    assert fetch["image"] == SETTINGS.cuda_image
+    assert fetch["command"] == ["kubeserve-runtime"]
+    assert fetch["args"] == [
+        "fetch",
+        "https://models.example.com/resnet50/2024-06-01/model.onnx",
+        "/models/model.onnx",
+    ]
+    assert "nvidia.com/gpu" not in str(fetch.get("resources"))  # the download needs no GPU
+    assert runtime_config(rendered)["model_path"] == "/models/model.onnx"
+    models = {volume["name"]: volume for volume in pod_spec(rendered)["volumes"]}["models"]
+    assert models == {"name": "models", "emptyDir": {}}
+
+    hpa = rendered["HorizontalPodAutoscaler"]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "resnet"}
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1, 8)
+    assert hpa["metrics"] == [
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": "kubeserve_queue_delay_seconds"},
+                "target": {"type": "AverageValue", "averageValue": "0.02"},
+            },
+        }
+    ]
+    assert hpa["behavior"] == {
+        "scaleDown": {
+            "stabilizationWindowSeconds": 300,
+            "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+        }
+    }
+    assert "replicas" not in rendered["Deployment"]["spec"]  # the HPA owns it
+
+
+def test_pods_are_locked_down_and_drain_gracefully(samples):
+    rendered = render(with_uid(samples["isvc-cpu"]))
+    spec, container = pod_spec(rendered), runtime_container(rendered)
+
+    assert spec["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "fsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert spec["enableServiceLinks"] is False
+    assert spec["automountServiceAccountToken"] is False
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+    pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    drain = runtime_config(rendered)["drain_timeout_seconds"]
+    assert spec["terminationGracePeriodSeconds"] > pause + drain
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # the default startup timeout
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+
+
+def test_pods_are_scraped_labelled_and_selected_by_the_inference_service_only(samples):
+    rendered = render(with_uid(samples["isvc-cpu"]))
+    template = rendered["Deployment"]["spec"]["template"]["metadata"]
+
+    assert template["annotations"]["prometheus.io/scrape"] == "true"
+    assert template["annotations"]["prometheus.io/port"] == "8080"
+    assert template["annotations"]["prometheus.io/path"] == "/metrics"
+    assert template["labels"] == {
+        "app.kubernetes.io/name": "kubeserve-runtime",
+        "app.kubernetes.io/instance": "mlp",
+        "app.kubernetes.io/managed-by": "kubeserve",
+        "serving.kubeserve.io/inferenceservice": "mlp",
+        "serving.kubeserve.io/revision": "1",
+    }
+    service = rendered["Service"]["spec"]
+    assert service["selector"] == {"serving.kubeserve.io/inferenceservice": "mlp"}
+    assert service["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert rendered["Deployment"]["spec"]["selector"] == {"matchLabels": service["selector"]}
+
+
+def test_every_child_is_owned_by_the_inference_service(samples):
+    for manifest in render(with_uid(samples["isvc-gpu"])).values():
+        assert manifest["metadata"]["namespace"] == "ml"
+        assert manifest["metadata"]["ownerReferences"] == [
+            {
+                "apiVersion": "serving.kubeserve.io/v1alpha1",
+                "kind": "InferenceService",
+                "name": "resnet",
+                "uid": "0d6a5c1e-0000-4000-8000-000000000001",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+
+
+def test_a_config_change_rolls_the_pods_and_the_same_spec_renders_the_same(isvc_factory):
+    def config_hash(body: dict) -> str:
+        return render(body)["Deployment"]["spec"]["template"]["metadata"]["annotations"][
+            "serving.kubeserve.io/config-hash"
+        ]
+
+    base = isvc_factory()
+    assert render(base) == render(copy.deepcopy(base))
+    assert config_hash(base) != config_hash(isvc_factory(batching={"maxQueueDelayMicroseconds": 500}))
+    assert config_hash(base) != config_hash(isvc_factory(model={"version": "2", "uri": "file:///m.onnx"}))
+
+
+def test_a_pvc_model_is_mounted_read_only_without_a_download(isvc_factory):
+    rendered = render(isvc_factory(model={"version": "3", "uri": "pvc://model-store/team-a/resnet/model.onnx"}))
+
+    assert "initContainers" not in pod_spec(rendered)
+    models = {volume["name"]: volume for volume in pod_spec(rendered)["volumes"]}["models"]
+    assert models["persistentVolumeClaim"] == {"claimName": "model-store", "readOnly": True}
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in runtime_container(rendered)["volumeMounts"]
+    assert runtime_config(rendered)["model_path"] == "/models/team-a/resnet/model.onnx"
+
+
+def test_an_s3_model_is_fetched_with_the_credentials_secret(isvc_factory):
+    rendered = render(
+        isvc_factory(model={"version": "1", "uri": "s3://models/mlp/model.onnx", "credentialsSecret": "s3-creds"})
+    )
+
+    (fetch,) = pod_spec(rendered)["initContainers"]
+    assert fetch["args"] == ["fetch", "s3://models/mlp/model.onnx", "/models/model.onnx"]
+    assert fetch["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    assert "envFrom" not in runtime_container(rendered)  # the runtime never sees the credentials
+    assert {"name": "models", "mountPath": "/models"} in fetch["volumeMounts"]
+    assert fetch["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_scheduling_fields_env_and_identity_pass_through(isvc_factory):
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]
+            }
+        }
+    }
+    rendered = render(
+        isvc_factory(
+            runtime={
+                "image": "mirror.example/kubeserve-runtime:pinned",
+                "imagePullPolicy": "Always",
+                "imagePullSecrets": [{"name": "mirror"}],
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+                "affinity": affinity,
+                "runtimeClassName": "gvisor",
+                "priorityClassName": "serving-high",
+                "serviceAccountName": "model-reader",
+                "env": [
+                    {"name": "KUBESERVE_ACCESS_LOG", "value": "true"},
+                    {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "tokens", "key": "hf"}}},
+                ],
+            }
+        )
+    )
+    spec, container = pod_spec(rendered), runtime_container(rendered)
+
+    assert (container["image"], container["imagePullPolicy"]) == ("mirror.example/kubeserve-runtime:pinned", "Always")
+    assert spec["imagePullSecrets"] == [{"name": "mirror"}]
+    assert spec["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}]
+    assert spec["affinity"] == affinity
+    assert (spec["runtimeClassName"], spec["priorityClassName"]) == ("gvisor", "serving-high")
+    assert (spec["serviceAccountName"], spec["automountServiceAccountToken"]) == ("model-reader", True)
+    assert container["env"] == [
+        {"name": "KUBESERVE_ACCESS_LOG", "value": "true"},
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "tokens", "key": "hf"}}},
+    ]
+
+
+def test_a_gpu_pod_keeps_a_users_own_gpu_toleration(isvc_factory):
+    toleration = {"key": "nvidia.com/gpu", "operator": "Equal", "value": "a100", "effect": "NoSchedule"}
+    rendered = render(
+        isvc_factory(runtime={"resources": {"limits": {"nvidia.com/gpu": 2}}, "tolerations": [toleration]})
+    )
+
+    assert pod_spec(rendered)["tolerations"] == [toleration]
+    assert runtime_container(rendered)["image"] == SETTINGS.cuda_image
+
+
+def test_removing_autoscaling_asks_for_the_hpa_to_go(isvc_factory):
+    without = manifests.children(parse(isvc_factory(replicas=3)), SETTINGS)
+    with_hpa = manifests.children(parse(isvc_factory(autoscaling={"maxReplicas": 3})), SETTINGS)
+
+    assert [(ref.kind, ref.name) for ref in without.absent] == [("HorizontalPodAutoscaler", "mlp")]
+    assert with_hpa.absent == []
+    assert {manifest["kind"]: manifest for manifest in without.manifests}["Deployment"]["spec"]["replicas"] == 3
+
+
+@pytest.mark.parametrize("seconds", [0.05, 1.0, 0.0025, 12.5])
+def test_the_queue_delay_target_is_a_plain_kubernetes_quantity(isvc_factory, seconds):
+    rendered = render(isvc_factory(autoscaling={"maxReplicas": 2, "targetQueueDelaySeconds": seconds}))
+    target = rendered["HorizontalPodAutoscaler"]["spec"]["metrics"][0]["pods"]["target"]["averageValue"]
+    assert float(target) == seconds
+    assert "e" not in target.lower()

@@ -1,0 +1,65 @@
+"""The operator's settings, from KUBESERVE_OPERATOR_* environment variables."""
+
+from __future__ import annotations
+
+import pytest
+from kubeserve.operator.settings import SettingsError, load_settings
+
+
+def test_defaults_watch_the_whole_cluster_with_peering():
+    settings = load_settings({})
+    assert settings.clusterwide
+    assert (settings.standalone, settings.peering_name, settings.log_level) == (False, "kubeserve", "info")
+    assert settings.cpu_image.startswith("ghcr.io/kubeserve/kubeserve-runtime:")
+    assert settings.cuda_image.startswith("ghcr.io/kubeserve/kubeserve-runtime-cuda:")
+    assert settings.peering_priority >= 1
+    assert settings.health_port == 8081
+
+
+def test_the_environment_sets_everything():
+    settings = load_settings(
+        {
+            "KUBESERVE_OPERATOR_CPU_IMAGE": "mirror/cpu:1",
+            "KUBESERVE_OPERATOR_CUDA_IMAGE": "mirror/cuda:1",
+            "KUBESERVE_OPERATOR_IMAGE_PULL_POLICY": "Never",
+            "KUBESERVE_OPERATOR_NAMESPACES": "team-a, team-b",
+            "KUBESERVE_OPERATOR_LOG_LEVEL": "debug",
+            "KUBESERVE_OPERATOR_PEERING_NAME": "serving",
+            "KUBESERVE_OPERATOR_PEERING_PRIORITY": "100",
+            "KUBESERVE_OPERATOR_STANDALONE": "true",
+            "KUBESERVE_OPERATOR_HEALTH_PORT": "0",
+            "KUBESERVE_OPERATOR_API_TIMEOUT_SECONDS": "5",
+            "KUBESERVE_PORT": "tcp://10.0.0.1:80",  # a service link, not ours: ignored
+        }
+    )
+    assert (settings.cpu_image, settings.cuda_image, settings.image_pull_policy) == (
+        "mirror/cpu:1",
+        "mirror/cuda:1",
+        "Never",
+    )
+    assert settings.namespaces == ("team-a", "team-b") and not settings.clusterwide
+    assert (settings.log_level, settings.peering_name, settings.peering_priority) == ("debug", "serving", 100)
+    assert (settings.standalone, settings.health_port, settings.api_timeout_seconds) == (True, 0, 5.0)
+
+
+def test_flags_override_the_environment_and_unset_flags_do_not():
+    environment = {"KUBESERVE_OPERATOR_NAMESPACES": "team-a", "KUBESERVE_OPERATOR_LOG_LEVEL": "error"}
+    settings = load_settings(environment, {"namespaces": ["team-b"], "log_level": None, "standalone": True})
+    assert settings.namespaces == ("team-b",)
+    assert settings.log_level == "error"
+    assert settings.standalone
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("KUBESERVE_OPERATOR_LOG_LEVEL", "verbose"),
+        ("KUBESERVE_OPERATOR_STANDALONE", "maybe"),
+        ("KUBESERVE_OPERATOR_HEALTH_PORT", "70000"),
+        ("KUBESERVE_OPERATOR_IMAGE_PULL_POLICY", "Sometimes"),
+        ("KUBESERVE_OPERATOR_CPU_IMAGE", ""),
+    ],
+)
+def test_a_bad_value_names_its_variable(variable, value):
+    with pytest.raises(SettingsError, match=variable):
+        load_settings({variable: value})
