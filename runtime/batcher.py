@@ -277,12 +277,9 @@ class DynamicBatcher:
     # -- computing ---------------------------------------------------------------------------------
 
     def _start(self, batch: list[Job]) -> None:
-        started = time.perf_counter()
         for job in batch:
             self._leave_queue(job)
             job.state = JobState.COMPUTING
-            job.started = started
-            self._metrics.queue_delay.observe(started - job.arrived)
         self._metrics.batch_size.observe(sum(job.rows for job in batch))
         self._computing += 1
         wanted = [job.output_names for job in batch]
@@ -292,6 +289,10 @@ class DynamicBatcher:
 
     def _compute(self, batch: list[Job], names: list[str] | None) -> list[Outputs]:
         """Runs in a worker thread: stack the requests, run the model, split the outputs back."""
+        # Compute starts here, not at dispatch: waiting for a worker thread (and the GIL) is still waiting.
+        started = time.perf_counter()
+        for job in batch:
+            job.started = started
         if len(batch) == 1:
             outputs = self._run_model(batch[0].feeds, names)
             per_job = [outputs]
@@ -322,6 +323,9 @@ class DynamicBatcher:
 
     def _finish(self, batch: list[Job], done: Future[list[Outputs]]) -> None:
         self._computing -= 1
+        for job in batch:
+            if job.started:
+                self._metrics.queue_delay.observe(job.started - job.arrived)
         try:
             results = done.result()
         except Exception as error:

@@ -1,0 +1,113 @@
+"""The runtime's settings (flag > environment > file > default) and the ONNX Runtime options they become."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+from kubeserve.runtime.config import ConfigError, RuntimeSettings, load_settings
+from kubeserve.runtime.model import CPU, CUDA, ModelLoadError, OnnxModel, execution_providers, session_options
+
+REQUIRED = {"model_path": "m.onnx", "model_name": "m"}
+
+
+def test_defaults_fill_what_nobody_set():
+    settings = load_settings(REQUIRED, {})
+    assert settings.port == 8080
+    assert settings.max_batch_size == 32
+    assert settings.max_queue_delay_microseconds == 0
+    assert settings.allow_spinning is False
+    assert settings.model_version == "1"
+
+
+def test_flag_beats_environment_beats_file(tmp_path: Path):
+    config = tmp_path / "runtime.yaml"
+    config.write_text("model_path: m.onnx\nmodel_name: m\nmax_batch_size: 4\nmax_queue_size: 7\nport: 9000\n")
+    env = {"KUBESERVE_MAX_BATCH_SIZE": "6", "KUBESERVE_MAX_QUEUE_SIZE": "8"}
+    settings = load_settings({"max_queue_size": "9", "port": None}, env, config)
+    assert settings.max_batch_size == 6
+    assert settings.max_queue_size == 9
+    assert settings.port == 9000
+
+
+def test_the_config_file_can_come_from_the_environment(tmp_path: Path):
+    config = tmp_path / "runtime.yaml"
+    config.write_text("model_path: m.onnx\nmodel_name: from-file\n")
+    assert load_settings({}, {"KUBESERVE_CONFIG": str(config)}).model_name == "from-file"
+
+
+def test_lists_and_booleans_arrive_as_text_from_the_environment():
+    env = {"KUBESERVE_PREFERRED_BATCH_SIZE": "4, 8,16", "KUBESERVE_ALLOW_SPINNING": "true"}
+    settings = load_settings(REQUIRED, env)
+    assert settings.preferred_batch_size == [4, 8, 16]
+    assert settings.allow_spinning is True
+
+
+def test_other_kubeserve_variables_are_not_settings():
+    # Kubernetes service links look like ours; only names of settings count.
+    settings = load_settings(REQUIRED, {"KUBESERVE_SERVICE_HOST": "10.0.0.1", "KUBESERVE_CONFIG_X": "1"})
+    assert settings.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("model_path: [unclosed", "is not valid YAML"),
+        ("- a\n- b\n", "must hold a mapping of settings, not list"),
+        ("model_path: m.onnx\nmodel_name: m\nbatch: 3\n", "unknown settings: batch"),
+    ],
+)
+def test_a_bad_config_file_is_named_and_explained(tmp_path: Path, content: str, message: str):
+    config = tmp_path / "runtime.yaml"
+    config.write_text(content)
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_settings({}, {}, config)
+    assert str(config) in str(raised.value)
+
+
+def test_a_missing_config_file_is_an_error():
+    with pytest.raises(ConfigError, match=r"cannot read config file /nowhere\.yaml"):
+        load_settings({}, {}, Path("/nowhere.yaml"))
+
+
+def test_every_problem_is_listed_at_once():
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"max_queue_size": "0", "port": "99999"}, {})
+    message = str(raised.value)
+    for expected in ("model_path: Field required", "model_name: Field required", "max_queue_size:", "port:"):
+        assert expected in message
+
+
+def test_cuda_is_chosen_when_the_build_has_it():
+    settings = RuntimeSettings(**REQUIRED, cuda_device_id=1, cuda_memory_limit_bytes=2**30)
+    assert execution_providers(settings, [CUDA, CPU]) == [
+        (CUDA, {"device_id": 1, "gpu_mem_limit": 2**30}),
+        CPU,
+    ]
+    assert execution_providers(settings, [CPU]) == [CPU]
+
+
+def test_device_cpu_ignores_a_gpu_and_device_cuda_requires_one():
+    assert execution_providers(RuntimeSettings(**REQUIRED, device="cpu"), [CUDA, CPU]) == [CPU]
+    with pytest.raises(ModelLoadError, match=r"install kubeserve\[gpu\]"):
+        execution_providers(RuntimeSettings(**REQUIRED, device="cuda"), [CPU])
+
+
+def test_thread_settings_reach_onnx_runtime():
+    settings = RuntimeSettings(
+        **REQUIRED, intra_op_num_threads=3, inter_op_num_threads=2, graph_optimization_level="basic"
+    )
+    options = session_options(settings)
+    assert options.intra_op_num_threads == 3
+    assert options.inter_op_num_threads == 2
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    spinning = session_options(RuntimeSettings(**REQUIRED, allow_spinning=True))
+    assert spinning.get_session_config_entry("session.inter_op.allow_spinning") == "1"
+
+
+def test_asking_for_cuda_on_a_cpu_build_fails_the_load(models):
+    settings = RuntimeSettings(model_path=models["mlp"], model_name="mlp", device="cuda")
+    with pytest.raises(ModelLoadError, match="no CUDA provider"):
+        OnnxModel.load(settings.model_path, settings)
