@@ -110,7 +110,7 @@ def test_oversized_body_is_413(start_runtime):
 
 def test_bad_v1_requests(mlp_server):
     url = f"{mlp_server.url}/v1/models/mlp:predict"
-    assert "non-empty \"instances\"" in requests.post(url, json={"inputs": []}).json()["error"]
+    assert 'non-empty "instances"' in requests.post(url, json={"inputs": []}).json()["error"]
     wrong = requests.post(url, json={"instances": [[0.5] * 31]})
     assert wrong.status_code == 400
     assert "does not fit the model's [-1, 32]" in wrong.json()["error"]

@@ -45,8 +45,11 @@ def test_every_datatype_round_trips_through_tritonclient(start_runtime, binary):
         assert got.shape == values.shape, name
         if name == "BYTES":
             expected = values if binary else np.vectorize(lambda b: b.decode(), otypes=[object])(values)
-            got = got if binary else np.vectorize(lambda s: s.decode() if isinstance(s, bytes) else s,
-                                                  otypes=[object])(got)
+            got = (
+                got
+                if binary
+                else np.vectorize(lambda s: s.decode() if isinstance(s, bytes) else s, otypes=[object])(got)
+            )
             assert got.tolist() == expected.tolist()
         else:
             assert got.dtype == values.dtype, name
@@ -60,8 +63,10 @@ def test_json_integers_are_range_checked_and_floats_refused(start_runtime):
     def send(datatype: str, data: list) -> requests.Response:
         body = {"inputs": []}
         for name in SAMPLES:
-            value = data if name == datatype else (
-                ["a", "b"] if name == "BYTES" else [True, False] if name == "BOOL" else [1, 2]
+            value = (
+                data
+                if name == datatype
+                else (["a", "b"] if name == "BYTES" else [True, False] if name == "BOOL" else [1, 2])
             )
             body["inputs"].append({"name": f"in_{name}", "shape": [1, 2], "datatype": name, "data": value})
         return requests.post(f"{server.url}/v2/models/types/infer", json=body)

@@ -158,9 +158,7 @@ def _binary_body(document: dict, *tensors: bytes) -> tuple[bytes, dict[str, str]
 def test_binary_tensors_both_ways(mlp_server, reference):
     features = np.random.default_rng(4).random((2, 32), dtype=np.float32)
     document = {
-        "inputs": [
-            {"name": "features", "shape": [2, 32], "datatype": "FP32", "parameters": {"binary_data_size": 256}}
-        ],
+        "inputs": [{"name": "features", "shape": [2, 32], "datatype": "FP32", "parameters": {"binary_data_size": 256}}],
         "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
     }
     body, headers = _binary_body(document, features.tobytes())

@@ -122,9 +122,7 @@ def test_a_drain_that_times_out_still_exits(start_runtime):
 def test_a_model_that_cannot_load_says_why_then_exits_3(start_runtime, tmp_path):
     message = tmp_path / "termination-log"
     message.write_text("")
-    server = start_runtime(
-        "broken", "--load-failure-exit-seconds", "600", "--termination-message-path", str(message)
-    )
+    server = start_runtime("broken", "--load-failure-exit-seconds", "600", "--termination-message-path", str(message))
     failure = server.wait_for_event("model_load_failed")
     assert "onnxruntime cannot load" in failure["reason"]
     ready = requests.get(f"{server.url}/v2/health/ready")

@@ -34,9 +34,7 @@ def test_tritonclient_infers(triton_client, reference, binary):
     requested = triton.InferRequestedOutput("probabilities", binary_data=binary)
     result = triton_client.infer("mlp", [tensor], outputs=[requested], request_id="t-1")
     assert result.get_response()["id"] == "t-1"
-    np.testing.assert_allclose(
-        result.as_numpy("probabilities"), reference("mlp", {"features": features})[0], rtol=1e-6
-    )
+    np.testing.assert_allclose(result.as_numpy("probabilities"), reference("mlp", {"features": features})[0], rtol=1e-6)
 
 
 def test_tritonclient_default_request_gets_binary_outputs(triton_client, reference):
@@ -45,9 +43,7 @@ def test_tritonclient_default_request_gets_binary_outputs(triton_client, referen
     tensor = triton.InferInput("features", [1, 32], "FP32")
     tensor.set_data_from_numpy(features)
     result = triton_client.infer("mlp", [tensor])
-    np.testing.assert_allclose(
-        result.as_numpy("probabilities"), reference("mlp", {"features": features})[0], rtol=1e-6
-    )
+    np.testing.assert_allclose(result.as_numpy("probabilities"), reference("mlp", {"features": features})[0], rtol=1e-6)
 
 
 def test_tritonclient_concurrent_async_infer(triton_client, reference):
