@@ -29,6 +29,9 @@ log = logging.getLogger("kubeserve.runtime")
 
 EXIT_OK = 0
 EXIT_MODEL_LOAD_FAILED = 3
+# How long a connection accepted just before the listener closed may take to send its request.
+FRESH_CONNECTION_GRACE = 1.0
+CONNECTION_POLL_SECONDS = 0.01
 
 
 def serve(settings: RuntimeSettings) -> int:
@@ -151,7 +154,7 @@ async def _drain(state: ServerState, runner: web.AppRunner, site: web.TCPSite) -
             await state.wait_quiet()
             # Stop listening, then answer whatever arrived before the listener closed.
             await site.stop()
-            await state.wait_quiet()
+            await _settle_connections(state, runner)
     except TimeoutError:
         log.warning(
             "drain timed out; answering what is left with 503",
@@ -162,20 +165,44 @@ async def _drain(state: ServerState, runner: web.AppRunner, site: web.TCPSite) -
     return True
 
 
+async def _settle_connections(state: ServerState, runner: web.AppRunner) -> None:
+    """Once the listener is closed, wait until every connection has closed: busy ones after their response,
+    idle ones at once. A connection accepted just before the listener closed gets FRESH_CONNECTION_GRACE
+    seconds to send its request; aiohttp's own cleanup would cut such a request off mid-body."""
+    loop = asyncio.get_running_loop()
+    silent_until = loop.time() + FRESH_CONNECTION_GRACE
+    while runner.server is not None and runner.server.connections:
+        await state.wait_quiet()
+        _close_idle_connections(runner)
+        if not runner.server.connections or (state.in_flight == 0 and loop.time() >= silent_until):
+            return
+        await asyncio.sleep(CONNECTION_POLL_SECONDS)
+
+
 def _close_idle_connections(runner: web.AppRunner) -> None:
     """Close keep-alive connections waiting for a next request. Busy ones close after their response
     (``Connection: close``), brand-new ones after their first request.
 
     aiohttp's own ``pre_shutdown()`` will not do: its ``close()`` makes a busy connection drop the rest of a
     request body still on its way, and leaves an idle one's socket open. Which connections are idle is
-    aiohttp's private state (a pending wait for the next message, after at least one request): pinned in
-    constraints.txt and covered by the drain tests, which fail if it changes."""
+    aiohttp's private state: pinned in constraints.txt and covered by the drain tests, which fail if it
+    changes."""
     if runner.server is None:
         return
     for connection in runner.server.connections:
-        waiting = getattr(connection, "_waiter", None) is not None
-        if waiting and getattr(connection, "_request_count", 0) > 0:
+        if _waits_for_next_request(connection):
             connection.force_close()
+
+
+def _waits_for_next_request(connection: object) -> bool:
+    # A wait not yet answered, no request parsed and pending, and at least one request served already.
+    waiter = getattr(connection, "_waiter", None)
+    return (
+        waiter is not None
+        and not waiter.done()
+        and not getattr(connection, "_messages", None)
+        and getattr(connection, "_request_count", 0) > 0
+    )
 
 
 def _write_termination_message(path: Path | None, message: str) -> None:
