@@ -24,7 +24,7 @@ test: $(STAMP) tools
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --readme
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -64,7 +64,7 @@ class RuntimeSettings(BaseModel):
     intra_op_num_threads: int = Field(default=0, ge=0, description="threads inside one operator; 0: ORT picks")
     inter_op_num_threads: int = Field(default=0, ge=0, description="threads across operators; 0: ORT picks")
     allow_spinning: bool = Field(
-        default=False, description="let ORT's idle threads spin (burns CPU the server needs on small machines)"
+        default=False, description="let ORT's idle threads spin: more CPU per request, sometimes more throughput"
     )
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
         default="all", description="ORT graph optimisations"

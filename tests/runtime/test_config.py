@@ -111,3 +111,10 @@ def test_asking_for_cuda_on_a_cpu_build_fails_the_load(models):
     settings = RuntimeSettings(model_path=models["mlp"], model_name="mlp", device="cuda")
     with pytest.raises(ModelLoadError, match="no CUDA provider"):
         OnnxModel.load(settings.model_path, settings)
+
+
+def test_every_setting_is_documented_in_the_readme():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("<!-- runtime:begin -->", 1)[1].split("<!-- runtime:end -->", 1)[0]
+    missing = [name for name in RuntimeSettings.model_fields if f"`{name}`" not in section]
+    assert not missing, f"README's runtime section does not describe: {missing}"
