@@ -190,22 +190,30 @@ class DynamicBatcher:
             job.timer.cancel()
         self._queued -= 1
         self._metrics.queue_depth.set(self._queued)
+        if not self._queued:
+            # Whatever the deques still hold left early (expired, abandoned): drop it with its tensors.
+            self._levels.clear()
+            self._level_order.clear()
+
+    def _leave_early(self, job: Job) -> None:
+        """Out of the queue before compute; its tensors go now, not when a later batch passes its entry."""
+        self._leave_queue(job)
+        job.feeds = {}
+        self._check_idle()
 
     def _expire(self, job: Job) -> None:
         if job.state is not JobState.QUEUED:
             return
-        self._leave_queue(job)
+        self._leave_early(job)
         # It waited this long and never computed: count it, or overload would look like a short queue.
         self._metrics.queue_delay.observe(time.perf_counter() - job.arrived)
         job.future.set_exception(
             Unavailable("request timeout expired before compute started (Triton's 'timeout', in µs)", "timeout")
         )
-        self._check_idle()
 
     def _abandon(self, job: Job) -> None:
         if job.state is JobState.QUEUED:
-            self._leave_queue(job)
-            self._check_idle()
+            self._leave_early(job)
 
     # -- forming batches ---------------------------------------------------------------------------
 
@@ -362,13 +370,9 @@ class DynamicBatcher:
     def close(self) -> None:
         """Answer whatever is still queued (or arrives later) with 503, and let the worker threads go."""
         self._closed = True
-        for level in self._level_order:
-            for job in self._levels[level]:
-                if job.state is JobState.QUEUED:
-                    self._leave_queue(job)
-                    job.future.set_exception(Unavailable("the server is shutting down", "draining"))
-        self._levels.clear()
-        self._level_order.clear()
+        for job in list(self._in_order()):
+            self._leave_early(job)
+            job.future.set_exception(Unavailable("the server is shutting down", "draining"))
         if self._wake_timer is not None:
             self._wake_timer.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)

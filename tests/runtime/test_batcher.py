@@ -7,6 +7,8 @@ run on looptime's fake clock, so "waits 10 s" takes no real time and cannot flak
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import numpy as np
 import pytest
@@ -250,3 +252,31 @@ async def test_rows_are_checked_before_queueing(gate):
         await infer(batcher, {"x": np.ones((1, 2)), "z": np.ones((2, 2))})
     assert batcher.queued == 0
     batcher.close()
+
+
+async def test_requests_that_leave_early_let_go_of_their_tensors(gate):
+    batcher = batcher_for(gate, max_batch_size=1, default_timeout_microseconds=60_000_000)
+    gate.close()
+    first = asyncio.create_task(infer(batcher, rows(1)))
+    await gate.wait_entered()
+    abandoned_input, closed_input = rows(1, 1.0), rows(1, 2.0)
+    abandoned_ref, closed_ref = weakref.ref(abandoned_input["x"]), weakref.ref(closed_input["x"])
+    abandoned = asyncio.create_task(infer(batcher, abandoned_input))
+    closed = asyncio.create_task(infer(batcher, closed_input))
+    del abandoned_input, closed_input
+    await asyncio.sleep(0)
+    abandoned.cancel()
+    await asyncio.wait([abandoned])
+    del abandoned  # the task's traceback would keep the tensors alive, not the batcher
+    gc.collect()
+    assert abandoned_ref() is None
+    batcher.close()
+    await asyncio.wait([closed])
+    assert isinstance(closed.exception(), Unavailable)
+    del closed
+    gc.collect()
+    assert closed_ref() is None
+    with pytest.raises(Unavailable, match="shutting down"):
+        await infer(batcher, rows(1))
+    gate.open()
+    first.cancel()
