@@ -72,10 +72,8 @@ def _init_problem(status: Mapping[str, Any]) -> tuple[str, str] | None:
             continue
         state, last = container.get("state") or {}, container.get("lastState") or {}
         waiting = state.get("waiting") or {}
-        if waiting.get("reason") in IMAGE_PULL_REASONS:
-            return "ImagePullBackOff", _waiting_message(waiting)
-        if waiting.get("reason") in CONFIG_ERROR_REASONS:
-            return "CreateContainerConfigError", _waiting_message(waiting)
+        if problem := _waiting_problem(waiting):
+            return problem
         for terminated in (state.get("terminated"), last.get("terminated")):
             if terminated and terminated.get("exitCode", 0) != 0:
                 return "ModelFetchFailed", _terminated_message(terminated, "downloading the model failed")
@@ -88,10 +86,8 @@ def _runtime_problem(status: Mapping[str, Any]) -> tuple[str, str] | None:
             continue
         state, last = container.get("state") or {}, container.get("lastState") or {}
         waiting = state.get("waiting") or {}
-        if waiting.get("reason") in IMAGE_PULL_REASONS:
-            return "ImagePullBackOff", _waiting_message(waiting)
-        if waiting.get("reason") in CONFIG_ERROR_REASONS:
-            return "CreateContainerConfigError", _waiting_message(waiting)
+        if problem := _waiting_problem(waiting):
+            return problem
         terminated = state.get("terminated") or last.get("terminated")
         if terminated and terminated.get("exitCode", 0) != 0:
             code = terminated.get("exitCode")
@@ -101,6 +97,15 @@ def _runtime_problem(status: Mapping[str, Any]) -> tuple[str, str] | None:
                 return "RuntimeConfigRejected", _terminated_message(terminated, "the runtime rejected its settings")
             if waiting.get("reason") == "CrashLoopBackOff" or state.get("terminated"):
                 return "CrashLoopBackOff", _terminated_message(terminated, f"the runtime exited with code {code}")
+    return None
+
+
+def _waiting_problem(waiting: Mapping[str, Any]) -> tuple[str, str] | None:
+    """A container that cannot start: its image cannot be pulled, or its configuration is broken."""
+    if waiting.get("reason") in IMAGE_PULL_REASONS:
+        return "ImagePullBackOff", _waiting_message(waiting)
+    if waiting.get("reason") in CONFIG_ERROR_REASONS:
+        return "CreateContainerConfigError", _waiting_message(waiting)
     return None
 
 

@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import stat
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +33,8 @@ from typing import IO, Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from kubeserve.runtime import __version__
+from kubeserve.runtime.logs import json_handler
+from kubeserve.runtime.termination import write_termination_message
 
 EXIT_OK = 0
 EXIT_FETCH_FAILED = 1
@@ -470,16 +471,7 @@ def _json_logging() -> Iterator[None]:
 
     Scoped to this logger and to the run, so that calling ``run`` in-process leaves logging as it found it.
     """
-    from pythonjsonlogger.json import JsonFormatter
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter(
-            ["levelname", "name", "message"],
-            rename_fields={"levelname": "level", "name": "logger"},
-            timestamp="time",
-        )
-    )
+    handler = json_handler()
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -488,13 +480,6 @@ def _json_logging() -> Iterator[None]:
     finally:
         log.removeHandler(handler)
         log.propagate = True
-
-
-def _write_termination_message(path: Path, message: str) -> None:
-    # Only where Kubernetes made the file: never create one on a developer's machine.
-    if path.is_file():
-        with contextlib.suppress(OSError):
-            path.write_text(message + "\n")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -515,7 +500,7 @@ def run(args: argparse.Namespace) -> int:
         except FetchError as error:
             message = f"cannot fetch the model: {error}"
             log.error(message, extra={"event": "fetch_failed", "source": source, "dest": str(args.dest)})
-            _write_termination_message(args.termination_message_path, message)
+            write_termination_message(args.termination_message_path, message)
             return error.exit_code
         log.info(
             "model fetched",

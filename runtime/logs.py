@@ -12,7 +12,8 @@ import sys
 from pythonjsonlogger.json import JsonFormatter
 
 
-def configure_logging(level: str) -> None:
+def json_handler() -> logging.Handler:
+    """A handler writing one JSON object per line to stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter(
@@ -21,6 +22,11 @@ def configure_logging(level: str) -> None:
             timestamp="time",
         )
     )
+    return handler
+
+
+def configure_logging(level: str) -> None:
+    handler = json_handler()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import signal
 import time
-from pathlib import Path
 
 from aiohttp import web
 from kubeserve.runtime.batcher import DynamicBatcher
@@ -24,6 +23,7 @@ from kubeserve.runtime.metrics import ServerMetrics
 from kubeserve.runtime.model import ModelLoadError, OnnxModel
 from kubeserve.runtime.server.app import create_app
 from kubeserve.runtime.server.state import LoadedModel, ServerState
+from kubeserve.runtime.termination import write_termination_message
 
 log = logging.getLogger("kubeserve.runtime")
 
@@ -112,7 +112,7 @@ async def _load(state: ServerState) -> None:
     except Exception as error:  # a model that cannot load is reported, whatever the cause
         state.load_error = str(error) if isinstance(error, ModelLoadError) else f"{type(error).__name__}: {error}"
         log.error("model failed to load", extra={"event": "model_load_failed", "reason": state.load_error})
-        _write_termination_message(settings.termination_message_path, f"model failed to load: {state.load_error}")
+        write_termination_message(settings.termination_message_path, f"model failed to load: {state.load_error}")
         return
     seconds = time.perf_counter() - started
     batchable = model.signature.batchable
@@ -203,12 +203,3 @@ def _waits_for_next_request(connection: object) -> bool:
         and not getattr(connection, "_messages", None)
         and getattr(connection, "_request_count", 0) > 0
     )
-
-
-def _write_termination_message(path: Path | None, message: str) -> None:
-    """Kubernetes shows this file's contents as the container's termination message. The kubelet creates
-    the file; where it does not exist (outside Kubernetes) nothing is written."""
-    if path is None or not path.is_file():
-        return
-    with contextlib.suppress(OSError):
-        path.write_text(message[:4096])
