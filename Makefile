@@ -2,7 +2,8 @@
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-# Pinned versions keep installs fast (no resolver backtracking) and reproducible.
+# Pinned versions keep installs fast (no resolver backtracking) and reproducible; PIP_CONSTRAINT carries the pins
+# into the environment pip builds kubeserve in (setuptools), which `-c` does not reach.
 STAMP  := $(VENV)/.installed
 
 # The repo root holds a folder named `operator`: never let it onto sys.path.
@@ -13,7 +14,8 @@ export PYTHONSAFEPATH := 1
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[cpu,test]'
+	PIP_CONSTRAINT=$(CURDIR)/constraints.txt \
+		$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[cpu,test]'
 	@touch $@
 
 demo: $(STAMP)

@@ -1,11 +1,11 @@
-# syntax=docker/dockerfile:1
 # kubeserve-runtime, CPU: the model server on onnxruntime, with the bundled sample models.
 # Build from the repository root:
 #   docker build -f docker/runtime-cpu.Dockerfile -t kubeserve-runtime:0.1.0 .
 
 # --- The virtual environment: kubeserve with onnxruntime, every version pinned by constraints.txt.
 FROM python:3.11.15-slim-bookworm AS venv
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# PIP_CONSTRAINT also pins what pip installs to build kubeserve itself (setuptools), which -c does not reach.
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_CONSTRAINT=/src/constraints.txt
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY runtime/ runtime/

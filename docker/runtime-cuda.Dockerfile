@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # kubeserve-runtime, CUDA: the model server on onnxruntime-gpu, with the bundled sample models.
 # Build from the repository root:
 #   docker build -f docker/runtime-cuda.Dockerfile -t kubeserve-runtime-cuda:0.1.0 .
@@ -12,7 +11,8 @@
 # same release as the CPU image's onnxruntime.
 FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 AS venv
 ARG DEBIAN_FRONTEND=noninteractive
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# PIP_CONSTRAINT also pins what pip installs to build kubeserve itself (setuptools), which -c does not reach.
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_CONSTRAINT=/src/constraints.txt
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
@@ -25,7 +25,8 @@ RUN python3 -m venv /opt/kubeserve/venv \
 
 # --- The sample models (plain ONNX files, the same for every image), built with onnx in a throwaway stage.
 FROM python:3.11.15-slim-bookworm AS samples
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# PIP_CONSTRAINT also pins what pip installs to build kubeserve itself (setuptools), which -c does not reach.
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_CONSTRAINT=/src/constraints.txt
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY runtime/ runtime/

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -15,6 +14,7 @@ from kubeserve.operator import manifests
 from kubeserve.operator.reconcile import assess
 from kubeserve.operator.settings import SETTING_NAMES, SettingsError, env_name, load_settings
 from kubeserve.runtime import __version__
+from kubeserve.runtime.logs import configure_logging
 
 EXIT_INVALID_INPUT = 1
 EXIT_STOPPED = 1
@@ -75,8 +75,8 @@ def _run(args: argparse.Namespace) -> int:
     import kopf  # imported here: `render` and `--help` stay fast
     from kubeserve.operator import handlers  # noqa: F401  (registers the handlers with kopf)
 
-    kopf.configure(debug=settings.log_level == "debug")
-    logging.getLogger().setLevel(settings.log_level.upper())
+    kopf.configure(debug=settings.log_level == "debug")  # kopf's own logger levels
+    configure_logging(settings.log_level)  # one JSON object per line, as the runtime logs
 
     try:
         kopf.run(

@@ -30,5 +30,6 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # Python's warnings too become log lines, not free text
     # aiohttp logs an access line per request at INFO; it is opt-in (access_log), so keep its own logger.
     logging.getLogger("aiohttp.access").setLevel(logging.INFO)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -123,6 +124,12 @@ def test_run_without_a_cluster_says_so_without_a_traceback(tmp_path):
     assert result.returncode == 1
     assert "kubeserve-operator: stopped: no cluster to talk to" in result.stderr
     assert "Traceback" not in result.stderr
+    # Everything before that last line is a structured log: one JSON object per line, as the runtime writes.
+    *log_lines, last = result.stderr.strip().splitlines()
+    assert last.startswith("kubeserve-operator: stopped:")
+    assert log_lines
+    for line in log_lines:
+        assert {"time", "level", "logger", "message"} <= set(json.loads(line)), line
 
 
 def test_bad_operator_settings_are_named_and_exit_2():
