@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Literal
 
 from kubeserve.runtime import __version__
+from kubeserve.runtime.config import describe_validation_error, settings_from_environment, split_commas
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "KUBESERVE_OPERATOR_"
@@ -61,9 +62,7 @@ class OperatorSettings(BaseModel):
     @field_validator("namespaces", mode="before")
     @classmethod
     def _split_namespaces(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
+        return split_commas(value)
 
     @property
     def clusterwide(self) -> bool:
@@ -79,13 +78,9 @@ def env_name(setting: str) -> str:
 
 def load_settings(environ: Mapping[str, str], overrides: Mapping[str, object] | None = None) -> OperatorSettings:
     """Settings from the environment, then ``overrides`` (flags) on top; unset overrides are None."""
-    values: dict[str, object] = {name: environ[env_name(name)] for name in SETTING_NAMES if env_name(name) in environ}
+    values: dict[str, object] = dict(settings_from_environment(environ, SETTING_NAMES, ENV_PREFIX))
     values.update({name: value for name, value in (overrides or {}).items() if value is not None})
     try:
         return OperatorSettings.model_validate(values)
     except ValidationError as error:
-        problems = []
-        for problem in error.errors():
-            name = str(problem["loc"][0]) if problem["loc"] else "settings"
-            problems.append(f"{env_name(name)}: {problem['msg']} (got {problem.get('input')!r})")
-        raise SettingsError("invalid operator settings:\n  " + "\n  ".join(problems)) from error
+        raise SettingsError(describe_validation_error(error, "invalid operator settings", env_name)) from error

@@ -7,7 +7,7 @@ everywhere (``max_batch_size`` in the file, ``KUBESERVE_MAX_BATCH_SIZE`` in the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,10 +85,7 @@ class RuntimeSettings(BaseModel):
     @field_validator("preferred_batch_size", mode="before")
     @classmethod
     def _split_sizes(cls, value: Any) -> Any:
-        # Environment variables and flags carry lists as "4,8,16".
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return split_commas(value)
 
     @model_validator(mode="after")
     def _check_batching(self) -> RuntimeSettings:
@@ -101,6 +98,13 @@ class RuntimeSettings(BaseModel):
 
 
 SETTING_NAMES: tuple[str, ...] = tuple(RuntimeSettings.model_fields)
+
+
+def split_commas(value: Any) -> Any:
+    """Environment variables and flags carry lists as "a,b,c"; other values pass through."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -121,14 +125,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def settings_from_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """``KUBESERVE_<NAME>`` variables that name a setting; others (service links, say) are not ours."""
-    found = {}
-    for name in SETTING_NAMES:
-        value = environ.get(ENV_PREFIX + name.upper())
-        if value is not None:
-            found[name] = value
-    return found
+def settings_from_environment(
+    environ: Mapping[str, str], names: Iterable[str] = SETTING_NAMES, prefix: str = ENV_PREFIX
+) -> dict[str, str]:
+    """``<PREFIX><NAME>`` variables that name a setting; others (service links, say) are not ours."""
+    return {name: environ[prefix + name.upper()] for name in names if prefix + name.upper() in environ}
 
 
 def load_settings(
@@ -146,12 +147,14 @@ def load_settings(
         raise ConfigError(describe_validation_error(error)) from error
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """One line per problem, naming the setting as a user writes it."""
+def describe_validation_error(
+    error: ValidationError, title: str = "invalid settings", name: Callable[[str], str] = str
+) -> str:
+    """One line per problem, naming the setting as a user writes it (``name`` maps a field to that)."""
     lines = []
     for problem in error.errors():
-        where = ".".join(str(part) for part in problem["loc"]) or "settings"
+        where = name(".".join(str(part) for part in problem["loc"])) if problem["loc"] else "settings"
         given = problem.get("input")
         shown = "" if problem["type"] == "missing" or isinstance(given, dict) else f" (got {given!r})"
         lines.append(f"{where}: {problem['msg']}{shown}")
-    return "invalid settings:\n  " + "\n  ".join(lines)
+    return f"{title}:\n  " + "\n  ".join(lines)
