@@ -6,8 +6,8 @@ request for more to join. Requests with different non-batch shapes never share a
 ``instance_count`` batches compute at once in worker threads; while they compute, the next batch forms.
 
 Deadlines (``default_timeout_microseconds``, or a request's shorter ``timeout``) count from the request's
-arrival; a request still queued at its deadline leaves the queue with a 503 and costs no compute. A full
-queue answers 503 at once. Priority 1 is served first, then 2, ...; requests without one come last.
+arrival; a request still queued at its deadline leaves the queue rejected (``Rejection.TIMEOUT``) and
+costs no compute. A full queue rejects at once. Priority 1 is served first, then 2, ...; requests without one come last.
 
 Everything but the compute itself runs on the event loop, so the queue needs no locks.
 """
@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import enum
 import itertools
 import logging
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 from kubeserve.runtime.metrics import ServerMetrics
-from kubeserve.runtime.protocol.errors import BadRequest, InternalError, Unavailable
+from kubeserve.runtime.protocol.errors import BadRequest, InternalError
+from kubeserve.runtime.rejection import Rejected, Rejection
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +94,9 @@ class DynamicBatcher:
         self._computing = 0
         self._wake_timer: asyncio.TimerHandle | None = None
         self._wake_at = 0.0
-        self._draining = False
+        self._flushing = False
         self._closed = False
         self._dispatch_scheduled = False
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(policy.instance_count, thread_name_prefix="inference")
 
@@ -158,19 +156,15 @@ class DynamicBatcher:
 
     def _admit(self, job: Job) -> None:
         if self._closed:
-            raise Unavailable("the server is shutting down", "draining")
+            raise Rejected(Rejection.DRAINING)
         if self._queued >= self.policy.max_queue_size:
-            raise Unavailable(
-                f"the queue is full ({self.policy.max_queue_size} requests waiting); retry later",
-                reason="queue_full",
-            )
+            raise Rejected(Rejection.QUEUE_FULL, f"{self.policy.max_queue_size} requests waiting")
         level = self._levels.get(job.priority)
         if level is None:
             level = self._levels[job.priority] = deque()
             bisect.insort(self._level_order, job.priority)
         level.append(job)
         self._queued += 1
-        self._idle.clear()
         self._metrics.queue_depth.set(self._queued)
         if job.deadline is not None:
             job.timer = self._loop.call_at(job.deadline, self._expire, job)
@@ -199,7 +193,6 @@ class DynamicBatcher:
         """Out of the queue before compute; its tensors go now, not when a later batch passes its entry."""
         self._leave_queue(job)
         job.feeds = {}
-        self._check_idle()
 
     def _expire(self, job: Job) -> None:
         if job.state is not JobState.QUEUED:
@@ -207,9 +200,7 @@ class DynamicBatcher:
         self._leave_early(job)
         # It waited this long and never computed: count it, or overload would look like a short queue.
         self._metrics.queue_delay.observe(time.perf_counter() - job.arrived)
-        job.future.set_exception(
-            Unavailable("request timeout expired before compute started (Triton's 'timeout', in µs)", "timeout")
-        )
+        job.future.set_exception(Rejected(Rejection.TIMEOUT))
 
     def _abandon(self, job: Job) -> None:
         if job.state is JobState.QUEUED:
@@ -218,7 +209,7 @@ class DynamicBatcher:
     # -- forming batches ---------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        while self._queued and self._computing < self.policy.instance_count:
+        while self._queued and not self.saturated:
             batch = self._next_batch()
             if not batch:
                 return
@@ -229,7 +220,7 @@ class DynamicBatcher:
         chosen: list[Job] = []
         rows = 0
         preferred_count = 0
-        send_now = self._draining or not self.policy.batching
+        send_now = self._flushing or not self.policy.batching
         for job in self._in_order():
             if chosen and (job.shape_key != chosen[0].shape_key or rows + job.rows > self.policy.max_batch_size):
                 send_now = True
@@ -247,6 +238,8 @@ class DynamicBatcher:
             chosen = chosen[:preferred_count]
             send_now = True
         if not send_now:
+            # Waiting batches hold every queued request (anything left out made send_now true), so the
+            # window of the oldest in this batch bounds every queued request's wait.
             ready_at = min(job.queued_on_loop for job in chosen) + self._delay
             if ready_at > self._loop.time():
                 self._wake_at_time(ready_at)
@@ -275,12 +268,18 @@ class DynamicBatcher:
                 break
 
     def _wake_at_time(self, wake_at: float) -> None:
-        if self._wake_timer is not None and not self._wake_timer.cancelled() and self._wake_at <= wake_at:
-            return
+        """Dispatch again at ``wake_at``: one timer, armed for the earliest time anyone needs."""
         if self._wake_timer is not None:
+            if self._wake_at <= wake_at:
+                return
             self._wake_timer.cancel()
         self._wake_at = wake_at
-        self._wake_timer = self._loop.call_at(wake_at, self._dispatch)
+        self._wake_timer = self._loop.call_at(wake_at, self._wake)
+
+    def _wake(self) -> None:
+        # A fired handle is neither None nor cancelled: forget it, or no later wake-up would ever be armed.
+        self._wake_timer = None
+        self._dispatch()
 
     # -- computing ---------------------------------------------------------------------------------
 
@@ -292,8 +291,9 @@ class DynamicBatcher:
         self._computing += 1
         wanted = [job.output_names for job in batch]
         names = None if None in wanted else sorted(frozenset().union(*wanted))
-        future = self._executor.submit(self._compute, batch, names)
-        future.add_done_callback(lambda done: self._finish_threadsafe(batch, done))
+        # The loop's own executor hand-off: the answer comes back on the loop (and a closed loop drops it).
+        future = self._loop.run_in_executor(self._executor, self._compute, batch, names)
+        future.add_done_callback(lambda done: self._finish(batch, done))
 
     def _compute(self, batch: list[Job], names: list[str] | None) -> list[Outputs]:
         """Runs in a worker thread: stack the requests, run the model, split the outputs back."""
@@ -324,32 +324,26 @@ class DynamicBatcher:
             job.finished = finished
         return per_job
 
-    def _finish_threadsafe(self, batch: list[Job], done: Future[list[Outputs]]) -> None:
-        # A closed loop raises RuntimeError: nobody is waiting for these answers any more.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._finish, batch, done)
-
-    def _finish(self, batch: list[Job], done: Future[list[Outputs]]) -> None:
+    def _finish(self, batch: list[Job], done: asyncio.Future[list[Outputs]]) -> None:
         self._computing -= 1
         for job in batch:
             if job.started:
                 self._metrics.queue_delay.observe(job.started - job.arrived)
-        try:
-            results = done.result()
-        except Exception as error:
+        failure: Exception | None = None
+        if done.cancelled():  # close() let the worker threads go before this batch started
+            failure = Rejected(Rejection.DRAINING)
+        elif (error := done.exception()) is not None:
             log.error("inference failed", extra={"event": "inference_failed", "error": str(error)})
             failure = error if isinstance(error, InternalError) else InternalError(f"inference failed: {error}")
-            results = None
         for index, job in enumerate(batch):
             job.state = JobState.DONE
             if job.future.done():
                 continue
-            if results is None:
+            if failure is not None:
                 job.future.set_exception(failure)
             else:
-                job.future.set_result(results[index])
+                job.future.set_result(done.result()[index])
         self._dispatch()
-        self._check_idle()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -357,22 +351,27 @@ class DynamicBatcher:
     def queued(self) -> int:
         return self._queued
 
-    def _check_idle(self) -> None:
-        if not self._queued and not self._computing:
-            self._idle.set()
+    def waiting(self) -> Iterator[Job]:
+        """The queued jobs, in the order they will be served."""
+        return self._in_order()
 
-    async def drain(self) -> None:
-        """Stop waiting for batches to fill, and return once nothing is queued or computing."""
-        self._draining = True
+    @property
+    def saturated(self) -> bool:
+        """Every instance is computing: queued requests wait for a batch to finish, not for the window."""
+        return self._computing >= self.policy.instance_count
+
+    def flush(self) -> None:
+        """From now on every batch goes as soon as it can: nobody waits for a window any more (a drain)."""
+        self._flushing = True
         self._dispatch()
-        await self._idle.wait()
 
     def close(self) -> None:
-        """Answer whatever is still queued (or arrives later) with 503, and let the worker threads go."""
+        """Reject whatever is still queued (or arrives later) as draining, and let the worker threads go."""
         self._closed = True
         for job in list(self._in_order()):
             self._leave_early(job)
-            job.future.set_exception(Unavailable("the server is shutting down", "draining"))
+            job.future.set_exception(Rejected(Rejection.DRAINING))
         if self._wake_timer is not None:
             self._wake_timer.cancel()
+            self._wake_timer = None
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -74,6 +74,11 @@ class RuntimeSettings(BaseModel):
     drain_timeout_seconds: float = Field(
         default=30.0, ge=0, description="on SIGTERM, longest wait for accepted requests to finish"
     )
+    drain_grace_seconds: float = Field(
+        default=1.5,
+        ge=0,
+        description="on SIGTERM, how long a keep-alive connection must be quiet before it is closed",
+    )
     load_failure_exit_seconds: float = Field(
         default=5.0, ge=0, description="after a failed model load, how long to report why before exiting"
     )

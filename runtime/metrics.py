@@ -5,6 +5,7 @@ Label children are resolved once here, so recording on the request path is a few
 
 from __future__ import annotations
 
+from kubeserve.runtime.rejection import Rejection
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 # Seconds: 50 µs to 10 s, dense where a healthy request lives (sub-millisecond to tens of ms).
@@ -16,7 +17,6 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 disable_created_metrics()
 
 STAGES = ("deserialize", "queue", "compute", "serialize", "total")
-REJECTION_REASONS = ("queue_full", "timeout", "draining", "not_ready")
 
 
 class ServerMetrics:
@@ -82,7 +82,7 @@ class ServerMetrics:
         self.stage = {stage: duration.labels(**labels, stage=stage) for stage in STAGES}
         self._labels = labels
         self._codes: dict[int, Counter] = {}
-        self.rejected = {reason: self._rejected.labels(**labels, reason=reason) for reason in REJECTION_REASONS}
+        self.rejected = {reason: self._rejected.labels(**labels, reason=reason) for reason in Rejection}
 
     def answered(self, status: int) -> None:
         counter = self._codes.get(status)

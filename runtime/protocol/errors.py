@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from kubeserve.runtime.rejection import Rejection
+
 
 class InferenceError(Exception):
     status = 500
@@ -28,11 +30,11 @@ class PayloadTooLarge(InferenceError):
 
 
 class Unavailable(InferenceError):
-    """503: retry later (or elsewhere). ``reason`` labels the rejection in the metrics."""
+    """503: retry later (or elsewhere). Made from a rejection by ``server.rejections`` alone."""
 
     status = 503
 
-    def __init__(self, message: str, reason: str, retry_after_seconds: int = 1) -> None:
+    def __init__(self, message: str, reason: Rejection, retry_after_seconds: int) -> None:
         super().__init__(message)
         self.reason = reason
         self.retry_after_seconds = retry_after_seconds

@@ -16,6 +16,8 @@ import numpy as np
 from aiohttp import web
 from kubeserve.runtime.batcher import DynamicBatcher, Job, Outputs
 from kubeserve.runtime.protocol.errors import InferenceError, PayloadTooLarge, Unavailable
+from kubeserve.runtime.rejection import Rejected, Rejection
+from kubeserve.runtime.server.rejections import unavailable
 from kubeserve.runtime.server.state import ServerState
 
 
@@ -37,14 +39,16 @@ class Exchange:
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        self._state.request_finished()
+        metrics = self._state.metrics
+        refused = False
         if isinstance(error, InferenceError):
-            metrics = self._state.metrics
             metrics.answered(error.status)
             if isinstance(error, Unavailable):
                 metrics.rejected[error.reason].inc()
+                refused = error.reason is Rejection.DRAINING
         elif error is not None and not isinstance(error, asyncio.CancelledError):
-            self._state.metrics.answered(500)
+            metrics.answered(500)
+        self._state.request_finished(answered=not isinstance(error, asyncio.CancelledError), refused=refused)
 
     async def read_body(self, request: web.Request) -> bytes:
         try:
@@ -64,14 +68,17 @@ class Exchange:
         priority: int = 0,
         timeout_microseconds: int | None = None,
     ) -> Outputs:
-        outputs, self.job = await batcher.infer(
-            feeds,
-            output_names=output_names,
-            priority=priority,
-            timeout_microseconds=timeout_microseconds,
-            arrived=self.arrived,
-            arrived_on_loop=self.arrived_on_loop,
-        )
+        try:
+            outputs, self.job = await batcher.infer(
+                feeds,
+                output_names=output_names,
+                priority=priority,
+                timeout_microseconds=timeout_microseconds,
+                arrived=self.arrived,
+                arrived_on_loop=self.arrived_on_loop,
+            )
+        except Rejected as rejected:
+            raise unavailable(rejected) from None
         self.resumed_at = time.perf_counter()
         return outputs
 

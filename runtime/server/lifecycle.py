@@ -1,10 +1,15 @@
 """The server's life: listen, load the model (then report ready), serve, and drain on SIGTERM.
 
 Listening starts before the model loads, so liveness answers during a slow load. A model that cannot
-load makes the server report why (logs, ``/ready``, the termination message) and exit 3. On SIGTERM or
-SIGINT readiness turns false at once while liveness stays true; idle keep-alive connections close,
-responses carry ``Connection: close``, queued batches go out without waiting to fill, and the server
-exits 0 once every accepted request is answered (at most ``drain_timeout_seconds`` later).
+load makes the server report why (logs, ``/ready``, the termination message) and exit 3; a port that
+cannot be listened on, exit 4.
+
+On SIGTERM or SIGINT readiness turns false at once while liveness stays true, and the listener closes
+(new connections are refused). Requests on connections opened before the signal are served as usual,
+each answer carrying ``Connection: close`` so that the client's pool moves elsewhere; queued batches go
+out without waiting for their window. A connection with nothing on its way is closed once it has been
+quiet for ``drain_grace_seconds``. The server exits 0 when no connection is left, or at
+``drain_timeout_seconds``: then whatever is still queued or arrives is answered 503 (``draining``).
 """
 
 from __future__ import annotations
@@ -29,9 +34,9 @@ log = logging.getLogger("kubeserve.runtime")
 
 EXIT_OK = 0
 EXIT_MODEL_LOAD_FAILED = 3
-# How long a connection accepted just before the listener closed may take to send its request.
-FRESH_CONNECTION_GRACE = 1.0
-CONNECTION_POLL_SECONDS = 0.01
+EXIT_LISTEN_FAILED = 4
+LISTEN_BACKLOG = 1024
+SHUTDOWN_TIMEOUT_SECONDS = 1.0
 
 
 def serve(settings: RuntimeSettings) -> int:
@@ -50,18 +55,26 @@ async def _serve(settings: RuntimeSettings) -> int:
     runner = web.AppRunner(
         create_app(state),
         handle_signals=False,
-        # After the drain (or its timeout), handlers still running get this long before they are cancelled.
-        shutdown_timeout=1.0,
+        # After a timed-out drain, handlers still running get this long before they are cancelled.
+        shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
         access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
-    await site.start()
-    address = runner.addresses[0]
-    log.info(
-        "listening",
-        extra={"event": "listening", "host": address[0], "port": address[1], "model": settings.model_name},
-    )
+    try:
+        listener = await listen(runner, state, settings.host, settings.port)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        log.error(
+            "cannot listen",
+            extra={"event": "listen_failed", "host": settings.host, "port": settings.port, "reason": reason},
+        )
+        write_termination_message(
+            settings.termination_message_path, f"cannot listen on {settings.host}:{settings.port}: {reason}"
+        )
+        await runner.cleanup()
+        return EXIT_LISTEN_FAILED
+    host, port = listener.sockets[0].getsockname()[:2]
+    log.info("listening", extra={"event": "listening", "host": host, "port": port, "model": settings.model_name})
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -69,7 +82,6 @@ async def _serve(settings: RuntimeSettings) -> int:
         loop.add_signal_handler(signum, stop.set)
 
     exit_code = EXIT_OK
-    drained = False
     loading = asyncio.create_task(_load(state))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -80,27 +92,41 @@ async def _serve(settings: RuntimeSettings) -> int:
             await asyncio.wait_for(stop.wait(), settings.load_failure_exit_seconds)
     elif loading.done():
         await stop.wait()
-        drained = await _drain(state, runner, site)
+        await _drain(state, listener)
     else:
         log.info("stopping before the model loaded", extra={"event": "stopping"})
     loading.cancel()
     stopping.cancel()
-    batcher = state.loaded.batcher if state.loaded is not None else None
-    if batcher is not None and not drained:
-        batcher.close()  # a timed-out drain: what is still queued is answered 503 before connections close
-    await runner.cleanup()  # closes connections; a request still running gets shutdown_timeout to finish
-    if batcher is not None:
-        batcher.close()
+    listener.close()
+    if state.loaded is not None:
+        state.loaded.batcher.close()  # after a timed-out drain: whatever is still queued is answered 503
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(state.wait_quiet(), SHUTDOWN_TIMEOUT_SECONDS)  # let those 503s be written
+    state.connections.close_all()
+    await runner.cleanup()  # a request still running gets SHUTDOWN_TIMEOUT_SECONDS to finish
     log.info(
         "stopped",
         extra={
             "event": "stopped",
             "exit_code": exit_code,
             "accepted": state.accepted,
+            "answered": state.answered,
+            "refused": state.refused,
             "unanswered": state.in_flight,
+            "connections_closed_idle": state.connections.closed_idle,
+            "connections_closed_with_request_unread": state.connections.closed_with_request_unread,
         },
     )
     return exit_code
+
+
+async def listen(runner: web.AppRunner, state: ServerState, host: str, port: int) -> asyncio.Server:
+    """Serve ``runner``'s application on a listener whose connections ``state.connections`` tracks."""
+    assert runner.server is not None, "runner.setup() comes first"
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        state.connections.protocol_factory(runner.server), host, port, backlog=LISTEN_BACKLOG
+    )
 
 
 async def _load(state: ServerState) -> None:
@@ -137,69 +163,34 @@ async def _load(state: ServerState) -> None:
     )
 
 
-async def _drain(state: ServerState, runner: web.AppRunner, site: web.TCPSite) -> bool:
-    """Whether every accepted request was answered within the drain timeout."""
+async def _drain(state: ServerState, listener: asyncio.Server) -> None:
+    """Serve what the open connections still send, each answer closing its connection; close idle ones once
+    quiet; stop when no connection is left, or at the drain timeout."""
     settings = state.settings
+    loop = asyncio.get_running_loop()
+    signalled = loop.time()
     state.draining = True
     state.metrics.model_ready.set(0)
+    listener.close()  # new connections are refused: nothing was sent on them, any client may retry elsewhere
     log.info(
         "draining",
-        extra={"event": "draining", "in_flight": state.in_flight, "timeout_seconds": settings.drain_timeout_seconds},
+        extra={
+            "event": "draining",
+            "in_flight": state.in_flight,
+            "connections": len(state.connections),
+            "timeout_seconds": settings.drain_timeout_seconds,
+        },
     )
-    _close_idle_connections(runner)
     assert state.loaded is not None
     try:
         async with asyncio.timeout(settings.drain_timeout_seconds):
-            await state.loaded.batcher.drain()
-            await state.wait_quiet()
-            # Stop listening, then answer whatever arrived before the listener closed.
-            await site.stop()
-            await _settle_connections(state, runner)
+            state.loaded.batcher.flush()
+            await state.connections.close_when_quiet(since=signalled, grace=settings.drain_grace_seconds)
+            await state.wait_quiet()  # a handler whose client went away still finishes its compute
     except TimeoutError:
         log.warning(
             "drain timed out; answering what is left with 503",
-            extra={"event": "drain_timeout", "in_flight": state.in_flight},
+            extra={"event": "drain_timeout", "in_flight": state.in_flight, "connections": len(state.connections)},
         )
-        return False
-    log.info("drained", extra={"event": "drained", "accepted": state.accepted})
-    return True
-
-
-async def _settle_connections(state: ServerState, runner: web.AppRunner) -> None:
-    """Once the listener is closed, wait until every connection has closed: busy ones after their response,
-    idle ones at once. A connection accepted just before the listener closed gets FRESH_CONNECTION_GRACE
-    seconds to send its request; aiohttp's own cleanup would cut such a request off mid-body."""
-    loop = asyncio.get_running_loop()
-    silent_until = loop.time() + FRESH_CONNECTION_GRACE
-    while runner.server is not None and runner.server.connections:
-        await state.wait_quiet()
-        _close_idle_connections(runner)
-        if not runner.server.connections or (state.in_flight == 0 and loop.time() >= silent_until):
-            return
-        await asyncio.sleep(CONNECTION_POLL_SECONDS)
-
-
-def _close_idle_connections(runner: web.AppRunner) -> None:
-    """Close keep-alive connections waiting for a next request. Busy ones close after their response
-    (``Connection: close``), brand-new ones after their first request.
-
-    aiohttp's own ``pre_shutdown()`` will not do: its ``close()`` makes a busy connection drop the rest of a
-    request body still on its way, and leaves an idle one's socket open. Which connections are idle is
-    aiohttp's private state: pinned in constraints.txt and covered by the drain tests, which fail if it
-    changes."""
-    if runner.server is None:
         return
-    for connection in runner.server.connections:
-        if _waits_for_next_request(connection):
-            connection.force_close()
-
-
-def _waits_for_next_request(connection: object) -> bool:
-    # A wait not yet answered, no request parsed and pending, and at least one request served already.
-    waiter = getattr(connection, "_waiter", None)
-    return (
-        waiter is not None
-        and not waiter.done()
-        and not getattr(connection, "_messages", None)
-        and getattr(connection, "_request_count", 0) > 0
-    )
+    log.info("drained", extra={"event": "drained", "accepted": state.accepted, "answered": state.answered})

@@ -1,5 +1,6 @@
-"""One middleware: every failure becomes ``{"error": ...}`` with its status, and a draining server asks
-clients to close their connections so that they reconnect to a pod that stays."""
+"""One middleware: every failure becomes ``{"error": ...}`` with its status; each request is counted on its
+connection (the drain closes only connections with nothing on their way); and a draining server answers
+with ``Connection: close`` so that clients reconnect to a pod that stays."""
 
 from __future__ import annotations
 
@@ -27,15 +28,27 @@ def _http_error(error: web.HTTPException, request: web.Request) -> web.Response:
 
 @web.middleware
 async def errors_and_drain(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[STATE]
+    connection = state.connections.of(request.transport)
+    if connection is not None:
+        connection.request_started()
     try:
-        response = await handler(request)
-    except InferenceError as error:
-        response = error_response(error)
-    except web.HTTPException as error:
-        response = _http_error(error, request)
-    except Exception:
-        log.exception("request failed", extra={"event": "request_failed", "path": request.path})
-        response = json_response({"error": "internal server error"}, status=500)
-    if request.app[STATE].draining:
+        response = await _answer(request, handler)
+    finally:
+        if connection is not None:
+            connection.request_finished()
+    if state.draining:
         response.force_close()
     return response
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except InferenceError as error:
+        return error_response(error)
+    except web.HTTPException as error:
+        return _http_error(error, request)
+    except Exception:
+        log.exception("request failed", extra={"event": "request_failed", "path": request.path})
+        return json_response({"error": "internal server error"}, status=500)

@@ -10,7 +10,10 @@ from kubeserve.runtime.batcher import BatchPolicy, DynamicBatcher
 from kubeserve.runtime.config import RuntimeSettings
 from kubeserve.runtime.metrics import ServerMetrics
 from kubeserve.runtime.model import OnnxModel
-from kubeserve.runtime.protocol.errors import NotFound, Unavailable
+from kubeserve.runtime.protocol.errors import NotFound
+from kubeserve.runtime.rejection import Rejected, Rejection
+from kubeserve.runtime.server.connections import ConnectionTracker
+from kubeserve.runtime.server.rejections import unavailable
 
 
 @dataclass(slots=True)
@@ -27,7 +30,12 @@ class ServerState:
     load_error: str | None = None
     draining: bool = False
     in_flight: int = 0
-    accepted: int = 0  # inference requests whose handling began, since start
+    # Inference requests since start, as clients saw them: handling began, an answer was made (any status),
+    # and of those, refused with 503 because the server was shutting down.
+    accepted: int = 0
+    answered: int = 0
+    refused: int = 0
+    connections: ConnectionTracker = field(default_factory=ConnectionTracker)
     _quiet: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -70,7 +78,7 @@ class ServerState:
         """The loaded model a request names: 404 for another model or version, 503 until it is loaded."""
         self.check_model(request.match_info["name"], request.match_info.get("version"))
         if self.loaded is None:
-            raise Unavailable(f"model '{self.settings.model_name}' is not ready: {self.not_ready_reason}", "not_ready")
+            raise unavailable(Rejected(Rejection.NOT_READY, self.not_ready_reason))
         return self.loaded
 
     # In-flight inference requests: the drain waits for them.
@@ -80,7 +88,9 @@ class ServerState:
         self._quiet.clear()
         self.metrics.in_flight.set(self.in_flight)
 
-    def request_finished(self) -> None:
+    def request_finished(self, answered: bool, refused: bool) -> None:
+        self.answered += answered
+        self.refused += refused
         self.in_flight -= 1
         self.metrics.in_flight.set(self.in_flight)
         if not self.in_flight:

@@ -26,6 +26,7 @@ from kubeserve.runtime.metrics import ServerMetrics
 from kubeserve.runtime.model import OnnxModel
 from kubeserve.runtime.samples import write_sample
 from kubeserve.runtime.server.app import create_app
+from kubeserve.runtime.server.lifecycle import listen
 from kubeserve.runtime.server.state import LoadedModel, ServerState
 from onnx import TensorProto, helper, numpy_helper
 
@@ -303,7 +304,7 @@ async def serve_in_process(
     models: dict[str, Path],
 ) -> AsyncIterator[Callable[..., Any]]:
     """Serve a model in this test's event loop on 127.0.0.1, with its compute behind a ``Gate``."""
-    runners: list[tuple[web.AppRunner, ServerState]] = []
+    runners: list[tuple[web.AppRunner, asyncio.Server, ServerState]] = []
 
     async def start(model: str = "mlp", **settings: Any) -> InProcessServer:
         config = RuntimeSettings(model_path=models[model], model_name=model, **settings)
@@ -314,14 +315,14 @@ async def serve_in_process(
         state.loaded = LoadedModel(onnx_model, DynamicBatcher(gate.wrap(onnx_model.run), policy, state.metrics))
         runner = web.AppRunner(create_app(state), handle_signals=False, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append((runner, state))
-        host, port = runner.addresses[0][:2]
+        listener = await listen(runner, state, "127.0.0.1", 0)
+        runners.append((runner, listener, state))
+        host, port = listener.sockets[0].getsockname()[:2]
         return InProcessServer(f"http://{host}:{port}", state, gate)
 
     yield start
-    for runner, state in runners:
+    for runner, listener, state in runners:
+        listener.close()
         if state.loaded is not None:
             state.loaded.batcher.close()
         await runner.cleanup()

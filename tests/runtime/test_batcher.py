@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import random
 import weakref
 
 import numpy as np
 import pytest
 from kubeserve.runtime.batcher import BatchPolicy, DynamicBatcher
 from kubeserve.runtime.metrics import ServerMetrics
-from kubeserve.runtime.protocol.errors import BadRequest, InternalError, Unavailable
+from kubeserve.runtime.protocol.errors import BadRequest, InternalError
+from kubeserve.runtime.rejection import Rejected, Rejection
 
 
 def double(feeds, names):
@@ -120,17 +122,17 @@ async def test_priority_one_is_served_first_and_unprioritised_last(gate):
     batcher.close()
 
 
-async def test_a_full_queue_refuses_at_once_with_a_retry_hint(gate):
+async def test_a_full_queue_refuses_at_once(gate):
     batcher = batcher_for(gate, max_batch_size=1, max_queue_size=2)
     gate.close()
     first = asyncio.create_task(infer(batcher, rows(1)))
     await gate.wait_entered()
     queued = [asyncio.create_task(infer(batcher, rows(1))) for _ in range(2)]
     await asyncio.sleep(0)
-    with pytest.raises(Unavailable) as refused:
+    with pytest.raises(Rejected) as refused:
         await infer(batcher, rows(1))
-    assert refused.value.reason == "queue_full"
-    assert refused.value.headers == {"Retry-After": "1"}
+    assert refused.value.reason is Rejection.QUEUE_FULL
+    assert refused.value.detail == "2 requests waiting"
     gate.open()
     await asyncio.gather(first, *queued)
     batcher.close()
@@ -144,11 +146,12 @@ async def test_a_request_past_its_deadline_leaves_the_queue_uncomputed(gate):
     await gate.wait_entered()
     late = asyncio.create_task(infer(batcher, rows(1, 2)))
     own_deadline = asyncio.create_task(infer(batcher, rows(1, 3), timeout_microseconds=200_000))
-    with pytest.raises(Unavailable, match="timeout expired") as expired:
+    with pytest.raises(Rejected) as expired:
         await own_deadline
-    assert expired.value.reason == "timeout"
-    with pytest.raises(Unavailable, match="timeout expired"):
+    assert expired.value.reason is Rejection.TIMEOUT
+    with pytest.raises(Rejected) as expired:
         await late
+    assert expired.value.reason is Rejection.TIMEOUT
     assert batcher.queued == 0
     gate.open()
     await first
@@ -188,18 +191,18 @@ async def test_an_abandoned_request_leaves_the_queue(gate):
 
 
 @pytest.mark.looptime
-async def test_drain_sends_partial_batches_without_waiting(gate):
+async def test_a_flush_sends_partial_batches_without_waiting(gate):
     batcher = batcher_for(gate, max_queue_delay_microseconds=60_000_000)
     loop = asyncio.get_running_loop()
     call = asyncio.create_task(infer(batcher, rows(1)))
     await asyncio.sleep(0)
-    await batcher.drain()
+    batcher.flush()
     await call
     assert loop.time() < 1
     batcher.close()
 
 
-async def test_close_answers_whatever_is_queued_with_503(gate):
+async def test_close_rejects_whatever_is_queued_as_draining(gate):
     batcher = batcher_for(gate, max_batch_size=1)
     gate.close()
     first = asyncio.create_task(infer(batcher, rows(1)))
@@ -207,8 +210,9 @@ async def test_close_answers_whatever_is_queued_with_503(gate):
     queued = asyncio.create_task(infer(batcher, rows(1)))
     await asyncio.sleep(0)
     batcher.close()
-    with pytest.raises(Unavailable, match="shutting down"):
+    with pytest.raises(Rejected) as closed:
         await queued
+    assert closed.value.reason is Rejection.DRAINING
     gate.open()
     first.cancel()
 
@@ -272,11 +276,101 @@ async def test_requests_that_leave_early_let_go_of_their_tensors(gate):
     assert abandoned_ref() is None
     batcher.close()
     await asyncio.wait([closed])
-    assert isinstance(closed.exception(), Unavailable)
+    assert isinstance(closed.exception(), Rejected)
     del closed
     gc.collect()
     assert closed_ref() is None
-    with pytest.raises(Unavailable, match="shutting down"):
+    with pytest.raises(Rejected, match="draining"):
         await infer(batcher, rows(1))
     gate.open()
     first.cancel()
+
+
+# -- the window's wake-up: no request is forgotten ----------------------------------------------------------
+
+
+@pytest.mark.looptime
+async def test_a_lone_request_after_an_earlier_window_still_goes_after_its_own_window(gate):
+    """The wake-up timer of a window that already fired must not stop the next window's from being armed."""
+    batcher = batcher_for(gate, max_batch_size=8, max_queue_delay_microseconds=2_000)
+    loop = asyncio.get_running_loop()
+    for burst in range(3):
+        started = loop.time()
+        async with asyncio.timeout(60):  # fake time: a forgotten request fails the test instead of hanging it
+            await infer(batcher, rows(1, burst))
+        assert loop.time() - started == pytest.approx(0.002, abs=1e-4)
+        await asyncio.sleep(1)  # idle between bursts
+    assert gate.batch_rows == [1, 1, 1]
+    batcher.close()
+
+
+@pytest.mark.looptime
+async def test_a_request_of_another_shape_does_not_wait_past_its_window_behind_a_newer_batch(gate):
+    batcher = batcher_for(gate, max_batch_size=8, max_queue_delay_microseconds=10_000_000)
+    loop = asyncio.get_running_loop()
+    low = asyncio.create_task(infer(batcher, rows(1, 1.0, width=2), priority=2))
+    await asyncio.sleep(5)
+    high = asyncio.create_task(infer(batcher, rows(1, 2.0, width=3), priority=1))
+    async with asyncio.timeout(60):
+        await low
+    assert loop.time() == pytest.approx(10, abs=1e-3)  # its own window, not the newcomer's (15 s)
+    await high
+    batcher.close()
+
+
+def _random_policy(rng: random.Random) -> BatchPolicy:
+    max_batch_size = rng.choice([1, 4, 8, 16])
+    preferred = tuple(sorted(rng.sample(range(1, max_batch_size + 1), k=min(2, max_batch_size))))
+    return BatchPolicy(
+        max_batch_size=max_batch_size,
+        max_queue_delay_microseconds=rng.choice([0, 500, 2_000, 10_000, 100_000]),
+        preferred_batch_size=rng.choice([(), preferred]),
+        default_timeout_microseconds=rng.choice([0, 0, 3_000, 50_000]),
+        instance_count=rng.choice([1, 2, 3]),
+        max_queue_size=rng.choice([8, 1024]),
+    )
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("seed", range(25))
+async def test_no_request_waits_past_its_window_or_deadline_while_an_instance_is_free(seed):
+    """Random arrivals, sizes, shapes, priorities, deadlines and windows. At the moment a request's window
+    (or deadline) has passed, it has left the queue, unless every instance is computing (window only: a
+    deadline passes regardless, and the request leaves rejected)."""
+    rng = random.Random(seed)
+    policy = _random_policy(rng)
+    batcher = DynamicBatcher(double, policy, ServerMetrics("m", "1"))
+    loop = asyncio.get_running_loop()
+    window = policy.max_queue_delay_microseconds / 1e6
+    late: list[str] = []
+    calls: list[asyncio.Task] = []
+
+    def probe(feeds: dict[str, np.ndarray], what: str, deadline: bool) -> None:
+        if any(job.feeds is feeds for job in batcher.waiting()) and (deadline or not batcher.saturated):
+            late.append(f"a request still queued {loop.time():.6f} s after its {what}")
+
+    def arrive() -> None:
+        feeds = rows(rng.randint(1, policy.max_batch_size), width=rng.choice([2, 2, 3]))
+        timeout = rng.choice([None, None, 1_000, 20_000])
+        calls.append(
+            asyncio.create_task(infer(batcher, feeds, priority=rng.choice([0, 1, 2]), timeout_microseconds=timeout))
+        )
+        now = loop.time()
+        # Strictly after the bound: timers due at the same instant may run in either order.
+        loop.call_at(now + window + 1e-5, probe, feeds, "window", False)
+        deadline = batcher.deadline(now, timeout)
+        if deadline is not None:
+            loop.call_at(deadline + 1e-5, probe, feeds, "deadline", True)
+
+    at = loop.time()
+    for _ in range(rng.randint(20, 120)):
+        # Bursts and gaps: most arrivals close together, some after an idle moment.
+        at += rng.choice([0.0, 0.0, 0.0001, 0.001, rng.uniform(0.0, 0.3)])
+        loop.call_at(at, arrive)
+    await asyncio.sleep(at - loop.time() + 1e-3)
+    async with asyncio.timeout(600):  # fake time
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    assert late == []
+    assert len(results) == len(calls)
+    assert all(isinstance(r, dict) or (isinstance(r, Rejected) and r.reason is not Rejection.DRAINING) for r in results)
+    batcher.close()

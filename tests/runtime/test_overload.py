@@ -8,11 +8,15 @@ import json
 
 import aiohttp
 import numpy as np
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from kubeserve.runtime.config import RuntimeSettings
 from kubeserve.runtime.metrics import ServerMetrics
+from kubeserve.runtime.rejection import Rejected, Rejection
 from kubeserve.runtime.server.app import create_app
+from kubeserve.runtime.server.rejections import unavailable
 from kubeserve.runtime.server.state import ServerState
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def _json_body(features: np.ndarray, **extra) -> bytes:
@@ -118,3 +122,28 @@ async def test_a_server_without_its_model_is_not_ready(models):
         model_ready = await client.get("/v2/models/mlp/ready")
         assert model_ready.status == 503
         assert (await model_ready.json())["reason"] == "model failed to load: model file /m.onnx does not exist"
+
+
+@pytest.mark.parametrize("reason", list(Rejection))
+async def test_every_rejection_is_a_503_with_retry_after_counted_under_its_reason(serve_in_process, reason):
+    server = await serve_in_process("mlp")
+
+    async def refuse(*args, **kwargs):
+        raise Rejected(reason, "a detail")
+
+    server.state.loaded.batcher.infer = refuse  # the batcher's own decision, whatever provokes it
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(
+            f"{server.url}/v2/models/mlp/infer", data=_json_body(np.ones((1, 32), np.float32))
+        )
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "1"
+        assert (await response.json())["error"] == unavailable(Rejected(reason, "a detail")).message
+        exposition = await (await session.get(f"{server.url}/metrics")).text()
+    counted = {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(exposition)
+        if family.name == "kubeserve_rejected_requests"
+        for sample in family.samples
+    }
+    assert counted == {str(other): float(other is reason) for other in Rejection}

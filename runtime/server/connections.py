@@ -1,0 +1,171 @@
+"""Every client connection, tracked in our own code, so that a drain closes each one only when no request
+can be on its way on it.
+
+Each connection's protocol is aiohttp's own (``web.Server`` is a protocol factory) wrapped in a
+``TrackedConnection`` that forwards every call and notes what the drain needs: requests in flight (from the
+middleware, through ``request.transport``), bytes that arrived and have not become a request yet, and the
+last moment anything happened. Connections are closed through the transport's public ``close()``.
+
+HTTP/1.1 keep-alive has one unavoidable race: a client may send on an idle connection at the instant the
+server closes it. The drain makes that window as small as it can: it closes an idle connection only after
+it has been quiet for ``drain_grace_seconds`` since the signal, and never while the kernel holds bytes for
+it that the server has not read yet.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import fcntl
+import math
+import termios
+from collections.abc import Callable
+
+# While the kernel holds unread bytes for an otherwise idle connection, look again this soon: the loop is
+# about to read them, and then the connection has a request on its way.
+UNREAD_RECHECK_SECONDS = 0.01
+
+
+class TrackedConnection(asyncio.Protocol):
+    """One client connection: aiohttp's protocol, plus what the drain needs to know about it."""
+
+    def __init__(self, inner: asyncio.Protocol, tracker: ConnectionTracker) -> None:
+        self._inner = inner
+        self._tracker = tracker
+        self.transport: asyncio.BaseTransport | None = None
+        self.in_flight = 0
+        # Bytes arrived while no request was in flight: the start of a request not yet handed to a handler.
+        self.request_arriving = False
+        self.last_activity = tracker.loop.time()
+
+    # -- the transport's calls, forwarded ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # uvloop's transports are not asyncio.Transport subclasses
+        self._tracker.opened(self)
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = self._tracker.loop.time()
+        if not self.in_flight:
+            self.request_arriving = True
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._tracker.lost(self)
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    # -- requests, from the middleware ---------------------------------------------------------------
+
+    def request_started(self) -> None:
+        self.in_flight += 1
+        self.request_arriving = False
+
+    def request_finished(self) -> None:
+        self.in_flight -= 1
+        self.last_activity = self._tracker.loop.time()
+        self._tracker.changed()
+
+    # -- the drain's view ----------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """A request is being answered, or its first bytes have arrived."""
+        return self.in_flight > 0 or self.request_arriving
+
+    def unread_bytes(self) -> int:
+        """Bytes the kernel received for this connection that the server has not read yet."""
+        if self.transport is None:
+            return 0
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return 0
+        count = array.array("i", [0])
+        with contextlib.suppress(OSError, ValueError):
+            fcntl.ioctl(sock.fileno(), termios.FIONREAD, count, True)
+        return count[0]
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class ConnectionTracker:
+    """The server's open connections, and the drain's rule for closing them."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._by_transport: dict[asyncio.BaseTransport, TrackedConnection] = {}
+        self._changed = asyncio.Event()
+        self.closed_idle = 0  # closed by the drain after the grace period, with nothing on its way
+        self.closed_with_request_unread = 0  # closed at the drain timeout with a request arriving
+
+    def protocol_factory(self, make_protocol: Callable[[], asyncio.Protocol]) -> Callable[[], TrackedConnection]:
+        return lambda: TrackedConnection(make_protocol(), self)
+
+    def __len__(self) -> int:
+        return len(self._by_transport)
+
+    def of(self, transport: asyncio.BaseTransport | None) -> TrackedConnection | None:
+        return self._by_transport.get(transport) if transport is not None else None
+
+    def opened(self, connection: TrackedConnection) -> None:
+        assert connection.transport is not None
+        self._by_transport[connection.transport] = connection
+
+    def lost(self, connection: TrackedConnection) -> None:
+        if connection.transport is not None:
+            self._by_transport.pop(connection.transport, None)
+        self.changed()
+
+    def changed(self) -> None:
+        self._changed.set()
+
+    async def close_when_quiet(self, since: float, grace: float) -> None:
+        """Close every connection once nothing can be on its way on it; return when none is left.
+
+        A busy connection closes itself after its response (the drain's responses carry ``Connection:
+        close``); idle ones are closed by ``close_idle``."""
+        while self._by_transport:
+            self._changed.clear()
+            next_look = self.close_idle(since, grace)
+            if not self._by_transport:
+                return
+            timeout = None if next_look == math.inf else max(0.0, next_look - self.loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def close_idle(self, since: float, grace: float) -> float:
+        """Close each connection that has been quiet for ``grace`` seconds after ``since`` (the signal) and
+        for which the kernel holds no unread bytes; return when to look again (``inf``: on a change)."""
+        now = self.loop.time()
+        next_look = math.inf
+        for connection in list(self._by_transport.values()):
+            if connection.busy:
+                continue
+            quiet_from = max(connection.last_activity, since)
+            if now < quiet_from + grace:
+                next_look = min(next_look, quiet_from + grace)
+            elif connection.unread_bytes():
+                next_look = min(next_look, now + UNREAD_RECHECK_SECONDS)
+            else:
+                connection.close()
+                self.closed_idle += 1
+        return next_look
+
+    def close_all(self) -> None:
+        """At the drain timeout: close what is left, counting connections that had a request arriving."""
+        for connection in list(self._by_transport.values()):
+            if connection.request_arriving or connection.unread_bytes():
+                self.closed_with_request_unread += 1
+            connection.close()
