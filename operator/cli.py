@@ -82,9 +82,7 @@ def _run(args: argparse.Namespace) -> int:
         kopf.run(
             clusterwide=settings.clusterwide,
             namespaces=list(settings.namespaces),
-            standalone=settings.standalone,
-            peering_name=None if settings.standalone else settings.peering_name,
-            priority=settings.peering_priority,
+            # Peering is configured by the startup handler, which first checks that its objects exist.
             liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
             memo=kopf.Memo(settings=settings),
         )

@@ -1,4 +1,5 @@
-"""The thin API layer: server-side apply, delete; every failure sorted into "retry later" or "rejected".
+"""The thin API layer: server-side apply, delete, whether an object exists; every failure sorted into "retry later"
+or "rejected".
 
 Built on the official client's asyncio flavour (``kubernetes.aio``), so that it shares kopf's event loop.
 """
@@ -98,6 +99,26 @@ class Cluster:
                 delete(ref.name, ref.namespace, propagation_policy="Background", _request_timeout=self._timeout),
                 missing_ok=True,
             )
+        except _NotFound:
+            return False
+        return True
+
+    async def exists(self, api_version: str, plural: str, name: str, namespace: str | None = None) -> bool:
+        """Whether a custom object exists; False too when its resource is not served at all (no CRD)."""
+        group, version = api_version.split("/")
+        api = client.CustomObjectsApi(self._api_client)
+        if namespace is None:
+            what = f"get {plural} {name}"
+            request = api.get_cluster_custom_object_without_preload_content(
+                group, version, plural, name, _request_timeout=self._timeout
+            )
+        else:
+            what = f"get {plural} {namespace}/{name}"
+            request = api.get_namespaced_custom_object_without_preload_content(
+                group, version, namespace, plural, name, _request_timeout=self._timeout
+            )
+        try:
+            await self._call(what, request, missing_ok=True)
         except _NotFound:
             return False
         return True

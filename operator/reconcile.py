@@ -43,18 +43,13 @@ async def apply_children(cluster: Cluster, isvc: InferenceService, settings: Ope
         await cluster.delete(ref)
 
 
-async def delete_children(cluster: Cluster, name: str, namespace: str) -> None:
-    for ref in manifests.all_children_refs(name, namespace):
-        await cluster.delete(ref)
-
-
 def status_fields(
     body: Mapping[str, Any],
     assessment: Assessment,
     *,
     deployments: Iterable[Mapping[str, Any]],
     pods: Iterable[Mapping[str, Any]],
-    apply_error: str | None = None,
+    apply_failure: status.ApplyFailure | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """The status the operator owns, for the cluster as the indexes show it."""
@@ -71,7 +66,7 @@ def status_fields(
         spec_problems=assessment.problems,
         deployment=next(iter(deployments), None),
         pods=list(pods),
-        apply_error=apply_error,
+        apply_failure=apply_failure,
     )
     return status.next_status(
         body.get("status") or {},

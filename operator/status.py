@@ -12,10 +12,40 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from kubeserve.operator import naming
 from kubeserve.operator.pod_diagnosis import PodProblem, is_ready, worst
+
+
+class Reason(StrEnum):
+    """The operator's own condition reasons (a pod's problem brings its own: ``pod_diagnosis``)."""
+
+    SERVING = "Serving"
+    MODEL_LOADED = "ModelLoaded"
+    ROLLOUT_COMPLETE = "RolloutComplete"
+    PENDING = "Pending"
+    MODEL_LOADING = "ModelLoading"
+    ROLLOUT_PENDING = "RolloutPending"
+    ROLLOUT_IN_PROGRESS = "RolloutInProgress"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    SCALED_TO_ZERO = "ScaledToZero"
+    INVALID_SPEC = "InvalidSpec"
+    APPLY_FAILED = "ApplyFailed"
+
+
+@dataclass(frozen=True)
+class ApplyFailure:
+    """The last apply failed: the API server's answer, and how many tries in a row failed so far."""
+
+    error: str
+    attempt: int
+    retry_in: float
+
+    @property
+    def message(self) -> str:
+        return f"{self.error} (attempt {self.attempt} failed; retrying in {self.retry_in:g}s)"
 
 
 @dataclass(frozen=True)
@@ -50,11 +80,11 @@ def observe(
     spec_problems: Sequence[str],
     deployment: Mapping[str, Any] | None,
     pods: Sequence[Mapping[str, Any]],
-    apply_error: str | None = None,
+    apply_failure: ApplyFailure | None = None,
 ) -> Observation:
     """The conditions for the cluster as it is; ``desired`` is None when the spec is invalid.
 
-    ``apply_error`` is the API server's refusal of the last apply (RBAC, an admission policy, ...).
+    ``apply_failure``: the last apply failed, refused (RBAC, an admission policy) or for now (a 500, a timeout).
     """
     status = (deployment or {}).get("status") or {}
     replicas, ready = status.get("replicas") or 0, status.get("readyReplicas") or 0
@@ -64,9 +94,9 @@ def observe(
         message = "; ".join(spec_problems)
         kept = "the runtime pods keep their last valid spec" if deployment else "nothing was created"
         conditions = (
-            Condition("Ready", False, "InvalidSpec", message),
-            Condition("ModelLoaded", False, "InvalidSpec", kept),
-            Condition("RolloutComplete", False, "InvalidSpec", kept),
+            Condition("Ready", False, Reason.INVALID_SPEC, message),
+            Condition("ModelLoaded", False, Reason.INVALID_SPEC, kept),
+            Condition("RolloutComplete", False, Reason.INVALID_SPEC, kept),
         )
         return Observation(conditions, replicas, ready, None)
 
@@ -74,10 +104,10 @@ def observe(
     problem = worst(current)
     ready_condition = _ready(desired, deployment, ready, problem or worst(live))
     rollout = _rollout(desired, deployment, problem)
-    if apply_error is not None:
-        rollout = Condition("RolloutComplete", False, "ApplyFailed", apply_error)
+    if apply_failure is not None:
+        rollout = Condition("RolloutComplete", False, Reason.APPLY_FAILED, apply_failure.message)
         if not ready_condition.status:
-            ready_condition = Condition("Ready", False, "ApplyFailed", apply_error)
+            ready_condition = Condition("Ready", False, Reason.APPLY_FAILED, apply_failure.message)
     conditions = (ready_condition, _model_loaded(desired, deployment, current, problem), rollout)
     return Observation(conditions, replicas, ready, problem or worst(live))
 
@@ -152,16 +182,18 @@ def _wanted_replicas(deployment: Mapping[str, Any]) -> int:
 
 def _ready(desired: Desired, deployment: Mapping[str, Any] | None, ready: int, problem: PodProblem | None) -> Condition:
     if deployment is None:
-        return Condition("Ready", False, "Pending", "creating the runtime Deployment")
+        return Condition("Ready", False, Reason.PENDING, "creating the runtime Deployment")
     wanted = _wanted_replicas(deployment)
     if ready > 0:
         endpoint = f"{desired.url}/v2/models/{desired.model_name}/infer"
-        return Condition("Ready", True, "Serving", f"{ready} of {wanted} pods ready; V2 inference at {endpoint}")
+        return Condition("Ready", True, Reason.SERVING, f"{ready} of {wanted} pods ready; V2 inference at {endpoint}")
     if wanted == 0:
-        return Condition("Ready", False, "ScaledToZero", "replicas is 0: no pod serves the model")
+        return Condition("Ready", False, Reason.SCALED_TO_ZERO, "replicas is 0: no pod serves the model")
     if problem is not None:
         return Condition("Ready", False, problem.reason, problem.message)
-    return Condition("Ready", False, "ModelLoading", "no pod is ready yet: pods are starting, fetching or loading")
+    return Condition(
+        "Ready", False, Reason.MODEL_LOADING, "no pod is ready yet: pods are starting, fetching or loading"
+    )
 
 
 def _model_loaded(
@@ -173,30 +205,36 @@ def _model_loaded(
     loaded = sum(1 for pod in current if is_ready(pod))
     what = f"model {desired.model_name} version {desired.revision}"
     if loaded:
-        return Condition("ModelLoaded", True, "ModelLoaded", f"{what} is loaded in {loaded} pods")
+        return Condition("ModelLoaded", True, Reason.MODEL_LOADED, f"{what} is loaded in {loaded} pods")
     if problem is not None:
         return Condition("ModelLoaded", False, problem.reason, problem.message)
     if current:
-        return Condition("ModelLoaded", False, "ModelLoading", f"{len(current)} pods are fetching or loading {what}")
+        return Condition(
+            "ModelLoaded", False, Reason.MODEL_LOADING, f"{len(current)} pods are fetching or loading {what}"
+        )
     if deployment is not None and _wanted_replicas(deployment) == 0:
-        return Condition("ModelLoaded", False, "ScaledToZero", f"replicas is 0: {what} is not loaded anywhere")
-    return Condition("ModelLoaded", False, "Pending", f"no pod runs {what} yet")
+        return Condition("ModelLoaded", False, Reason.SCALED_TO_ZERO, f"replicas is 0: {what} is not loaded anywhere")
+    return Condition("ModelLoaded", False, Reason.PENDING, f"no pod runs {what} yet")
 
 
 def _rollout(desired: Desired, deployment: Mapping[str, Any] | None, problem: PodProblem | None) -> Condition:
     if deployment is None:
-        return Condition("RolloutComplete", False, "Pending", "creating the runtime Deployment")
+        return Condition("RolloutComplete", False, Reason.PENDING, "creating the runtime Deployment")
     if not _template_matches(deployment, desired):
-        return Condition("RolloutComplete", False, "RolloutPending", f"applying version {desired.revision}")
+        return Condition("RolloutComplete", False, Reason.ROLLOUT_PENDING, f"applying version {desired.revision}")
     status = deployment.get("status") or {}
     generation = (deployment.get("metadata") or {}).get("generation")
     if generation is not None and (status.get("observedGeneration") or 0) < generation:
-        return Condition("RolloutComplete", False, "RolloutInProgress", "the Deployment controller has yet to act")
+        return Condition(
+            "RolloutComplete", False, Reason.ROLLOUT_IN_PROGRESS, "the Deployment controller has yet to act"
+        )
     if problem is not None:
         return Condition("RolloutComplete", False, problem.reason, problem.message)
     for condition in status.get("conditions") or []:
         if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
-            return Condition("RolloutComplete", False, "ProgressDeadlineExceeded", condition.get("message") or "")
+            return Condition(
+                "RolloutComplete", False, Reason.PROGRESS_DEADLINE_EXCEEDED, condition.get("message") or ""
+            )
     wanted = _wanted_replicas(deployment)
     updated, available = status.get("updatedReplicas") or 0, status.get("availableReplicas") or 0
     total = status.get("replicas") or 0
@@ -204,7 +242,9 @@ def _rollout(desired: Desired, deployment: Mapping[str, Any] | None, problem: Po
         return Condition(
             "RolloutComplete",
             False,
-            "RolloutInProgress",
+            Reason.ROLLOUT_IN_PROGRESS,
             f"{min(updated, available)} of {wanted} pods run version {desired.revision} and are ready",
         )
-    return Condition("RolloutComplete", True, "RolloutComplete", f"all {wanted} pods run version {desired.revision}")
+    return Condition(
+        "RolloutComplete", True, Reason.ROLLOUT_COMPLETE, f"all {wanted} pods run version {desired.revision}"
+    )

@@ -46,13 +46,3 @@ def children(isvc: InferenceService, settings: OperatorSettings) -> Children:
             ObjectRef("autoscaling/v2", "HorizontalPodAutoscaler", isvc.namespace, naming.hpa_name(isvc.name))
         )
     return Children(manifests, absent)
-
-
-def all_children_refs(isvc_name: str, namespace: str) -> list[ObjectRef]:
-    """Every object the operator may create for an InferenceService, the pods' owners last."""
-    return [
-        ObjectRef("autoscaling/v2", "HorizontalPodAutoscaler", namespace, naming.hpa_name(isvc_name)),
-        ObjectRef("apps/v1", "Deployment", namespace, naming.deployment_name(isvc_name)),
-        ObjectRef("v1", "Service", namespace, naming.service_name(isvc_name)),
-        ObjectRef("v1", "ConfigMap", namespace, naming.config_map_name(isvc_name)),
-    ]

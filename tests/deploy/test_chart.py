@@ -23,24 +23,25 @@ MODES = {"cluster-wide": CLUSTER_WIDE, "namespaced": NAMESPACED}
 
 # What the operator does with each resource, and so the only verbs it gets.
 APPLICATION_RULES = {
-    # kopf lists and watches InferenceServices, and patches them for its finalizer and annotations.
+    # kopf lists and watches InferenceServices, and patches them for its finalizer (for its timers) and annotations.
     ("serving.kubeserve.io", "inferenceservices"): {"list", "watch", "patch"},
     # Status: conditions, replicas, URL, the model's last failure, kopf's progress.
     ("serving.kubeserve.io", "inferenceservices/status"): {"patch"},
     # blockOwnerDeletion on the children's owner references, where OwnerReferencesPermissionEnforcement is on.
     ("serving.kubeserve.io", "inferenceservices/finalizers"): {"update"},
-    # Children: server-side apply (PATCH, authorised as create for a new object) and delete.
-    ("", "configmaps"): {"create", "patch", "delete"},
-    ("", "services"): {"create", "patch", "delete"},
+    # Children: server-side apply (PATCH, authorised as create for a new object). The garbage collector deletes
+    # them with their InferenceService; the operator deletes only an HPA no longer wanted.
+    ("", "configmaps"): {"create", "patch"},
+    ("", "services"): {"create", "patch"},
     ("autoscaling", "horizontalpodautoscalers"): {"create", "patch", "delete"},
     # ...and the Deployments are indexed by kopf (a watch) to report the rollout.
-    ("apps", "deployments"): {"list", "watch", "create", "patch", "delete"},
+    ("apps", "deployments"): {"list", "watch", "create", "patch"},
     # Runtime pods: indexed by kopf, to report fetch failures, image pulls and scheduling.
     ("", "pods"): {"list", "watch"},
     # kopf's warnings and InvalidSpec.
     ("", "events"): {"create"},
 }
-# kopf's own needs, as its RBAC documentation lists them.
+# kopf's own needs, as its RBAC documentation lists them (the operator's check that the object exists is a get).
 CLUSTER_PEERING_RULES = {("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"}}
 NAMESPACED_PEERING_RULES = {("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"}}
 CRD_DISCOVERY_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
@@ -150,15 +151,29 @@ def test_the_chart_installs_the_inference_service_and_kopf_peering_crds(manifest
 
 
 def test_the_rbac_table_covers_what_the_operator_code_does():
-    """Cross-check the table with the operator: its resource, every child kind it applies and deletes."""
-    from kubeserve.operator import handlers, manifests
+    """Cross-check the table with the operator: its resource, every child it applies or deletes, its peering check."""
+    from kubeserve.operator import handlers, manifests, peering
+    from kubeserve.operator.reconcile import assess
+    from kubeserve.operator.settings import OperatorSettings
 
     group, _, plural = handlers.RESOURCE
     assert {"list", "watch", "patch"} <= APPLICATION_RULES[group, plural]
     assert "patch" in APPLICATION_RULES[group, f"{plural}/status"]
-    for ref in manifests.all_children_refs("any", "default"):
-        child_group = ref.api_version.rpartition("/")[0]
-        assert {"create", "patch", "delete"} <= APPLICATION_RULES[child_group, ref.kind.lower() + "s"], ref.kind
+
+    def rules(api_version: str, kind: str) -> set[str]:
+        return APPLICATION_RULES[api_version.rpartition("/")[0], kind.lower() + "s"]
+
+    for sample in sorted((REPO / "samples").glob("isvc-*.yaml")):
+        isvc = assess(yaml.safe_load(sample.read_text())).isvc
+        assert isvc is not None, sample
+        plan = manifests.children(isvc, OperatorSettings())
+        for manifest in plan.manifests:
+            assert {"create", "patch"} <= rules(manifest["apiVersion"], manifest["kind"]), manifest["kind"]
+        for ref in plan.absent:
+            assert "delete" in rules(ref.api_version, ref.kind), ref.kind
+    peering_group = peering.API_VERSION.rpartition("/")[0]
+    assert "get" in CLUSTER_PEERING_RULES[peering_group, peering.CLUSTER_PLURAL]
+    assert "get" in NAMESPACED_PEERING_RULES[peering_group, peering.NAMESPACED_PLURAL]
 
 
 def test_cluster_wide_rbac_grants_exactly_what_the_operator_uses(helm):

@@ -297,8 +297,8 @@ def run_operator(cluster: kmock.KubernetesEmulator) -> Callable[..., contextlib.
         stop, ready = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(
             kopf.operator(
-                clusterwide=True,
-                standalone=True,
+                clusterwide=settings.clusterwide,
+                namespaces=list(settings.namespaces),
                 memo=kopf.Memo(settings=settings),
                 settings=kopf.OperatorSettings(),
                 stop_flag=stop,

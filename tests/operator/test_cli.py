@@ -181,3 +181,35 @@ async def test_run_reconciles_with_peering_serves_liveness_and_stops_cleanly_on_
         process.send_signal(signal.SIGTERM)
         output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 0, output.decode()
+    # One JSON object per line, kopf's own messages included; those about an object name it.
+    assert "--- Logging error ---" not in output.decode()
+    lines = [json.loads(line) for line in output.decode().splitlines()]
+    about_mlp = [line for line in lines if line["logger"] == "kopf.objects"]
+    assert about_mlp
+    assert {(line["namespace"], line["name"]) for line in about_mlp} == {("ml", "mlp")}
+    assert not [line for line in lines if line.get("event") == "peering_off"]
+
+
+async def test_run_without_its_peering_object_works_alone_and_says_so(api, cluster, objects, eventually, isvc_factory):
+    # kopf's peering CRDs are installed (crds/kopf-peering.yaml), the peering object is not: kopf alone would idle.
+    cluster.resources["kopf.dev/v1/clusterkopfpeerings"] = cluster.ResourceInfo(
+        kind="ClusterKopfPeering", namespaced=False, verbs={"get", "list", "watch", "patch"}
+    )
+    process = await asyncio.create_subprocess_exec(
+        SCRIPT,
+        "run",
+        env={**os.environ, "PYTHONSAFEPATH": "1", "KUBESERVE_OPERATOR_HEALTH_PORT": "0"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        await api.create("/apis/serving.kubeserve.io/v1alpha1/namespaces/ml/inferenceservices", isvc_factory())
+        await eventually(lambda: objects("apps/v1/deployments", "ml", "mlp"), within=60)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, output.decode()
+    lines = [json.loads(line) for line in output.decode().splitlines()]
+    (warning,) = [line for line in lines if line.get("event") == "peering_off"]
+    assert warning["level"] == "WARNING"
+    assert "no ClusterKopfPeering 'kubeserve' (kopf.dev/v1)" in warning["message"]

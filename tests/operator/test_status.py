@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from kubeserve.operator import pod_diagnosis, status
@@ -222,18 +224,18 @@ def test_an_invalid_spec_says_why_and_that_the_pods_keep_the_last_valid_one():
     assert message(observed, "RolloutComplete") == "the runtime pods keep their last valid spec"
 
 
-def test_a_refused_apply_is_reported_unless_pods_still_serve(pod_statuses):
-    refused = "apply Deployment ml/mlp: 403 forbidden"
-    nothing = status.observe(desired=DESIRED, spec_problems=[], deployment=None, pods=[], apply_error=refused)
+def test_a_failed_apply_is_reported_unless_pods_still_serve(pod_statuses):
+    refused = status.ApplyFailure("apply Deployment ml/mlp: 403 forbidden", attempt=2, retry_in=60)
+    nothing = status.observe(desired=DESIRED, spec_problems=[], deployment=None, pods=[], apply_failure=refused)
     assert conditions(nothing)["Ready"] == (False, "ApplyFailed")
-    assert message(nothing, "Ready") == refused
+    assert message(nothing, "Ready") == "apply Deployment ml/mlp: 403 forbidden (attempt 2 failed; retrying in 60s)"
 
     serving = status.observe(
         desired=DESIRED,
         spec_problems=[],
         deployment=deployment(ready=2),
         pods=[pod("a", pod_statuses["serving"])],
-        apply_error=refused,
+        apply_failure=refused,
     )
     assert conditions(serving)["Ready"] == (True, "Serving")
     assert conditions(serving)["RolloutComplete"] == (False, "ApplyFailed")
@@ -276,3 +278,11 @@ def test_the_last_failure_keeps_its_first_sighting_and_outlives_the_recovery(pod
     )
     after = status.next_status(still, recovered, generation=4, url=DESIRED.url, now=NOW + timedelta(minutes=2))
     assert after["lastFailure"] == first["lastFailure"]
+
+
+def test_the_readme_explains_every_reason_the_status_can_show():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("| Reason | Means | What to do |") :].split("\n\n", 1)[0]
+    documented = {name for row in table.splitlines()[2:] for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+
+    assert documented == set(status.Reason) | set(pod_diagnosis.SEVERITY)

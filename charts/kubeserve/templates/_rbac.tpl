@@ -4,7 +4,8 @@ holds the same table and checks it against the operator's code). kubeserve reads
 watches (kopf indexes), never one at a time, so it needs no get on them.
 */}}
 {{- define "kubeserve.rules.application" -}}
-# InferenceServices: kopf lists and watches them, and patches them for its finalizer and annotations.
+# InferenceServices: kopf lists and watches them, and patches them for its finalizer (its timers need one) and
+# annotations.
 - apiGroups: [serving.kubeserve.io]
   resources: [inferenceservices]
   verbs: [list, watch, patch]
@@ -17,18 +18,19 @@ watches (kopf indexes), never one at a time, so it needs no get on them.
 - apiGroups: [serving.kubeserve.io]
   resources: [inferenceservices/finalizers]
   verbs: [update]
-# The children: server-side apply (a PATCH, authorised as create when the object is new), and delete
-# (an HPA no longer wanted; everything when an InferenceService goes).
+# The children: server-side apply (a PATCH, authorised as create when the object is new). Kubernetes' garbage
+# collector deletes them with their InferenceService (owner references); the operator deletes only an HPA no
+# longer wanted.
 - apiGroups: [""]
   resources: [configmaps, services]
-  verbs: [create, patch, delete]
+  verbs: [create, patch]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [create, patch, delete]
 # Runtime Deployments are also watched (a kopf index) to report the rollout in the status.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [list, watch, create, patch]
 # Runtime pods: only watched (a kopf index), to report fetch failures, image pulls and scheduling.
 - apiGroups: [""]
   resources: [pods]
@@ -41,7 +43,7 @@ watches (kopf indexes), never one at a time, so it needs no get on them.
 
 {{- define "kubeserve.rules.clusterPeering" -}}
 # kopf peering, cluster-wide: each replica keeps itself alive in the ClusterKopfPeering; one is active
-# (the verbs of kopf's own RBAC documentation).
+# (the verbs of kopf's own RBAC documentation; the operator gets it at start to see whether it exists).
 - apiGroups: [kopf.dev]
   resources: [clusterkopfpeerings]
   verbs: [get, list, watch, patch]
@@ -49,7 +51,7 @@ watches (kopf indexes), never one at a time, so it needs no get on them.
 
 {{- define "kubeserve.rules.namespacedPeering" -}}
 # kopf peering, per namespace: each replica keeps itself alive in the KopfPeering; one is active
-# (the verbs of kopf's own RBAC documentation).
+# (the verbs of kopf's own RBAC documentation; the operator gets it at start to see whether it exists).
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings]
   verbs: [get, list, watch, patch]
