@@ -1,4 +1,5 @@
-"""End to end on kind: install the chart, apply the CPU sample, get an answer through its Service, delete it.
+"""End to end on kind: install the chart, apply the CPU sample, get answers through its Service (bursts with gaps,
+through the sample's batching window), delete it.
 
 Runs with `make e2e` where Docker works (it builds both images and creates a throwaway kind cluster). Anywhere
 else, `make test` included, it is collected and skipped with one line that says why.
@@ -13,8 +14,10 @@ import re
 import select
 import shutil
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +99,7 @@ def expected_probabilities(features: np.ndarray) -> np.ndarray:
     return session.run(["probabilities"], {"features": features})[0]
 
 
-def infer(port: int, model: str, features: np.ndarray) -> dict:
+def infer(port: int, model: str, features: np.ndarray, timeout: float = 60) -> dict:
     body = {"inputs": [{"name": "features", "shape": list(features.shape), "datatype": "FP32",
                         "data": features.ravel().tolist()}]}  # fmt: skip
     request = urllib.request.Request(
@@ -105,7 +108,7 @@ def infer(port: int, model: str, features: np.ndarray) -> dict:
         headers={"Content-Type": "application/json"},
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=60) as response:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.load(response)
 
 
@@ -136,6 +139,15 @@ def test_a_cpu_inference_service_answers_v2_requests_and_leaves_nothing_behind(c
         features = np.linspace(-1.0, 1.0, 3 * 32, dtype=np.float32).reshape(3, 32)
         with port_forward(cluster, namespace, service) as port:
             answer = infer(port, model, features)
+            # The sample's batching window, the way traffic comes: bursts, then idle gaps. A request that
+            # arrives when nothing follows must still leave the queue after its window.
+            rng = np.random.default_rng(6)
+            with ThreadPoolExecutor(16) as pool:
+                for _ in range(10):
+                    burst = int(rng.integers(1, 17))
+                    answers = list(pool.map(lambda _: infer(port, model, features[:1], timeout=5), range(burst)))
+                    assert all(reply["outputs"][0]["shape"] == [1, 10] for reply in answers)
+                    time.sleep(rng.uniform(0.005, 0.05))  # load shape: the batcher goes idle in between
         (output,) = [output for output in answer["outputs"] if output["name"] == "probabilities"]
         assert output["shape"] == [3, 10]
         served = np.asarray(output["data"], dtype=np.float32).reshape(3, 10)
