@@ -1,5 +1,5 @@
-"""The thin API layer: server-side apply, delete, whether an object exists; every failure sorted into "retry later"
-or "rejected".
+"""The thin API layer: server-side apply, a status patch, delete, whether an object exists; every failure sorted
+into "retry later" (with the API server's own ``Retry-After`` when it sends one) or "rejected".
 
 Built on the official client's asyncio flavour (``kubernetes.aio``), so that it shares kopf's event loop.
 """
@@ -15,9 +15,10 @@ from typing import Any
 import aiohttp
 from kubernetes.aio import client, config
 from kubeserve.operator import naming
-from kubeserve.operator.manifests import ObjectRef
+from kubeserve.operator.object_ref import ObjectRef
 
 APPLY_PATCH = "application/apply-patch+yaml"
+MERGE_PATCH = "application/merge-patch+json"
 
 # kind -> (typed API, method suffix): the four kinds the operator owns.
 _APIS: dict[tuple[str, str], tuple[type, str]] = {
@@ -34,9 +35,11 @@ RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
 class ClusterError(Exception):
     """An API request failed; ``retryable`` says whether the same request may succeed later."""
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        # The API server's Retry-After (a 429 from API Priority and Fairness, a 503): the least wait before a retry.
+        self.retry_after = retry_after
 
 
 class Cluster:
@@ -85,6 +88,23 @@ class Cluster:
                 field_manager=naming.FIELD_MANAGER,
                 force=True,
                 _content_type=APPLY_PATCH,
+                _request_timeout=self._timeout,
+            ),
+        )
+
+    async def patch_status(self, namespace: str, name: str, fields: Mapping[str, Any]) -> None:
+        """Merge-patch these fields into an InferenceService's status (the status subresource)."""
+        api = client.CustomObjectsApi(self._api_client)
+        await self._call(
+            f"patch status of {naming.KIND} {namespace}/{name}",
+            api.patch_namespaced_custom_object_status_without_preload_content(
+                naming.GROUP,
+                naming.VERSION,
+                namespace,
+                naming.PLURAL,
+                name,
+                {"status": dict(fields)},
+                _content_type=MERGE_PATCH,
                 _request_timeout=self._timeout,
             ),
         )
@@ -144,7 +164,11 @@ class Cluster:
         if response.status == 404 and missing_ok:
             raise _NotFound(what)
         message = _api_message(body) or response.reason or "error"
-        raise ClusterError(f"{what}: {response.status} {message}", retryable=response.status in RETRYABLE_STATUSES)
+        raise ClusterError(
+            f"{what}: {response.status} {message}",
+            retryable=response.status in RETRYABLE_STATUSES,
+            retry_after=_retry_after(response.headers.get("Retry-After")),
+        )
 
 
 class _NotFound(Exception):
@@ -158,3 +182,12 @@ def _api_message(body: bytes) -> str | None:
     except ValueError:
         return body.decode(errors="replace").strip()[:200] or None
     return str(status.get("message")) if isinstance(status, dict) and status.get("message") else None
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds, the only form the API server sends; None when absent or unreadable (an HTTP date)."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and seconds >= 0 else None

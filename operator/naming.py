@@ -9,6 +9,7 @@ KIND = "InferenceService"
 PLURAL = "inferenceservices"
 
 FIELD_MANAGER = "kubeserve"
+# Put on InferenceServices by earlier versions (kopf's timers needed it); kopf now removes it where it finds it.
 FINALIZER = f"{GROUP}/finalizer"
 
 LABEL_NAME = "app.kubernetes.io/name"

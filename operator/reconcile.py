@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from kubeserve.operator import manifests, naming, status
+from kubeserve.operator.object_ref import ObjectRef
 from kubeserve.operator.runtime_config import config_file, config_hash, runtime_settings
-from kubeserve.operator.settings import OperatorSettings
 from kubeserve.operator.spec import InferenceService, SpecError, parse
 from kubeserve.operator.validation import spec_problems
 
@@ -34,13 +34,18 @@ def assess(body: Mapping[str, Any]) -> Assessment:
     return Assessment(None if problems else isvc, problems)
 
 
-async def apply_children(cluster: Cluster, isvc: InferenceService, settings: OperatorSettings) -> None:
-    """Level-triggered: apply everything wanted, delete what must not exist; safe to repeat."""
-    plan = manifests.children(isvc, settings)
+async def apply_children(
+    cluster: Cluster, plan: manifests.Children, *, present: Callable[[ObjectRef], bool] | None = None
+) -> None:
+    """Level-triggered: apply everything wanted, delete what must not exist; safe to repeat.
+
+    ``present`` says whether an object not wanted may exist (as the watches show it): a delete is sent only then.
+    """
     for manifest in plan.manifests:
         await cluster.apply(manifest)
     for ref in plan.absent:
-        await cluster.delete(ref)
+        if present is None or present(ref):
+            await cluster.delete(ref)
 
 
 def status_fields(
@@ -51,16 +56,20 @@ def status_fields(
     pods: Iterable[Mapping[str, Any]],
     apply_failure: status.ApplyFailure | None = None,
     now: datetime | None = None,
+    spec_config_hash: str | None = None,
 ) -> dict[str, Any]:
-    """The status the operator owns, for the cluster as the indexes show it."""
+    """The status the operator owns, for the cluster as the indexes show it.
+
+    ``spec_config_hash``: the config hash of the spec, when known already (rendering it costs a millisecond).
+    """
     metadata = body.get("metadata") or {}
     name, namespace = metadata.get("name", ""), metadata.get("namespace", "default")
     url = naming.service_url(name, namespace)
     desired = None
     if assessment.isvc is not None:
         isvc = assessment.isvc
-        text = config_file(runtime_settings(isvc))
-        desired = status.Desired(isvc.spec.model.version, config_hash(text), isvc.model_name, url)
+        digest = spec_config_hash or config_hash(config_file(runtime_settings(isvc)))
+        desired = status.Desired(isvc.spec.model.version, digest, isvc.model_name, url)
     observation = status.observe(
         desired=desired,
         spec_problems=assessment.problems,

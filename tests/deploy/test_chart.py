@@ -23,18 +23,18 @@ MODES = {"cluster-wide": CLUSTER_WIDE, "namespaced": NAMESPACED}
 
 # What the operator does with each resource, and so the only verbs it gets.
 APPLICATION_RULES = {
-    # kopf lists and watches InferenceServices, and patches them for its finalizer (for its timers) and annotations.
+    # kopf lists and watches InferenceServices, and patches them for its annotation and to remove the old finalizer.
     ("serving.kubeserve.io", "inferenceservices"): {"list", "watch", "patch"},
-    # Status: conditions, replicas, URL, the model's last failure, kopf's progress.
+    # Status: conditions, replicas, URL, the model's last failure.
     ("serving.kubeserve.io", "inferenceservices/status"): {"patch"},
     # blockOwnerDeletion on the children's owner references, where OwnerReferencesPermissionEnforcement is on.
     ("serving.kubeserve.io", "inferenceservices/finalizers"): {"update"},
-    # Children: server-side apply (PATCH, authorised as create for a new object). The garbage collector deletes
-    # them with their InferenceService; the operator deletes only an HPA no longer wanted.
-    ("", "configmaps"): {"create", "patch"},
-    ("", "services"): {"create", "patch"},
-    ("autoscaling", "horizontalpodautoscalers"): {"create", "patch", "delete"},
-    # ...and the Deployments are indexed by kopf (a watch) to report the rollout.
+    # Children: server-side apply (PATCH, authorised as create for a new object), and watched to repair drift. The
+    # garbage collector deletes them with their InferenceService; the operator deletes only an HPA no longer wanted.
+    ("", "configmaps"): {"list", "watch", "create", "patch"},
+    ("", "services"): {"list", "watch", "create", "patch"},
+    ("autoscaling", "horizontalpodautoscalers"): {"list", "watch", "create", "patch", "delete"},
+    # ...and the Deployments are indexed by kopf too, to report the rollout.
     ("apps", "deployments"): {"list", "watch", "create", "patch"},
     # Runtime pods: indexed by kopf, to report fetch failures, image pulls and scheduling.
     ("", "pods"): {"list", "watch"},
@@ -163,12 +163,15 @@ def test_the_rbac_table_covers_what_the_operator_code_does():
     def rules(api_version: str, kind: str) -> set[str]:
         return APPLICATION_RULES[api_version.rpartition("/")[0], kind.lower() + "s"]
 
+    watched = {(group, plural) for group, _, plural in handlers.CHILDREN}
     for sample in sorted((REPO / "samples").glob("isvc-*.yaml")):
         isvc = assess(yaml.safe_load(sample.read_text())).isvc
         assert isvc is not None, sample
         plan = manifests.children(isvc, OperatorSettings())
         for manifest in plan.manifests:
-            assert {"create", "patch"} <= rules(manifest["apiVersion"], manifest["kind"]), manifest["kind"]
+            # Applied, and watched for drift.
+            assert {"list", "watch", "create", "patch"} <= rules(manifest["apiVersion"], manifest["kind"]), manifest
+            assert (manifest["apiVersion"].rpartition("/")[0], manifest["kind"].lower() + "s") in watched
         for ref in plan.absent:
             assert "delete" in rules(ref.api_version, ref.kind), ref.kind
     peering_group = peering.API_VERSION.rpartition("/")[0]

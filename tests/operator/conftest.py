@@ -3,7 +3,7 @@
 The cluster is kmock's Kubernetes emulator on 127.0.0.1, extended with the one API server behaviour the
 operator relies on and kmock lacks: a server-side apply (PATCH application/apply-patch+yaml) creates the object
 when it does not exist. The real kopf operator (the package's handlers) runs against it, with looptime's fake
-clock, so that retries, back-offs and timers take no real time.
+clock, so that retries, back-offs and idle periods take no real time.
 """
 
 from __future__ import annotations

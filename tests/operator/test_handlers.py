@@ -66,8 +66,8 @@ async def test_create_applies_children_owned_by_the_inference_service(
         }
     assert objects(HPAS, NS, "mlp") is None  # fixed replicas: no HPA
     isvc = objects(ISVCS, NS, "mlp")
-    # kopf's, for its timers: no handler of ours runs on deletion.
-    assert isvc["metadata"]["finalizers"] == ["serving.kubeserve.io/finalizer"]
+    # No timers and no deletion handler, so no finalizer: a deletion never waits for the operator.
+    assert "finalizers" not in isvc["metadata"]
     assert isvc["status"]["url"] == "http://mlp.ml.svc.cluster.local"
     ready = condition(isvc["status"], "Ready")
     assert ready["status"] == "False"
@@ -89,7 +89,8 @@ async def test_status_turns_ready_when_a_pod_serves_the_model(
 
         await controller.run_pod(NS, "mlp", pod_statuses["serving"])
         await controller.report(NS, "mlp", replicas=1, ready=1)
-        await eventually(lambda: condition(objects(ISVCS, NS, "mlp")["status"], "Ready")["status"] == "True")
+        # From the pod's and the Deployment's watch events: no timer, so no fake time has to pass.
+        await eventually(lambda: condition(objects(ISVCS, NS, "mlp")["status"], "Ready")["status"] == "True", within=1)
 
     status = objects(ISVCS, NS, "mlp")["status"]
     assert condition(status, "Ready")["reason"] == "Serving"
@@ -99,15 +100,17 @@ async def test_status_turns_ready_when_a_pod_serves_the_model(
     assert (status["replicas"], status["readyReplicas"]) == (1, 1)
 
 
-async def test_applying_again_changes_nothing(api, cluster, run_operator, eventually, objects, isvc_factory):
+async def test_applying_again_at_start_changes_nothing(api, cluster, run_operator, eventually, objects, isvc_factory):
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory())
-        await eventually(lambda: objects(DEPLOYMENTS, NS, "mlp"))
+        await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 1)
         before = objects(DEPLOYMENTS, NS, "mlp")
-        # The drift-repair timer applies everything again, level-triggered.
-        await eventually(lambda: len(applies(cluster, DEPLOYMENTS, "mlp")) >= 2)
 
-    first, second, *_ = applies(cluster, DEPLOYMENTS, "mlp")
+    # The resync: a (re)started operator applies every InferenceService's children again, level-triggered.
+    async with run_operator():
+        await eventually(lambda: len(applies(cluster, DEPLOYMENTS, "mlp")) == 2)
+
+    first, second = applies(cluster, DEPLOYMENTS, "mlp")
     assert first == second
     after = objects(DEPLOYMENTS, NS, "mlp")
     assert after["spec"] == before["spec"]
@@ -138,15 +141,24 @@ async def test_a_new_model_version_rolls_the_deployment(
     assert rollout["status"] == "False"
 
 
-async def test_a_deleted_child_is_restored(api, run_operator, eventually, objects, isvc_factory):
+async def test_a_deleted_child_is_restored_from_its_watch_event_within_a_second(
+    api, cluster, run_operator, eventually, objects, isvc_factory
+):
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory())
-        await eventually(lambda: objects(DEPLOYMENTS, NS, "mlp") and objects(SERVICES, NS, "mlp"))
+        await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 1)
 
-        await api.delete(f"{DEPLOYMENT_PATH}/mlp")
-        await api.delete(f"/api/v1/namespaces/{NS}/services/mlp")
-        assert objects(DEPLOYMENTS, NS, "mlp") is None
-        await eventually(lambda: objects(DEPLOYMENTS, NS, "mlp") and objects(SERVICES, NS, "mlp"))
+        # No timer is involved: the fake clock may not move past a second before each is back, applied again.
+        for resource, name, path in [
+            (SERVICES, "mlp", f"/api/v1/namespaces/{NS}/services/mlp"),
+            (DEPLOYMENTS, "mlp", f"{DEPLOYMENT_PATH}/mlp"),
+            (CONFIGMAPS, "mlp-runtime-config", f"/api/v1/namespaces/{NS}/configmaps/mlp-runtime-config"),
+        ]:
+            applied = len(applies(cluster, resource, name))
+            await api.delete(path)
+            await eventually(
+                lambda r=resource, n=name, a=applied: objects(r, NS, n) and len(applies(cluster, r, n)) > a, within=1
+            )
 
     assert objects(SERVICES, NS, "mlp")["spec"]["ports"] == [
         {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
@@ -165,19 +177,31 @@ async def test_a_restarted_operator_repairs_what_changed_while_it_was_down(
         await eventually(lambda: objects(DEPLOYMENTS, NS, "mlp"))
 
 
-async def test_a_hand_edited_child_is_restored(api, run_operator, eventually, objects, isvc_factory):
+async def test_a_hand_edited_child_is_restored_from_its_watch_event_within_a_second(
+    api, run_operator, eventually, objects, isvc_factory
+):
     def image() -> str:
         return objects(DEPLOYMENTS, NS, "mlp")["spec"]["template"]["spec"]["containers"][0]["image"]
 
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory())
-        await eventually(lambda: objects(DEPLOYMENTS, NS, "mlp"))
+        await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 1)
         edited = objects(DEPLOYMENTS, NS, "mlp")["spec"]["template"]["spec"]["containers"]
         edited[0]["image"] = "someone/else:latest"
         await api.patch(f"{DEPLOYMENT_PATH}/mlp", {"spec": {"template": {"spec": {"containers": edited}}}})
         assert image() == "someone/else:latest"
+        await eventually(lambda: image() == "kubeserve-runtime:test", within=1)
 
-        await eventually(lambda: image() == "kubeserve-runtime:test")
+        await api.patch(
+            f"/api/v1/namespaces/{NS}/services/mlp",
+            {"spec": {"selector": {"serving.kubeserve.io/inferenceservice": "x"}}},
+        )
+        await eventually(
+            lambda: (
+                objects(SERVICES, NS, "mlp")["spec"]["selector"] == {"serving.kubeserve.io/inferenceservice": "mlp"}
+            ),
+            within=1,
+        )
 
 
 async def test_deleting_leaves_the_children_to_the_garbage_collector(
@@ -188,8 +212,7 @@ async def test_deleting_leaves_the_children_to_the_garbage_collector(
         await eventually(lambda: objects(HPAS, NS, "mlp") and objects(DEPLOYMENTS, NS, "mlp"))
 
         await api.delete(f"{ISVC_PATH}/mlp")
-        # kopf stops the object's timers and lets it go (kmock, unlike a real API server, keeps it while finalized).
-        await eventually(lambda: objects(ISVCS, NS, "mlp") is None)
+        assert objects(ISVCS, NS, "mlp") is None  # no finalizer: gone at once, the operator has no say
 
     # Their owner references make them the garbage collector's (which kmock lacks): the operator deletes nothing.
     operator_deletes = [r for r in cluster[kmock.method.DELETE] if r.headers.get("User-Agent") != api.USER_AGENT]
@@ -385,6 +408,7 @@ async def test_autoscaling_adds_an_hpa_that_owns_the_replica_count_and_removing_
 # Every request the operator sends, as (verb, resource), as documented in the README's RBAC list. (RBAC also
 # needs "create" where it has "patch" on the children, since a server-side apply that creates is authorized as
 # a create too, and "update" on inferenceservices/finalizers for blockOwnerDeletion; no request shows those.)
+# The children are listed and watched to repair drift; the InferenceServices patched for kopf's annotation.
 OPERATOR_VERBS = {
     ("list", "serving.kubeserve.io/inferenceservices"),
     ("watch", "serving.kubeserve.io/inferenceservices"),
@@ -395,8 +419,14 @@ OPERATOR_VERBS = {
     ("list", "apps/deployments"),
     ("watch", "apps/deployments"),
     ("patch", "apps/deployments"),
+    ("list", "configmaps"),
+    ("watch", "configmaps"),
     ("patch", "configmaps"),
+    ("list", "services"),
+    ("watch", "services"),
     ("patch", "services"),
+    ("list", "autoscaling/horizontalpodautoscalers"),
+    ("watch", "autoscaling/horizontalpodautoscalers"),
     ("patch", "autoscaling/horizontalpodautoscalers"),
     ("delete", "autoscaling/horizontalpodautoscalers"),
     ("create", "events"),
@@ -523,3 +553,136 @@ async def test_with_its_peering_object_the_operator_peers(
     assert not [record for record in caplog.records if getattr(record, "event", None) == "peering_off"]
     peering = {verb for verb, resource in used_verbs(cluster, but=test_requests) if resource.startswith("kopf.dev/")}
     assert peering == PEERING_VERBS
+
+
+# --- At scale: events, not timers ------------------------------------------------------------------------------
+
+
+def operator_requests(cluster, api) -> list:
+    """Every request the operator sent but its watch streams (kopf's, held open and re-opened): lists, applies,
+    status patches, events."""
+    return [
+        request
+        for request in cluster
+        if request.headers.get("User-Agent") != api.USER_AGENT and request.action != kmock.action.WATCH
+    ]
+
+
+def status_patches(cluster, name: str) -> list[dict]:
+    patches = cluster[kmock.method.PATCH, kmock.resource(ISVCS), kmock.name(name)]
+    return [request.data["status"] for request in patches if request.subresource == "status"]
+
+
+async def test_with_nothing_changing_the_operator_makes_no_api_requests(
+    api, cluster, run_operator, eventually, objects, isvc_factory, controller, pod_statuses, condition
+):
+    names = [f"m{i}" for i in range(20)]
+    async with run_operator():
+        for name in names:
+            await api.create(ISVC_PATH, isvc_factory(name))
+        await eventually(lambda: all(objects(ISVCS, NS, n)["status"]["observedGeneration"] == 1 for n in names))
+        for name in names[:5]:  # some serve: their status depends on their pods and Deployments
+            await controller.run_pod(NS, name, pod_statuses["serving"])
+            await controller.report(NS, name, replicas=1, ready=1)
+        await eventually(
+            lambda: all(condition(objects(ISVCS, NS, n)["status"], "Ready")["status"] == "True" for n in names[:5])
+        )
+        for name in names:
+            assert objects(SERVICES, NS, name) and objects(CONFIGMAPS, NS, f"{name}-runtime-config")
+
+        before = len(operator_requests(cluster, api))
+        # Ten idle minutes on the fake clock (each costs real time: kmock sends no watch bookmarks, so kopf re-opens
+        # its watches every 70 s). Timers of any period up to minutes, per object or not, would show.
+        await asyncio.sleep(600)
+        during = operator_requests(cluster, api)[before:]
+
+    assert [(request.method, str(request.url)) for request in during] == []
+
+
+async def test_the_status_is_written_only_when_it_changes(
+    api, cluster, run_operator, eventually, objects, isvc_factory, controller, pod_statuses, condition
+):
+    async with run_operator():
+        await api.create(ISVC_PATH, isvc_factory())
+        await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 1)
+        pod = await controller.run_pod(NS, "mlp", pod_statuses["loading"])
+        await controller.report(NS, "mlp", replicas=1, ready=0)
+        await eventually(
+            lambda: condition(objects(ISVCS, NS, "mlp")["status"], "ModelLoaded")["reason"] == "ModelLoading"
+        )
+        # Events that change nothing the status shows: a label on the pod, the same Deployment status again.
+        await api.patch(f"/api/v1/namespaces/{NS}/pods/{pod['metadata']['name']}", {"metadata": {"labels": {"a": "b"}}})
+        await controller.report(NS, "mlp", replicas=1, ready=0)
+        await controller.run_pod(NS, "mlp", pod_statuses["serving"])
+        await controller.report(NS, "mlp", replicas=2, ready=1)
+        await eventually(lambda: condition(objects(ISVCS, NS, "mlp")["status"], "Ready")["status"] == "True")
+
+    # Replayed in order, every status patch the operator sent changed something.
+    status: dict = {}
+    for patch in status_patches(cluster, "mlp"):
+        assert patch and any(status.get(key) != value for key, value in patch.items()), patch
+        status.update(patch)
+
+
+async def test_the_finalizer_of_earlier_versions_is_removed(api, run_operator, eventually, objects, isvc_factory):
+    # As an upgrade finds it: put there by a version of the operator that had timers.
+    old = isvc_factory()
+    old["metadata"]["finalizers"] = ["serving.kubeserve.io/finalizer"]
+    await api.create(ISVC_PATH, old)
+
+    async with run_operator():
+        await eventually(lambda: not objects(ISVCS, NS, "mlp")["metadata"].get("finalizers"))
+        await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 1)
+
+    assert objects(DEPLOYMENTS, NS, "mlp") is not None
+
+
+async def test_throttling_is_retried_no_sooner_than_the_api_server_asks(
+    api, cluster, run_operator, eventually, objects, isvc_factory, condition
+):
+    throttled = kmock.Response(
+        status=429,
+        headers={"Retry-After": "30"},
+        payload={
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "code": 429,
+            "reason": "TooManyRequests",
+            "message": "Too many requests, please try again later.",
+        },
+    )
+    cluster[kmock.method.PATCH, kmock.resource(SERVICES)][0:1] << throttled
+
+    async with run_operator():
+        await api.create(ISVC_PATH, isvc_factory())
+        await eventually(lambda: condition(objects(ISVCS, NS, "mlp")["status"], "Ready")["reason"] == "ApplyFailed")
+        failing = objects(ISVCS, NS, "mlp")["status"]
+        # Not the back-off's 1 s: the 30 s the API server asked for (on the fake clock).
+        with pytest.raises(TimeoutError):
+            await eventually(lambda: len(applies(cluster, SERVICES, "mlp")) > 1, within=29)
+        await eventually(lambda: objects(ISVCS, NS, "mlp")["status"].get("observedGeneration") == 1, within=2)
+
+    assert condition(failing, "Ready")["message"] == (
+        "apply Service ml/mlp: 429 Too many requests, please try again later. (attempt 1 failed; retrying in 30s)"
+    )
+    assert len(applies(cluster, SERVICES, "mlp")) == 2
+
+
+async def test_an_inference_service_created_again_under_the_same_name_gets_a_status_of_its_own(
+    api, run_operator, eventually, objects, isvc_factory, condition
+):
+    async with run_operator():
+        await api.create(ISVC_PATH, isvc_factory())
+        await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 1)
+        await api.delete(f"{ISVC_PATH}/mlp")
+
+        again = isvc_factory()
+        again["metadata"]["uid"] = "uid-mlp-2"
+        await api.create(ISVC_PATH, again)
+        await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 1)
+
+    status = objects(ISVCS, NS, "mlp")["status"]
+    assert status["url"] == "http://mlp.ml.svc.cluster.local"
+    assert condition(status, "Ready")["reason"] in ("Pending", "ModelLoading")
+    assert objects(DEPLOYMENTS, NS, "mlp")["metadata"]["ownerReferences"][-1]["uid"] == "uid-mlp-2"

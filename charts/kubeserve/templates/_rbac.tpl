@@ -4,12 +4,12 @@ holds the same table and checks it against the operator's code). kubeserve reads
 watches (kopf indexes), never one at a time, so it needs no get on them.
 */}}
 {{- define "kubeserve.rules.application" -}}
-# InferenceServices: kopf lists and watches them, and patches them for its finalizer (its timers need one) and
-# annotations.
+# InferenceServices: kopf lists and watches them, and patches them for its annotation (the last spec handled)
+# and to remove the finalizer earlier versions of the operator put on them.
 - apiGroups: [serving.kubeserve.io]
   resources: [inferenceservices]
   verbs: [list, watch, patch]
-# Their status: conditions, replicas, URL, the model's last failure, kopf's progress.
+# Their status: conditions, replicas, URL, the model's last failure (written only when it changes).
 - apiGroups: [serving.kubeserve.io]
   resources: [inferenceservices/status]
   verbs: [patch]
@@ -18,16 +18,16 @@ watches (kopf indexes), never one at a time, so it needs no get on them.
 - apiGroups: [serving.kubeserve.io]
   resources: [inferenceservices/finalizers]
   verbs: [update]
-# The children: server-side apply (a PATCH, authorised as create when the object is new). Kubernetes' garbage
-# collector deletes them with their InferenceService (owner references); the operator deletes only an HPA no
-# longer wanted.
+# The children: server-side apply (a PATCH, authorised as create when the object is new), and watched (those with
+# the operator's labels) to repair drift when someone else changes or deletes one. Kubernetes' garbage collector
+# deletes them with their InferenceService (owner references); the operator deletes only an HPA no longer wanted.
 - apiGroups: [""]
   resources: [configmaps, services]
-  verbs: [create, patch]
+  verbs: [list, watch, create, patch]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [create, patch, delete]
-# Runtime Deployments are also watched (a kopf index) to report the rollout in the status.
+  verbs: [list, watch, create, patch, delete]
+# Runtime Deployments are also indexed to report the rollout in the status.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [list, watch, create, patch]

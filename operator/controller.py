@@ -1,0 +1,247 @@
+"""The reconciler: InferenceServices' keys in one work queue, driven by watch events only.
+
+- An InferenceService created, changed or found at start: apply its children.
+- One of its children changed or deleted by someone else (drift): apply its children again.
+- Its Deployment or pods changed: work out its status again, and write it only when it changed.
+
+Per key, the queue collapses bursts into one run and never runs two at once, so one InferenceService's status has
+one writer; its workers bound the API requests in flight. Nothing runs on a timer but the retries of failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from kubeserve.operator import drift, manifests
+from kubeserve.operator.cluster import Cluster, ClusterError
+from kubeserve.operator.object_ref import ObjectRef
+from kubeserve.operator.reconcile import Assessment, apply_children, assess, status_fields
+from kubeserve.operator.settings import OperatorSettings
+from kubeserve.operator.status import ApplyFailure, Reason
+from kubeserve.operator.workqueue import WorkQueue
+
+Key = tuple[str, str]  # namespace, name
+
+# Requests in flight at most (one per worker): enough to create a thousand InferenceServices' children in
+# seconds, few enough that the API server's fairness queues see one modest client.
+WORKERS = 16
+# Rendered children kept for drift checks and status: rendering costs about a millisecond (the runtime's config
+# file), and one owner's events come close together; 256 renderings are a few MiB.
+PLAN_CACHE_SIZE = 256
+# An apply the API server refused (RBAC, an admission policy) is retried slowly: a human has to act first.
+REJECTED_RETRY_SECONDS = 60.0
+MAX_BACKOFF_SECONDS = 60.0
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    assessment: Assessment
+    plan: manifests.Children | None  # None for an invalid spec
+
+
+@dataclass(slots=True)
+class _Owner:
+    """What the operator remembers of one InferenceService between events (kept small: there are thousands)."""
+
+    apply_wanted: bool = False
+    not_before: float = 0.0  # loop time: no apply before (a retry's back-off)
+    acted_generation: int | None = None  # applied, or judged invalid
+    failure: ApplyFailure | None = None
+    announced: str | None = None  # the apply error last posted as an Event
+    written: dict[str, Any] | None = None  # the status as last written, until the watch shows it
+
+
+class Controller:
+    """Reads the operator's indexes (kopf's, live), writes through ``cluster``; one per operator."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        settings: OperatorSettings,
+        *,
+        owners: kopf.Index[Key, dict[str, Any]],
+        deployments: kopf.Index[Key, dict[str, Any]],
+        pods: kopf.Index[Key, dict[str, Any]],
+        workers: int = WORKERS,
+    ) -> None:
+        self._cluster, self._settings = cluster, settings
+        self._owners, self._deployments, self._pods = owners, deployments, pods
+        self._state: dict[Key, _Owner] = {}
+        self._rendered: OrderedDict[tuple[Any, ...], _Rendered] = OrderedDict()
+        # The children (kind, namespace, name) that exist, as their watch events show: an HPA no longer wanted is
+        # deleted only when there is one, not at every apply.
+        self._present: set[tuple[str, str, str]] = set()
+        self._queue: WorkQueue[Key] = WorkQueue(self._process, workers=workers)
+
+    async def stop(self) -> None:
+        await self._queue.stop()
+
+    def reconcile(self, key: Key) -> None:
+        """The InferenceService was created, changed, or found at start: apply its children now."""
+        state = self._state.setdefault(key, _Owner())
+        state.apply_wanted, state.not_before = True, 0.0
+        self._queue.add(key)
+
+    def forget(self, key: Key) -> None:
+        """The InferenceService is gone."""
+        self._state.pop(key, None)
+        self._queue.cancel(key)
+
+    def child_changed(self, key: Key, event_type: str | None, kind: str, child: Mapping[str, Any]) -> None:
+        """A child (any of the four kinds) was added, changed or deleted: repair it if it drifted."""
+        ref = (kind, key[0], (child.get("metadata") or {}).get("name", ""))
+        if event_type == drift.DELETED:
+            self._present.discard(ref)
+        else:
+            self._present.add(ref)
+        owner = self._owner(key)
+        if owner is None or owner["metadata"].get("deletionTimestamp"):
+            return  # the garbage collector takes the children of an InferenceService that is gone or going
+        plan = self._render(owner).plan
+        if plan is None:
+            return  # an invalid spec: nothing is applied, so nothing is repaired
+        if drift.needs_repair(event_type, kind, child, plan):
+            self._state.setdefault(key, _Owner()).apply_wanted = True
+            self._queue.add(key)
+
+    def runtime_changed(self, key: Key) -> None:
+        """A runtime Deployment or pod changed: the status may have."""
+        if key in self._owners:
+            self._queue.add(key)
+
+    def _render(self, owner: Mapping[str, Any]) -> _Rendered:
+        """The spec judged and its children rendered, from the cache when it is there."""
+        metadata = owner["metadata"]
+        # They depend on the spec (its generation), the name, namespace and uid, and nothing else.
+        identity = (metadata["namespace"], metadata["name"], metadata.get("uid"), metadata.get("generation"))
+        rendered = self._rendered.get(identity)
+        if rendered is not None:
+            self._rendered.move_to_end(identity)
+            return rendered
+        assessment = assess(owner)
+        plan = None if assessment.isvc is None else manifests.children(assessment.isvc, self._settings)
+        rendered = self._rendered[identity] = _Rendered(assessment, plan)
+        if len(self._rendered) > PLAN_CACHE_SIZE:
+            self._rendered.popitem(last=False)
+        return rendered
+
+    def _owner(self, key: Key) -> dict[str, Any] | None:
+        return next(iter(self._owners.get(key, ())), None)
+
+    async def _process(self, key: Key) -> float | None:
+        owner = self._owner(key)
+        if owner is None or owner["metadata"].get("deletionTimestamp"):
+            self.forget(key)
+            return None
+        state = self._state.setdefault(key, _Owner())
+        rendered = self._render(owner)
+        retry_in = None
+        if state.apply_wanted:
+            retry_in = await self._apply(owner, rendered, state)
+        try:
+            await self._write_status(key, owner, rendered, state)
+        except ClusterError as error:
+            log.warning(str(error), extra={"event": "status_failed", "inferenceservice": "/".join(key)})
+            if error.retryable:  # otherwise (the object went: 404) there is nothing left to write to
+                retry_in = min(retry_in if retry_in is not None else MAX_BACKOFF_SECONDS, _delay(error, 0))
+        return retry_in
+
+    async def _apply(self, owner: Mapping[str, Any], rendered: _Rendered, state: _Owner) -> float | None:
+        """Apply the children unless backing off; the seconds until the next try, or None when done."""
+        loop = asyncio.get_running_loop()
+        if state.not_before > loop.time():
+            return state.not_before - loop.time()
+        state.apply_wanted = False
+        previous, state.failure = state.failure, None
+        if rendered.plan is not None:
+            try:
+                await apply_children(self._cluster, rendered.plan, present=self._is_present)
+            except ClusterError as error:
+                # Counted whatever triggered the apply: the status shows one count of failures in a row.
+                attempt = previous.attempt + 1 if previous else 1
+                delay = _delay(error, attempt - 1)
+                state.failure = ApplyFailure(str(error), attempt=attempt, retry_in=delay)
+                state.apply_wanted, state.not_before = True, loop.time() + delay
+                where = "{namespace}/{name}".format(**owner["metadata"])
+                log.warning(state.failure.message, extra={"event": "apply_failed", "inferenceservice": where})
+                # An Event once per distinct error; a retryable one only once it survived a retry (409s are routine).
+                if (attempt > 1 or not error.retryable) and state.announced != state.failure.error:
+                    kopf.warn(owner, reason=Reason.APPLY_FAILED, message=state.failure.error)
+                    state.announced = state.failure.error
+                return delay
+        state.acted_generation = owner["metadata"].get("generation")
+        state.announced = None
+        return None
+
+    def _is_present(self, ref: ObjectRef) -> bool:
+        return (ref.kind, ref.namespace, ref.name) in self._present
+
+    async def _write_status(self, key: Key, owner: Mapping[str, Any], rendered: _Rendered, state: _Owner) -> None:
+        """Patch only what changed, and post an Event for each new problem a user has to act on."""
+        current = self._current_status(owner, state)
+        fields = status_fields(
+            owner,
+            rendered.assessment,
+            deployments=self._deployments.get(key, ()),
+            pods=self._pods.get(key, ()),
+            apply_failure=state.failure,
+            spec_config_hash=rendered.plan.config_hash if rendered.plan is not None else None,
+        )
+        if state.failure is None and state.acted_generation is not None:
+            fields["observedGeneration"] = state.acted_generation
+        changed = {name: value for name, value in fields.items() if current.get(name) != value}
+        if not changed:
+            return
+        await self._cluster.patch_status(key[0], key[1], changed)
+        state.written = {**current, **changed}
+        for reason, message in _news(current, fields):
+            kopf.warn(owner, reason=reason, message=message)
+
+    @staticmethod
+    def _current_status(owner: Mapping[str, Any], state: _Owner) -> dict[str, Any]:
+        """The status as last written: the indexed one, unless the watch has yet to show the operator's last write."""
+        indexed = dict(owner.get("status") or {})
+        if state.written is not None:
+            if all(indexed.get(name) == value for name, value in state.written.items()):
+                state.written = None  # caught up
+            else:
+                return state.written
+        return indexed
+
+
+def _news(current: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(reason, message) of each problem the new status shows and the current one does not.
+
+    A failed apply is announced where it happens, once per distinct error, not once per retry.
+    """
+    news = []
+    before, after = _condition(current, "Ready"), _condition(new, "Ready")
+    seen = (before.get("reason"), before.get("message")) == (after.get("reason"), after.get("message"))
+    if after.get("reason") == Reason.INVALID_SPEC and not seen:
+        news.append((after["reason"], after["message"]))
+    failure, previous = new.get("lastFailure"), current.get("lastFailure")
+    if failure and failure != previous:
+        news.append((failure["reason"], failure["message"]))
+    return news
+
+
+def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == kind), {})
+
+
+def backoff(retry: int) -> float:
+    return min(2.0**retry, MAX_BACKOFF_SECONDS)
+
+
+def _delay(error: ClusterError, retry: int) -> float:
+    """Back off exponentially, never sooner than the API server's Retry-After."""
+    delay = backoff(retry) if error.retryable else REJECTED_RETRY_SECONDS
+    return max(delay, error.retry_after or 0.0)

@@ -1,0 +1,63 @@
+"""Whether a child object the operator owns has drifted from what its InferenceService asks for: pure functions.
+
+The desired manifest is computed from the owner's spec alone. It is compared as a subset of the live object
+(desired ⊆ live), so that what the API server adds (defaults, status, managed fields) is not drift. Quantities
+are compared by value, since the API server rewrites them in canonical form (``0.05`` comes back as ``50m``, a GPU
+count ``1`` as ``"1"``): otherwise every status update of an HPA or a Deployment would look like drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes.utils import parse_quantity
+from kubeserve.operator.manifests import Children
+
+DELETED = "DELETED"  # a watch event's type (kopf gives None for objects found by listing)
+
+
+def contains(live: Any, desired: Any, path: tuple[str, ...] = ()) -> bool:
+    """Every field of ``desired`` is in ``live`` with the same value; lists match item by item."""
+    if isinstance(desired, Mapping):
+        return isinstance(live, Mapping) and all(
+            key in live and contains(live[key], value, (*path, key)) for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(desired)
+            and all(contains(item, wanted, path) for item, wanted in zip(live, desired, strict=True))
+        )
+    return bool(live == desired) or (_holds_quantity(path) and _same_quantity(live, desired))
+
+
+def _holds_quantity(path: tuple[str, ...]) -> bool:
+    # Resource amounts (containers' limits and requests), an HPA's metric targets and its scaling tolerance.
+    return (
+        path[-2:-1] in (("limits",), ("requests",))
+        or path[-2:]
+        in (
+            ("target", "averageValue"),
+            ("target", "value"),
+        )
+        or path[-1:] == ("tolerance",)
+    )
+
+
+def _same_quantity(live: Any, desired: Any) -> bool:
+    try:
+        return bool(parse_quantity(live) == parse_quantity(desired))
+    except (ValueError, TypeError):
+        return False
+
+
+def needs_repair(event_type: str | None, kind: str, child: Mapping[str, Any], plan: Children) -> bool:
+    """Whether applying the owner's children again would change this child (``event_type`` as kopf gives it)."""
+    name = (child.get("metadata") or {}).get("name")
+    desired = next((m for m in plan.manifests if (m["kind"], m["metadata"]["name"]) == (kind, name)), None)
+    if event_type == DELETED:
+        return desired is not None  # an object the owner must not have (an HPA no longer wanted) may go
+    if any((ref.kind, ref.name) == (kind, name) for ref in plan.absent):
+        return True
+    return desired is not None and not contains(child, desired)

@@ -1,0 +1,90 @@
+"""What the operator's indexes keep of each watched object: only the fields rendering and status read.
+
+At a thousand InferenceServices, whole pods and Deployments (managed fields, full pod specs) would cost the
+operator most of its memory; these summaries are a small fraction of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kubeserve.operator import naming
+
+# The status fields the operator writes (status.next_status and observedGeneration): kept to compare against.
+OWNED_STATUS_FIELDS = ("url", "replicas", "readyReplicas", "observedGeneration", "conditions", "lastFailure")
+_POD_CONDITIONS = ("Ready", "PodScheduled")
+_CONTAINER_FIELDS = ("name", "state", "lastState")
+_DEPLOYMENT_STATUS_FIELDS = ("observedGeneration", "replicas", "updatedReplicas", "readyReplicas", "availableReplicas")
+
+
+def owner(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An InferenceService: enough to render its children, post Events about it and compare its status."""
+    metadata = body.get("metadata") or {}
+    status = body.get("status") or {}
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {key: metadata.get(key) for key in ("name", "namespace", "uid", "generation", "deletionTimestamp")},
+        "spec": _plain(body.get("spec") or {}),
+        "status": {key: _plain(status[key]) for key in OWNED_STATUS_FIELDS if key in status},
+    }
+
+
+def pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A runtime pod: which version and configuration it runs, and what its containers say."""
+    metadata = body.get("metadata") or {}
+    status = body.get("status") or {}
+    summary_status: dict[str, Any] = {
+        "conditions": [_plain(c) for c in status.get("conditions") or [] if c.get("type") in _POD_CONDITIONS]
+    }
+    for field in ("initContainerStatuses", "containerStatuses"):
+        if field in status:
+            summary_status[field] = [_pick(c, _CONTAINER_FIELDS) for c in status[field] or []]
+    return {
+        "metadata": {
+            "name": metadata.get("name"),
+            "labels": _pick(metadata.get("labels") or {}, (naming.LABEL_REVISION,)),
+            "annotations": _pick(metadata.get("annotations") or {}, (naming.ANNOTATION_CONFIG_HASH,)),
+            "deletionTimestamp": metadata.get("deletionTimestamp"),
+        },
+        "status": summary_status,
+    }
+
+
+def deployment(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A runtime Deployment: its wanted replicas, the version its template runs, and how far the rollout is."""
+    metadata = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    template = (spec.get("template") or {}).get("metadata") or {}
+    status = body.get("status") or {}
+    summary_status = _pick(status, _DEPLOYMENT_STATUS_FIELDS)
+    conditions = status.get("conditions") or []
+    progressing = [_pick(c, ("type", "reason", "message")) for c in conditions if c.get("type") == "Progressing"]
+    summary_status["conditions"] = progressing
+    return {
+        "metadata": {"name": metadata.get("name"), "generation": metadata.get("generation")},
+        "spec": {
+            "replicas": spec.get("replicas"),
+            "template": {
+                "metadata": {
+                    "labels": _pick(template.get("labels") or {}, (naming.LABEL_REVISION,)),
+                    "annotations": _pick(template.get("annotations") or {}, (naming.ANNOTATION_CONFIG_HASH,)),
+                }
+            },
+        },
+        "status": summary_status,
+    }
+
+
+def _pick(mapping: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {key: _plain(mapping[key]) for key in keys if key in mapping}
+
+
+def _plain(value: Any) -> Any:
+    """A deep copy in plain dicts and lists: an index must not hold on to (or share) kopf's event bodies."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
