@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # The repo root holds a folder named `operator`: never let it onto sys.path.
 export PYTHONSAFEPATH := 1
 
-.PHONY: demo test bench lint e2e clean
+.PHONY: demo test bench bench-operator lint e2e clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: $(STAMP) tools
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --readme
+
+# The operator against an in-memory API server (kmock's, as in its tests) holding many InferenceServices.
+OPERATOR_BENCH_OBJECTS ?= 200
+bench-operator: $(STAMP)
+	$(BIN)/python bench/operator_load.py --objects $(OPERATOR_BENCH_OBJECTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -225,15 +225,12 @@ def kmock_options() -> dict[str, Any]:
     return {"cls": ApplyingEmulator}
 
 
-@pytest.fixture
-def cluster(
-    kmock: kmock.KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> kmock.KubernetesEmulator:
-    """kmock serving the resources the operator uses; $KUBECONFIG points at it."""
+def serve_operator_resources(emulator: kmock.KubernetesEmulator) -> None:
+    """kmock's bundled resources, and the InferenceService CRD."""
     with warnings.catch_warnings():  # kmock's own use of a deprecated importlib call
         warnings.simplefilter("ignore", DeprecationWarning)
-        kmock.resources.load_bundled()
-    kmock.resources[ISVC_RESOURCE] = kmock.ResourceInfo(
+        emulator.resources.load_bundled()
+    emulator.resources[ISVC_RESOURCE] = kmock.ResourceInfo(
         kind="InferenceService",
         singular="inferenceservice",
         namespaced=True,
@@ -241,9 +238,11 @@ def cluster(
         subresources={"status"},
         verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
     )
-    server = str(kmock.url).rstrip("/")
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig whose only context is ``server`` (with a token kmock accepts)."""
+    path.write_text(
         yaml.safe_dump(
             {
                 "apiVersion": "v1",
@@ -255,6 +254,16 @@ def cluster(
             }
         )
     )
+    return path
+
+
+@pytest.fixture
+def cluster(
+    kmock: kmock.KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> kmock.KubernetesEmulator:
+    """kmock serving the resources the operator uses; $KUBECONFIG points at it."""
+    serve_operator_resources(kmock)
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(kmock.url).rstrip("/"))
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))  # wins over any in-cluster service account
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     return kmock
