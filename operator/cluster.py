@@ -109,6 +109,23 @@ class Cluster:
             ),
         )
 
+    async def scale(self, namespace: str, name: str, replicas: int) -> None:
+        """Set an InferenceService's spec.replicas through its scale subresource, as ``kubectl scale`` does."""
+        api = client.CustomObjectsApi(self._api_client)
+        await self._call(
+            f"scale {naming.KIND} {namespace}/{name}",
+            api.patch_namespaced_custom_object_scale_without_preload_content(
+                naming.GROUP,
+                naming.VERSION,
+                namespace,
+                naming.PLURAL,
+                name,
+                {"spec": {"replicas": replicas}},
+                _content_type=MERGE_PATCH,
+                _request_timeout=self._timeout,
+            ),
+        )
+
     async def delete(self, ref: ObjectRef) -> bool:
         """Delete the object (its dependents in the background); False when it was not there."""
         api, suffix = self._api(ref.api_version, ref.kind)

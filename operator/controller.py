@@ -70,10 +70,12 @@ class Controller:
         owners: kopf.Index[Key, dict[str, Any]],
         deployments: kopf.Index[Key, dict[str, Any]],
         pods: kopf.Index[Key, dict[str, Any]],
+        autoscalers: kopf.Index[Key, dict[str, Any]],
         workers: int = WORKERS,
     ) -> None:
         self._cluster, self._settings = cluster, settings
         self._owners, self._deployments, self._pods = owners, deployments, pods
+        self._autoscalers = autoscalers
         self._state: dict[Key, _Owner] = {}
         self._rendered: OrderedDict[tuple[Any, ...], _Rendered] = OrderedDict()
         # The children (kind, namespace, name) that exist, as their watch events show: an HPA no longer wanted is
@@ -113,7 +115,7 @@ class Controller:
             self._queue.add(key)
 
     def runtime_changed(self, key: Key) -> None:
-        """A runtime Deployment or pod changed: the status may have."""
+        """A runtime Deployment, pod or HPA changed: the status may have."""
         if key in self._owners:
             self._queue.add(key)
 
@@ -164,6 +166,7 @@ class Controller:
         if rendered.plan is not None:
             try:
                 await apply_children(self._cluster, rendered.plan, present=self._is_present)
+                await self._start_autoscaling(rendered)
             except ClusterError as error:
                 # Counted whatever triggered the apply: the status shows one count of failures in a row.
                 attempt = previous.attempt + 1 if previous else 1
@@ -181,6 +184,13 @@ class Controller:
         state.announced = None
         return None
 
+    async def _start_autoscaling(self, rendered: _Rendered) -> None:
+        """With autoscaling and no spec.replicas, write the starting point (minReplicas) through the scale
+        subresource: an HPA reads an unset spec.replicas as 0, and does not scale a target at 0."""
+        isvc = rendered.assessment.isvc
+        if isvc is not None and isvc.spec.autoscaling is not None and isvc.spec.replicas is None:
+            await self._cluster.scale(isvc.namespace, isvc.name, isvc.replicas)
+
     def _is_present(self, ref: ObjectRef) -> bool:
         return (ref.kind, ref.namespace, ref.name) in self._present
 
@@ -192,6 +202,7 @@ class Controller:
             rendered.assessment,
             deployments=self._deployments.get(key, ()),
             pods=self._pods.get(key, ()),
+            autoscalers=self._autoscalers.get(key, ()),
             apply_failure=state.failure,
             spec_config_hash=rendered.plan.config_hash if rendered.plan is not None else None,
         )
@@ -200,7 +211,9 @@ class Controller:
         changed = {name: value for name, value in fields.items() if current.get(name) != value}
         if not changed:
             return
-        await self._cluster.patch_status(key[0], key[1], changed)
+        await self._cluster.patch_status(
+            key[0], key[1], {name: _merge_patch(current.get(name), value) for name, value in changed.items()}
+        )
         state.written = {**current, **changed}
         for reason, message in _news(current, fields):
             kopf.warn(owner, reason=reason, message=message)
@@ -231,6 +244,15 @@ def _news(current: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str,
     if failure and failure != previous:
         news.append((failure["reason"], failure["message"]))
     return news
+
+
+def _merge_patch(current: Any, new: Any) -> Any:
+    """What turns ``current`` into ``new`` in a JSON merge patch: keys gone from a mapping are sent as null."""
+    if not isinstance(current, Mapping) or not isinstance(new, Mapping):
+        return new
+    patch = {name: None for name in current if name not in new}
+    patch.update({name: _merge_patch(current.get(name), value) for name, value in new.items()})
+    return patch
 
 
 def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:

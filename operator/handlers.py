@@ -2,11 +2,11 @@
 
 - startup/cleanup: settings, the API client, peering, the controller; login: a service account in a pod, a
   kubeconfig elsewhere;
-- three indexes keep InferenceServices, runtime Deployments and pods in memory, trimmed to what rendering and
-  status read (watched, never polled);
+- four indexes keep InferenceServices, runtime Deployments, pods and HPAs in memory, trimmed to what rendering
+  and status read (watched, never polled);
 - create/update/resume hand an InferenceService to the controller, which applies its children;
 - watch events of the children (ConfigMaps, Services, HPAs, Deployments with the operator's labels) repair drift,
-  and those of Deployments and pods refresh the status. Event handlers store nothing on the objects they watch.
+  and those of Deployments, HPAs and pods refresh the status. Event handlers store nothing on the objects they watch.
 
 No timers, so no finalizer: deleting an InferenceService needs nothing from the operator, its children's owner
 references let Kubernetes' garbage collector delete them.
@@ -28,13 +28,16 @@ RESOURCE = (naming.GROUP, naming.VERSION, naming.PLURAL)
 # (group, version, plural); "" is the core group.
 PODS = ("", "v1", "pods")
 DEPLOYMENTS = ("apps", "v1", "deployments")
+HPAS = ("autoscaling", "v2", "horizontalpodautoscalers")
 # The four kinds the operator applies, watched for drift.
 CHILDREN = (
     ("", "v1", "configmaps"),
     ("", "v1", "services"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    HPAS,
     DEPLOYMENTS,
 )
+# The children whose status the InferenceService's status reports.
+_REPORTED = {(group, plural) for group, _, plural in (DEPLOYMENTS, HPAS)}
 
 RUNTIME_OBJECTS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_ISVC: kopf.PRESENT}
 
@@ -50,6 +53,7 @@ async def start(
     inference_services: kopf.Index[Key, dict[str, Any]],
     runtime_deployments: kopf.Index[Key, dict[str, Any]],
     runtime_pods: kopf.Index[Key, dict[str, Any]],
+    runtime_autoscalers: kopf.Index[Key, dict[str, Any]],
     **_: Any,
 ) -> None:
     if "settings" not in memo:
@@ -77,7 +81,12 @@ async def start(
     if "controller" not in memo:
         # kopf's indexes are live views: the controller reads the same ones the handlers are given.
         memo.controller = Controller(
-            memo.cluster, operator, owners=inference_services, deployments=runtime_deployments, pods=runtime_pods
+            memo.cluster,
+            operator,
+            owners=inference_services,
+            deployments=runtime_deployments,
+            pods=runtime_pods,
+            autoscalers=runtime_autoscalers,
         )
     logger.info(f"kubeserve operator: CPU image {operator.cpu_image}, CUDA image {operator.cuda_image}")
 
@@ -137,6 +146,13 @@ async def runtime_deployments(
     return {(namespace, labels[naming.LABEL_ISVC]): summaries.deployment(body)}
 
 
+@kopf.index(*HPAS, labels=RUNTIME_OBJECTS)
+async def runtime_autoscalers(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, dict[str, Any]]:
+    return {(namespace, labels[naming.LABEL_ISVC]): summaries.autoscaler(body)}
+
+
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE)
@@ -165,7 +181,7 @@ async def child_changed(
 ) -> None:
     key = (namespace, labels[naming.LABEL_ISVC])
     memo.controller.child_changed(key, type, resource.kind, body)
-    if (resource.group, resource.plural) == (DEPLOYMENTS[0], DEPLOYMENTS[2]):
+    if (resource.group, resource.plural) in _REPORTED:
         memo.controller.runtime_changed(key)
 
 

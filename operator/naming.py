@@ -43,6 +43,12 @@ def common_labels(isvc_name: str) -> dict[str, str]:
     }
 
 
+def runtime_selector(isvc_name: str) -> str:
+    """The label selector of every runtime pod of the InferenceService, every revision: its scale subresource's
+    ``status.selector``, over which an HPA averages its metric."""
+    return f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_ISVC}={isvc_name}"
+
+
 def config_map_name(isvc_name: str) -> str:
     return f"{isvc_name}-runtime-config"
 

@@ -54,11 +54,15 @@ def status_fields(
     *,
     deployments: Iterable[Mapping[str, Any]],
     pods: Iterable[Mapping[str, Any]],
+    autoscalers: Iterable[Mapping[str, Any]] = (),
     apply_failure: status.ApplyFailure | None = None,
     now: datetime | None = None,
     spec_config_hash: str | None = None,
 ) -> dict[str, Any]:
     """The status the operator owns, for the cluster as the indexes show it.
+
+    ``selector`` and ``replicas`` serve the scale subresource; ``autoscaler`` is the HPA's view (None, which a
+    merge patch removes, without an HPA).
 
     ``spec_config_hash``: the config hash of the spec, when known already (rendering it costs a millisecond).
     """
@@ -77,10 +81,13 @@ def status_fields(
         pods=list(pods),
         apply_failure=apply_failure,
     )
-    return status.next_status(
+    fields = status.next_status(
         body.get("status") or {},
         observation,
         generation=metadata.get("generation"),
         url=url,
         now=now or datetime.now(UTC),
     )
+    fields["selector"] = naming.runtime_selector(name)
+    fields["autoscaler"] = status.autoscaler_view(next(iter(autoscalers), None))
+    return fields

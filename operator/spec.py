@@ -25,6 +25,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+# Runtime pods when neither spec.replicas nor autoscaling says.
+DEFAULT_REPLICAS = 1
 DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 QUANTITY = (
@@ -70,9 +72,6 @@ MSG_NAME = (
     "at most 63 characters): it names the Service"
 )
 # The messages of the CRD's CEL rules, word for word.
-MSG_REPLICAS_XOR_AUTOSCALING = (
-    "set either replicas or autoscaling, not both: with autoscaling the HPA owns the replica count"
-)
 MSG_URI = (
     "uri must be https://HOST/PATH, http://HOST/PATH, s3://BUCKET/KEY, gs://BUCKET/OBJECT, pvc://CLAIM/PATH "
     "or file:///PATH (a file inside the runtime image)"
@@ -242,12 +241,6 @@ class Spec(_Fields):
     batching: Batching = Field(default_factory=Batching)
     autoscaling: Autoscaling | None = None
 
-    @model_validator(mode="after")
-    def _check_scaling(self) -> Spec:
-        if self.replicas is not None and self.autoscaling is not None:
-            raise ValueError(MSG_REPLICAS_XOR_AUTOSCALING)
-        return self
-
 
 class Metadata(BaseModel):
     # Server-set metadata (labels, managedFields, ...) is not the operator's business.
@@ -285,6 +278,14 @@ class InferenceService(BaseModel):
     @property
     def model_name(self) -> str:
         return self.spec.model.name or self.metadata.name
+
+    @property
+    def replicas(self) -> int:
+        """The runtime pods wanted: spec.replicas (the user's, ``kubectl scale``'s or the HPA's); unset, the
+        autoscaler's minimum, or 1. The CRD has no default for it, so that an apply leaving it out keeps the HPA's."""
+        if self.spec.replicas is not None:
+            return self.spec.replicas
+        return self.spec.autoscaling.min_replicas if self.spec.autoscaling is not None else DEFAULT_REPLICAS
 
     @property
     def wants_gpu(self) -> bool:

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from kubeserve.operator import naming
+from kubeserve.operator.manifests.autoscaler import QUEUE_DELAY_METRIC
 from kubeserve.operator.pod_diagnosis import PodProblem, is_ready, worst
 
 
@@ -154,6 +155,30 @@ def next_status(
     elif last:
         result["lastFailure"] = last
     return result
+
+
+def autoscaler_view(hpa: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The HPA's view for ``status.autoscaler``: replicas counted and wanted, the queue delay it read, and why it
+    cannot scale if it cannot (say, no metrics adapter serves the queue delay yet); None without an HPA, or before
+    the HPA controller has reported."""
+    status = (hpa or {}).get("status") or {}
+    if "desiredReplicas" not in status and not status.get("conditions"):
+        return None
+    view: dict[str, Any] = {
+        "currentReplicas": status.get("currentReplicas") or 0,
+        "desiredReplicas": status.get("desiredReplicas") or 0,
+    }
+    for metric in status.get("currentMetrics") or []:
+        pods = metric.get("pods") or {}
+        if metric.get("type") == "Pods" and (pods.get("metric") or {}).get("name") == QUEUE_DELAY_METRIC:
+            value = (pods.get("current") or {}).get("averageValue")
+            if value is not None:
+                view["currentQueueDelay"] = str(value)
+    for condition in status.get("conditions") or []:
+        if condition.get("type") in ("AbleToScale", "ScalingActive") and condition.get("status") == "False":
+            view["message"] = f"{condition.get('reason')}: {condition.get('message')}"
+            break
+    return view
 
 
 def changes(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,9 +12,19 @@ from typing import Any
 from kubeserve.operator import naming
 
 # The status fields the operator writes (status.next_status and observedGeneration): kept to compare against.
-OWNED_STATUS_FIELDS = ("url", "replicas", "readyReplicas", "observedGeneration", "conditions", "lastFailure")
+OWNED_STATUS_FIELDS = (
+    "url",
+    "replicas",
+    "readyReplicas",
+    "selector",
+    "autoscaler",
+    "observedGeneration",
+    "conditions",
+    "lastFailure",
+)
 _POD_CONDITIONS = ("Ready", "PodScheduled")
 _CONTAINER_FIELDS = ("name", "state", "lastState")
+_HPA_CONDITIONS = ("AbleToScale", "ScalingActive")
 _DEPLOYMENT_STATUS_FIELDS = ("observedGeneration", "replicas", "updatedReplicas", "readyReplicas", "availableReplicas")
 
 
@@ -75,6 +85,21 @@ def deployment(body: Mapping[str, Any]) -> dict[str, Any]:
         },
         "status": summary_status,
     }
+
+
+def autoscaler(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A runtime HPA: its replica counts, the queue delay it read, and whether it can scale."""
+    status = body.get("status") or {}
+    summary_status = _pick(status, ("currentReplicas", "desiredReplicas"))
+    summary_status["currentMetrics"] = [
+        _plain(metric) for metric in status.get("currentMetrics") or [] if metric.get("type") == "Pods"
+    ]
+    summary_status["conditions"] = [
+        _pick(c, ("type", "status", "reason", "message"))
+        for c in status.get("conditions") or []
+        if c.get("type") in _HPA_CONDITIONS
+    ]
+    return {"metadata": {"name": (body.get("metadata") or {}).get("name")}, "status": summary_status}
 
 
 def _pick(mapping: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:

@@ -15,7 +15,9 @@ QUEUE_DELAY_METRIC = "kubeserve_queue_delay_seconds"
 
 def autoscaler(isvc: InferenceService, autoscaling: Autoscaling) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": naming.deployment_name(isvc.name)},
+        # The InferenceService itself, through its scale subresource: the HPA writes spec.replicas, the operator
+        # hands it down to the Deployment.
+        "scaleTargetRef": {"apiVersion": naming.API_VERSION, "kind": naming.KIND, "name": isvc.name},
         "minReplicas": autoscaling.min_replicas,
         "maxReplicas": autoscaling.max_replicas,
         "metrics": [

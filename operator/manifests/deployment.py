@@ -65,6 +65,8 @@ def deployment(isvc: InferenceService, settings: OperatorSettings, config_hash: 
     pod_spec.update(_scheduling(isvc))
 
     spec: dict[str, Any] = {
+        # The InferenceService owns the replica count (its scale subresource, which an HPA writes): a copy here.
+        "replicas": isvc.replicas,
         "selector": {"matchLabels": {naming.LABEL_ISVC: isvc.name}},
         "revisionHistoryLimit": 3,
         # Never below the serving capacity during a rollout: new pods come up before old ones go.
@@ -78,9 +80,6 @@ def deployment(isvc: InferenceService, settings: OperatorSettings, config_hash: 
             "spec": pod_spec,
         },
     }
-    if isvc.spec.autoscaling is None:
-        # With autoscaling the HPA owns the replica count; leaving it out keeps applies from fighting it.
-        spec["replicas"] = isvc.spec.replicas if isvc.spec.replicas is not None else 1
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

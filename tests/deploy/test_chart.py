@@ -27,6 +27,8 @@ APPLICATION_RULES = {
     ("serving.kubeserve.io", "inferenceservices"): {"list", "watch", "patch"},
     # Status: conditions, replicas, URL, the model's last failure.
     ("serving.kubeserve.io", "inferenceservices/status"): {"patch"},
+    # With autoscaling and no spec.replicas, the starting point (minReplicas), as `kubectl scale` would write it.
+    ("serving.kubeserve.io", "inferenceservices/scale"): {"patch"},
     # blockOwnerDeletion on the children's owner references, where OwnerReferencesPermissionEnforcement is on.
     ("serving.kubeserve.io", "inferenceservices/finalizers"): {"update"},
     # Children: server-side apply (PATCH, authorised as create for a new object), and watched to repair drift. The
@@ -159,6 +161,8 @@ def test_the_rbac_table_covers_what_the_operator_code_does():
     group, _, plural = handlers.RESOURCE
     assert {"list", "watch", "patch"} <= APPLICATION_RULES[group, plural]
     assert "patch" in APPLICATION_RULES[group, f"{plural}/status"]
+    # The HPAs target the InferenceService's scale subresource; the operator writes the starting replica count there.
+    assert "patch" in APPLICATION_RULES[group, f"{plural}/scale"]
 
     def rules(api_version: str, kind: str) -> set[str]:
         return APPLICATION_RULES[api_version.rpartition("/")[0], kind.lower() + "s"]

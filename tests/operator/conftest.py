@@ -171,7 +171,9 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
     - A server-side apply (PATCH application/apply-patch+yaml) creates the object when it does not exist
       (applied fields merge like kmock's patches do; the real server would also drop fields no longer applied).
     - Every write bumps ``metadata.resourceVersion``, which kopf uses to tell fresh events from stale ones.
-    - A change of ``spec`` bumps ``metadata.generation``.
+    - A change of ``spec`` bumps ``metadata.generation``, through the scale subresource too (a Scale's
+      ``spec.replicas`` is the InferenceService's ``spec.replicas``, its ``specReplicasPath``, so kmock's merge of
+      the patch into the stored object is what the API server does).
     - A JSON patch whose ``test`` fails (kopf's optimistic concurrency) is answered 422, not 500.
 
     ``changed`` is notified after every write, for tests to wait on.
@@ -189,7 +191,7 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
                 stored = self._stored(request)
                 if request.action == kmock.action.CREATE:
                     metadata.setdefault("generation", 1)
-                elif stored is not None and not request.subresource and "spec" in request.data:
+                elif stored is not None and request.subresource in (None, "scale") and "spec" in request.data:
                     old_spec = _plain(stored.get("spec") or {})
                     if _merged(old_spec, request.data["spec"]) != old_spec:
                         metadata["generation"] = (stored.get("metadata", {}).get("generation") or 0) + 1
@@ -235,7 +237,7 @@ def serve_operator_resources(emulator: kmock.KubernetesEmulator) -> None:
         singular="inferenceservice",
         namespaced=True,
         shortnames={"isvc"},
-        subresources={"status"},
+        subresources={"status", "scale"},
         verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
     )
 
@@ -405,6 +407,16 @@ class Api:
 
     async def delete(self, path: str) -> None:
         await self._send("DELETE", path)
+
+    async def apply(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``kubectl apply --server-side`` of a whole manifest."""
+        return await self._send(
+            "PATCH", f"{path}?fieldManager=kubectl", body, **{"Content-Type": "application/apply-patch+yaml"}
+        )
+
+    async def scale(self, path: str, replicas: int) -> dict[str, Any]:
+        """``kubectl scale --replicas``, which the HPA does too: a merge patch of the scale subresource."""
+        return await self.patch(f"{path}/scale", {"spec": {"replicas": replicas}})
 
 
 @pytest.fixture

@@ -30,13 +30,39 @@ def test_the_crd_names_printer_columns_and_status(crd):
     assert (names["kind"], names["plural"], names["shortNames"]) == ("InferenceService", "inferenceservices", ["isvc"])
     (version,) = crd["spec"]["versions"]
     assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
-    assert version["subresources"] == {"status": {}}
+    assert version["subresources"] == {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    }
     columns = {column["name"]: column for column in version["additionalPrinterColumns"] if "priority" not in column}
     assert list(columns) == ["Ready", "URL", "Version", "Replicas", "Age"]
     assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     assert columns["URL"]["jsonPath"] == ".status.url"
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
     assert status["x-kubernetes-preserve-unknown-fields"] is True  # kopf keeps its progress there
+    # The Replicas column shows the pods that exist, as the scale subresource reports them to an HPA.
+    assert columns["Replicas"]["jsonPath"] == version["subresources"]["scale"]["statusReplicasPath"]
+
+
+def test_the_scale_subresource_points_at_fields_the_schema_declares(crd):
+    (version,) = crd["spec"]["versions"]
+    scale, root = version["subresources"]["scale"], version["schema"]["openAPIV3Schema"]
+
+    def field(path: str) -> dict[str, Any]:
+        node = root
+        for part in path.removeprefix(".").split("."):
+            node = node["properties"][part]
+        return node
+
+    assert field(scale["specReplicasPath"])["type"] == "integer"
+    assert field(scale["statusReplicasPath"])["type"] == "integer"
+    assert field(scale["labelSelectorPath"])["type"] == "string"
+    # No schema default: one would be filled into every write that leaves replicas out.
+    assert "default" not in field(scale["specReplicasPath"])
 
 
 @pytest.mark.parametrize("name", ["isvc-cpu", "isvc-gpu"])
@@ -58,6 +84,26 @@ def test_the_api_server_fills_in_the_defaults(crd_validator, isvc_factory):
     }
     assert defaulted["spec"]["runtime"]["drainTimeoutSeconds"] == 30
     assert "replicas" not in defaulted["spec"] and "autoscaling" not in defaulted["spec"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "replicas"),
+    [
+        ({}, 1),
+        ({"replicas": 0}, 0),
+        ({"autoscaling": {"minReplicas": 2, "maxReplicas": 5}}, 2),
+        # The HPA writes spec.replicas through the scale subresource: it must be accepted next to autoscaling.
+        ({"autoscaling": {"minReplicas": 2, "maxReplicas": 5}, "replicas": 4}, 4),
+    ],
+)
+def test_replicas_is_the_users_or_the_hpas_and_unset_means_min_replicas_or_one(
+    crd_validator, isvc_factory, spec, replicas
+):
+    body = isvc_factory(**spec)
+    defaulted = crd_validator.defaulted(body)
+    assert crd_validator.errors(defaulted) == []
+    assert defaulted["spec"].get("replicas") == spec.get("replicas")  # nothing filled in
+    assert parse(defaulted).replicas == replicas
 
 
 def _crd_defaults(schema: dict, prefix: str = "") -> dict[str, Any]:
@@ -163,15 +209,6 @@ INVALID = [
     ),
     ("unknown format", _with("spec.model.format", "tensorflow"), "spec.model.format", None),
     ("negative replicas", _with("spec.replicas", -1), "spec.replicas", None),
-    (
-        "replicas and autoscaling",
-        _with(
-            "spec",
-            {"model": {"version": "1", "uri": "file:///m.onnx"}, "replicas": 2, "autoscaling": {"maxReplicas": 3}},
-        ),
-        "spec",
-        spec_module.MSG_REPLICAS_XOR_AUTOSCALING,
-    ),
     (
         "min above max",
         _with("spec.autoscaling", {"minReplicas": 5, "maxReplicas": 2}),

@@ -110,9 +110,28 @@ def test_contains_compares_lists_item_by_item():
 
 def test_the_summaries_keep_what_the_status_reads(pod_statuses, isvc_factory):
     """The status from the indexes' summaries is the status from the whole objects, for every failure mode."""
-    body = isvc_factory()
+    body = isvc_factory(autoscaling={"maxReplicas": 4})
     isvc = assess(body).isvc
     assert isvc is not None
+    hpa = {
+        **next(m for m in manifests.children(isvc, SETTINGS).manifests if m["kind"] == "HorizontalPodAutoscaler"),
+        "status": {
+            "currentReplicas": 2,
+            "desiredReplicas": 3,
+            "lastScaleTime": "2026-01-01T00:00:00Z",
+            "currentMetrics": [
+                {
+                    "type": "Pods",
+                    "pods": {"metric": {"name": "kubeserve_queue_delay_seconds"}, "current": {"averageValue": "120m"}},
+                }
+            ],
+            "conditions": [
+                {"type": "AbleToScale", "status": "True", "reason": "ReadyForNewScale", "message": "ok"},
+                {"type": "ScalingActive", "status": "False", "reason": "FailedGetPodsMetric", "message": "no adapter"},
+                {"type": "ScalingLimited", "status": "False", "reason": "DesiredWithinRange", "message": "ok"},
+            ],
+        },
+    }
     template = next(m for m in manifests.children(isvc, SETTINGS).manifests if m["kind"] == "Deployment")
     deployment = {
         **copy.deepcopy(template),
@@ -139,15 +158,22 @@ def test_the_summaries_keep_what_the_status_reads(pod_statuses, isvc_factory):
             "spec": template["spec"]["template"]["spec"],
             "status": pod_status,
         }
-        whole = status_fields(body, assess(body), deployments=[deployment], pods=[pod], now=NOW)
+        whole = status_fields(body, assess(body), deployments=[deployment], pods=[pod], autoscalers=[hpa], now=NOW)
         summarised = status_fields(
             summaries.owner(body),
             assess(summaries.owner(body)),
             deployments=[summaries.deployment(deployment)],
             pods=[summaries.pod(pod)],
+            autoscalers=[summaries.autoscaler(hpa)],
             now=NOW,
         )
         assert summarised == whole, name
+        assert whole["autoscaler"] == {
+            "currentReplicas": 2,
+            "desiredReplicas": 3,
+            "currentQueueDelay": "120m",
+            "message": "FailedGetPodsMetric: no adapter",
+        }
 
 
 @pytest.mark.looptime

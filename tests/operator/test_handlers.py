@@ -391,16 +391,98 @@ async def test_a_failing_pod_explains_itself_in_status_and_events(
     assert words in status["lastFailure"]["message"]
 
 
-async def test_autoscaling_adds_an_hpa_that_owns_the_replica_count_and_removing_it_deletes_the_hpa(
+SELECTOR = "app.kubernetes.io/managed-by=kubeserve,serving.kubeserve.io/inferenceservice=mlp"
+
+
+def selects(selector: str, labels: dict[str, str]) -> bool:
+    """Whether an equality-based label selector (``a=b,c=d``) matches these labels."""
+    return all(labels.get(key) == value for key, _, value in (term.partition("=") for term in selector.split(",")))
+
+
+async def test_kubectl_scale_scales_the_deployment_and_the_status_serves_the_scale_subresource(
+    api, run_operator, eventually, objects, isvc_factory, controller, pod_statuses
+):
+    async with run_operator():
+        await api.create(ISVC_PATH, isvc_factory())
+        await eventually(lambda: objects(DEPLOYMENTS, NS, "mlp")["spec"]["replicas"] == 1)
+
+        await api.scale(f"{ISVC_PATH}/mlp", 3)
+        await eventually(lambda: objects(DEPLOYMENTS, NS, "mlp")["spec"]["replicas"] == 3, within=1)
+        pods = [await controller.run_pod(NS, "mlp", pod_statuses["serving"]) for _ in range(3)]
+        await controller.report(NS, "mlp", replicas=3, ready=3)
+        await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["replicas"] == 3, within=1)
+
+    status = objects(ISVCS, NS, "mlp")["status"]
+    assert objects(ISVCS, NS, "mlp")["spec"]["replicas"] == 3
+    # The scale subresource's selector picks exactly the runtime pods, as an HPA averaging over them needs.
+    assert status["selector"] == SELECTOR
+    assert all(selects(status["selector"], pod["metadata"]["labels"]) for pod in pods)
+    assert not selects(status["selector"], {**pods[0]["metadata"]["labels"], "app.kubernetes.io/managed-by": "x"})
+    assert "autoscaler" not in status  # no HPA
+
+
+HPA_STATUS = {
+    "currentReplicas": 3,
+    "desiredReplicas": 4,
+    "currentMetrics": [
+        {
+            "type": "Pods",
+            "pods": {"metric": {"name": "kubeserve_queue_delay_seconds"}, "current": {"averageValue": "87m"}},
+        }
+    ],
+    "conditions": [
+        {"type": "AbleToScale", "status": "True", "reason": "SucceededRescale", "message": "ok"},
+        {"type": "ScalingActive", "status": "True", "reason": "ValidMetricFound", "message": "ok"},
+    ],
+}
+
+
+async def test_with_autoscaling_the_hpa_scales_the_inference_service_and_the_deployment_follows(
     api, cluster, run_operator, eventually, objects, isvc_factory
 ):
+    hpa_path = f"/apis/autoscaling/v2/namespaces/{NS}/horizontalpodautoscalers/mlp"
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory(autoscaling={"minReplicas": 2, "maxReplicas": 5}))
         await eventually(lambda: objects(HPAS, NS, "mlp"))
-        assert "replicas" not in applies(cluster, DEPLOYMENTS, "mlp")[-1]["spec"]
+        assert objects(HPAS, NS, "mlp")["spec"]["scaleTargetRef"] == {
+            "apiVersion": "serving.kubeserve.io/v1alpha1",
+            "kind": "InferenceService",
+            "name": "mlp",
+        }
+        # The starting point: minReplicas, in spec.replicas too (an HPA does not scale a target whose count is 0).
+        await eventually(lambda: objects(ISVCS, NS, "mlp")["spec"]["replicas"] == 2)
+        assert objects(DEPLOYMENTS, NS, "mlp")["spec"]["replicas"] == 2
+
+        # The HPA writes spec.replicas through the scale subresource; the CRD accepts it, the Deployment follows.
+        await api.scale(f"{ISVC_PATH}/mlp", 4)
+        await eventually(lambda: objects(DEPLOYMENTS, NS, "mlp")["spec"]["replicas"] == 4, within=1)
+        # A user's apply that leaves replicas out changes something else and keeps the HPA's count.
+        await api.apply(f"{ISVC_PATH}/mlp", isvc_factory(autoscaling={"minReplicas": 2, "maxReplicas": 6}))
+        await eventually(lambda: objects(HPAS, NS, "mlp")["spec"]["maxReplicas"] == 6)
+        assert objects(ISVCS, NS, "mlp")["spec"]["replicas"] == 4
+        assert objects(DEPLOYMENTS, NS, "mlp")["spec"]["replicas"] == 4
+
+        # The HPA's view reaches the status, from the HPA's watch event.
+        assert "autoscaler" not in objects(ISVCS, NS, "mlp")["status"]  # the HPA has not reported yet
+        await api.patch(f"{hpa_path}/status", {"status": HPA_STATUS})
+        view = {"currentReplicas": 3, "desiredReplicas": 4, "currentQueueDelay": "87m"}
+        await eventually(lambda: objects(ISVCS, NS, "mlp")["status"].get("autoscaler") == view, within=1)
+        # Without a metrics adapter, the HPA says why it cannot scale; so does the status.
+        failing = {
+            "type": "ScalingActive",
+            "status": "False",
+            "reason": "FailedGetPodsMetric",
+            "message": "unable to get metric kubeserve_queue_delay_seconds: no metrics returned from custom metrics",
+        }
+        await api.patch(f"{hpa_path}/status", {"status": {"currentMetrics": None, "conditions": [failing]}})
+        await eventually(lambda: "message" in objects(ISVCS, NS, "mlp")["status"]["autoscaler"], within=1)
+        view = objects(ISVCS, NS, "mlp")["status"]["autoscaler"]
+        assert view["message"] == f"FailedGetPodsMetric: {failing['message']}"
+        assert "currentQueueDelay" not in view
 
         await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"autoscaling": None, "replicas": 3}})
         await eventually(lambda: objects(HPAS, NS, "mlp") is None)
+        await eventually(lambda: "autoscaler" not in objects(ISVCS, NS, "mlp")["status"])
 
     assert applies(cluster, DEPLOYMENTS, "mlp")[-1]["spec"]["replicas"] == 3
 
@@ -414,6 +496,7 @@ OPERATOR_VERBS = {
     ("watch", "serving.kubeserve.io/inferenceservices"),
     ("patch", "serving.kubeserve.io/inferenceservices"),
     ("patch", "serving.kubeserve.io/inferenceservices/status"),
+    ("patch", "serving.kubeserve.io/inferenceservices/scale"),
     ("list", "pods"),
     ("watch", "pods"),
     ("list", "apps/deployments"),

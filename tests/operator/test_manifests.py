@@ -90,7 +90,12 @@ def test_gpu_sample_gets_the_cuda_image_a_toleration_a_download_and_an_hpa(sampl
     assert models == {"name": "models", "emptyDir": {}}
 
     hpa = rendered["HorizontalPodAutoscaler"]["spec"]
-    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "resnet"}
+    # The HPA scales the InferenceService (its scale subresource), never the Deployment behind the operator's back.
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "serving.kubeserve.io/v1alpha1",
+        "kind": "InferenceService",
+        "name": "resnet",
+    }
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1, 8)
     assert hpa["metrics"] == [
         {
@@ -107,7 +112,7 @@ def test_gpu_sample_gets_the_cuda_image_a_toleration_a_download_and_an_hpa(sampl
             "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
         }
     }
-    assert "replicas" not in rendered["Deployment"]["spec"]  # the HPA owns it
+    assert rendered["Deployment"]["spec"]["replicas"] == 1  # no spec.replicas yet: minReplicas, until the HPA writes
 
 
 def test_pods_are_locked_down_and_drain_gracefully(samples):
@@ -277,3 +282,28 @@ def test_the_queue_delay_target_is_a_plain_kubernetes_quantity(isvc_factory, sec
     target = rendered["HorizontalPodAutoscaler"]["spec"]["metrics"][0]["pods"]["target"]["averageValue"]
     assert float(target) == seconds
     assert "e" not in target.lower()
+
+
+@pytest.mark.parametrize(
+    ("spec", "replicas"),
+    [
+        ({}, 1),
+        ({"replicas": 3}, 3),
+        ({"replicas": 0}, 0),
+        ({"autoscaling": {"minReplicas": 2, "maxReplicas": 6}}, 2),
+        # What the HPA (or `kubectl scale`) wrote through the scale subresource, with autoscaling on.
+        ({"autoscaling": {"minReplicas": 2, "maxReplicas": 6}, "replicas": 5}, 5),
+    ],
+)
+def test_the_deployment_always_runs_the_inference_services_replica_count(isvc_factory, spec, replicas):
+    rendered = render(isvc_factory(**spec))
+    assert rendered["Deployment"]["spec"]["replicas"] == replicas
+
+
+def test_the_hpa_targets_the_scale_subresource_of_its_own_inference_service(isvc_factory, crd):
+    rendered = render(with_uid(isvc_factory(name="other", autoscaling={"maxReplicas": 3})))
+    target = rendered["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
+    owner = rendered["HorizontalPodAutoscaler"]["metadata"]["ownerReferences"][0]
+    assert (target["apiVersion"], target["kind"], target["name"]) == (owner["apiVersion"], owner["kind"], "other")
+    assert target["kind"] == crd["spec"]["names"]["kind"]
+    assert "scale" in crd["spec"]["versions"][0]["subresources"]

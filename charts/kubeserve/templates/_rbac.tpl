@@ -13,6 +13,11 @@ watches (kopf indexes), never one at a time, so it needs no get on them.
 - apiGroups: [serving.kubeserve.io]
   resources: [inferenceservices/status]
   verbs: [patch]
+# Their scale subresource: with autoscaling and no spec.replicas, the operator writes minReplicas there as the
+# starting point (an HPA does not scale a target whose replica count reads 0); the HPA writes it from then on.
+- apiGroups: [serving.kubeserve.io]
+  resources: [inferenceservices/scale]
+  verbs: [patch]
 # The children's owner references set blockOwnerDeletion, which needs this where the
 # OwnerReferencesPermissionEnforcement admission plugin is on.
 - apiGroups: [serving.kubeserve.io]
