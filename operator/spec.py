@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from kubeserve.operator import naming
@@ -27,6 +28,7 @@ from pydantic.alias_generators import to_camel
 
 # Runtime pods when neither spec.replicas nor autoscaling says.
 DEFAULT_REPLICAS = 1
+MICROSECONDS_PER_SECOND = 1_000_000
 DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 QUANTITY = (
@@ -81,6 +83,10 @@ MSG_CREDENTIALS = "credentialsSecret is only used for s3:// and gs:// URIs"
 MSG_ENV = "env must not set a KUBESERVE_ variable that the InferenceService spec controls (use the spec field instead)"
 MSG_PREFERRED = "every preferredBatchSize must be at most maxBatchSize"
 MSG_MIN_MAX = "minReplicas must be at most maxReplicas"
+MSG_TARGET_ABOVE_BATCHING = (
+    "targetQueueDelaySeconds must be above spec.batching.maxQueueDelayMicroseconds (in seconds): the batcher waits "
+    "that long on purpose, so a target at or below it would keep the HPA scaling up for ever"
+)
 
 
 def _quantity(value: object) -> int | str:
@@ -240,6 +246,18 @@ class Spec(_Fields):
     runtime: Runtime = Field(default_factory=Runtime)
     batching: Batching = Field(default_factory=Batching)
     autoscaling: Autoscaling | None = None
+
+    @field_validator("autoscaling")
+    @classmethod
+    def _check_target_above_batching(cls, autoscaling: Autoscaling | None, info: ValidationInfo) -> Autoscaling | None:
+        # Reported at spec.autoscaling, as the CRD's CEL rule on spec is (fieldPath .autoscaling). Both sides in
+        # exact decimal: a target of 0.002 with a 2000 µs batching window is at the window, not above it.
+        batching = info.data.get("batching")
+        if autoscaling is not None and batching is not None:
+            window = Decimal(batching.max_queue_delay_microseconds) / MICROSECONDS_PER_SECOND
+            if Decimal(repr(autoscaling.target_queue_delay_seconds)) <= window:
+                raise ValueError(MSG_TARGET_ABOVE_BATCHING)
+        return autoscaling
 
 
 class Metadata(BaseModel):

@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from kubeserve.operator import naming
-from kubeserve.operator.manifests.autoscaler import QUEUE_DELAY_METRIC
+from kubeserve.operator.manifests.autoscaler import QUEUE_DELAY_METRIC, seconds_from_value
 from kubeserve.operator.pod_diagnosis import PodProblem, is_ready, worst
 
 
@@ -173,12 +173,27 @@ def autoscaler_view(hpa: Mapping[str, Any] | None) -> dict[str, Any] | None:
         if metric.get("type") == "Pods" and (pods.get("metric") or {}).get("name") == QUEUE_DELAY_METRIC:
             value = (pods.get("current") or {}).get("averageValue")
             if value is not None:
-                view["currentQueueDelay"] = str(value)
+                # The HPA reads the metric in its served unit; users read seconds, as they wrote the target.
+                view["currentQueueDelay"] = seconds_from_value(str(value))
     for condition in status.get("conditions") or []:
         if condition.get("type") in ("AbleToScale", "ScalingActive") and condition.get("status") == "False":
-            view["message"] = f"{condition.get('reason')}: {condition.get('message')}"
+            said = f"{condition.get('reason')}: {condition.get('message')}"
+            view["message"] = f"{METRIC_NOT_AVAILABLE} The HPA says: {said}" if _no_metric(condition) else said
             break
     return view
+
+
+# Why an HPA cannot read the queue delay, almost always: nothing serves it yet (a fresh cluster).
+METRIC_NOT_AVAILABLE = (
+    f"the queue-delay metric {QUEUE_DELAY_METRIC} is not available, so the HPA cannot scale and keeps the current "
+    "replicas: have Prometheus scrape the runtime pods and install prometheus-adapter with kubeserve's rule (the "
+    "chart renders both: --set monitoring.podMonitor.enabled=true,monitoring.adapterRule.enabled=true; see the "
+    'README, "The autoscaling signal").'
+)
+
+
+def _no_metric(condition: Mapping[str, Any]) -> bool:
+    return condition.get("reason") == "FailedGetPodsMetric"
 
 
 def changes(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
+import sys
+import threading
+import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -94,7 +99,11 @@ def manifests(helm: str, mode: str) -> list[dict]:
 # --- The chart as helm sees it -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("values", list(MODES.values()), ids=list(MODES))
+@pytest.mark.parametrize(
+    "values",
+    [*MODES.values(), ("monitoring.adapterRule.enabled=true", "monitoring.podMonitor.enabled=true")],
+    ids=[*MODES, "monitoring"],
+)
 def test_helm_lint_passes(helm, values):
     command = [helm, "lint", "--strict", str(CHART)]
     for value in values:
@@ -372,6 +381,8 @@ def test_turning_the_health_endpoint_off_drops_the_probe(helm):
         ("watch.namespaces={Not_A_Namespace}", "at '/watch/namespaces/0'"),
         ("operator.replicas=0", "at '/operator/replicas'"),
         ("runtime.image=old-name:1", "additional properties 'image' not allowed"),
+        ("monitoring.adapterRule.window=soon", "at '/monitoring/adapterRule/window'"),
+        ("monitoring.podMonitor.enabled=yes", "at '/monitoring/podMonitor/enabled'"),
     ],
 )
 def test_bad_values_are_rejected_with_the_path_to_fix(helm, value, complaint):
@@ -388,3 +399,219 @@ def test_replicas_spread_over_nodes(manifests):
 
     assert spread["topologyKey"] == "kubernetes.io/hostname"
     assert spread["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+# --- The autoscaling signal: the prometheus-adapter rule and the PodMonitor ------------------------------------
+
+MONITORING = ("monitoring.adapterRule.enabled=true", "monitoring.podMonitor.enabled=true")
+ADAPTER_RULES = "kubeserve-prometheus-adapter-rules"
+
+# One discovery rule, as prometheus-adapter's docs/config.md (kubernetes-sigs/prometheus-adapter) defines it: a
+# seriesQuery to discover series, resources (overrides: a Prometheus label -> a Kubernetes group-resource), name
+# (matches: a regex on the series name, as: what the custom metrics API calls it), and a metricsQuery template.
+ADAPTER_RULE_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["seriesQuery", "resources", "name", "metricsQuery"],
+    "properties": {
+        "seriesQuery": {"type": "string", "minLength": 1},
+        "seriesFilters": {"type": "array"},
+        "resources": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "template": {"type": "string"},
+                "overrides": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["resource"],
+                        "properties": {"group": {"type": "string"}, "resource": {"type": "string"}},
+                    },
+                },
+            },
+        },
+        "name": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["matches"],
+            "properties": {"matches": {"type": "string"}, "as": {"type": "string"}},
+        },
+        "metricsQuery": {"type": "string", "minLength": 1},
+    },
+}
+
+
+def adapter_rules(manifests: list[dict]) -> dict[str, list[dict]]:
+    """The rule lists of the rendered ConfigMap, per key: the adapter chart's values and its own config file."""
+    (config_map,) = [m for m in of_kind(manifests, "ConfigMap") if m["metadata"]["name"] == ADAPTER_RULES]
+    data = config_map["data"]
+    return {
+        "prometheus-adapter-values.yaml": yaml.safe_load(data["prometheus-adapter-values.yaml"])["rules"]["custom"],
+        "config.yaml": yaml.safe_load(data["config.yaml"])["rules"],
+    }
+
+
+def the_rule(manifests: list[dict]) -> dict:
+    rules = adapter_rules(manifests)
+    (rule,) = rules["prometheus-adapter-values.yaml"]
+    assert rules["config.yaml"] == [rule]  # the same rule in both forms
+    return rule
+
+
+def series_name(rule: dict) -> str:
+    (name,) = re.findall(r'__name__="([a-zA-Z_:][a-zA-Z0-9_:]*)"', rule["seriesQuery"])
+    return name
+
+
+def metric_names_in(rule: dict) -> set[str]:
+    """Every metric the rule's queries read, <<.Series>> being the series its seriesQuery discovers."""
+    query = rule["metricsQuery"].replace("<<.Series>>", series_name(rule))
+    return {series_name(rule), *re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", query)}
+
+
+@pytest.fixture(scope="module")
+def runtime_metric_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """The sample names a live runtime exports on /metrics, after one inference request."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    models = tmp_path_factory.mktemp("models")
+    written = subprocess.run(
+        [sys.executable, "-m", "kubeserve.runtime.samples", str(models), "--only", "tiny"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    model = Path(written.stdout.strip())
+    runtime = Path(sys.executable).with_name("kubeserve-runtime")
+    command = [str(runtime), "serve", "--host", "127.0.0.1", "--port", "0", "--model-path", str(model)]
+    command += ["--model-name", "tiny", "--log-level", "info"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(120, process.kill)  # a runtime that hangs fails the test instead of stalling it
+    watchdog.start()
+    try:
+        assert process.stderr is not None
+        port = None
+        for line in process.stderr:  # JSON log lines, until the model is ready (or the process ends)
+            event = json.loads(line) if line.startswith("{") else {}
+            if event.get("event") == "listening":
+                port = int(event["port"])
+            if event.get("event") == "model_ready":
+                break
+        assert port is not None and process.poll() is None, "the runtime did not start"
+        body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v2/models/tiny/infer",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+            exposition = response.read().decode()
+    finally:
+        watchdog.cancel()
+        process.kill()
+        process.wait()
+    samples = [sample for family in text_string_to_metric_families(exposition) for sample in family.samples]
+    assert any(s.name == "kubeserve_queue_delay_seconds_count" and s.value == 1 for s in samples), exposition
+    return {sample.name for sample in samples}
+
+
+def test_monitoring_is_off_unless_asked_for(manifests):
+    assert not [m for m in of_kind(manifests, "ConfigMap") if m["metadata"]["name"] == ADAPTER_RULES]
+    assert of_kind(manifests, "PodMonitor") == []
+
+
+def test_with_monitoring_on_every_kubernetes_manifest_is_still_valid(helm):
+    manifests = render(helm, *MONITORING)
+    for manifest in manifests:
+        # PodMonitor is the Prometheus Operator's CRD, not in Kubernetes' schemas: checked field by field below.
+        if manifest["kind"] not in ("CustomResourceDefinition", "PodMonitor", "ClusterKopfPeering"):
+            kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+    assert len(of_kind(manifests, "PodMonitor")) == 1
+
+
+def test_the_adapter_rule_serves_the_metric_the_operators_hpa_reads(helm):
+    from kubeserve.operator.manifests.autoscaler import QUEUE_DELAY_METRIC, QUEUE_DELAY_UNITS_PER_SECOND
+
+    rule = the_rule(render(helm, "monitoring.adapterRule.enabled=true"))
+
+    jsonschema.validate(rule, ADAPTER_RULE_SCHEMA)
+    assert re.fullmatch(rule["name"]["matches"], series_name(rule))
+    # The HPA's Pods metric: its name, and the unit its target is converted into.
+    assert rule["name"]["as"] == QUEUE_DELAY_METRIC
+    assert rule["metricsQuery"].startswith(f"{QUEUE_DELAY_UNITS_PER_SECOND} * ")
+    # Per pod: the labels Prometheus puts on a pod's series name the pod and its namespace.
+    assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+    query = rule["metricsQuery"]
+    assert query.count("{<<.LabelMatchers>>}") == 2
+    assert query.count("by (<<.GroupBy>>)") == 2
+    # An idle pod reads 0, not NaN (0/0): the divisor is kept above 0.
+    assert "clamp_min(" in query
+
+
+def test_the_adapter_rules_window_comes_from_the_values(helm):
+    default = the_rule(render(helm, "monitoring.adapterRule.enabled=true"))["metricsQuery"]
+    longer = the_rule(render(helm, "monitoring.adapterRule.enabled=true", "monitoring.adapterRule.window=3m"))
+
+    assert re.findall(r"\[([^\]]+)\]", default) == ["1m", "1m"]  # values.yaml's default
+    assert re.findall(r"\[([^\]]+)\]", longer["metricsQuery"]) == ["3m", "3m"]
+
+
+def test_the_adapter_rule_reads_only_metrics_a_live_runtime_exports(helm, runtime_metric_names):
+    rule = the_rule(render(helm, "monitoring.adapterRule.enabled=true"))
+
+    read = metric_names_in(rule)
+    assert read == {"kubeserve_queue_delay_seconds_sum", "kubeserve_queue_delay_seconds_count"}
+    assert read <= runtime_metric_names
+
+
+def runtime_pod_template() -> dict:
+    """The pod template of the runtime Deployment the operator renders for the CPU sample."""
+    from kubeserve.operator import manifests
+    from kubeserve.operator.reconcile import assess
+    from kubeserve.operator.settings import OperatorSettings
+
+    isvc = assess(yaml.safe_load((REPO / "samples" / "isvc-cpu.yaml").read_text())).isvc
+    assert isvc is not None
+    (deployment,) = [m for m in manifests.children(isvc, OperatorSettings()).manifests if m["kind"] == "Deployment"]
+    return deployment["spec"]["template"]
+
+
+def test_the_pod_monitor_scrapes_every_runtime_pod(helm, mode):
+    (monitor,) = of_kind(render(helm, *MODES[mode], *MONITORING), "PodMonitor")
+    template = runtime_pod_template()
+    (container,) = [c for c in template["spec"]["containers"] if c["name"] == "runtime"]
+
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert set(monitor["spec"]) == {"selector", "namespaceSelector", "podMetricsEndpoints"}
+    # Every runtime pod the operator creates, and nothing else of the operator's (the operator's own pods differ).
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= template["metadata"]["labels"].items()
+    assert selector["app.kubernetes.io/managed-by"] == "kubeserve"
+    # The port by name, and the path the pods' own scrape annotations name (kept for a Prometheus without operator).
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    annotations = template["metadata"]["annotations"]
+    assert endpoint["port"] in [port["name"] for port in container["ports"]]
+    assert [p["containerPort"] for p in container["ports"] if p["name"] == endpoint["port"]] == [
+        int(annotations["prometheus.io/port"])
+    ]
+    assert endpoint["path"] == annotations["prometheus.io/path"] == "/metrics"
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert endpoint["interval"] == "15s"
+    if mode == "cluster-wide":
+        assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    else:
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["models", "team-b"]}
+
+
+def test_the_pod_monitor_carries_the_labels_prometheus_selects_on(helm):
+    (monitor,) = of_kind(
+        render(helm, *MONITORING, "monitoring.podMonitor.labels.release=kube-prometheus"), "PodMonitor"
+    )
+
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus"

@@ -42,6 +42,7 @@ def test_render_prints_every_manifest_of_the_samples_as_valid_kubernetes_objects
         ("ConfigMap", "mlp-runtime-config"),
         ("Service", "mlp"),
         ("Deployment", "mlp"),
+        ("HorizontalPodAutoscaler", "mlp"),
         ("ConfigMap", "resnet-runtime-config"),
         ("Service", "resnet"),
         ("Deployment", "resnet"),
@@ -102,6 +103,20 @@ def test_render_explains_semantic_problems(tmp_path):
     result = kubeserve_operator("render", "-f", str(path))
     assert result.returncode == 1
     assert "spec.runtime.device: cuda needs a GPU" in result.stderr
+
+
+def test_render_refuses_a_queue_delay_target_within_the_batching_window(tmp_path):
+    body = yaml.safe_load((SAMPLES / "isvc-cpu.yaml").read_text())
+    body["spec"]["autoscaling"]["targetQueueDelaySeconds"] = 0.002  # the sample's window is 2000 µs
+    path = tmp_path / "target.yaml"
+    path.write_text(yaml.safe_dump(body))
+
+    result = kubeserve_operator("render", "-f", str(path))
+    assert result.returncode == 1
+    assert (
+        "spec.autoscaling: targetQueueDelaySeconds must be above spec.batching.maxQueueDelayMicroseconds"
+        in result.stderr
+    )
 
 
 def test_render_says_what_is_wrong_with_unreadable_input(tmp_path):

@@ -192,6 +192,24 @@ def _with(path: str, value: Any) -> Callable[[dict], None]:
     return change
 
 
+def _all(*changes: Callable[[dict], None]) -> Callable[[dict], None]:
+    def change(body: dict) -> None:
+        for each in changes:
+            each(body)
+
+    return change
+
+
+def _window_and_target(window_microseconds: int, target_seconds: float | None) -> Callable[[dict], None]:
+    autoscaling: dict[str, Any] = {"maxReplicas": 2}
+    if target_seconds is not None:
+        autoscaling["targetQueueDelaySeconds"] = target_seconds
+    return _all(
+        _with("spec.batching", {"maxQueueDelayMicroseconds": window_microseconds}),
+        _with("spec.autoscaling", autoscaling),
+    )
+
+
 _DELETE = object()
 
 # (case, change, where the error is reported, the CEL rule's message or None for plain schema rules)
@@ -221,6 +239,24 @@ INVALID = [
         _with("spec.autoscaling", {"maxReplicas": 2, "targetQueueDelaySeconds": 0}),
         "spec.autoscaling.targetQueueDelaySeconds",
         None,
+    ),
+    (
+        "queue delay target at the batching window",
+        _window_and_target(2000, 0.002),
+        "spec.autoscaling",
+        spec_module.MSG_TARGET_ABOVE_BATCHING,
+    ),
+    (
+        "queue delay target below the batching window",
+        _window_and_target(5000, 0.001),
+        "spec.autoscaling",
+        spec_module.MSG_TARGET_ABOVE_BATCHING,
+    ),
+    (
+        "default queue delay target below a long batching window",
+        _window_and_target(100_000, None),
+        "spec.autoscaling",
+        spec_module.MSG_TARGET_ABOVE_BATCHING,
     ),
     (
         "preferred above max",
@@ -290,6 +326,19 @@ def test_invalid_objects_are_rejected_by_the_crd_and_the_operator_alike(
             assert any(error.startswith(where) for error in errors), errors
         else:
             assert f"{where}: {message}" in errors
+
+
+@pytest.mark.parametrize(
+    ("window_microseconds", "target_seconds"), [(2000, 0.0021), (2000, 0.01), (0, 0.0001), (999_999, 1), (0, None)]
+)
+def test_a_queue_delay_target_above_the_batching_window_is_accepted_by_both(
+    crd_validator, isvc_factory, window_microseconds, target_seconds
+):
+    body = isvc_factory()
+    _window_and_target(window_microseconds, target_seconds)(body)
+
+    assert crd_validator.errors(body) == []
+    assert assess(body).problems == []
 
 
 SEMANTIC = [

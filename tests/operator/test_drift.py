@@ -7,7 +7,7 @@ import copy
 from datetime import UTC, datetime
 
 import pytest
-from kubeserve.operator import drift, manifests, summaries
+from kubeserve.operator import drift, manifests, status, summaries
 from kubeserve.operator.reconcile import assess, status_fields
 from kubeserve.operator.settings import OperatorSettings
 from kubeserve.operator.workqueue import WorkQueue
@@ -89,13 +89,13 @@ def test_quantities_in_the_api_servers_canonical_form_are_not_drift(isvc_factory
     # As the API server stores them.
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     container["resources"]["limits"] = {"nvidia.com/gpu": "1", "cpu": "500m", "memory": "1Gi"}
-    hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"] = "50m"
+    hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"] = "50k"  # 50000 µs
     hpa["status"] = {"currentReplicas": 1, "desiredReplicas": 1}
 
     assert not drift.needs_repair("MODIFIED", "Deployment", deployment, plan)
     assert not drift.needs_repair("MODIFIED", "HorizontalPodAutoscaler", hpa, plan)
     container["resources"]["limits"]["cpu"] = "2"
-    hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"] = "100m"
+    hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"] = "100k"
     assert drift.needs_repair("MODIFIED", "Deployment", deployment, plan)
     assert drift.needs_repair("MODIFIED", "HorizontalPodAutoscaler", hpa, plan)
 
@@ -122,7 +122,10 @@ def test_the_summaries_keep_what_the_status_reads(pod_statuses, isvc_factory):
             "currentMetrics": [
                 {
                     "type": "Pods",
-                    "pods": {"metric": {"name": "kubeserve_queue_delay_seconds"}, "current": {"averageValue": "120m"}},
+                    "pods": {
+                        "metric": {"name": "kubeserve_queue_delay_microseconds"},
+                        "current": {"averageValue": "120000"},
+                    },
                 }
             ],
             "conditions": [
@@ -171,8 +174,8 @@ def test_the_summaries_keep_what_the_status_reads(pod_statuses, isvc_factory):
         assert whole["autoscaler"] == {
             "currentReplicas": 2,
             "desiredReplicas": 3,
-            "currentQueueDelay": "120m",
-            "message": "FailedGetPodsMetric: no adapter",
+            "currentQueueDelay": "0.12",
+            "message": f"{status.METRIC_NOT_AVAILABLE} The HPA says: FailedGetPodsMetric: no adapter",
         }
 
 

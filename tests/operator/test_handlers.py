@@ -427,7 +427,11 @@ HPA_STATUS = {
     "currentMetrics": [
         {
             "type": "Pods",
-            "pods": {"metric": {"name": "kubeserve_queue_delay_seconds"}, "current": {"averageValue": "87m"}},
+            # The adapter serves microseconds; the HPA reports what it read as a quantity (1300.5 µs here).
+            "pods": {
+                "metric": {"name": "kubeserve_queue_delay_microseconds"},
+                "current": {"averageValue": "1300500m"},
+            },
         }
     ],
     "conditions": [
@@ -465,19 +469,29 @@ async def test_with_autoscaling_the_hpa_scales_the_inference_service_and_the_dep
         # The HPA's view reaches the status, from the HPA's watch event.
         assert "autoscaler" not in objects(ISVCS, NS, "mlp")["status"]  # the HPA has not reported yet
         await api.patch(f"{hpa_path}/status", {"status": HPA_STATUS})
-        view = {"currentReplicas": 3, "desiredReplicas": 4, "currentQueueDelay": "87m"}
+        # In seconds, as the user wrote the target.
+        view = {"currentReplicas": 3, "desiredReplicas": 4, "currentQueueDelay": "0.0013005"}
         await eventually(lambda: objects(ISVCS, NS, "mlp")["status"].get("autoscaler") == view, within=1)
         # Without a metrics adapter, the HPA says why it cannot scale; so does the status.
         failing = {
             "type": "ScalingActive",
             "status": "False",
             "reason": "FailedGetPodsMetric",
-            "message": "unable to get metric kubeserve_queue_delay_seconds: no metrics returned from custom metrics",
+            "message": (
+                "the HPA was unable to compute the replica count: unable to get metric "
+                "kubeserve_queue_delay_microseconds: no metrics returned from custom metrics API"
+            ),
         }
         await api.patch(f"{hpa_path}/status", {"status": {"currentMetrics": None, "conditions": [failing]}})
         await eventually(lambda: "message" in objects(ISVCS, NS, "mlp")["status"]["autoscaler"], within=1)
         view = objects(ISVCS, NS, "mlp")["status"]["autoscaler"]
-        assert view["message"] == f"FailedGetPodsMetric: {failing['message']}"
+        # ...in plain words first: what is missing and how to provide it, then the HPA's own.
+        assert view["message"].startswith(
+            "the queue-delay metric kubeserve_queue_delay_microseconds is not available, so the HPA cannot scale"
+        )
+        assert "install prometheus-adapter with kubeserve's rule" in view["message"]
+        assert "monitoring.adapterRule.enabled=true" in view["message"]
+        assert view["message"].endswith(f"The HPA says: FailedGetPodsMetric: {failing['message']}")
         assert "currentQueueDelay" not in view
 
         await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"autoscaling": None, "replicas": 3}})

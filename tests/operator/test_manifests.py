@@ -7,6 +7,7 @@ import copy
 import kubernetes_validate
 import pytest
 import yaml
+from kubernetes.utils import parse_quantity
 from kubeserve.operator import manifests
 from kubeserve.operator.settings import OperatorSettings
 from kubeserve.operator.spec import parse
@@ -45,7 +46,7 @@ def with_uid(body: dict) -> dict:
 def test_cpu_sample_serves_the_bundled_model_from_the_image(samples):
     rendered = render(with_uid(samples["isvc-cpu"]))
 
-    assert sorted(rendered) == ["ConfigMap", "Deployment", "Service"]  # fixed replicas: no HPA
+    assert sorted(rendered) == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Service"]
     container = runtime_container(rendered)
     assert container["image"] == SETTINGS.cpu_image
     assert container["args"] == ["serve", "--config", "/etc/kubeserve/runtime.yaml"]
@@ -54,8 +55,21 @@ def test_cpu_sample_serves_the_bundled_model_from_the_image(samples):
     assert config["model_path"] == "/opt/kubeserve/samples/mlp.onnx"
     assert (config["model_name"], config["model_version"], config["device"]) == ("mlp", "1", "cpu")
     assert config["preferred_batch_size"] == [8, 16, 32]
-    assert rendered["Deployment"]["spec"]["replicas"] == 1
+    assert rendered["Deployment"]["spec"]["replicas"] == 1  # no spec.replicas: minReplicas, until the HPA writes
     assert "tolerations" not in pod_spec(rendered)
+
+
+def test_cpu_sample_autoscales_above_its_batching_window(samples):
+    """The first thing a user applies shows autoscaling: one to four pods, a target above the batcher's own wait."""
+    sample = samples["isvc-cpu"]
+    hpa = render(with_uid(sample))["HorizontalPodAutoscaler"]["spec"]
+
+    assert "replicas" not in sample["spec"]  # the HPA's
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1, 4)
+    (metric,) = hpa["metrics"]
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "10000"}  # 10 ms, in microseconds
+    window = sample["spec"]["batching"]["maxQueueDelayMicroseconds"]
+    assert parse_quantity(metric["pods"]["target"]["averageValue"]) > window
 
 
 def test_runtime_config_is_accepted_by_the_runtime_itself(samples, tmp_path):
@@ -101,8 +115,9 @@ def test_gpu_sample_gets_the_cuda_image_a_toleration_a_download_and_an_hpa(sampl
         {
             "type": "Pods",
             "pods": {
-                "metric": {"name": "kubeserve_queue_delay_seconds"},
-                "target": {"type": "AverageValue", "averageValue": "0.02"},
+                # Microseconds: 0.02 s. The HPA reads whole milli-units, so seconds would round to 1 ms.
+                "metric": {"name": "kubeserve_queue_delay_microseconds"},
+                "target": {"type": "AverageValue", "averageValue": "20000"},
             },
         }
     ]
@@ -276,12 +291,17 @@ def test_removing_autoscaling_asks_for_the_hpa_to_go(isvc_factory):
     assert {manifest["kind"]: manifest for manifest in without.manifests}["Deployment"]["spec"]["replicas"] == 3
 
 
-@pytest.mark.parametrize("seconds", [0.05, 1.0, 0.0025, 12.5])
-def test_the_queue_delay_target_is_a_plain_kubernetes_quantity(isvc_factory, seconds):
+@pytest.mark.parametrize(
+    ("seconds", "microseconds"),
+    [(0.05, "50000"), (1.0, "1000000"), (0.0025, "2500"), (12.5, "12500000"), (0.0013, "1300"), (0.0000015, "1.5")],
+)
+def test_the_queue_delay_target_is_a_plain_quantity_in_microseconds(isvc_factory, seconds, microseconds):
     rendered = render(isvc_factory(autoscaling={"maxReplicas": 2, "targetQueueDelaySeconds": seconds}))
     target = rendered["HorizontalPodAutoscaler"]["spec"]["metrics"][0]["pods"]["target"]["averageValue"]
-    assert float(target) == seconds
-    assert "e" not in target.lower()
+    assert target == microseconds
+    # The HPA reads a quantity as whole milli-units, rounding up: in microseconds none of these targets is rounded
+    # (in seconds, 1.3 ms would have read as 2 ms).
+    assert (parse_quantity(target) * 1000) % 1 == 0
 
 
 @pytest.mark.parametrize(

@@ -286,3 +286,35 @@ def test_the_readme_explains_every_reason_the_status_can_show():
     documented = {name for row in table.splitlines()[2:] for name in re.findall(r"`(\w+)`", row.split("|")[1])}
 
     assert documented == set(status.Reason) | set(pod_diagnosis.SEVERITY)
+
+
+def _hpa(condition: dict) -> dict:
+    return {"status": {"currentReplicas": 1, "desiredReplicas": 1, "conditions": [condition]}}
+
+
+def test_without_the_queue_delay_metric_the_autoscaler_status_says_what_to_install():
+    failing = {
+        "type": "ScalingActive",
+        "status": "False",
+        "reason": "FailedGetPodsMetric",
+        "message": "the HPA was unable to compute the replica count: unable to get metric "
+        "kubeserve_queue_delay_microseconds: unable to fetch metrics from custom metrics API: the server could not "
+        "find the metric kubeserve_queue_delay_microseconds for pods",
+    }
+    view = status.autoscaler_view(_hpa(failing))
+
+    assert view is not None
+    message = view["message"]
+    assert message.startswith("the queue-delay metric kubeserve_queue_delay_microseconds is not available")
+    assert "prometheus-adapter" in message and "monitoring.adapterRule.enabled=true" in message
+    assert message.endswith(f"The HPA says: FailedGetPodsMetric: {failing['message']}")
+
+
+def test_other_reasons_the_hpa_cannot_scale_are_passed_on_as_it_says_them():
+    failing = {"type": "AbleToScale", "status": "False", "reason": "FailedGetScale", "message": "not found"}
+
+    assert status.autoscaler_view(_hpa(failing)) == {
+        "currentReplicas": 1,
+        "desiredReplicas": 1,
+        "message": "FailedGetScale: not found",
+    }
