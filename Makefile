@@ -33,6 +33,18 @@ OPERATOR_BENCH_OBJECTS ?= 200
 bench-operator: $(STAMP)
 	$(BIN)/python bench/operator_load.py --objects $(OPERATOR_BENCH_OBJECTS)
 
+# The autoscaling loop closed on this machine (~2 minutes): real runtimes, the adapter rule's per-pod queue delay,
+# the HPA's algorithm (tests/autoscaling), SIGTERM drains. Writes docs/autoscale.csv and docs/autoscale.png.
+.PHONY: demo-autoscale
+PLOTS_STAMP := $(VENV)/.installed-plots
+$(PLOTS_STAMP): $(STAMP)
+	PIP_CONSTRAINT=$(CURDIR)/constraints.txt \
+		$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[cpu,test,plots]'
+	@touch $@
+
+demo-autoscale: $(PLOTS_STAMP)
+	$(BIN)/python bench/demo_autoscale.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
