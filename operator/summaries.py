@@ -36,8 +36,8 @@ def owner(body: Mapping[str, Any]) -> dict[str, Any]:
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
         "metadata": {key: metadata.get(key) for key in ("name", "namespace", "uid", "generation", "deletionTimestamp")},
-        "spec": _plain(body.get("spec") or {}),
-        "status": {key: _plain(status[key]) for key in OWNED_STATUS_FIELDS if key in status},
+        "spec": plain(body.get("spec") or {}),
+        "status": {key: plain(status[key]) for key in OWNED_STATUS_FIELDS if key in status},
     }
 
 
@@ -46,7 +46,7 @@ def pod(body: Mapping[str, Any]) -> dict[str, Any]:
     metadata = body.get("metadata") or {}
     status = body.get("status") or {}
     summary_status: dict[str, Any] = {
-        "conditions": [_plain(c) for c in status.get("conditions") or [] if c.get("type") in _POD_CONDITIONS]
+        "conditions": [plain(c) for c in status.get("conditions") or [] if c.get("type") in _POD_CONDITIONS]
     }
     for field in ("initContainerStatuses", "containerStatuses"):
         if field in status:
@@ -92,7 +92,7 @@ def autoscaler(body: Mapping[str, Any]) -> dict[str, Any]:
     status = body.get("status") or {}
     summary_status = _pick(status, ("currentReplicas", "desiredReplicas"))
     summary_status["currentMetrics"] = [
-        _plain(metric) for metric in status.get("currentMetrics") or [] if metric.get("type") == "Pods"
+        plain(metric) for metric in status.get("currentMetrics") or [] if metric.get("type") == "Pods"
     ]
     summary_status["conditions"] = [
         _pick(c, ("type", "status", "reason", "message"))
@@ -103,13 +103,13 @@ def autoscaler(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _pick(mapping: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {key: _plain(mapping[key]) for key in keys if key in mapping}
+    return {key: plain(mapping[key]) for key in keys if key in mapping}
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """A deep copy in plain dicts and lists: an index must not hold on to (or share) kopf's event bodies."""
     if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: plain(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_plain(item) for item in value]
+        return [plain(item) for item in value]
     return value

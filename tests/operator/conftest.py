@@ -27,6 +27,7 @@ import kmock
 import kopf
 import pytest
 import yaml
+from kubeserve.operator.summaries import plain
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "crds" / "inferenceservices.yaml"
@@ -192,7 +193,7 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
                 if request.action == kmock.action.CREATE:
                     metadata.setdefault("generation", 1)
                 elif stored is not None and request.subresource in (None, "scale") and "spec" in request.data:
-                    old_spec = _plain(stored.get("spec") or {})
+                    old_spec = plain(stored.get("spec") or {})
                     if _merged(old_spec, request.data["spec"]) != old_spec:
                         metadata["generation"] = (stored.get("metadata", {}).get("generation") or 0) + 1
             elif isinstance(request.data, list):  # a JSON patch
@@ -209,7 +210,7 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
                     self.changed.notify_all()
 
     def _check_tests(self, request: kmock.Request) -> None:
-        stored = _plain(self._stored(request) or {})
+        stored = plain(self._stored(request) or {})
         for op in request.data:
             if op.get("op") == "test" and jsonpointer.resolve_pointer(stored, op["path"], None) != op.get("value"):
                 raise kmock.KubernetesError(status=422, reason="Invalid", message=f"test of {op['path']} failed")
@@ -335,7 +336,7 @@ def objects(cluster: kmock.KubernetesEmulator) -> Callable[[str, str, str], dict
             stored = cluster.objects[resource, namespace, name]
         except KeyError:
             return None
-        return None if stored.deleted else copy.deepcopy(_plain(stored))
+        return None if stored.deleted else copy.deepcopy(plain(stored))
 
     return get
 
@@ -351,14 +352,6 @@ def _merged(target: Any, patch: Any) -> Any:
         else:
             result[key] = _merged(result.get(key), value)
     return result
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return value
 
 
 def condition_of(status: Mapping[str, Any] | None, kind: str) -> dict[str, Any]:
