@@ -120,7 +120,7 @@ def _render(args: argparse.Namespace) -> int:
                 continue
             name = (document.get("metadata") or {}).get("name")
             where += f" ({name})" if name else ""
-            assessment = assess(document)
+            assessment = assess(document, settings)
             if assessment.isvc is None:
                 errors.extend(f"{where}: {problem}" for problem in assessment.problems)
                 continue

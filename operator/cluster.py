@@ -27,6 +27,11 @@ _APIS: dict[tuple[str, str], tuple[type, str]] = {
     ("apps/v1", "Deployment"): (client.AppsV1Api, "deployment"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"): (client.AutoscalingV2Api, "horizontal_pod_autoscaler"),
 }
+# kind -> plural: the custom resources the operator owns (autoscaling engine keda), through the generic API.
+_CUSTOM_PLURALS: dict[tuple[str, str], str] = {
+    ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
+    ("http.keda.sh/v1beta1", "InterceptorRoute"): "interceptorroutes",
+}
 
 # Worth retrying: conflicts, throttling, the API server's own trouble.
 RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
@@ -75,22 +80,26 @@ class Cluster:
 
     async def apply(self, manifest: Mapping[str, Any]) -> None:
         """Server-side apply as field manager ``kubeserve``, taking over fields others changed by hand."""
-        api, suffix = self._api(manifest["apiVersion"], manifest["kind"])
         metadata = manifest["metadata"]
         what = f"apply {manifest['kind']} {metadata['namespace']}/{metadata['name']}"
-        patch = getattr(api, f"patch_namespaced_{suffix}_without_preload_content")
-        await self._call(
-            what,
-            patch(
-                metadata["name"],
-                metadata["namespace"],
-                dict(manifest),
-                field_manager=naming.FIELD_MANAGER,
-                force=True,
-                _content_type=APPLY_PATCH,
-                _request_timeout=self._timeout,
-            ),
-        )
+        options = {
+            "field_manager": naming.FIELD_MANAGER,
+            "force": True,
+            "_content_type": APPLY_PATCH,
+            "_request_timeout": self._timeout,
+        }
+        custom = _CUSTOM_PLURALS.get((manifest["apiVersion"], manifest["kind"]))
+        if custom is not None:
+            group, version = manifest["apiVersion"].split("/")
+            api = client.CustomObjectsApi(self._api_client)
+            request = api.patch_namespaced_custom_object_without_preload_content(
+                group, version, metadata["namespace"], custom, metadata["name"], dict(manifest), **options
+            )
+        else:
+            api, suffix = self._api(manifest["apiVersion"], manifest["kind"])
+            patch = getattr(api, f"patch_namespaced_{suffix}_without_preload_content")
+            request = patch(metadata["name"], metadata["namespace"], dict(manifest), **options)
+        await self._call(what, request)
 
     async def patch_status(self, namespace: str, name: str, fields: Mapping[str, Any]) -> None:
         """Merge-patch these fields into an InferenceService's status (the status subresource)."""
@@ -128,14 +137,21 @@ class Cluster:
 
     async def delete(self, ref: ObjectRef) -> bool:
         """Delete the object (its dependents in the background); False when it was not there."""
-        api, suffix = self._api(ref.api_version, ref.kind)
-        delete = getattr(api, f"delete_namespaced_{suffix}_without_preload_content")
-        try:
-            await self._call(
-                f"delete {ref.kind} {ref.namespace}/{ref.name}",
-                delete(ref.name, ref.namespace, propagation_policy="Background", _request_timeout=self._timeout),
-                missing_ok=True,
+        options = {"propagation_policy": "Background", "_request_timeout": self._timeout}
+        custom = _CUSTOM_PLURALS.get((ref.api_version, ref.kind))
+        if custom is not None:
+            group, version = ref.api_version.split("/")
+            api = client.CustomObjectsApi(self._api_client)
+            request = api.delete_namespaced_custom_object_without_preload_content(
+                group, version, ref.namespace, custom, ref.name, **options
             )
+        else:
+            api, suffix = self._api(ref.api_version, ref.kind)
+            request = getattr(api, f"delete_namespaced_{suffix}_without_preload_content")(
+                ref.name, ref.namespace, **options
+            )
+        try:
+            await self._call(f"delete {ref.kind} {ref.namespace}/{ref.name}", request, missing_ok=True)
         except _NotFound:
             return False
         return True

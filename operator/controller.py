@@ -128,7 +128,7 @@ class Controller:
         if rendered is not None:
             self._rendered.move_to_end(identity)
             return rendered
-        assessment = assess(owner)
+        assessment = assess(owner, self._settings)
         plan = None if assessment.isvc is None else manifests.children(assessment.isvc, self._settings)
         rendered = self._rendered[identity] = _Rendered(assessment, plan)
         if len(self._rendered) > PLAN_CACHE_SIZE:
@@ -205,6 +205,7 @@ class Controller:
             autoscalers=self._autoscalers.get(key, ()),
             apply_failure=state.failure,
             spec_config_hash=rendered.plan.config_hash if rendered.plan is not None else None,
+            url=rendered.plan.url if rendered.plan is not None else None,
         )
         if state.failure is None and state.acted_generation is not None:
             fields["observedGeneration"] = state.acted_generation

@@ -5,7 +5,8 @@
 - four indexes keep InferenceServices, runtime Deployments, pods and HPAs in memory, trimmed to what rendering
   and status read (watched, never polled);
 - create/update/resume hand an InferenceService to the controller, which applies its children;
-- watch events of the children (ConfigMaps, Services, HPAs, Deployments with the operator's labels) repair drift,
+- watch events of the children (ConfigMaps, Services, HPAs, Deployments, KEDA's ScaledObjects and InterceptorRoutes
+  with the operator's labels) repair drift,
   and those of Deployments, HPAs and pods refresh the status. Event handlers store nothing on the objects they watch.
 
 No timers, so no finalizer: deleting an InferenceService needs nothing from the operator, its children's owner
@@ -29,12 +30,15 @@ RESOURCE = (naming.GROUP, naming.VERSION, naming.PLURAL)
 PODS = ("", "v1", "pods")
 DEPLOYMENTS = ("apps", "v1", "deployments")
 HPAS = ("autoscaling", "v2", "horizontalpodautoscalers")
-# The four kinds the operator applies, watched for drift.
+# The kinds the operator applies, watched for drift. KEDA's two are applied only for autoscaling engine keda; where
+# their CRDs are not installed, kopf says so once at start and watches them if they appear.
 CHILDREN = (
     ("", "v1", "configmaps"),
     ("", "v1", "services"),
     HPAS,
     DEPLOYMENTS,
+    ("keda.sh", "v1alpha1", "scaledobjects"),
+    ("http.keda.sh", "v1beta1", "interceptorroutes"),
 )
 # The children whose status the InferenceService's status reports.
 _REPORTED = {(group, plural) for group, _, plural in (DEPLOYMENTS, HPAS)}
@@ -170,6 +174,8 @@ async def forget(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(*CHILDREN[1], labels=RUNTIME_OBJECTS)
 @kopf.on.event(*CHILDREN[2], labels=RUNTIME_OBJECTS)
 @kopf.on.event(*CHILDREN[3], labels=RUNTIME_OBJECTS)
+@kopf.on.event(*CHILDREN[4], labels=RUNTIME_OBJECTS)
+@kopf.on.event(*CHILDREN[5], labels=RUNTIME_OBJECTS)
 async def child_changed(
     type: str | None,
     namespace: str,

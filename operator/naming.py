@@ -22,6 +22,10 @@ ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
 RUNTIME_APP_NAME = "kubeserve-runtime"
 MANAGED_BY = "kubeserve"
 
+# A Service's name is a DNS-1035 label.
+MAX_SERVICE_NAME = 63
+# The Service's port, in front of the runtime pods' HTTP_PORT.
+SERVICE_PORT = 80
 # Inside the runtime pods.
 HTTP_PORT = 8080
 CONFIG_DIR = "/etc/kubeserve"
@@ -63,6 +67,26 @@ def service_name(isvc_name: str) -> str:
 
 def hpa_name(isvc_name: str) -> str:
     return isvc_name
+
+
+def scaled_object_name(isvc_name: str) -> str:
+    return isvc_name
+
+
+def interceptor_route_name(isvc_name: str) -> str:
+    return isvc_name
+
+
+def cold_start_service_name(isvc_name: str) -> str:
+    """The ExternalName Service that names the KEDA HTTP add-on's interceptor for a scale-to-zero InferenceService."""
+    return f"{isvc_name}-proxy"
+
+
+def cold_start_hosts(isvc_name: str, namespace: str) -> list[str]:
+    """The Host headers callers send through ``cold_start_service_name`` (the interceptor routes on them); the
+    fully qualified one first, the one ``status.url`` gives."""
+    short = f"{cold_start_service_name(isvc_name)}.{namespace}"
+    return [f"{short}.svc.cluster.local", f"{short}.svc", short]
 
 
 def service_url(isvc_name: str, namespace: str) -> str:

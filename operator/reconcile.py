@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from kubeserve.operator import manifests, naming, status
 from kubeserve.operator.object_ref import ObjectRef
 from kubeserve.operator.runtime_config import config_file, config_hash, runtime_settings
+from kubeserve.operator.settings import OperatorSettings
 from kubeserve.operator.spec import InferenceService, SpecError, parse
 from kubeserve.operator.validation import spec_problems
 
@@ -25,12 +26,13 @@ class Assessment:
     problems: list[str]
 
 
-def assess(body: Mapping[str, Any]) -> Assessment:
+def assess(body: Mapping[str, Any], settings: OperatorSettings | None = None) -> Assessment:
+    """The spec judged against the operator's ``settings`` (its defaults when None: ``render`` and tests)."""
     try:
         isvc = parse(body)
     except SpecError as error:
         return Assessment(None, error.problems)
-    problems = spec_problems(isvc)
+    problems = spec_problems(isvc, settings or OperatorSettings())
     return Assessment(None if problems else isvc, problems)
 
 
@@ -58,6 +60,7 @@ def status_fields(
     apply_failure: status.ApplyFailure | None = None,
     now: datetime | None = None,
     spec_config_hash: str | None = None,
+    url: str | None = None,
 ) -> dict[str, Any]:
     """The status the operator owns, for the cluster as the indexes show it.
 
@@ -65,10 +68,11 @@ def status_fields(
     merge patch removes, without an HPA).
 
     ``spec_config_hash``: the config hash of the spec, when known already (rendering it costs a millisecond).
+    ``url``: where callers reach the model (the rendered children's), when it is not the Service's.
     """
     metadata = body.get("metadata") or {}
     name, namespace = metadata.get("name", ""), metadata.get("namespace", "default")
-    url = naming.service_url(name, namespace)
+    url = url or naming.service_url(name, namespace)
     desired = None
     if assessment.isvc is not None:
         isvc = assessment.isvc

@@ -59,6 +59,29 @@ class OperatorSettings(BaseModel):
         default=30.0, gt=0, description="longest wait for one Kubernetes API request of the operator's own"
     )
 
+    queue_delay_window: str = Field(
+        default="1m",
+        pattern=r"^([0-9]+(ms|s|m|h))+$",
+        description="rate window of the per-pod mean queue delay in KEDA's Prometheus query (the chart passes "
+        "monitoring.adapterRule.window, the adapter rule's)",
+    )
+    prometheus_server_address: str = Field(
+        default="",
+        pattern=r"^(https?://[^/\s]+(/\S*)?)?$",
+        description="the Prometheus KEDA queries for autoscaling engine keda, unless the InferenceService names one",
+    )
+    keda_http_interceptor: str = Field(
+        default="keda-add-ons-http-interceptor-proxy.keda.svc.cluster.local:8080",
+        pattern=r"^[a-z0-9.-]+:[0-9]+$",
+        description="the KEDA HTTP add-on's interceptor proxy (host:port), which holds requests while an "
+        "InferenceService scales from zero",
+    )
+    keda_http_scaler: str = Field(
+        default="keda-add-ons-http-external-scaler.keda:9090",
+        pattern=r"^[a-z0-9.-]+:[0-9]+$",
+        description="the KEDA HTTP add-on's external scaler (host:port), KEDA's trigger for scaling from zero",
+    )
+
     @field_validator("namespaces", mode="before")
     @classmethod
     def _split_namespaces(cls, value: object) -> object:

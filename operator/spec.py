@@ -87,6 +87,12 @@ MSG_TARGET_ABOVE_BATCHING = (
     "targetQueueDelaySeconds must be above spec.batching.maxQueueDelayMicroseconds (in seconds): the batcher waits "
     "that long on purpose, so a target at or below it would keep the HPA scaling up for ever"
 )
+MSG_ZERO_NEEDS_KEDA = (
+    "minReplicas 0 needs engine keda: an HPA cannot scale from zero, KEDA (with its HTTP add-on holding the first "
+    "request) can"
+)
+MSG_KEDA_SETTINGS = "keda settings are only used with engine keda"
+PROMETHEUS_URL = r"^https?://[^/\s]+(/\S*)?$"
 
 
 def _quantity(value: object) -> int | str:
@@ -227,17 +233,34 @@ class Behavior(_Fields):
     scale_down: ScalingRules | None = None
 
 
+class Keda(_Fields):
+    server_address: str | None = Field(default=None, max_length=1024, pattern=PROMETHEUS_URL)
+    activation_queue_delay_seconds: float = Field(default=0, ge=0, le=60)
+    polling_interval_seconds: int = Field(default=15, ge=1, le=3600)
+    cooldown_period_seconds: int = Field(default=300, ge=0, le=86400)
+
+
 class Autoscaling(_Fields):
-    min_replicas: int = Field(default=1, ge=1, le=1000)
+    engine: Literal["hpa", "keda"] = "hpa"
+    min_replicas: int = Field(default=1, ge=0, le=1000)
     max_replicas: int = Field(ge=1, le=1000)
     target_queue_delay_seconds: float = Field(default=0.05, gt=0, le=60)
     behavior: Behavior | None = None
+    keda: Keda | None = None
 
     @model_validator(mode="after")
     def _check_range(self) -> Autoscaling:
         if self.min_replicas > self.max_replicas:
             raise ValueError(MSG_MIN_MAX)
+        if self.min_replicas == 0 and self.engine != "keda":
+            raise ValueError(MSG_ZERO_NEEDS_KEDA)
+        if self.keda is not None and self.engine != "keda":
+            raise ValueError(MSG_KEDA_SETTINGS)
         return self
+
+    @property
+    def scales_to_zero(self) -> bool:
+        return self.min_replicas == 0
 
 
 class Spec(_Fields):

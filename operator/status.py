@@ -17,6 +17,7 @@ from typing import Any
 
 from kubeserve.operator import naming
 from kubeserve.operator.manifests.autoscaler import QUEUE_DELAY_METRIC, seconds_from_value
+from kubeserve.operator.manifests.keda import QUEUE_DELAY_TRIGGER_METRIC
 from kubeserve.operator.pod_diagnosis import PodProblem, is_ready, worst
 
 
@@ -169,16 +170,18 @@ def autoscaler_view(hpa: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "desiredReplicas": status.get("desiredReplicas") or 0,
     }
     for metric in status.get("currentMetrics") or []:
-        pods = metric.get("pods") or {}
-        if metric.get("type") == "Pods" and (pods.get("metric") or {}).get("name") == QUEUE_DELAY_METRIC:
-            value = (pods.get("current") or {}).get("averageValue")
+        # The adapter's Pods metric (engine hpa), or KEDA's External one, averaged per pod all the same.
+        source = metric.get("pods") or metric.get("external") or {}
+        if (source.get("metric") or {}).get("name") in (QUEUE_DELAY_METRIC, QUEUE_DELAY_TRIGGER_METRIC):
+            value = (source.get("current") or {}).get("averageValue")
             if value is not None:
                 # The HPA reads the metric in its served unit; users read seconds, as they wrote the target.
                 view["currentQueueDelay"] = seconds_from_value(str(value))
     for condition in status.get("conditions") or []:
         if condition.get("type") in ("AbleToScale", "ScalingActive") and condition.get("status") == "False":
             said = f"{condition.get('reason')}: {condition.get('message')}"
-            view["message"] = f"{METRIC_NOT_AVAILABLE} The HPA says: {said}" if _no_metric(condition) else said
+            missing = _METRIC_NOT_AVAILABLE.get(condition.get("reason"))
+            view["message"] = f"{missing} The HPA says: {said}" if missing else said
             break
     return view
 
@@ -190,10 +193,17 @@ METRIC_NOT_AVAILABLE = (
     "chart renders both: --set monitoring.podMonitor.enabled=true,monitoring.adapterRule.enabled=true; see the "
     'README, "The autoscaling signal").'
 )
-
-
-def _no_metric(condition: Mapping[str, Any]) -> bool:
-    return condition.get("reason") == "FailedGetPodsMetric"
+# The same for engine keda: KEDA could not get the queue delay from Prometheus.
+KEDA_METRIC_NOT_AVAILABLE = (
+    "KEDA cannot read the queue delay from Prometheus, so its HPA cannot scale and keeps the current replicas: check "
+    "spec.autoscaling.keda.serverAddress (or the chart's keda.prometheusServerAddress), and that "
+    "Prometheus scrapes the runtime pods with their serving.kubeserve.io/inferenceservice label (the chart's "
+    'PodMonitor does; see the README, "Scale to zero with KEDA").'
+)
+_METRIC_NOT_AVAILABLE = {
+    "FailedGetPodsMetric": METRIC_NOT_AVAILABLE,
+    "FailedGetExternalMetric": KEDA_METRIC_NOT_AVAILABLE,
+}
 
 
 def changes(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:

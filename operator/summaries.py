@@ -92,7 +92,7 @@ def autoscaler(body: Mapping[str, Any]) -> dict[str, Any]:
     status = body.get("status") or {}
     summary_status = _pick(status, ("currentReplicas", "desiredReplicas"))
     summary_status["currentMetrics"] = [
-        plain(metric) for metric in status.get("currentMetrics") or [] if metric.get("type") == "Pods"
+        plain(metric) for metric in status.get("currentMetrics") or [] if metric.get("type") in ("Pods", "External")
     ]
     summary_status["conditions"] = [
         _pick(c, ("type", "status", "reason", "message"))

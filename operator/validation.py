@@ -11,15 +11,41 @@ from decimal import Decimal
 from kubernetes.utils import parse_quantity
 from kubeserve.operator import naming
 from kubeserve.operator.runtime_config import config_problems, runtime_settings
+from kubeserve.operator.settings import OperatorSettings
 from kubeserve.operator.spec import InferenceService
 
 # Resources that may be overcommitted (requests below limits); every other one is "extended".
 _OVERCOMMITTABLE = ("cpu", "memory", "ephemeral-storage")
 
 
-def spec_problems(isvc: InferenceService) -> list[str]:
+def spec_problems(isvc: InferenceService, settings: OperatorSettings) -> list[str]:
     """Every problem, one line each, naming the field as the user wrote it; empty when the spec is usable."""
-    return [*_resource_problems(isvc), *_device_problems(isvc), *config_problems(runtime_settings(isvc))]
+    return [
+        *_resource_problems(isvc),
+        *_device_problems(isvc),
+        *_keda_problems(isvc, settings),
+        *config_problems(runtime_settings(isvc)),
+    ]
+
+
+def _keda_problems(isvc: InferenceService, settings: OperatorSettings) -> list[str]:
+    autoscaling = isvc.spec.autoscaling
+    if autoscaling is None or autoscaling.engine != "keda":
+        return []
+    problems = []
+    if not (autoscaling.keda and autoscaling.keda.server_address) and not settings.prometheus_server_address:
+        problems.append(
+            "spec.autoscaling.keda.serverAddress: engine keda queries Prometheus, and the operator has no default "
+            "one: name it here, or set the chart value keda.prometheusServerAddress"
+        )
+    proxy = naming.cold_start_service_name(isvc.name)
+    if autoscaling.scales_to_zero and len(proxy) > naming.MAX_SERVICE_NAME:
+        problems.append(
+            f"metadata.name: with minReplicas 0 the operator adds the Service {proxy}, longer than "
+            f"{naming.MAX_SERVICE_NAME} characters: use a name of at most "
+            f"{naming.MAX_SERVICE_NAME - len(proxy) + len(isvc.name)}"
+        )
+    return problems
 
 
 def _resource_problems(isvc: InferenceService) -> list[str]:

@@ -1,4 +1,4 @@
-"""The Service in front of the runtime pods: port 80 to their ``http`` port."""
+"""The Service in front of the runtime pods: port 80 (``naming.SERVICE_PORT``) to their ``http`` port."""
 
 from __future__ import annotations
 
@@ -18,6 +18,6 @@ def service(isvc: InferenceService) -> dict[str, Any]:
             "type": "ClusterIP",
             # Only the InferenceService label: a later revision's pods join the same Service.
             "selector": {naming.LABEL_ISVC: isvc.name},
-            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [{"name": "http", "port": naming.SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
         },
     }

@@ -37,10 +37,13 @@ APPLICATION_RULES = {
     # blockOwnerDeletion on the children's owner references, where OwnerReferencesPermissionEnforcement is on.
     ("serving.kubeserve.io", "inferenceservices/finalizers"): {"update"},
     # Children: server-side apply (PATCH, authorised as create for a new object), and watched to repair drift. The
-    # garbage collector deletes them with their InferenceService; the operator deletes only an HPA no longer wanted.
+    # garbage collector deletes them with their InferenceService; the operator deletes only the autoscaling objects
+    # no longer wanted (an HPA, KEDA's ScaledObject and InterceptorRoute, the NAME-proxy Service).
     ("", "configmaps"): {"list", "watch", "create", "patch"},
-    ("", "services"): {"list", "watch", "create", "patch"},
+    ("", "services"): {"list", "watch", "create", "patch", "delete"},
     ("autoscaling", "horizontalpodautoscalers"): {"list", "watch", "create", "patch", "delete"},
+    ("keda.sh", "scaledobjects"): {"list", "watch", "create", "patch", "delete"},
+    ("http.keda.sh", "interceptorroutes"): {"list", "watch", "create", "patch", "delete"},
     # ...and the Deployments are indexed by kopf too, to report the rollout.
     ("apps", "deployments"): {"list", "watch", "create", "patch"},
     # Runtime pods: indexed by kopf, to report fetch failures, image pulls and scheduling.
@@ -569,6 +572,30 @@ def test_the_adapter_rule_reads_only_metrics_a_live_runtime_exports(helm, runtim
     assert read <= runtime_metric_names
 
 
+def test_kedas_query_reads_what_the_adapter_rule_reads_over_the_same_window(helm, runtime_metric_names):
+    """Engine keda queries Prometheus itself: the same series a live runtime exports, and the chart hands the
+    operator the adapter rule's window, so the two signals cannot drift apart."""
+    from kubeserve.operator.manifests.keda import queue_delay_query
+    from kubeserve.operator.reconcile import assess
+    from kubeserve.operator.settings import load_settings
+
+    (operator,) = of_kind(render(helm, "monitoring.adapterRule.window=3m"), "Deployment")
+    environment = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    settings = load_settings({k: v for k, v in environment.items() if k.startswith("KUBESERVE_OPERATOR_")})
+    isvc = assess(yaml.safe_load((REPO / "samples" / "isvc-keda.yaml").read_text()), settings).isvc
+    assert isvc is not None
+    query = queue_delay_query(isvc, settings.queue_delay_window)
+    rule = the_rule(render(helm, "monitoring.adapterRule.enabled=true", "monitoring.adapterRule.window=3m"))
+
+    read = set(re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", query))
+    assert read == metric_names_in(rule)
+    assert read <= runtime_metric_names
+    assert re.findall(r"\[([^\]]+)\]", query) == re.findall(r"\[([^\]]+)\]", rule["metricsQuery"]) == ["3m", "3m"]
+    # Per pod as the rule's (0 when idle, never NaN), then summed over the InferenceService's pods.
+    assert query.startswith(f"sum({rule['metricsQuery'].split(' * ')[0]} * ")
+    assert query.count("clamp_min(") == 1 and query.count("sum by (pod)") == 2
+
+
 def runtime_pod_template() -> dict:
     """The pod template of the runtime Deployment the operator renders for the CPU sample."""
     from kubeserve.operator import manifests
@@ -588,7 +615,7 @@ def test_the_pod_monitor_scrapes_every_runtime_pod(helm, mode):
 
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["namespace"] == RELEASE_NAMESPACE
-    assert set(monitor["spec"]) == {"selector", "namespaceSelector", "podMetricsEndpoints"}
+    assert set(monitor["spec"]) == {"selector", "namespaceSelector", "podTargetLabels", "podMetricsEndpoints"}
     # Every runtime pod the operator creates, and nothing else of the operator's (the operator's own pods differ).
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert selector.items() <= template["metadata"]["labels"].items()

@@ -32,6 +32,7 @@ from kubeserve.operator.summaries import plain
 REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "crds" / "inferenceservices.yaml"
 SAMPLES = REPO / "samples"
+SCHEMAS = Path(__file__).parent / "schemas"
 ISVC_RESOURCE = "serving.kubeserve.io/v1alpha1/inferenceservices"
 
 
@@ -140,6 +141,18 @@ def crd_validator(crd: dict[str, Any]) -> CrdValidator:
 
 
 @pytest.fixture(scope="session")
+def keda_schemas() -> dict[str, CrdValidator]:
+    """KEDA's CRDs (vendored in schemas/, from KEDA's and its HTTP add-on's repositories) as validators, by kind."""
+    return {
+        kind: CrdValidator(yaml.safe_load((SCHEMAS / filename).read_text()))
+        for kind, filename in [
+            ("ScaledObject", "keda.sh_scaledobjects.yaml"),
+            ("InterceptorRoute", "http.keda.sh_interceptorroutes.yaml"),
+        ]
+    }
+
+
+@pytest.fixture(scope="session")
 def samples() -> dict[str, dict[str, Any]]:
     """Every sample manifest, by file name without the extension."""
     return {path.stem: yaml.safe_load(path.read_text()) for path in sorted(SAMPLES.glob("*.yaml"))}
@@ -229,7 +242,7 @@ def kmock_options() -> dict[str, Any]:
 
 
 def serve_operator_resources(emulator: kmock.KubernetesEmulator) -> None:
-    """kmock's bundled resources, and the InferenceService CRD."""
+    """kmock's bundled resources, the InferenceService CRD, and KEDA's two CRDs."""
     with warnings.catch_warnings():  # kmock's own use of a deprecated importlib call
         warnings.simplefilter("ignore", DeprecationWarning)
         emulator.resources.load_bundled()
@@ -241,6 +254,18 @@ def serve_operator_resources(emulator: kmock.KubernetesEmulator) -> None:
         subresources={"status", "scale"},
         verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
     )
+    # KEDA's, for autoscaling engine keda.
+    for resource, kind in [
+        ("keda.sh/v1alpha1/scaledobjects", "ScaledObject"),
+        ("http.keda.sh/v1beta1/interceptorroutes", "InterceptorRoute"),
+    ]:
+        emulator.resources[resource] = kmock.ResourceInfo(
+            kind=kind,
+            singular=kind.lower(),
+            namespaced=True,
+            subresources={"status"},
+            verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
+        )
 
 
 def write_kubeconfig(path: Path, server: str) -> Path:

@@ -127,20 +127,26 @@ def test_crd_defaults_are_the_runtimes_and_the_operators_defaults(crd, camel_to_
             assert runtime_fields[setting].default == value, path
             checked += 1
     assert checked >= 10
-    # And the operator, reading an object the API server did not default (render), assumes the same.
-    body = {
-        "apiVersion": "serving.kubeserve.io/v1alpha1",
-        "kind": "InferenceService",
-        "metadata": {"name": "a"},
-        "spec": {"model": {"version": "1", "uri": "file:///m.onnx"}, "autoscaling": {"maxReplicas": 2}},
-    }
-    isvc = parse(body)
-    dumped = isvc.spec.model_dump(by_alias=True)
+    # And the operator, reading an object the API server did not default (render), assumes the same: with the
+    # default engine, and with KEDA's own settings (present only with engine keda).
+    dumped = [
+        parse(
+            {
+                "apiVersion": "serving.kubeserve.io/v1alpha1",
+                "kind": "InferenceService",
+                "metadata": {"name": "a"},
+                "spec": {"model": {"version": "1", "uri": "file:///m.onnx"}, "autoscaling": autoscaling},
+            }
+        ).spec.model_dump(by_alias=True)
+        for autoscaling in ({"maxReplicas": 2}, {"maxReplicas": 2, "engine": "keda", "keda": {}})
+    ]
     for path, value in defaults.items():
-        node: Any = dumped
-        for part in path.split("."):
-            node = node[part]
-        assert node == value, path
+        nodes: list[Any] = []
+        for node in dumped:
+            for part in path.split("."):
+                node = None if node is None else node[part]
+            nodes.append(node)
+        assert nodes[0] == value or (nodes[0] is None and nodes[1] == value), path
 
 
 def _nested_models(annotation: Any) -> list[type[BaseModel]]:
@@ -234,6 +240,31 @@ INVALID = [
         spec_module.MSG_MIN_MAX,
     ),
     ("no maxReplicas", _with("spec.autoscaling", {"minReplicas": 2}), "spec.autoscaling.maxReplicas", None),
+    (
+        "scale to zero with an HPA",
+        _with("spec.autoscaling", {"minReplicas": 0, "maxReplicas": 2}),
+        "spec.autoscaling",
+        spec_module.MSG_ZERO_NEEDS_KEDA,
+    ),
+    (
+        "keda settings with an HPA",
+        _with("spec.autoscaling", {"maxReplicas": 2, "keda": {"cooldownPeriodSeconds": 60}}),
+        "spec.autoscaling",
+        spec_module.MSG_KEDA_SETTINGS,
+    ),
+    ("unknown engine", _with("spec.autoscaling", {"maxReplicas": 2, "engine": "vpa"}), "spec.autoscaling.engine", None),
+    (
+        "prometheus without a scheme",
+        _with("spec.autoscaling", {"maxReplicas": 2, "engine": "keda", "keda": {"serverAddress": "prometheus:9090"}}),
+        "spec.autoscaling.keda.serverAddress",
+        None,
+    ),
+    (
+        "negative activation",
+        _with("spec.autoscaling", {"maxReplicas": 2, "engine": "keda", "keda": {"activationQueueDelaySeconds": -1}}),
+        "spec.autoscaling.keda.activationQueueDelaySeconds",
+        None,
+    ),
     (
         "zero queue delay target",
         _with("spec.autoscaling", {"maxReplicas": 2, "targetQueueDelaySeconds": 0}),
@@ -388,4 +419,9 @@ def test_the_schema_is_structural_and_its_defaults_are_valid(crd, crd_validator)
         }
     )
     assert crd_validator.errors(filled) == []
-    assert filled["spec"]["autoscaling"] == {"maxReplicas": 1, "minReplicas": 1, "targetQueueDelaySeconds": 0.05}
+    assert filled["spec"]["autoscaling"] == {
+        "engine": "hpa",
+        "maxReplicas": 1,
+        "minReplicas": 1,
+        "targetQueueDelaySeconds": 0.05,
+    }

@@ -505,6 +505,7 @@ async def test_with_autoscaling_the_hpa_scales_the_inference_service_and_the_dep
 # needs "create" where it has "patch" on the children, since a server-side apply that creates is authorized as
 # a create too, and "update" on inferenceservices/finalizers for blockOwnerDeletion; no request shows those.)
 # The children are listed and watched to repair drift; the InferenceServices patched for kopf's annotation.
+KEDA_RESOURCES = ("keda.sh/scaledobjects", "http.keda.sh/interceptorroutes")
 OPERATOR_VERBS = {
     ("list", "serving.kubeserve.io/inferenceservices"),
     ("watch", "serving.kubeserve.io/inferenceservices"),
@@ -526,6 +527,8 @@ OPERATOR_VERBS = {
     ("watch", "autoscaling/horizontalpodautoscalers"),
     ("patch", "autoscaling/horizontalpodautoscalers"),
     ("delete", "autoscaling/horizontalpodautoscalers"),
+    ("delete", "services"),
+    *[(verb, resource) for verb in ("list", "watch", "patch", "delete") for resource in KEDA_RESOURCES],
     ("create", "events"),
     ("list", "apiextensions.k8s.io/customresourcedefinitions"),
     ("watch", "apiextensions.k8s.io/customresourcedefinitions"),
@@ -556,8 +559,12 @@ async def test_the_operator_uses_only_the_documented_api_verbs(
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory(autoscaling={"maxReplicas": 2}))
         await eventually(lambda: objects(HPAS, NS, "mlp"))
+        # To KEDA and scale to zero, then no autoscaling at all: each engine's objects come and go.
+        keda = {"engine": "keda", "minReplicas": 0, "keda": {"serverAddress": "http://prometheus:9090"}}
+        await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"autoscaling": keda}})
+        await eventually(lambda: objects(HPAS, NS, "mlp") is None and objects(SERVICES, NS, "mlp-proxy"))
         await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"autoscaling": None}})
-        await eventually(lambda: objects(HPAS, NS, "mlp") is None)
+        await eventually(lambda: objects(SERVICES, NS, "mlp-proxy") is None)
         await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"runtime": {"device": "cuda"}}})
         await eventually(lambda: events(cluster, "InvalidSpec"))
         await api.delete(f"{ISVC_PATH}/mlp")

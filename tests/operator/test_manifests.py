@@ -286,8 +286,9 @@ def test_removing_autoscaling_asks_for_the_hpa_to_go(isvc_factory):
     without = manifests.children(parse(isvc_factory(replicas=3)), SETTINGS)
     with_hpa = manifests.children(parse(isvc_factory(autoscaling={"maxReplicas": 3})), SETTINGS)
 
-    assert [(ref.kind, ref.name) for ref in without.absent] == [("HorizontalPodAutoscaler", "mlp")]
-    assert with_hpa.absent == []
+    keda_objects = [("ScaledObject", "mlp"), ("InterceptorRoute", "mlp"), ("Service", "mlp-proxy")]
+    assert [(ref.kind, ref.name) for ref in without.absent] == [("HorizontalPodAutoscaler", "mlp"), *keda_objects]
+    assert [(ref.kind, ref.name) for ref in with_hpa.absent] == keda_objects
     assert {manifest["kind"]: manifest for manifest in without.manifests}["Deployment"]["spec"]["replicas"] == 3
 
 

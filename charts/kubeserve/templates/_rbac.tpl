@@ -25,12 +25,23 @@ watches (kopf indexes), never one at a time, so it needs no get on them.
   verbs: [update]
 # The children: server-side apply (a PATCH, authorised as create when the object is new), and watched (those with
 # the operator's labels) to repair drift when someone else changes or deletes one. Kubernetes' garbage collector
-# deletes them with their InferenceService (owner references); the operator deletes only an HPA no longer wanted.
+# deletes them with their InferenceService (owner references); the operator deletes only the autoscaling objects an
+# InferenceService no longer wants (an HPA, KEDA's ScaledObject and InterceptorRoute, the NAME-proxy Service).
 - apiGroups: [""]
-  resources: [configmaps, services]
+  resources: [configmaps]
   verbs: [list, watch, create, patch]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [list, watch, create, patch, delete]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
+  verbs: [list, watch, create, patch, delete]
+# Autoscaling engine keda (harmless where KEDA is not installed).
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [http.keda.sh]
+  resources: [interceptorroutes]
   verbs: [list, watch, create, patch, delete]
 # Runtime Deployments are also indexed to report the rollout in the status.
 - apiGroups: [apps]
