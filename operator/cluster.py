@@ -135,6 +135,22 @@ class Cluster:
             ),
         )
 
+    async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        """Set a revision Deployment's replicas, leaving its template as it is (an earlier revision's, which the
+        spec no longer describes)."""
+        api = client.AppsV1Api(self._api_client)
+        await self._call(
+            f"scale Deployment {namespace}/{name} to {replicas}",
+            api.patch_namespaced_deployment_without_preload_content(
+                name,
+                namespace,
+                {"spec": {"replicas": replicas}},
+                field_manager=naming.FIELD_MANAGER,
+                _content_type=MERGE_PATCH,
+                _request_timeout=self._timeout,
+            ),
+        )
+
     async def delete(self, ref: ObjectRef) -> bool:
         """Delete the object (its dependents in the background); False when it was not there."""
         options = {"propagation_policy": "Background", "_request_timeout": self._timeout}

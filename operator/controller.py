@@ -4,24 +4,35 @@
 - One of its children changed or deleted by someone else (drift): apply its children again.
 - Its Deployment or pods changed: work out its status again, and write it only when it changed.
 
+- Each run also asks the rollout (``rollout.decide``) how to split the replica total between the revisions, scales
+  them and prunes old ones; while a canary rolls out, the queue comes back when its step is due, and the canary's
+  analysis (``canary_analysis``) runs its intervals.
+
 Per key, the queue collapses bursts into one run and never runs two at once, so one InferenceService's status has
-one writer; its workers bound the API requests in flight. Nothing runs on a timer but the retries of failures.
+one writer; its workers bound the API requests in flight. Nothing runs on a timer but the retries of failures and
+the steps and analyses of rollouts in progress.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
-from kubeserve.operator import drift, manifests
+from kubeserve.operator import drift, manifests, naming, rollout
+from kubeserve.operator.canary_analysis import CanaryAnalysis
+from kubeserve.operator.canary_metrics import metrics_url
 from kubeserve.operator.cluster import Cluster, ClusterError
 from kubeserve.operator.object_ref import ObjectRef
+from kubeserve.operator.pod_diagnosis import is_ready
 from kubeserve.operator.reconcile import Assessment, apply_children, assess, status_fields
+from kubeserve.operator.revision_set import LiveRevision, live_revisions, policy, wanted_revision
 from kubeserve.operator.settings import OperatorSettings
 from kubeserve.operator.status import ApplyFailure, Reason
 from kubeserve.operator.workqueue import WorkQueue
@@ -45,6 +56,16 @@ log = logging.getLogger(__name__)
 class _Rendered:
     assessment: Assessment
     plan: manifests.Children | None  # None for an invalid spec
+
+
+@dataclass(frozen=True)
+class _Rollout:
+    """One InferenceService's revisions as the cluster shows them, and what the rollout decided over them."""
+
+    revisions: list[LiveRevision]
+    wanted: str  # the wanted revision's name
+    adopted: LiveRevision | None  # a Deployment from before revisions that already is the wanted revision
+    decision: rollout.Decision
 
 
 @dataclass(slots=True)
@@ -82,9 +103,14 @@ class Controller:
         # deleted only when there is one, not at every apply.
         self._present: set[tuple[str, str, str]] = set()
         self._queue: WorkQueue[Key] = WorkQueue(self._process, workers=workers)
+        self._analysis = CanaryAnalysis(on_result=self.runtime_changed)
+        # Rollouts read the time from the event loop's monotonic clock, anchored to the wall clock once: a wall
+        # clock that jumps cannot shorten a pause, and a test's fake loop clock drives them too.
+        self._epoch = (datetime.now(UTC), asyncio.get_running_loop().time())
 
     async def stop(self) -> None:
         await self._queue.stop()
+        await self._analysis.close()
 
     def reconcile(self, key: Key) -> None:
         """The InferenceService was created, changed, or found at start: apply its children now."""
@@ -96,6 +122,7 @@ class Controller:
         """The InferenceService is gone."""
         self._state.pop(key, None)
         self._queue.cancel(key)
+        self._analysis.forget(key)
 
     def child_changed(self, key: Key, event_type: str | None, kind: str, child: Mapping[str, Any]) -> None:
         """A child (any of the four kinds) was added, changed or deleted: repair it if it drifted."""
@@ -145,28 +172,60 @@ class Controller:
             return None
         state = self._state.setdefault(key, _Owner())
         rendered = self._render(owner)
-        retry_in = None
-        if state.apply_wanted:
-            retry_in = await self._apply(owner, rendered, state)
+        progress = self._decide(key, owner, rendered, state)
+        retry_in = await self._apply(owner, rendered, state, progress)
         try:
-            await self._write_status(key, owner, rendered, state)
+            await self._write_status(key, owner, rendered, state, progress)
         except ClusterError as error:
             log.warning(str(error), extra={"event": "status_failed", "inferenceservice": "/".join(key)})
             if error.retryable:  # otherwise (the object went: 404) there is nothing left to write to
                 retry_in = min(retry_in if retry_in is not None else MAX_BACKOFF_SECONDS, _delay(error, 0))
+        if progress is not None:
+            self._follow_analysis(key, rendered, progress.decision)
+            due = progress.decision.requeue_after
+            if due is not None:
+                retry_in = min(retry_in if retry_in is not None else math.inf, due)
         return retry_in
 
-    async def _apply(self, owner: Mapping[str, Any], rendered: _Rendered, state: _Owner) -> float | None:
-        """Apply the children unless backing off; the seconds until the next try, or None when done."""
+    def _decide(self, key: Key, owner: Mapping[str, Any], rendered: _Rendered, state: _Owner) -> _Rollout | None:
+        """The rollout's decision for the revisions the cluster shows now; None for an invalid spec."""
+        isvc, plan = rendered.assessment.isvc, rendered.plan
+        if isvc is None or plan is None:
+            return None
+        revisions = live_revisions(isvc.name, self._deployments.get(key, ()))
+        wanted, adopted = wanted_revision(plan, revisions)
+        decision = rollout.decide(
+            policy(isvc.spec.rollout),
+            rollout.Wanted(wanted, plan.version),
+            [revision.as_rollout_revision() for revision in revisions],
+            total=isvc.replicas,
+            previous=self._current_status(owner, state).get("rollout"),
+            analysis=self._analysis.result(key),
+            now=self._now(),
+        )
+        return _Rollout(revisions, wanted, adopted, decision)
+
+    def _now(self) -> datetime:
+        wall, monotonic = self._epoch
+        return wall + timedelta(seconds=asyncio.get_running_loop().time() - monotonic)
+
+    async def _apply(
+        self, owner: Mapping[str, Any], rendered: _Rendered, state: _Owner, progress: _Rollout | None
+    ) -> float | None:
+        """Apply the children when asked to, then give each revision the replicas the rollout decided and delete
+        the revisions it prunes; unless backing off. The seconds until the next try, or None when done."""
         loop = asyncio.get_running_loop()
         if state.not_before > loop.time():
             return state.not_before - loop.time()
-        state.apply_wanted = False
-        previous, state.failure = state.failure, None
-        if rendered.plan is not None:
+        full, state.apply_wanted = state.apply_wanted, False
+        previous = state.failure
+        if full:
+            state.failure = None
+        if rendered.plan is not None and progress is not None:
             try:
-                await apply_children(self._cluster, rendered.plan, present=self._is_present)
-                await self._start_autoscaling(rendered)
+                await self._converge(owner["metadata"]["namespace"], rendered.plan, progress, full=full)
+                if full:
+                    await self._start_autoscaling(rendered)
             except ClusterError as error:
                 # Counted whatever triggered the apply: the status shows one count of failures in a row.
                 attempt = previous.attempt + 1 if previous else 1
@@ -180,9 +239,51 @@ class Controller:
                     kopf.warn(owner, reason=Reason.APPLY_FAILED, message=state.failure.error)
                     state.announced = state.failure.error
                 return delay
-        state.acted_generation = owner["metadata"].get("generation")
-        state.announced = None
+        if full:
+            state.acted_generation = owner["metadata"].get("generation")
+            state.announced = None
         return None
+
+    async def _converge(self, namespace: str, plan: manifests.Children, progress: _Rollout, *, full: bool) -> None:
+        decision, wanted = progress.decision, progress.wanted
+        if full:
+            replicas = decision.replicas.get(wanted, 0)
+            children = plan.with_replicas(replicas, adopted=progress.adopted is not None)
+            await apply_children(self._cluster, children, plan.absent, present=self._is_present)
+        for revision in progress.revisions:
+            want = decision.replicas.get(revision.name)
+            just_applied = full and revision.name == wanted and progress.adopted is None
+            if want is None or revision.name in decision.delete or just_applied or revision.replicas == want:
+                continue
+            await self._cluster.scale_deployment(namespace, revision.deployment, want)
+        by_name = {revision.name: revision for revision in progress.revisions}
+        for name in decision.delete:
+            legacy = by_name[name].legacy if name in by_name else False
+            isvc_name = plan.manifests[0]["metadata"]["labels"][naming.LABEL_ISVC]
+            for ref in manifests.revision_objects(namespace, isvc_name, name, legacy=legacy):
+                if ref.kind == "Deployment" or self._is_present(ref):
+                    await self._cluster.delete(ref)
+
+    def _follow_analysis(self, key: Key, rendered: _Rendered, decision: rollout.Decision) -> None:
+        """Keep the canary's analysis running while the rollout asks for one, and only then."""
+        isvc = rendered.assessment.isvc
+        analysis = policy(isvc.spec.rollout).analysis if isvc is not None else None
+        if decision.analyze is None or analysis is None:
+            self._analysis.stop(key)
+            return
+        self._analysis.want(
+            key, analysis, decision.analyze, decision.stable, lambda revision: self._urls(key, revision)
+        )
+
+    def _urls(self, key: Key, revision: str) -> list[str]:
+        """The metrics URLs of a revision's ready pods, as the pod index shows them now."""
+        urls = []
+        for pod in self._pods.get(key, ()):
+            labels = (pod.get("metadata") or {}).get("labels") or {}
+            address = (pod.get("status") or {}).get("podIP")
+            if labels.get(naming.LABEL_REVISION) == revision and address and is_ready(pod):
+                urls.append(metrics_url(address, naming.HTTP_PORT))
+        return urls
 
     async def _start_autoscaling(self, rendered: _Rendered) -> None:
         """With autoscaling and no spec.replicas, write the starting point (minReplicas) through the scale
@@ -194,9 +295,13 @@ class Controller:
     def _is_present(self, ref: ObjectRef) -> bool:
         return (ref.kind, ref.namespace, ref.name) in self._present
 
-    async def _write_status(self, key: Key, owner: Mapping[str, Any], rendered: _Rendered, state: _Owner) -> None:
-        """Patch only what changed, and post an Event for each new problem a user has to act on."""
+    async def _write_status(
+        self, key: Key, owner: Mapping[str, Any], rendered: _Rendered, state: _Owner, progress: _Rollout | None
+    ) -> None:
+        """Patch only what changed, and post an Event for each new problem a user has to act on and each step of
+        a rollout."""
         current = self._current_status(owner, state)
+        plan = rendered.plan
         fields = status_fields(
             owner,
             rendered.assessment,
@@ -204,8 +309,10 @@ class Controller:
             pods=self._pods.get(key, ()),
             autoscalers=self._autoscalers.get(key, ()),
             apply_failure=state.failure,
-            spec_config_hash=rendered.plan.config_hash if rendered.plan is not None else None,
-            url=rendered.plan.url if rendered.plan is not None else None,
+            spec_config_hash=plan.config_hash if plan is not None else None,
+            url=plan.url if plan is not None else None,
+            revision=progress.wanted if progress is not None else None,
+            decision=progress.decision if progress is not None else None,
         )
         if state.failure is None and state.acted_generation is not None:
             fields["observedGeneration"] = state.acted_generation
@@ -218,6 +325,8 @@ class Controller:
         state.written = {**current, **changed}
         for reason, message in _news(current, fields):
             kopf.warn(owner, reason=reason, message=message)
+        for event in progress.decision.events if progress is not None else ():
+            kopf.event(owner, type=event.type, reason=event.reason, message=event.message)
 
     @staticmethod
     def _current_status(owner: Mapping[str, Any], state: _Owner) -> dict[str, Any]:

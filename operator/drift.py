@@ -60,4 +60,7 @@ def needs_repair(event_type: str | None, kind: str, child: Mapping[str, Any], pl
         return desired is not None  # an object the owner must not have (an HPA no longer wanted) may go
     if any((ref.kind, ref.name) == (kind, name) for ref in plan.absent):
         return True
+    if desired is not None and kind == "Deployment":
+        # A revision's replicas are the rollout's to set (from the replica total and the step), not the spec's.
+        desired = {**desired, "spec": {key: value for key, value in desired["spec"].items() if key != "replicas"}}
     return desired is not None and not contains(child, desired)

@@ -17,6 +17,8 @@ LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_ISVC = f"{GROUP}/inferenceservice"
 LABEL_REVISION = f"{GROUP}/revision"
+# The model version a revision's pods serve (a revision is a version with its settings).
+LABEL_VERSION = f"{GROUP}/version"
 ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
 
 RUNTIME_APP_NAME = "kubeserve-runtime"
@@ -53,12 +55,19 @@ def runtime_selector(isvc_name: str) -> str:
     return f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_ISVC}={isvc_name}"
 
 
-def config_map_name(isvc_name: str) -> str:
+def legacy_config_map_name(isvc_name: str) -> str:
+    """The one ConfigMap of an InferenceService created before revisions (adopted, deleted with its Deployment)."""
     return f"{isvc_name}-runtime-config"
 
 
-def deployment_name(isvc_name: str) -> str:
+def legacy_deployment_name(isvc_name: str) -> str:
+    """The one Deployment of an InferenceService created before revisions: adopted as a revision."""
     return isvc_name
+
+
+def revision_object_name(isvc_name: str, revision: str) -> str:
+    """A revision's Deployment, its Service and its ConfigMap: ``NAME-<revision>``."""
+    return f"{isvc_name}-{revision}"
 
 
 def service_name(isvc_name: str) -> str:

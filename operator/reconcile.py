@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from kubeserve.operator import manifests, naming, status
 from kubeserve.operator.object_ref import ObjectRef
-from kubeserve.operator.runtime_config import config_file, config_hash, runtime_settings
+from kubeserve.operator.revision_set import serving_version
+from kubeserve.operator.rollout import Decision, Phase
 from kubeserve.operator.settings import OperatorSettings
 from kubeserve.operator.spec import InferenceService, SpecError, parse
 from kubeserve.operator.validation import spec_problems
@@ -37,15 +38,19 @@ def assess(body: Mapping[str, Any], settings: OperatorSettings | None = None) ->
 
 
 async def apply_children(
-    cluster: Cluster, plan: manifests.Children, *, present: Callable[[ObjectRef], bool] | None = None
+    cluster: Cluster,
+    manifests: Iterable[Mapping[str, Any]],
+    absent: Iterable[ObjectRef],
+    *,
+    present: Callable[[ObjectRef], bool] | None = None,
 ) -> None:
     """Level-triggered: apply everything wanted, delete what must not exist; safe to repeat.
 
     ``present`` says whether an object not wanted may exist (as the watches show it): a delete is sent only then.
     """
-    for manifest in plan.manifests:
+    for manifest in manifests:
         await cluster.apply(manifest)
-    for ref in plan.absent:
+    for ref in absent:
         if present is None or present(ref):
             await cluster.delete(ref)
 
@@ -61,6 +66,8 @@ def status_fields(
     now: datetime | None = None,
     spec_config_hash: str | None = None,
     url: str | None = None,
+    revision: str | None = None,
+    decision: Decision | None = None,
 ) -> dict[str, Any]:
     """The status the operator owns, for the cluster as the indexes show it.
 
@@ -69,22 +76,39 @@ def status_fields(
 
     ``spec_config_hash``: the config hash of the spec, when known already (rendering it costs a millisecond).
     ``url``: where callers reach the model (the rendered children's), when it is not the Service's.
+    ``revision``: the wanted revision (the rendered children's, or the Deployment adopted as it); ``decision``: the
+    rollout's, whose state, revisions and ``RolloutComplete`` (while it is not complete) go into the status.
     """
     metadata = body.get("metadata") or {}
     name, namespace = metadata.get("name", ""), metadata.get("namespace", "default")
     url = url or naming.service_url(name, namespace)
+    deployments = list(deployments)
     desired = None
+    wanted = next(iter(deployments), None)
     if assessment.isvc is not None:
         isvc = assessment.isvc
-        digest = spec_config_hash or config_hash(config_file(runtime_settings(isvc)))
-        desired = status.Desired(isvc.spec.model.version, digest, isvc.model_name, url)
+        if revision is None or spec_config_hash is None:  # render and tests: the operator's default settings
+            plan = manifests.children(isvc, OperatorSettings())
+            revision, spec_config_hash = revision or plan.revision, spec_config_hash or plan.config_hash
+        desired = status.Desired(revision, spec_config_hash, isvc.model_name, url, isvc.spec.model.version)
+        wanted = next((d for d in deployments if _revision_of(d) == revision), None)
     observation = status.observe(
         desired=desired,
         spec_problems=assessment.problems,
-        deployment=next(iter(deployments), None),
+        deployment=wanted,
+        deployments=deployments,
         pods=list(pods),
         apply_failure=apply_failure,
     )
+    if _rollout_speaks(decision, observation, apply_failure):
+        assert decision is not None
+        observation = replace(
+            observation,
+            conditions=tuple(
+                decision.condition if condition.type == decision.condition.type else condition
+                for condition in observation.conditions
+            ),
+        )
     fields = status.next_status(
         body.get("status") or {},
         observation,
@@ -94,4 +118,32 @@ def status_fields(
     )
     fields["selector"] = naming.runtime_selector(name)
     fields["autoscaler"] = status.autoscaler_view(next(iter(autoscalers), None))
+    if decision is not None:
+        fields["rollout"] = decision.rollout
+        fields["revisions"] = decision.revisions
+        fields["servingVersion"] = serving_version(decision)
     return fields
+
+
+# What the Deployment alone says of a rollout that is under way, when no pod has a problem to report.
+_GENERIC_ROLLOUT_REASONS = frozenset(
+    {status.Reason.ROLLOUT_IN_PROGRESS, status.Reason.ROLLOUT_PENDING, status.Reason.PENDING}
+)
+
+
+def _rollout_speaks(
+    decision: Decision | None, observation: status.Observation, apply_failure: status.ApplyFailure | None
+) -> bool:
+    """Whether ``RolloutComplete`` is the rollout's to say (a step, its analysis, a failure and rollback) rather
+    than the wanted revision's Deployment's (whose pods' own problem, a failed fetch say, tells a user more)."""
+    if decision is None or decision.condition.status or apply_failure is not None:
+        return False
+    if decision.rollout.get("phase") == Phase.FAILED:
+        return True
+    observed = next(c for c in observation.conditions if c.type == decision.condition.type)
+    return observed.status or observed.reason in _GENERIC_ROLLOUT_REASONS
+
+
+def _revision_of(deployment: Mapping[str, Any]) -> str | None:
+    template = ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    return (template.get("labels") or {}).get(naming.LABEL_REVISION)

@@ -46,11 +46,6 @@ def revision_name(version: str, digest: str, *, isvc_name: str = "") -> str:
     return f"{readable}-{short}" if readable else short
 
 
-def object_name(isvc_name: str, revision: str) -> str:
-    """The revision's Deployment and Service: ``NAME-<revision>``."""
-    return f"{isvc_name}-{revision}"
-
-
 @dataclass(frozen=True)
 class Split:
     """Replicas wanted for each side of a canary step. ``canary + stable`` may exceed the total while canary pods

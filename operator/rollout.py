@@ -16,7 +16,8 @@ How it goes:
   ``inconclusive_timeout_seconds`` the condition and a Warning Event say so, and the step keeps waiting for data.
 - ``failure_limit`` failed analyses, or canary pods not all ready within ``progress_deadline_seconds``: Failed.
   The stable revision goes back to the full total, the canary to 0, until the wanted revision changes. A revision
-  with nothing to go back to (the first) is not failed: the condition says the deadline passed, and it keeps trying.
+  with nothing to go back to (the first) has no deadline here: its Deployment's own progress deadline reports it
+  (so an InferenceService whose pods cannot start costs no timer).
 - Capacity never dips: a revision on its way out (a superseded or failed canary, the old stable one) keeps the
   ready pods that the revisions staying lack, until theirs are ready.
 - ``paused``: a canary holds its step (its weight and replicas still follow the total); the pause's clock and the
@@ -655,9 +656,6 @@ def _condition(
     wanted, ready = replicas.get(revision, 0), _ready(by_name, revision)
     where = f"step {state.step + 1} of {len(steps) + 1}" if steps else "replacing every pod"
     progress = f"revision {revision} at {_weight(policy, state)}% ({where}): {ready} of {wanted} pods ready"
-    if state.stable is None and _past_deadline(policy, state, now):  # nothing to roll back to: it keeps trying
-        message = f"{progress} after {policy.progress_deadline_seconds:g}s (progressDeadlineSeconds)"
-        return Condition(CONDITION, False, Reason.PROGRESS_DEADLINE_EXCEEDED, message)
     if state.phase is Phase.PAUSED:
         return Condition(CONDITION, False, RolloutReason.ROLLOUT_PAUSED, f"paused (spec.rollout.paused); {progress}")
     if _is_inconclusive(policy, state, now):
@@ -691,7 +689,8 @@ def _requeue_after(policy: Policy, state: State, now: datetime) -> float | None:
     if state.phase is not Phase.PROGRESSING:
         return None
     due: list[datetime] = []
-    if state.waiting_since is not None:
+    # With nothing to roll back to, no deadline: the revision's Deployment reports its own (no timer per object).
+    if state.waiting_since is not None and state.stable is not None:
         due.append(state.waiting_since + timedelta(seconds=policy.progress_deadline_seconds))
     steps = _steps(policy, state)
     if state.step < len(steps):

@@ -8,6 +8,7 @@ every invalid object in its table rejected by both with the same message.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from decimal import Decimal
@@ -92,6 +93,7 @@ MSG_ZERO_NEEDS_KEDA = (
     "request) can"
 )
 MSG_KEDA_SETTINGS = "keda settings are only used with engine keda"
+MSG_STEPS_INCREASING = "steps' weights must increase from one step to the next"
 PROMETHEUS_URL = r"^https?://[^/\s]+(/\S*)?$"
 
 
@@ -263,12 +265,52 @@ class Autoscaling(_Fields):
         return self.min_replicas == 0
 
 
+class RolloutStep(_Fields):
+    weight: int = Field(ge=1, le=99)
+    pause_seconds: int = Field(default=0, ge=0, le=86400)
+
+
+class Threshold(_Fields):
+    max: float = Field(ge=0)
+    relative_to_stable: bool = False
+
+
+class Analysis(_Fields):
+    interval_seconds: int = Field(default=60, ge=5, le=3600)
+    failure_limit: int = Field(default=2, ge=1, le=100)
+    min_requests: int = Field(default=20, ge=1, le=1_000_000)
+    inconclusive_timeout_seconds: int = Field(default=600, ge=0, le=86400)
+    error_ratio: Threshold | None = None
+    p99_seconds: Threshold | None = None
+    mean_queue_delay_seconds: Threshold | None = None
+
+
+class Rollout(_Fields):
+    strategy: Literal["Canary", "Immediate"] = "Canary"
+    steps: list[RolloutStep] = Field(
+        default_factory=lambda: [RolloutStep(weight=10, pause_seconds=60), RolloutStep(weight=50, pause_seconds=60)],
+        max_length=10,
+    )
+    analysis: Analysis | None = None
+    progress_deadline_seconds: int = Field(default=600, ge=30, le=86400)
+    paused: bool = False
+    revision_history_limit: int = Field(default=2, ge=0, le=10)
+
+    @field_validator("steps")
+    @classmethod
+    def _check_increasing(cls, steps: list[RolloutStep]) -> list[RolloutStep]:
+        if any(later.weight <= earlier.weight for earlier, later in itertools.pairwise(steps)):
+            raise ValueError(MSG_STEPS_INCREASING)
+        return steps
+
+
 class Spec(_Fields):
     model: Model
     replicas: int | None = Field(default=None, ge=0, le=1000)
     runtime: Runtime = Field(default_factory=Runtime)
     batching: Batching = Field(default_factory=Batching)
     autoscaling: Autoscaling | None = None
+    rollout: Rollout = Field(default_factory=Rollout)
 
     @field_validator("autoscaling")
     @classmethod

@@ -54,10 +54,15 @@ class ApplyFailure:
 class Desired:
     """What the spec asks for, as far as the pods show it."""
 
-    revision: str
+    revision: str  # the revision the spec asks for (its pods' serving.kubeserve.io/revision label)
     config_hash: str
     model_name: str
     url: str
+    version: str = ""  # its model version, for messages (the revision when not given)
+
+    @property
+    def shown_version(self) -> str:
+        return self.version or self.revision
 
 
 @dataclass(frozen=True)
@@ -83,13 +88,18 @@ def observe(
     deployment: Mapping[str, Any] | None,
     pods: Sequence[Mapping[str, Any]],
     apply_failure: ApplyFailure | None = None,
+    deployments: Sequence[Mapping[str, Any]] | None = None,
 ) -> Observation:
     """The conditions for the cluster as it is; ``desired`` is None when the spec is invalid.
 
+    ``deployment``: the wanted revision's; ``deployments``: every revision's (the pods that exist and are ready are
+    counted over all of them), just ``deployment`` when not given.
     ``apply_failure``: the last apply failed, refused (RBAC, an admission policy) or for now (a 500, a timeout).
     """
-    status = (deployment or {}).get("status") or {}
-    replicas, ready = status.get("replicas") or 0, status.get("readyReplicas") or 0
+    counted = deployments if deployments is not None else [deployment] if deployment else []
+    statuses = [(d.get("status") or {}) for d in counted]
+    replicas = sum(s.get("replicas") or 0 for s in statuses)
+    ready = sum(s.get("readyReplicas") or 0 for s in statuses)
     live = [pod for pod in pods if not pod.get("metadata", {}).get("deletionTimestamp")]
 
     if desired is None:
@@ -231,12 +241,12 @@ def _wanted_replicas(deployment: Mapping[str, Any]) -> int:
 
 
 def _ready(desired: Desired, deployment: Mapping[str, Any] | None, ready: int, problem: PodProblem | None) -> Condition:
+    if ready > 0:  # of any revision: the Service spans them all
+        endpoint = f"{desired.url}/v2/models/{desired.model_name}/infer"
+        return Condition("Ready", True, Reason.SERVING, f"{ready} pods ready; V2 inference at {endpoint}")
     if deployment is None:
         return Condition("Ready", False, Reason.PENDING, "creating the runtime Deployment")
     wanted = _wanted_replicas(deployment)
-    if ready > 0:
-        endpoint = f"{desired.url}/v2/models/{desired.model_name}/infer"
-        return Condition("Ready", True, Reason.SERVING, f"{ready} of {wanted} pods ready; V2 inference at {endpoint}")
     if wanted == 0:
         return Condition("Ready", False, Reason.SCALED_TO_ZERO, "replicas is 0: no pod serves the model")
     if problem is not None:
@@ -253,7 +263,7 @@ def _model_loaded(
     problem: PodProblem | None,
 ) -> Condition:
     loaded = sum(1 for pod in current if is_ready(pod))
-    what = f"model {desired.model_name} version {desired.revision}"
+    what = f"model {desired.model_name} version {desired.shown_version}"
     if loaded:
         return Condition("ModelLoaded", True, Reason.MODEL_LOADED, f"{what} is loaded in {loaded} pods")
     if problem is not None:
@@ -271,7 +281,7 @@ def _rollout(desired: Desired, deployment: Mapping[str, Any] | None, problem: Po
     if deployment is None:
         return Condition("RolloutComplete", False, Reason.PENDING, "creating the runtime Deployment")
     if not _template_matches(deployment, desired):
-        return Condition("RolloutComplete", False, Reason.ROLLOUT_PENDING, f"applying version {desired.revision}")
+        return Condition("RolloutComplete", False, Reason.ROLLOUT_PENDING, f"applying version {desired.shown_version}")
     status = deployment.get("status") or {}
     generation = (deployment.get("metadata") or {}).get("generation")
     if generation is not None and (status.get("observedGeneration") or 0) < generation:
@@ -293,8 +303,8 @@ def _rollout(desired: Desired, deployment: Mapping[str, Any] | None, problem: Po
             "RolloutComplete",
             False,
             Reason.ROLLOUT_IN_PROGRESS,
-            f"{min(updated, available)} of {wanted} pods run version {desired.revision} and are ready",
+            f"{min(updated, available)} of {wanted} pods run version {desired.shown_version} and are ready",
         )
     return Condition(
-        "RolloutComplete", True, Reason.ROLLOUT_COMPLETE, f"all {wanted} pods run version {desired.revision}"
+        "RolloutComplete", True, Reason.ROLLOUT_COMPLETE, f"all {wanted} pods run version {desired.shown_version}"
     )

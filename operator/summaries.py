@@ -18,6 +18,9 @@ OWNED_STATUS_FIELDS = (
     "readyReplicas",
     "selector",
     "autoscaler",
+    "rollout",
+    "revisions",
+    "servingVersion",
     "observedGeneration",
     "conditions",
     "lastFailure",
@@ -51,6 +54,8 @@ def pod(body: Mapping[str, Any]) -> dict[str, Any]:
     for field in ("initContainerStatuses", "containerStatuses"):
         if field in status:
             summary_status[field] = [_pick(c, _CONTAINER_FIELDS) for c in status[field] or []]
+    if status.get("podIP"):
+        summary_status["podIP"] = status["podIP"]  # canary analysis scrapes the pod's /metrics
     return {
         "metadata": {
             "name": metadata.get("name"),
@@ -63,7 +68,8 @@ def pod(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def deployment(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A runtime Deployment: its wanted replicas, the version its template runs, and how far the rollout is."""
+    """A runtime Deployment (one revision): its wanted replicas, the revision and version its template runs, when
+    it was created (the oldest revisions are pruned first), and how far its own rollout is."""
     metadata = body.get("metadata") or {}
     spec = body.get("spec") or {}
     template = (spec.get("template") or {}).get("metadata") or {}
@@ -73,12 +79,16 @@ def deployment(body: Mapping[str, Any]) -> dict[str, Any]:
     progressing = [_pick(c, ("type", "reason", "message")) for c in conditions if c.get("type") == "Progressing"]
     summary_status["conditions"] = progressing
     return {
-        "metadata": {"name": metadata.get("name"), "generation": metadata.get("generation")},
+        "metadata": {
+            "name": metadata.get("name"),
+            "generation": metadata.get("generation"),
+            "creationTimestamp": metadata.get("creationTimestamp"),
+        },
         "spec": {
             "replicas": spec.get("replicas"),
             "template": {
                 "metadata": {
-                    "labels": _pick(template.get("labels") or {}, (naming.LABEL_REVISION,)),
+                    "labels": _pick(template.get("labels") or {}, (naming.LABEL_REVISION, naming.LABEL_VERSION)),
                     "annotations": _pick(template.get("annotations") or {}, (naming.ANNOTATION_CONFIG_HASH,)),
                 }
             },

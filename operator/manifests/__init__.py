@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubeserve.operator import naming
 from kubeserve.operator.manifests.autoscaler import autoscaler
 from kubeserve.operator.manifests.config_map import config_map
-from kubeserve.operator.manifests.deployment import deployment
+from kubeserve.operator.manifests.deployment import deployment, runtime_image
 from kubeserve.operator.manifests.keda import (
     INTERCEPTOR_ROUTE_API,
     SCALED_OBJECT_API,
@@ -17,8 +19,9 @@ from kubeserve.operator.manifests.keda import (
     interceptor_route,
     scaled_object,
 )
-from kubeserve.operator.manifests.service import service
+from kubeserve.operator.manifests.service import revision_service, service
 from kubeserve.operator.object_ref import ObjectRef
+from kubeserve.operator.revisions import revision_name
 from kubeserve.operator.runtime_config import config_file, config_hash, runtime_settings
 from kubeserve.operator.settings import OperatorSettings
 from kubeserve.operator.spec import InferenceService
@@ -26,22 +29,65 @@ from kubeserve.operator.spec import InferenceService
 
 @dataclass(frozen=True)
 class Children:
-    """What to apply, in order (config before the pods that mount it), and what must not exist; ``config_hash`` is
-    the runtime config file's, which the pods of this spec carry; ``url`` is where callers reach the model."""
+    """What the spec asks for: the objects to apply, in order (config before the pods that mount it), and what
+    must not exist. ``revision`` names the revision the spec describes (``revisions.revision_name``): its ConfigMap,
+    Service and Deployment are ``NAME-<revision>``, and the rollout gives that Deployment its replicas (rendered
+    here with the whole total). ``config_hash`` is the runtime config file's, which the revision's pods carry;
+    ``url`` is where callers reach the model."""
 
     manifests: list[dict[str, Any]]
     absent: list[ObjectRef] = field(default_factory=list)
     config_hash: str = ""
     url: str = ""
+    revision: str = ""
+    version: str = ""
+
+    def revision_objects(self) -> list[dict[str, Any]]:
+        """The wanted revision's own objects (the ones named ``NAME-<revision>``)."""
+        return [
+            manifest
+            for manifest in self.manifests
+            if manifest["metadata"]["name"]
+            == naming.revision_object_name(manifest["metadata"]["labels"][naming.LABEL_ISVC], self.revision)
+        ]
+
+    def with_replicas(self, replicas: int, *, adopted: bool = False) -> list[dict[str, Any]]:
+        """The manifests to apply, the revision's Deployment with ``replicas``; with ``adopted`` (an earlier
+        Deployment serves this revision) without the revision's own objects, so its pods are not restarted."""
+        own = self.revision_objects()
+        result = []
+        for manifest in self.manifests:
+            if manifest in own and adopted:
+                continue
+            if manifest in own and manifest["kind"] == "Deployment":
+                manifest = {**manifest, "spec": {**manifest["spec"], "replicas": replicas}}
+            result.append(manifest)
+        return result
+
+
+def revision_digest(isvc: InferenceService, settings: OperatorSettings, config_digest: str) -> str:
+    """Everything that makes a revision: the model, the runtime's template (image, resources, scheduling, env) and
+    its config file. Not the replicas, autoscaling or rollout settings, which change no pod."""
+    identity = {
+        "config": config_digest,
+        "model": isvc.spec.model.model_dump(mode="json", by_alias=True),
+        "runtime": isvc.spec.runtime.model_dump(mode="json", by_alias=True),
+        "image": runtime_image(isvc, settings),
+        "imagePullPolicy": isvc.spec.runtime.image_pull_policy or settings.image_pull_policy,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def children(isvc: InferenceService, settings: OperatorSettings) -> Children:
     config_text = config_file(runtime_settings(isvc))
     digest = config_hash(config_text)
+    version = isvc.spec.model.version
+    revision = revision_name(version, revision_digest(isvc, settings, digest), isvc_name=isvc.name)
     manifests = [
-        config_map(isvc, config_text),
+        config_map(isvc, config_text, revision),
         service(isvc),
-        deployment(isvc, settings, digest),
+        revision_service(isvc, revision),
+        deployment(isvc, settings, digest, revision, isvc.replicas),
     ]
     autoscaling = isvc.spec.autoscaling
     engine = autoscaling.engine if autoscaling is not None else None
@@ -55,7 +101,24 @@ def children(isvc: InferenceService, settings: OperatorSettings) -> Children:
             url = cold_start_url(isvc, settings)
     wanted = {(manifest["kind"], manifest["metadata"]["name"]) for manifest in manifests}
     absent = [ref for ref in _autoscaling_objects(isvc) if (ref.kind, ref.name) not in wanted]
-    return Children(manifests, absent, digest, url)
+    return Children(manifests, absent, digest, url, revision, version)
+
+
+def revision_objects(namespace: str, isvc_name: str, revision: str, *, legacy: bool = False) -> list[ObjectRef]:
+    """What a revision consists of, to delete it: its Deployment, Service and ConfigMap; for the Deployment of an
+    InferenceService created before revisions (``legacy``), that Deployment and its ConfigMap (its Service is the
+    InferenceService's own, which stays)."""
+    if legacy:
+        return [
+            ObjectRef("apps/v1", "Deployment", namespace, naming.legacy_deployment_name(isvc_name)),
+            ObjectRef("v1", "ConfigMap", namespace, naming.legacy_config_map_name(isvc_name)),
+        ]
+    name = naming.revision_object_name(isvc_name, revision)
+    return [
+        ObjectRef("apps/v1", "Deployment", namespace, name),
+        ObjectRef("v1", "Service", namespace, name),
+        ObjectRef("v1", "ConfigMap", namespace, name),
+    ]
 
 
 def _autoscaling_objects(isvc: InferenceService) -> list[ObjectRef]:

@@ -1,4 +1,5 @@
-"""The ConfigMap holding the runtime's config file."""
+"""The ConfigMap holding a revision's runtime config file (one per revision: a canary's settings never reach the
+stable revision's pods)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from kubeserve.operator.manifests.common import child_metadata
 from kubeserve.operator.spec import InferenceService
 
 
-def config_map(isvc: InferenceService, config_text: str) -> dict[str, Any]:
+def config_map(isvc: InferenceService, config_text: str, revision: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": child_metadata(isvc, naming.config_map_name(isvc.name)),
+        "metadata": child_metadata(isvc, naming.revision_object_name(isvc.name, revision)),
         "data": {naming.CONFIG_FILE: config_text},
     }

@@ -41,10 +41,14 @@ def runtime_image(isvc: InferenceService, settings: OperatorSettings) -> str:
     return settings.cuda_image if isvc.wants_gpu else settings.cpu_image
 
 
-def deployment(isvc: InferenceService, settings: OperatorSettings, config_hash: str) -> dict[str, Any]:
+def deployment(
+    isvc: InferenceService, settings: OperatorSettings, config_hash: str, revision: str, replicas: int
+) -> dict[str, Any]:
+    """Revision ``revision``'s Deployment, ``NAME-<revision>``, with the replicas the rollout gives it."""
     runtime = isvc.spec.runtime
     source = model_source(isvc.spec.model)
-    pod_labels = {**naming.common_labels(isvc.name), naming.LABEL_REVISION: isvc.spec.model.version}
+    revision_labels = {naming.LABEL_ISVC: isvc.name, naming.LABEL_REVISION: revision}
+    pod_labels = {**naming.common_labels(isvc.name), **revision_labels, naming.LABEL_VERSION: isvc.spec.model.version}
     pod_spec: dict[str, Any] = {
         # A Service called "kubeserve" would otherwise inject KUBESERVE_PORT=tcp://... into the runtime's settings.
         "enableServiceLinks": False,
@@ -58,16 +62,17 @@ def deployment(isvc: InferenceService, settings: OperatorSettings, config_hash: 
         },
         "terminationGracePeriodSeconds": PRESTOP_PAUSE_SECONDS + runtime.drain_timeout_seconds + GRACE_MARGIN_SECONDS,
         "containers": [_runtime_container(isvc, settings, source)],
-        "volumes": _volumes(isvc, source),
+        "volumes": _volumes(isvc, source, revision),
     }
     if source.kind == "fetch":
         pod_spec["initContainers"] = [_fetch_container(isvc, settings)]
     pod_spec.update(_scheduling(isvc))
 
     spec: dict[str, Any] = {
-        # The InferenceService owns the replica count (its scale subresource, which an HPA writes): a copy here.
-        "replicas": isvc.replicas,
-        "selector": {"matchLabels": {naming.LABEL_ISVC: isvc.name}},
+        # The InferenceService owns the replica total (its scale subresource, which an HPA writes); the rollout
+        # splits it between revisions.
+        "replicas": replicas,
+        "selector": {"matchLabels": revision_labels},
         "revisionHistoryLimit": 3,
         # Never below the serving capacity during a rollout: new pods come up before old ones go.
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
@@ -83,7 +88,7 @@ def deployment(isvc: InferenceService, settings: OperatorSettings, config_hash: 
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": child_metadata(isvc, naming.deployment_name(isvc.name)),
+        "metadata": child_metadata(isvc, naming.revision_object_name(isvc.name, revision)),
         "spec": spec,
     }
 
@@ -160,9 +165,9 @@ def _probe(path: str, *, failures: int, period: int = PROBE_PERIOD_SECONDS) -> d
     }
 
 
-def _volumes(isvc: InferenceService, source: ModelSource) -> list[dict[str, Any]]:
+def _volumes(isvc: InferenceService, source: ModelSource, revision: str) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": naming.config_map_name(isvc.name)}},
+        {"name": "config", "configMap": {"name": naming.revision_object_name(isvc.name, revision)}},
         {"name": "tmp", "emptyDir": {}},
     ]
     if source.kind == "fetch":

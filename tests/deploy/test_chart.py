@@ -37,15 +37,16 @@ APPLICATION_RULES = {
     # blockOwnerDeletion on the children's owner references, where OwnerReferencesPermissionEnforcement is on.
     ("serving.kubeserve.io", "inferenceservices/finalizers"): {"update"},
     # Children: server-side apply (PATCH, authorised as create for a new object), and watched to repair drift. The
-    # garbage collector deletes them with their InferenceService; the operator deletes only the autoscaling objects
-    # no longer wanted (an HPA, KEDA's ScaledObject and InterceptorRoute, the NAME-proxy Service).
-    ("", "configmaps"): {"list", "watch", "create", "patch"},
+    # garbage collector deletes them with their InferenceService; the operator deletes pruned revisions and the
+    # autoscaling objects no longer wanted (an HPA, KEDA's ScaledObject and InterceptorRoute, the NAME-proxy Service).
+    ("", "configmaps"): {"list", "watch", "create", "patch", "delete"},
     ("", "services"): {"list", "watch", "create", "patch", "delete"},
     ("autoscaling", "horizontalpodautoscalers"): {"list", "watch", "create", "patch", "delete"},
     ("keda.sh", "scaledobjects"): {"list", "watch", "create", "patch", "delete"},
     ("http.keda.sh", "interceptorroutes"): {"list", "watch", "create", "patch", "delete"},
-    # ...and the Deployments are indexed by kopf too, to report the rollout.
-    ("apps", "deployments"): {"list", "watch", "create", "patch"},
+    # ...and the Deployments (one per revision) are indexed by kopf too, to report the rollout; the rollout scales
+    # them (a patch) and deletes the revisions it prunes (with their Service and ConfigMap).
+    ("apps", "deployments"): {"list", "watch", "create", "patch", "delete"},
     # Runtime pods: indexed by kopf, to report fetch failures, image pulls and scheduling.
     ("", "pods"): {"list", "watch"},
     # kopf's warnings and InvalidSpec.

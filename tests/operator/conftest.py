@@ -34,6 +34,8 @@ CRD_PATH = REPO / "crds" / "inferenceservices.yaml"
 SAMPLES = REPO / "samples"
 SCHEMAS = Path(__file__).parent / "schemas"
 ISVC_RESOURCE = "serving.kubeserve.io/v1alpha1/inferenceservices"
+LABEL_ISVC = "serving.kubeserve.io/inferenceservice"
+LABEL_REVISION = "serving.kubeserve.io/revision"
 
 
 # --- The CRD as a validator (structural schema -> JSON schema, defaults, CEL rules with celpy) ---------------
@@ -442,15 +444,58 @@ def api(cluster: kmock.KubernetesEmulator) -> Api:
     return Api(cluster)
 
 
-class DeploymentController:
-    """Plays the Deployment controller and the kubelet: pods from the current template, with a given status."""
+RevisionDeployments = Callable[[str, str], list[dict[str, Any]]]
 
-    def __init__(self, api: Api, objects: Callable[[str, str, str], dict[str, Any] | None]) -> None:
-        self._api, self._objects = api, objects
+
+@pytest.fixture
+def revision_deployments(cluster: kmock.KubernetesEmulator) -> RevisionDeployments:
+    """Every revision Deployment of an InferenceService, as plain dicts, by name."""
+
+    def found(namespace: str, isvc: str) -> list[dict[str, Any]]:
+        deployments = []
+        for (resource, where, _), stored in list(cluster.objects.items()):
+            if getattr(resource, "plural", None) != "deployments" or where != namespace or stored.deleted:
+                continue
+            body = copy.deepcopy(plain(stored))
+            if ((body.get("metadata") or {}).get("labels") or {}).get(LABEL_ISVC) == isvc:
+                deployments.append(body)
+        return sorted(deployments, key=lambda deployment: deployment["metadata"]["name"])
+
+    return found
+
+
+@pytest.fixture
+def deployment_of(
+    revision_deployments: RevisionDeployments, objects: Callable[[str, str, str], dict[str, Any] | None]
+) -> Callable[[str, str], dict[str, Any] | None]:
+    """The Deployment of the revision an InferenceService's status says it wants (its only one, before a status
+    says), or None."""
+
+    def wanted(namespace: str, isvc: str) -> dict[str, Any] | None:
+        deployments = revision_deployments(namespace, isvc)
+        owner = objects(ISVC_RESOURCE, namespace, isvc) or {}
+        revision = ((owner.get("status") or {}).get("rollout") or {}).get("revision")
+        if revision is None:
+            return deployments[0] if len(deployments) == 1 else None
+        return next((d for d in deployments if _template_revision(d) == revision), None)
+
+    return wanted
+
+
+def _template_revision(deployment: Mapping[str, Any]) -> str | None:
+    return deployment["spec"]["template"]["metadata"]["labels"].get(LABEL_REVISION)
+
+
+class DeploymentController:
+    """Plays the Deployment controller and the kubelet: pods from the wanted revision's template, with a given
+    status (``name`` is the InferenceService's)."""
+
+    def __init__(self, api: Api, deployment_of: Callable[[str, str], dict[str, Any] | None]) -> None:
+        self._api, self._deployment_of = api, deployment_of
         self._serial = itertools.count()
 
     async def run_pod(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
-        deployment = self._objects("apps/v1/deployments", namespace, name)
+        deployment = self._deployment_of(namespace, name)
         assert deployment is not None, "no Deployment to make a pod from"
         template = deployment["spec"]["template"]
         pod = {
@@ -468,8 +513,15 @@ class DeploymentController:
         return await self._api.create(f"/api/v1/namespaces/{namespace}/pods", pod)
 
     async def report(self, namespace: str, name: str, *, replicas: int, ready: int, updated: int | None = None) -> None:
-        deployment = self._objects("apps/v1/deployments", namespace, name)
+        """The wanted revision's Deployment status, as its controller reports it."""
+        deployment = self._deployment_of(namespace, name)
         assert deployment is not None
+        await self.report_deployment(namespace, deployment, replicas=replicas, ready=ready, updated=updated)
+
+    async def report_deployment(
+        self, namespace: str, deployment: Mapping[str, Any], *, replicas: int, ready: int, updated: int | None = None
+    ) -> None:
+        name = deployment["metadata"]["name"]
         status = {
             "observedGeneration": deployment["metadata"].get("generation", 1),
             "replicas": replicas,
@@ -481,8 +533,8 @@ class DeploymentController:
 
 
 @pytest.fixture
-def controller(api: Api, objects: Callable[[str, str, str], dict[str, Any] | None]) -> DeploymentController:
-    return DeploymentController(api, objects)
+def controller(api: Api, deployment_of: Callable[[str, str], dict[str, Any] | None]) -> DeploymentController:
+    return DeploymentController(api, deployment_of)
 
 
 # Pod statuses, as the kubelet reports them, for the failure modes the operator explains.

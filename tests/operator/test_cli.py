@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -38,14 +39,19 @@ def test_render_prints_every_manifest_of_the_samples_as_valid_kubernetes_objects
     documents = list(yaml.safe_load_all(result.stdout))
     for document in documents:
         kubernetes_validate.validate(document, "1.37", strict=True)
+    # Each InferenceService's revision (NAME-<version>-<digest>: ConfigMap, Service, Deployment), its Service, its HPA.
+    mlp, resnet = (d["metadata"]["name"] for d in documents if d["kind"] == "Deployment")
+    assert re.fullmatch(r"mlp-1-[0-9a-f]{6}", mlp) and re.fullmatch(r"resnet-2024-06-01-[0-9a-f]{6}", resnet)
     assert [(d["kind"], d["metadata"]["name"]) for d in documents] == [
-        ("ConfigMap", "mlp-runtime-config"),
+        ("ConfigMap", mlp),
         ("Service", "mlp"),
-        ("Deployment", "mlp"),
+        ("Service", mlp),
+        ("Deployment", mlp),
         ("HorizontalPodAutoscaler", "mlp"),
-        ("ConfigMap", "resnet-runtime-config"),
+        ("ConfigMap", resnet),
         ("Service", "resnet"),
-        ("Deployment", "resnet"),
+        ("Service", resnet),
+        ("Deployment", resnet),
         ("HorizontalPodAutoscaler", "resnet"),
     ]
     assert "ownerReferences" in result.stderr  # says why the output has none
@@ -155,7 +161,7 @@ def test_bad_operator_settings_are_named_and_exit_2():
 
 
 async def test_run_reconciles_with_peering_serves_liveness_and_stops_cleanly_on_sigterm(
-    api, cluster, objects, eventually, isvc_factory
+    api, cluster, objects, deployment_of, eventually, isvc_factory
 ):
     # Real time here: a separate process cannot share the test's fake clock. $KUBECONFIG points at kmock.
     cluster.resources["kopf.dev/v1/clusterkopfpeerings"] = cluster.ResourceInfo(
@@ -180,8 +186,8 @@ async def test_run_reconciles_with_peering_serves_liveness_and_stops_cleanly_on_
     )
     try:
         await api.create("/apis/serving.kubeserve.io/v1alpha1/namespaces/ml/inferenceservices", isvc_factory())
-        await eventually(lambda: objects("apps/v1/deployments", "ml", "mlp"), within=60)
-        image = objects("apps/v1/deployments", "ml", "mlp")["spec"]["template"]["spec"]["containers"][0]["image"]
+        await eventually(lambda: deployment_of("ml", "mlp"), within=60)
+        image = deployment_of("ml", "mlp")["spec"]["template"]["spec"]["containers"][0]["image"]
         assert image == "kubeserve-runtime:e2e"
 
         peers = objects("kopf.dev/v1/clusterkopfpeerings", None, "kubeserve")["status"]
@@ -205,7 +211,9 @@ async def test_run_reconciles_with_peering_serves_liveness_and_stops_cleanly_on_
     assert not [line for line in lines if line.get("event") == "peering_off"]
 
 
-async def test_run_without_its_peering_object_works_alone_and_says_so(api, cluster, objects, eventually, isvc_factory):
+async def test_run_without_its_peering_object_works_alone_and_says_so(
+    api, cluster, objects, deployment_of, eventually, isvc_factory
+):
     # kopf's peering CRDs are installed (crds/kopf-peering.yaml), the peering object is not: kopf alone would idle.
     cluster.resources["kopf.dev/v1/clusterkopfpeerings"] = cluster.ResourceInfo(
         kind="ClusterKopfPeering", namespaced=False, verbs={"get", "list", "watch", "patch"}
@@ -219,7 +227,7 @@ async def test_run_without_its_peering_object_works_alone_and_says_so(api, clust
     )
     try:
         await api.create("/apis/serving.kubeserve.io/v1alpha1/namespaces/ml/inferenceservices", isvc_factory())
-        await eventually(lambda: objects("apps/v1/deployments", "ml", "mlp"), within=60)
+        await eventually(lambda: deployment_of("ml", "mlp"), within=60)
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = await asyncio.wait_for(process.communicate(), timeout=60)

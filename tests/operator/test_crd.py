@@ -115,6 +115,10 @@ def _crd_defaults(schema: dict, prefix: str = "") -> dict[str, Any]:
     return found
 
 
+# An analysis with every threshold, for the defaults inside them.
+ANALYSIS = {"errorRatio": {"max": 0.1}, "p99Seconds": {"max": 1}, "meanQueueDelaySeconds": {"max": 1}}
+
+
 def test_crd_defaults_are_the_runtimes_and_the_operators_defaults(crd, camel_to_snake):
     spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     defaults = _crd_defaults(spec_schema)
@@ -135,10 +139,13 @@ def test_crd_defaults_are_the_runtimes_and_the_operators_defaults(crd, camel_to_
                 "apiVersion": "serving.kubeserve.io/v1alpha1",
                 "kind": "InferenceService",
                 "metadata": {"name": "a"},
-                "spec": {"model": {"version": "1", "uri": "file:///m.onnx"}, "autoscaling": autoscaling},
+                "spec": {"model": {"version": "1", "uri": "file:///m.onnx"}, "autoscaling": autoscaling, **more},
             }
         ).spec.model_dump(by_alias=True)
-        for autoscaling in ({"maxReplicas": 2}, {"maxReplicas": 2, "engine": "keda", "keda": {}})
+        for autoscaling, more in (
+            ({"maxReplicas": 2}, {}),
+            ({"maxReplicas": 2, "engine": "keda", "keda": {}}, {"rollout": {"analysis": ANALYSIS}}),
+        )
     ]
     for path, value in defaults.items():
         nodes: list[Any] = []
@@ -251,6 +258,26 @@ INVALID = [
         _with("spec.autoscaling", {"maxReplicas": 2, "keda": {"cooldownPeriodSeconds": 60}}),
         "spec.autoscaling",
         spec_module.MSG_KEDA_SETTINGS,
+    ),
+    (
+        "steps not increasing",
+        _with("spec.rollout", {"steps": [{"weight": 10}, {"weight": 50}, {"weight": 50}]}),
+        "spec.rollout.steps",
+        spec_module.MSG_STEPS_INCREASING,
+    ),
+    ("a step of 100", _with("spec.rollout", {"steps": [{"weight": 100}]}), "spec.rollout.steps.0.weight", None),
+    ("unknown strategy", _with("spec.rollout", {"strategy": "BlueGreen"}), "spec.rollout.strategy", None),
+    (
+        "analysis too often",
+        _with("spec.rollout", {"analysis": {"intervalSeconds": 1}}),
+        "spec.rollout.analysis.intervalSeconds",
+        None,
+    ),
+    (
+        "threshold without a limit",
+        _with("spec.rollout", {"analysis": {"errorRatio": {"relativeToStable": True}}}),
+        "spec.rollout.analysis.errorRatio.max",
+        None,
     ),
     ("unknown engine", _with("spec.autoscaling", {"maxReplicas": 2, "engine": "vpa"}), "spec.autoscaling.engine", None),
     (

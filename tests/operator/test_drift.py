@@ -25,7 +25,7 @@ def plan(isvc_factory) -> manifests.Children:
 
 def live(plan: manifests.Children, kind: str) -> dict:
     """The child as the API server returns it: what was applied, plus what the server adds."""
-    (manifest,) = [m for m in plan.manifests if m["kind"] == kind]
+    manifest = next(m for m in plan.manifests if m["kind"] == kind)  # the InferenceService's Service first
     obj = copy.deepcopy(manifest)
     obj["metadata"].update(uid="u1", resourceVersion="7", creationTimestamp="2026-01-01T00:00:00Z", managedFields=[])
     if kind == "Service":
@@ -58,6 +58,13 @@ def test_a_changed_field_is_drift(plan):
     config_map = live(plan, "ConfigMap")
     config_map["data"]["runtime.yaml"] += "extra: 1\n"
     assert drift.needs_repair("MODIFIED", "ConfigMap", config_map, plan)
+
+
+def test_a_revisions_replicas_are_the_rollouts_not_drift(plan):
+    # The rollout splits the total between revisions and sets them itself (from the Deployment's status events).
+    deployment = live(plan, "Deployment")
+    deployment["spec"]["replicas"] = 7
+    assert not drift.needs_repair("MODIFIED", "Deployment", deployment, plan)
 
 
 def test_a_deleted_child_is_drift_unless_it_is_one_not_wanted(plan):

@@ -28,10 +28,12 @@ ISVC_PATH = f"/apis/serving.kubeserve.io/v1alpha1/namespaces/{NS}/inferenceservi
 DEPLOYMENT_PATH = f"/apis/apps/v1/namespaces/{NS}/deployments"
 
 
-def applies(cluster, resource: str, name: str) -> list[dict]:
-    """The bodies of the server-side applies the operator sent for one object (less what the emulator stamps)."""
+def applies(cluster, resource: str, name: str | None = None) -> list[dict]:
+    """The bodies of the server-side applies the operator sent for one object, or for any of that resource (less
+    what the emulator stamps)."""
     bodies = []
-    for request in cluster[kmock.method.PATCH, kmock.resource(resource), kmock.name(name)]:
+    criteria = (kmock.method.PATCH, kmock.resource(resource), *([kmock.name(name)] if name else []))
+    for request in cluster[criteria]:
         if "apply-patch" in request.headers.get("Content-Type", ""):
             body = copy.deepcopy(request.data)
             body["metadata"].pop("resourceVersion", None)
@@ -46,13 +48,16 @@ def events(cluster, reason: str) -> list[dict]:
 
 
 async def test_create_applies_children_owned_by_the_inference_service(
-    api, run_operator, eventually, objects, isvc_factory, condition
+    api, run_operator, eventually, objects, deployment_of, isvc_factory, condition
 ):
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory())
         await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 1)
 
-    for resource, name in [(CONFIGMAPS, "mlp-runtime-config"), (SERVICES, "mlp"), (DEPLOYMENTS, "mlp")]:
+    # The revision's ConfigMap, Service and Deployment (NAME-<revision>), and the InferenceService's Service.
+    revision = deployment_of(NS, "mlp")["metadata"]["name"]
+    assert revision.startswith("mlp-1-")
+    for resource, name in [(CONFIGMAPS, revision), (SERVICES, "mlp"), (SERVICES, revision), (DEPLOYMENTS, revision)]:
         child = objects(resource, NS, name)
         assert child is not None, f"{resource} {name} was not created"
         (owner,) = child["metadata"]["ownerReferences"]
@@ -76,11 +81,11 @@ async def test_create_applies_children_owned_by_the_inference_service(
 
 
 async def test_status_turns_ready_when_a_pod_serves_the_model(
-    api, run_operator, eventually, objects, isvc_factory, controller, pod_statuses, condition
+    api, run_operator, eventually, objects, deployment_of, isvc_factory, controller, pod_statuses, condition
 ):
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory())
-        await eventually(lambda: objects(DEPLOYMENTS, NS, "mlp"))
+        await eventually(lambda: deployment_of(NS, "mlp"))
         await controller.run_pod(NS, "mlp", pod_statuses["loading"])
         await controller.report(NS, "mlp", replicas=1, ready=0)
         await eventually(
@@ -100,59 +105,66 @@ async def test_status_turns_ready_when_a_pod_serves_the_model(
     assert (status["replicas"], status["readyReplicas"]) == (1, 1)
 
 
-async def test_applying_again_at_start_changes_nothing(api, cluster, run_operator, eventually, objects, isvc_factory):
+async def test_applying_again_at_start_changes_nothing(
+    api, cluster, run_operator, eventually, objects, deployment_of, isvc_factory
+):
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory())
         await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 1)
-        before = objects(DEPLOYMENTS, NS, "mlp")
+        before = deployment_of(NS, "mlp")
+        revision = before["metadata"]["name"]
 
     # The resync: a (re)started operator applies every InferenceService's children again, level-triggered.
     async with run_operator():
-        await eventually(lambda: len(applies(cluster, DEPLOYMENTS, "mlp")) == 2)
+        await eventually(lambda: len(applies(cluster, DEPLOYMENTS, revision)) == 2)
 
-    first, second = applies(cluster, DEPLOYMENTS, "mlp")
+    first, second = applies(cluster, DEPLOYMENTS, revision)
     assert first == second
-    after = objects(DEPLOYMENTS, NS, "mlp")
+    after = deployment_of(NS, "mlp")
     assert after["spec"] == before["spec"]
     assert after["metadata"]["labels"] == before["metadata"]["labels"]
 
 
-async def test_a_new_model_version_rolls_the_deployment(
-    api, run_operator, eventually, objects, isvc_factory, condition
+async def test_a_new_model_version_is_a_new_revision_with_its_own_objects(
+    api, run_operator, eventually, objects, deployment_of, revision_deployments, isvc_factory, condition
 ):
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory())
         await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 1)
-        old = objects(DEPLOYMENTS, NS, "mlp")["spec"]["template"]["metadata"]
+        old = deployment_of(NS, "mlp")
 
         await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"model": {"version": "2"}}})
         await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 2)
+        await eventually(lambda: len(revision_deployments(NS, "mlp")) == 2)
+        new = deployment_of(NS, "mlp")
 
-    new = objects(DEPLOYMENTS, NS, "mlp")["spec"]["template"]["metadata"]
-    assert (old["labels"]["serving.kubeserve.io/revision"], new["labels"]["serving.kubeserve.io/revision"]) == (
-        "1",
-        "2",
-    )
-    assert (
-        old["annotations"]["serving.kubeserve.io/config-hash"] != new["annotations"]["serving.kubeserve.io/config-hash"]
-    )
-    assert "model_version: '2'" in objects(CONFIGMAPS, NS, "mlp-runtime-config")["data"]["runtime.yaml"]
-    rollout = condition(objects(ISVCS, NS, "mlp")["status"], "RolloutComplete")
-    assert rollout["status"] == "False"
+    labels = [d["spec"]["template"]["metadata"]["labels"] for d in (old, new)]
+    assert [label["serving.kubeserve.io/version"] for label in labels] == ["1", "2"]
+    revisions = [label["serving.kubeserve.io/revision"] for label in labels]
+    assert revisions[0].startswith("1-") and revisions[1].startswith("2-")
+    assert [d["metadata"]["name"] for d in (old, new)] == [f"mlp-{revision}" for revision in revisions]
+    # Each revision mounts its own config file: the new settings never reach the old pods.
+    assert "model_version: '2'" in objects(CONFIGMAPS, NS, new["metadata"]["name"])["data"]["runtime.yaml"]
+    assert "model_version: '1'" in objects(CONFIGMAPS, NS, old["metadata"]["name"])["data"]["runtime.yaml"]
+    status = objects(ISVCS, NS, "mlp")["status"]
+    assert condition(status, "RolloutComplete")["status"] == "False"
+    assert status["rollout"]["revision"] == revisions[1]
 
 
 async def test_a_deleted_child_is_restored_from_its_watch_event_within_a_second(
-    api, cluster, run_operator, eventually, objects, isvc_factory
+    api, cluster, run_operator, eventually, objects, deployment_of, isvc_factory
 ):
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory())
         await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 1)
+        revision = deployment_of(NS, "mlp")["metadata"]["name"]
 
         # No timer is involved: the fake clock may not move past a second before each is back, applied again.
         for resource, name, path in [
             (SERVICES, "mlp", f"/api/v1/namespaces/{NS}/services/mlp"),
-            (DEPLOYMENTS, "mlp", f"{DEPLOYMENT_PATH}/mlp"),
-            (CONFIGMAPS, "mlp-runtime-config", f"/api/v1/namespaces/{NS}/configmaps/mlp-runtime-config"),
+            (SERVICES, revision, f"/api/v1/namespaces/{NS}/services/{revision}"),
+            (DEPLOYMENTS, revision, f"{DEPLOYMENT_PATH}/{revision}"),
+            (CONFIGMAPS, revision, f"/api/v1/namespaces/{NS}/configmaps/{revision}"),
         ]:
             applied = len(applies(cluster, resource, name))
             await api.delete(path)
@@ -166,29 +178,31 @@ async def test_a_deleted_child_is_restored_from_its_watch_event_within_a_second(
 
 
 async def test_a_restarted_operator_repairs_what_changed_while_it_was_down(
-    api, run_operator, eventually, objects, isvc_factory
+    api, run_operator, eventually, objects, deployment_of, isvc_factory
 ):
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory())
         await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 1)
+        revision = deployment_of(NS, "mlp")["metadata"]["name"]
 
-    await api.delete(f"{DEPLOYMENT_PATH}/mlp")  # while no operator runs
+    await api.delete(f"{DEPLOYMENT_PATH}/{revision}")  # while no operator runs
     async with run_operator():  # resumes every InferenceService it finds
-        await eventually(lambda: objects(DEPLOYMENTS, NS, "mlp"))
+        await eventually(lambda: deployment_of(NS, "mlp"))
 
 
 async def test_a_hand_edited_child_is_restored_from_its_watch_event_within_a_second(
-    api, run_operator, eventually, objects, isvc_factory
+    api, run_operator, eventually, objects, deployment_of, isvc_factory
 ):
     def image() -> str:
-        return objects(DEPLOYMENTS, NS, "mlp")["spec"]["template"]["spec"]["containers"][0]["image"]
+        return deployment_of(NS, "mlp")["spec"]["template"]["spec"]["containers"][0]["image"]
 
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory())
         await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 1)
-        edited = objects(DEPLOYMENTS, NS, "mlp")["spec"]["template"]["spec"]["containers"]
+        edited = deployment_of(NS, "mlp")["spec"]["template"]["spec"]["containers"]
         edited[0]["image"] = "someone/else:latest"
-        await api.patch(f"{DEPLOYMENT_PATH}/mlp", {"spec": {"template": {"spec": {"containers": edited}}}})
+        revision = deployment_of(NS, "mlp")["metadata"]["name"]
+        await api.patch(f"{DEPLOYMENT_PATH}/{revision}", {"spec": {"template": {"spec": {"containers": edited}}}})
         assert image() == "someone/else:latest"
         await eventually(lambda: image() == "kubeserve-runtime:test", within=1)
 
@@ -205,11 +219,11 @@ async def test_a_hand_edited_child_is_restored_from_its_watch_event_within_a_sec
 
 
 async def test_deleting_leaves_the_children_to_the_garbage_collector(
-    api, cluster, run_operator, eventually, objects, isvc_factory
+    api, cluster, run_operator, eventually, objects, deployment_of, isvc_factory
 ):
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory(autoscaling={"maxReplicas": 3}))
-        await eventually(lambda: objects(HPAS, NS, "mlp") and objects(DEPLOYMENTS, NS, "mlp"))
+        await eventually(lambda: objects(HPAS, NS, "mlp") and deployment_of(NS, "mlp"))
 
         await api.delete(f"{ISVC_PATH}/mlp")
         assert objects(ISVCS, NS, "mlp") is None  # no finalizer: gone at once, the operator has no say
@@ -217,13 +231,14 @@ async def test_deleting_leaves_the_children_to_the_garbage_collector(
     # Their owner references make them the garbage collector's (which kmock lacks): the operator deletes nothing.
     operator_deletes = [r for r in cluster[kmock.method.DELETE] if r.headers.get("User-Agent") != api.USER_AGENT]
     assert operator_deletes == []
-    for resource, name in [(HPAS, "mlp"), (DEPLOYMENTS, "mlp"), (SERVICES, "mlp"), (CONFIGMAPS, "mlp-runtime-config")]:
+    revision = deployment_of(NS, "mlp")["metadata"]["name"]
+    for resource, name in [(HPAS, "mlp"), (DEPLOYMENTS, revision), (SERVICES, "mlp"), (CONFIGMAPS, revision)]:
         (owner,) = objects(resource, NS, name)["metadata"]["ownerReferences"]
         assert (owner["uid"], owner["controller"]) == ("uid-mlp", True)
 
 
 async def test_conflicts_server_errors_and_timeouts_are_retried(
-    api, cluster, run_operator, eventually, objects, isvc_factory, condition
+    api, cluster, run_operator, eventually, objects, deployment_of, isvc_factory, condition
 ):
     # The first three applies of the Deployment fail: 409, 500, then no answer within the timeout.
     deployment_patches = cluster[kmock.method.PATCH, kmock.resource(DEPLOYMENTS)]
@@ -237,15 +252,15 @@ async def test_conflicts_server_errors_and_timeouts_are_retried(
         # Checked while the operator runs: a timer that fires as it stops may find kmock gone.
         recovered = objects(ISVCS, NS, "mlp")["status"]
 
-    assert len(applies(cluster, DEPLOYMENTS, "mlp")) >= 4
-    assert objects(DEPLOYMENTS, NS, "mlp")["spec"]["template"]["spec"]["containers"][0]["image"] == (
-        "kubeserve-runtime:test"
-    )
+    assert len(applies(cluster, DEPLOYMENTS, deployment_of(NS, "mlp")["metadata"]["name"])) >= 4
+    assert deployment_of(NS, "mlp")["spec"]["template"]["spec"]["containers"][0]["image"] == ("kubeserve-runtime:test")
     assert condition(recovered, "RolloutComplete")["reason"] != "ApplyFailed"
     assert condition(recovered, "Ready")["reason"] != "ApplyFailed"
     # A first failure, which may pass on its retry (a 409 is routine), is no event; one that survived a retry is.
     announced = [event["message"] for event in events(cluster, "ApplyFailed")]
-    assert announced[0] == "apply Deployment ml/mlp: 500 Internal Server Error"
+    assert (
+        announced[0] == f"apply Deployment ml/{deployment_of(NS, 'mlp')['metadata']['name']}: 500 Internal Server Error"
+    )
     assert not [message for message in announced if "409" in message]
 
 
@@ -326,19 +341,20 @@ async def test_an_invalid_spec_is_reported_and_nothing_is_applied(
     status = objects(ISVCS, NS, "mlp")["status"]
     assert "nvidia.com/gpu is an extended resource: set it in limits" in condition(status, "Ready")["message"]
     assert status["observedGeneration"] == 1
-    assert applies(cluster, DEPLOYMENTS, "mlp") == applies(cluster, CONFIGMAPS, "mlp-runtime-config") == []
+    assert applies(cluster, DEPLOYMENTS) == applies(cluster, CONFIGMAPS) == []
     (event,) = events(cluster, "InvalidSpec")
     assert event["type"] == "Warning"
     assert event["involvedObject"]["name"] == "mlp"
 
 
 async def test_an_invalid_update_keeps_the_running_version(
-    api, cluster, run_operator, eventually, objects, isvc_factory, condition
+    api, cluster, run_operator, eventually, objects, deployment_of, revision_deployments, isvc_factory, condition
 ):
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory())
         await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 1)
-        applied = len(applies(cluster, DEPLOYMENTS, "mlp"))
+        running = deployment_of(NS, "mlp")["metadata"]["name"]
+        applied = len(applies(cluster, DEPLOYMENTS, running))
 
         await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"model": {"version": "2"}, "runtime": {"device": "cuda"}}})
         await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 2)
@@ -347,10 +363,9 @@ async def test_an_invalid_update_keeps_the_running_version(
     assert condition(status, "Ready")["reason"] == "InvalidSpec"
     assert "cuda needs a GPU" in condition(status, "Ready")["message"]
     assert condition(status, "RolloutComplete")["message"] == "the runtime pods keep their last valid spec"
-    assert len(applies(cluster, DEPLOYMENTS, "mlp")) == applied
-    assert objects(DEPLOYMENTS, NS, "mlp")["spec"]["template"]["metadata"]["labels"][
-        "serving.kubeserve.io/revision"
-    ] == ("1")
+    assert len(applies(cluster, DEPLOYMENTS, running)) == applied
+    # Nothing new was created: the revision that ran still does, alone.
+    assert [d["metadata"]["name"] for d in revision_deployments(NS, "mlp")] == [running]
 
 
 @pytest.mark.parametrize(
@@ -367,6 +382,7 @@ async def test_a_failing_pod_explains_itself_in_status_and_events(
     run_operator,
     eventually,
     objects,
+    deployment_of,
     isvc_factory,
     controller,
     pod_statuses,
@@ -377,7 +393,7 @@ async def test_a_failing_pod_explains_itself_in_status_and_events(
 ):
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory())
-        await eventually(lambda: objects(DEPLOYMENTS, NS, "mlp"))
+        await eventually(lambda: deployment_of(NS, "mlp"))
         await controller.run_pod(NS, "mlp", pod_statuses[pod])
         await controller.report(NS, "mlp", replicas=1, ready=0)
         await eventually(lambda: condition(objects(ISVCS, NS, "mlp")["status"], "Ready")["reason"] == reason)
@@ -400,14 +416,14 @@ def selects(selector: str, labels: dict[str, str]) -> bool:
 
 
 async def test_kubectl_scale_scales_the_deployment_and_the_status_serves_the_scale_subresource(
-    api, run_operator, eventually, objects, isvc_factory, controller, pod_statuses
+    api, run_operator, eventually, objects, deployment_of, isvc_factory, controller, pod_statuses
 ):
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory())
-        await eventually(lambda: objects(DEPLOYMENTS, NS, "mlp")["spec"]["replicas"] == 1)
+        await eventually(lambda: deployment_of(NS, "mlp")["spec"]["replicas"] == 1)
 
         await api.scale(f"{ISVC_PATH}/mlp", 3)
-        await eventually(lambda: objects(DEPLOYMENTS, NS, "mlp")["spec"]["replicas"] == 3, within=1)
+        await eventually(lambda: deployment_of(NS, "mlp")["spec"]["replicas"] == 3, within=1)
         pods = [await controller.run_pod(NS, "mlp", pod_statuses["serving"]) for _ in range(3)]
         await controller.report(NS, "mlp", replicas=3, ready=3)
         await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["replicas"] == 3, within=1)
@@ -442,7 +458,7 @@ HPA_STATUS = {
 
 
 async def test_with_autoscaling_the_hpa_scales_the_inference_service_and_the_deployment_follows(
-    api, cluster, run_operator, eventually, objects, isvc_factory
+    api, cluster, run_operator, eventually, objects, deployment_of, isvc_factory
 ):
     hpa_path = f"/apis/autoscaling/v2/namespaces/{NS}/horizontalpodautoscalers/mlp"
     async with run_operator():
@@ -455,16 +471,16 @@ async def test_with_autoscaling_the_hpa_scales_the_inference_service_and_the_dep
         }
         # The starting point: minReplicas, in spec.replicas too (an HPA does not scale a target whose count is 0).
         await eventually(lambda: objects(ISVCS, NS, "mlp")["spec"]["replicas"] == 2)
-        assert objects(DEPLOYMENTS, NS, "mlp")["spec"]["replicas"] == 2
+        assert deployment_of(NS, "mlp")["spec"]["replicas"] == 2
 
         # The HPA writes spec.replicas through the scale subresource; the CRD accepts it, the Deployment follows.
         await api.scale(f"{ISVC_PATH}/mlp", 4)
-        await eventually(lambda: objects(DEPLOYMENTS, NS, "mlp")["spec"]["replicas"] == 4, within=1)
+        await eventually(lambda: deployment_of(NS, "mlp")["spec"]["replicas"] == 4, within=1)
         # A user's apply that leaves replicas out changes something else and keeps the HPA's count.
         await api.apply(f"{ISVC_PATH}/mlp", isvc_factory(autoscaling={"minReplicas": 2, "maxReplicas": 6}))
         await eventually(lambda: objects(HPAS, NS, "mlp")["spec"]["maxReplicas"] == 6)
         assert objects(ISVCS, NS, "mlp")["spec"]["replicas"] == 4
-        assert objects(DEPLOYMENTS, NS, "mlp")["spec"]["replicas"] == 4
+        assert deployment_of(NS, "mlp")["spec"]["replicas"] == 4
 
         # The HPA's view reaches the status, from the HPA's watch event.
         assert "autoscaler" not in objects(ISVCS, NS, "mlp")["status"]  # the HPA has not reported yet
@@ -498,7 +514,7 @@ async def test_with_autoscaling_the_hpa_scales_the_inference_service_and_the_dep
         await eventually(lambda: objects(HPAS, NS, "mlp") is None)
         await eventually(lambda: "autoscaler" not in objects(ISVCS, NS, "mlp")["status"])
 
-    assert applies(cluster, DEPLOYMENTS, "mlp")[-1]["spec"]["replicas"] == 3
+    assert applies(cluster, DEPLOYMENTS, deployment_of(NS, "mlp")["metadata"]["name"])[-1]["spec"]["replicas"] == 3
 
 
 # Every request the operator sends, as (verb, resource), as documented in the README's RBAC list. (RBAC also
@@ -590,7 +606,7 @@ def serve_kopf_peering_crds(cluster) -> None:
 
 
 async def test_without_its_peering_object_the_operator_works_alone_and_says_how_to_enable_peering(
-    api, cluster, run_operator, eventually, objects, isvc_factory, caplog
+    api, cluster, run_operator, eventually, objects, deployment_of, isvc_factory, caplog
 ):
     serve_kopf_peering_crds(cluster)
     with caplog.at_level(logging.WARNING, logger="kubeserve.operator"):
@@ -598,7 +614,7 @@ async def test_without_its_peering_object_the_operator_works_alone_and_says_how_
             await api.create(ISVC_PATH, isvc_factory())
             await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 1)
 
-    assert objects(DEPLOYMENTS, NS, "mlp") is not None
+    assert deployment_of(NS, "mlp") is not None
     (warning,) = [record for record in caplog.records if getattr(record, "event", None) == "peering_off"]
     assert warning.levelno == logging.WARNING
     assert warning.getMessage() == (
@@ -678,7 +694,7 @@ def status_patches(cluster, name: str) -> list[dict]:
 
 
 async def test_with_nothing_changing_the_operator_makes_no_api_requests(
-    api, cluster, run_operator, eventually, objects, isvc_factory, controller, pod_statuses, condition
+    api, cluster, run_operator, eventually, objects, deployment_of, isvc_factory, controller, pod_statuses, condition
 ):
     names = [f"m{i}" for i in range(20)]
     async with run_operator():
@@ -692,7 +708,10 @@ async def test_with_nothing_changing_the_operator_makes_no_api_requests(
             lambda: all(condition(objects(ISVCS, NS, n)["status"], "Ready")["status"] == "True" for n in names[:5])
         )
         for name in names:
-            assert objects(SERVICES, NS, name) and objects(CONFIGMAPS, NS, f"{name}-runtime-config")
+            revision = deployment_of(NS, name)["metadata"]["name"]
+            assert objects(SERVICES, NS, name) and objects(CONFIGMAPS, NS, revision)
+        # kopf posts Events in the background: the serving ones' "RolloutComplete" are the last writes expected.
+        await eventually(lambda: len(events(cluster, "RolloutComplete")) == 5)
 
         before = len(operator_requests(cluster, api))
         # Ten idle minutes on the fake clock (each costs real time: kmock sends no watch bookmarks, so kopf re-opens
@@ -728,7 +747,9 @@ async def test_the_status_is_written_only_when_it_changes(
         status.update(patch)
 
 
-async def test_the_finalizer_of_earlier_versions_is_removed(api, run_operator, eventually, objects, isvc_factory):
+async def test_the_finalizer_of_earlier_versions_is_removed(
+    api, run_operator, eventually, objects, deployment_of, isvc_factory
+):
     # As an upgrade finds it: put there by a version of the operator that had timers.
     old = isvc_factory()
     old["metadata"]["finalizers"] = ["serving.kubeserve.io/finalizer"]
@@ -738,7 +759,7 @@ async def test_the_finalizer_of_earlier_versions_is_removed(api, run_operator, e
         await eventually(lambda: not objects(ISVCS, NS, "mlp")["metadata"].get("finalizers"))
         await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 1)
 
-    assert objects(DEPLOYMENTS, NS, "mlp") is not None
+    assert deployment_of(NS, "mlp") is not None
 
 
 async def test_throttling_is_retried_no_sooner_than_the_api_server_asks(
@@ -774,7 +795,7 @@ async def test_throttling_is_retried_no_sooner_than_the_api_server_asks(
 
 
 async def test_an_inference_service_created_again_under_the_same_name_gets_a_status_of_its_own(
-    api, run_operator, eventually, objects, isvc_factory, condition
+    api, run_operator, eventually, objects, deployment_of, isvc_factory, condition
 ):
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory())
@@ -789,4 +810,4 @@ async def test_an_inference_service_created_again_under_the_same_name_gets_a_sta
     status = objects(ISVCS, NS, "mlp")["status"]
     assert status["url"] == "http://mlp.ml.svc.cluster.local"
     assert condition(status, "Ready")["reason"] in ("Pending", "ModelLoading")
-    assert objects(DEPLOYMENTS, NS, "mlp")["metadata"]["ownerReferences"][-1]["uid"] == "uid-mlp-2"
+    assert deployment_of(NS, "mlp")["metadata"]["ownerReferences"][-1]["uid"] == "uid-mlp-2"

@@ -50,11 +50,13 @@ def test_engine_keda_renders_a_scaled_object_on_the_queue_delay_instead_of_an_hp
     plan, children = render({**KEDA, "minReplicas": 2})
     _, with_hpa = render({key: value for key, value in KEDA.items() if key not in ("engine", "keda")})
 
+    revision = f"mlp-{plan.revision}"
     assert sorted(children) == [
-        ("ConfigMap", "mlp-runtime-config"),
-        ("Deployment", "mlp"),
+        ("ConfigMap", revision),
+        ("Deployment", revision),
         ("ScaledObject", "mlp"),
         ("Service", "mlp"),
+        ("Service", revision),
     ]
     assert ("HorizontalPodAutoscaler", "mlp") in [(ref.kind, ref.name) for ref in plan.absent]
     spec = children["ScaledObject", "mlp"]["spec"]
@@ -105,7 +107,7 @@ def test_scale_to_zero_routes_callers_through_the_http_add_ons_interceptor(rende
     }
     assert children["ScaledObject", "mlp"]["spec"]["minReplicaCount"] == 0
     # No pods until KEDA sees traffic: nothing else writes spec.replicas, so the operator starts at minReplicas.
-    assert children["Deployment", "mlp"]["spec"]["replicas"] == 0
+    assert children["Deployment", f"mlp-{plan.revision}"]["spec"]["replicas"] == 0
 
 
 def test_keda_settings_and_behavior_reach_the_scaled_object(render):

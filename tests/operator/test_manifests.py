@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import kubernetes_validate
 import pytest
@@ -21,7 +22,10 @@ def render(body: dict) -> dict[str, dict]:
     children = manifests.children(parse(body), SETTINGS)
     for manifest in children.manifests:
         kubernetes_validate.validate(manifest, "1.37", strict=True)
-    return {manifest["kind"]: manifest for manifest in children.manifests}
+    rendered: dict[str, dict] = {}
+    for manifest in children.manifests:  # the InferenceService's Service as "Service", the revision's after it
+        rendered.setdefault(manifest["kind"], manifest)
+    return rendered
 
 
 def pod_spec(rendered: dict[str, dict]) -> dict:
@@ -169,17 +173,27 @@ def test_pods_are_scraped_labelled_and_selected_by_the_inference_service_only(sa
     assert template["annotations"]["prometheus.io/scrape"] == "true"
     assert template["annotations"]["prometheus.io/port"] == "8080"
     assert template["annotations"]["prometheus.io/path"] == "/metrics"
+    revision = template["labels"]["serving.kubeserve.io/revision"]
+    assert re.fullmatch(r"1-[0-9a-f]{6}", revision)  # the version, and a digest of what makes the revision
     assert template["labels"] == {
         "app.kubernetes.io/name": "kubeserve-runtime",
         "app.kubernetes.io/instance": "mlp",
         "app.kubernetes.io/managed-by": "kubeserve",
         "serving.kubeserve.io/inferenceservice": "mlp",
-        "serving.kubeserve.io/revision": "1",
+        "serving.kubeserve.io/revision": revision,
+        "serving.kubeserve.io/version": "1",
     }
+    # The InferenceService's Service spans every revision; the revision's Service and Deployment only this one.
     service = rendered["Service"]["spec"]
     assert service["selector"] == {"serving.kubeserve.io/inferenceservice": "mlp"}
     assert service["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
-    assert rendered["Deployment"]["spec"]["selector"] == {"matchLabels": service["selector"]}
+    own = {"serving.kubeserve.io/inferenceservice": "mlp", "serving.kubeserve.io/revision": revision}
+    children = manifests.children(parse(with_uid(samples["isvc-cpu"])), SETTINGS)
+    (revision_service,) = [m for m in children.revision_objects() if m["kind"] == "Service"]
+    assert revision_service["metadata"]["name"] == f"mlp-{revision}"
+    assert revision_service["spec"]["selector"] == own
+    assert rendered["Deployment"]["spec"]["selector"] == {"matchLabels": own}
+    assert rendered["Deployment"]["metadata"]["name"] == rendered["ConfigMap"]["metadata"]["name"] == f"mlp-{revision}"
 
 
 def test_every_child_is_owned_by_the_inference_service(samples):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from kubeserve.operator.naming import revision_object_name
 from kubeserve.operator.revisions import (
     DNS1123_LABEL,
     MAX_NAME,
@@ -12,7 +13,6 @@ from kubeserve.operator.revisions import (
     MAX_OBJECT_NAME,
     Split,
     canary_replicas,
-    object_name,
     revision_name,
     split_replicas,
 )
@@ -48,7 +48,7 @@ def test_the_same_inputs_give_the_same_name_and_another_digest_another_name():
 @pytest.mark.parametrize("length", [1, 20, MAX_NAME_WITH_FULL_VERSION, MAX_NAME_WITH_FULL_VERSION + 1, 50, MAX_NAME])
 def test_name_and_revision_fit_a_service_name(length):
     isvc = "m" * length
-    name = object_name(isvc, revision_name("Version_With.Odd-Characters", DIGEST, isvc_name=isvc))
+    name = revision_object_name(isvc, revision_name("Version_With.Odd-Characters", DIGEST, isvc_name=isvc))
     assert len(name) <= MAX_OBJECT_NAME
     assert DNS1123_LABEL.match(name)
     if length <= MAX_NAME_WITH_FULL_VERSION:

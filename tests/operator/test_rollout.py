@@ -308,12 +308,14 @@ def test_the_deadline_counts_only_while_canary_pods_are_missing():
     assert sim.tick(seconds=900).rollout["phase"] == "Progressing"  # all ready: no deadline running
 
 
-def test_a_first_revision_that_never_gets_ready_is_reported_but_keeps_its_pods():
+def test_a_first_revision_that_never_gets_ready_keeps_its_pods_and_sets_no_timer():
+    # Nothing to roll back to: its Deployment's own progress deadline says it; the rollout waits, timer-free.
     sim = Sim(policy=Policy(progress_deadline_seconds=300), auto_ready=False)
-    sim.tick()
+    first = sim.tick()
     late = sim.tick(seconds=300)
     assert late.rollout["phase"] == "Progressing" and late.replicas == {"v1-aaaaaa": 10}
-    assert late.condition.reason == "ProgressDeadlineExceeded"
+    assert late.condition.reason == "RolloutInProgress"
+    assert first.requeue_after is None and late.requeue_after is None
 
 
 def test_pause_holds_the_step_and_stops_its_clock():

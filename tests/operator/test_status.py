@@ -130,7 +130,7 @@ def test_serving_and_rolled_out(pod_statuses):
     )
     assert all(state for state, _ in conditions(observed).values())
     assert message(observed, "Ready") == (
-        "2 of 2 pods ready; V2 inference at http://mlp.ml.svc.cluster.local/v2/models/mlp/infer"
+        "2 pods ready; V2 inference at http://mlp.ml.svc.cluster.local/v2/models/mlp/infer"
     )
     assert message(observed, "RolloutComplete") == "all 2 pods run version 2"
     assert (observed.replicas, observed.ready_replicas, observed.failure) == (2, 2, None)

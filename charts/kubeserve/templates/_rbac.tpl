@@ -25,13 +25,11 @@ watches (kopf indexes), never one at a time, so it needs no get on them.
   verbs: [update]
 # The children: server-side apply (a PATCH, authorised as create when the object is new), and watched (those with
 # the operator's labels) to repair drift when someone else changes or deletes one. Kubernetes' garbage collector
-# deletes them with their InferenceService (owner references); the operator deletes only the autoscaling objects an
-# InferenceService no longer wants (an HPA, KEDA's ScaledObject and InterceptorRoute, the NAME-proxy Service).
+# deletes them with their InferenceService (owner references); the operator deletes the revisions its rollouts
+# prune (a Deployment, its Service and ConfigMap) and the autoscaling objects an InferenceService no longer wants (an
+# HPA, KEDA's ScaledObject and InterceptorRoute, the NAME-proxy Service).
 - apiGroups: [""]
-  resources: [configmaps]
-  verbs: [list, watch, create, patch]
-- apiGroups: [""]
-  resources: [services]
+  resources: [configmaps, services]
   verbs: [list, watch, create, patch, delete]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
@@ -43,10 +41,11 @@ watches (kopf indexes), never one at a time, so it needs no get on them.
 - apiGroups: [http.keda.sh]
   resources: [interceptorroutes]
   verbs: [list, watch, create, patch, delete]
-# Runtime Deployments are also indexed to report the rollout in the status.
+# Runtime Deployments (one per revision) are also indexed to report the rollout in the status; the rollout scales
+# them (a patch of spec.replicas) and deletes pruned ones.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [list, watch, create, patch]
+  verbs: [list, watch, create, patch, delete]
 # Runtime pods: only watched (a kopf index), to report fetch failures, image pulls and scheduling.
 - apiGroups: [""]
   resources: [pods]

@@ -1,0 +1,228 @@
+"""Rollouts through the real operator against the in-memory API, on looptime's fake clock: revision Deployments
+created and scaled step by step, the adoption of a Deployment from before revisions, a failed canary rolled back,
+a rollback to a kept revision, pruning; status and Events as a user reads them.
+
+The tests play the Deployment controller (``controller.report_deployment``): they say how many pods of a revision
+are ready, and the operator acts on that Deployment's watch event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from kubeserve.operator import manifests
+from kubeserve.operator.reconcile import assess
+from kubeserve.operator.settings import OperatorSettings
+
+pytestmark = pytest.mark.looptime
+
+NS = "ml"
+ISVCS = "serving.kubeserve.io/v1alpha1/inferenceservices"
+DEPLOYMENTS = "apps/v1/deployments"
+SERVICES = "v1/services"
+CONFIGMAPS = "v1/configmaps"
+ISVC_PATH = f"/apis/serving.kubeserve.io/v1alpha1/namespaces/{NS}/inferenceservices"
+DEPLOYMENT_PATH = f"/apis/apps/v1/namespaces/{NS}/deployments"
+
+
+def posted(cluster: Any, reason: str) -> list[str]:
+    import kmock
+
+    requests = cluster[kmock.method.POST, kmock.resource("v1/events")]
+    return [request.data["message"] for request in requests if request.data.get("reason") == reason]
+
+
+@pytest.fixture
+def replicas(revision_deployments):
+    """Replicas of each revision Deployment of ``mlp``, by name."""
+
+    def of() -> dict[str, int]:
+        return {d["metadata"]["name"]: d["spec"]["replicas"] for d in revision_deployments(NS, "mlp")}
+
+    return of
+
+
+@pytest.fixture
+def status(objects):
+    def of() -> dict[str, Any]:
+        return objects(ISVCS, NS, "mlp")["status"]
+
+    return of
+
+
+async def serve(controller, objects, name: str, ready: int) -> None:
+    """The Deployment ``name`` has ``ready`` ready pods (and as many in all)."""
+    deployment = objects(DEPLOYMENTS, NS, name)
+    await controller.report_deployment(NS, deployment, replicas=ready, ready=ready)
+
+
+async def test_a_new_version_goes_step_by_step_and_capacity_never_dips(
+    api, cluster, run_operator, eventually, objects, replicas, status, isvc_factory, controller, condition
+):
+    rollout = {"steps": [{"weight": 25, "pauseSeconds": 60}]}
+    async with run_operator():
+        await api.create(ISVC_PATH, isvc_factory(replicas=4, rollout=rollout))
+        await eventually(lambda: len(replicas()) == 1)
+        (v1,) = replicas()
+        await serve(controller, objects, v1, 4)
+        # A first revision has nothing to compare with: it is simply the one serving.
+        await eventually(lambda: status()["rollout"]["phase"] == "Succeeded")
+        assert status()["servingVersion"] == "1"
+
+        await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"model": {"version": "2"}}})
+        await eventually(lambda: len(replicas()) == 2)
+        (v2,) = set(replicas()) - {v1}
+        # Step 1, 25% of 4: one canary pod; the stable revision keeps all 4 until it is ready.
+        await eventually(lambda: replicas() == {v1: 4, v2: 1})
+        await eventually(lambda: (status()["rollout"]["phase"], status()["rollout"]["weight"]) == ("Progressing", 25))
+        assert condition(status(), "RolloutComplete")["reason"] == "RolloutInProgress"
+        await serve(controller, objects, v2, 1)
+        await eventually(lambda: replicas() == {v1: 3, v2: 1})
+
+        # The pause (60 s of fake time, a timer only while this rollout runs), then 100%.
+        await eventually(lambda: replicas()[v2] == 4, within=90)
+        assert replicas()[v1] == 3  # still, until the canary's pods are ready
+        await serve(controller, objects, v2, 4)
+        await eventually(lambda: replicas() == {v1: 0, v2: 4})
+        await eventually(lambda: status()["rollout"]["phase"] == "Succeeded")
+
+    final = status()
+    assert final["servingVersion"] == "2"
+    assert condition(final, "RolloutComplete")["status"] == "True"
+    # The earlier revision is kept at 0 (revisionHistoryLimit 2): going back is a spec edit that starts its pods.
+    assert {(r["name"], r["version"], r["replicas"]) for r in final["revisions"]} >= {(v2.removeprefix("mlp-"), "2", 4)}
+    assert objects(SERVICES, NS, v1) and objects(CONFIGMAPS, NS, v1)
+    assert posted(cluster, "RolloutStarted") and posted(cluster, "StepAdvanced")
+    assert any("revision " + v2.removeprefix("mlp-") in message for message in posted(cluster, "RolloutComplete"))
+
+
+async def test_a_canary_that_never_gets_ready_is_rolled_back_at_its_deadline(
+    api, cluster, run_operator, eventually, objects, replicas, status, isvc_factory, controller, condition
+):
+    rollout = {"steps": [{"weight": 50}], "progressDeadlineSeconds": 30}
+    async with run_operator():
+        await api.create(ISVC_PATH, isvc_factory(replicas=2, rollout=rollout))
+        await eventually(lambda: len(replicas()) == 1)
+        (v1,) = replicas()
+        await serve(controller, objects, v1, 2)
+        await eventually(lambda: status()["rollout"]["phase"] == "Succeeded")
+
+        await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"model": {"version": "2"}}})
+        await eventually(lambda: len(replicas()) == 2)
+        (v2,) = set(replicas()) - {v1}
+        await eventually(lambda: replicas() == {v1: 2, v2: 1})
+        # Its pods never get ready: at the deadline, back to the stable revision at the full total.
+        try:
+            await eventually(lambda: status()["rollout"]["phase"] == "Failed", within=60)
+        except TimeoutError:
+            raise AssertionError(status()) from None
+        await eventually(lambda: replicas() == {v1: 2, v2: 0})
+
+    rolled_back = condition(status(), "RolloutComplete")
+    assert (rolled_back["status"], rolled_back["reason"]) == ("False", "ProgressDeadlineExceeded")
+    assert "0 of 1 pods ready after 30s" in rolled_back["message"]
+    assert status()["servingVersion"] == "1"
+    (warning,) = posted(cluster, "ProgressDeadlineExceeded")
+    assert v1.removeprefix("mlp-") in warning  # says what it rolled back to
+
+
+async def test_going_back_to_a_kept_version_is_immediate(
+    api, run_operator, eventually, objects, replicas, status, isvc_factory, controller
+):
+    rollout = {"steps": [{"weight": 50, "pauseSeconds": 600}]}
+    async with run_operator():
+        await api.create(ISVC_PATH, isvc_factory(replicas=2, rollout=rollout))
+        await eventually(lambda: len(replicas()) == 1)
+        (v1,) = replicas()
+        await serve(controller, objects, v1, 2)
+        await eventually(lambda: status()["rollout"]["phase"] == "Succeeded")
+        await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"model": {"version": "2"}}})
+        await eventually(lambda: len(replicas()) == 2)
+        (v2,) = set(replicas()) - {v1}
+        await serve(controller, objects, v2, 1)
+        await eventually(lambda: replicas() == {v1: 1, v2: 1})
+
+        # Mid-canary, the spec goes back to version 1: the canary is abandoned at once, no steps, no pause.
+        await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"model": {"version": "1"}}})
+        await eventually(lambda: replicas() == {v1: 2, v2: 1}, within=1)
+        await serve(controller, objects, v1, 2)
+        await eventually(lambda: replicas() == {v1: 2, v2: 0}, within=1)
+        await eventually(lambda: status()["rollout"]["revision"] == v1.removeprefix("mlp-"), within=1)
+        assert status()["rollout"]["phase"] == "Succeeded"
+
+
+async def test_revisions_beyond_the_history_limit_are_deleted_with_their_service_and_config(
+    api, run_operator, eventually, objects, replicas, status, isvc_factory, controller
+):
+    rollout = {"strategy": "Immediate", "revisionHistoryLimit": 0}
+    async with run_operator():
+        await api.create(ISVC_PATH, isvc_factory(replicas=1, rollout=rollout))
+        await eventually(lambda: len(replicas()) == 1)
+        (v1,) = replicas()
+        await serve(controller, objects, v1, 1)
+        await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"model": {"version": "2"}}})
+        await eventually(lambda: len(replicas()) == 2)
+        (v2,) = set(replicas()) - {v1}
+        await serve(controller, objects, v2, 1)
+        await eventually(lambda: replicas() == {v1: 0, v2: 1})
+        await serve(controller, objects, v1, 0)  # its last pod is gone
+        await eventually(lambda: v1 not in replicas())
+
+    assert objects(SERVICES, NS, v1) is None and objects(CONFIGMAPS, NS, v1) is None
+    assert objects(SERVICES, NS, "mlp") is not None  # the InferenceService's own stays
+
+
+async def test_a_deployment_from_before_revisions_is_adopted_without_a_restart(
+    api, cluster, run_operator, eventually, objects, replicas, status, isvc_factory, controller, condition
+):
+    body = isvc_factory(replicas=2)
+    isvc = assess(body).isvc
+    assert isvc is not None
+    plan = manifests.children(isvc, OperatorSettings(cpu_image="kubeserve-runtime:test"))
+    (rendered,) = [m for m in plan.manifests if m["kind"] == "Deployment"]
+    # As the operator before revisions made it: named like the InferenceService, its revision label the version.
+    legacy = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "mlp", "namespace": NS, "labels": rendered["metadata"]["labels"]},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"serving.kubeserve.io/inferenceservice": "mlp"}},
+            "template": {
+                "metadata": {
+                    "labels": {
+                        **rendered["metadata"]["labels"],
+                        "serving.kubeserve.io/inferenceservice": "mlp",
+                        "serving.kubeserve.io/revision": "1",
+                    },
+                    "annotations": {"serving.kubeserve.io/config-hash": plan.config_hash},
+                },
+                "spec": rendered["spec"]["template"]["spec"],
+            },
+        },
+    }
+    await api.create(DEPLOYMENT_PATH, legacy)
+    await serve(controller, objects, "mlp", 2)
+
+    async with run_operator():
+        await api.create(ISVC_PATH, body)
+        await eventually(lambda: (status().get("rollout") or {}).get("phase") == "Succeeded")
+        # It already runs version 1 with this config: it is the revision, untouched (no apply, so no restart).
+        assert replicas() == {"mlp": 2}
+        assert status()["rollout"]["revision"] == "1"
+        assert condition(status(), "Ready")["status"] == "True"
+        template = objects(DEPLOYMENTS, NS, "mlp")["spec"]["template"]
+        assert template == legacy["spec"]["template"]
+
+        # Its replicas follow the InferenceService's, like any revision's.
+        await api.scale(f"{ISVC_PATH}/mlp", 3)
+        await eventually(lambda: replicas() == {"mlp": 3})
+        await serve(controller, objects, "mlp", 3)
+
+        # The next version rolls out from it like from any other revision.
+        await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"model": {"version": "2"}}})
+        await eventually(lambda: len(replicas()) == 2)
+        (v2,) = set(replicas()) - {"mlp"}
+        assert v2.startswith("mlp-2-")
+        assert objects(DEPLOYMENTS, NS, "mlp")["spec"]["template"] == legacy["spec"]["template"]
