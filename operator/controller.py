@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ PLAN_CACHE_SIZE = 256
 # An apply the API server refused (RBAC, an admission policy) is retried slowly: a human has to act first.
 REJECTED_RETRY_SECONDS = 60.0
 MAX_BACKOFF_SECONDS = 60.0
+JITTER = 0.2
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ class _Owner:
     failure: ApplyFailure | None = None
     announced: str | None = None  # the apply error last posted as an Event
     written: dict[str, Any] | None = None  # the status as last written, until the watch shows it
+    throttled: bool = False  # the API server asked the last apply to wait (429 Retry-After): no more requests now
+    status_failures: int = 0  # status patches failed in a row (their back-off)
 
 
 class Controller:
@@ -174,12 +178,19 @@ class Controller:
         rendered = self._render(owner)
         progress = self._decide(key, owner, rendered, state)
         retry_in = await self._apply(owner, rendered, state, progress)
+        if state.throttled:
+            # Throttled: the status (ApplyFailed) would be one more request to a server that asked for fewer; it is
+            # written with the retry.
+            return retry_in
         try:
             await self._write_status(key, owner, rendered, state, progress)
+            state.status_failures = 0
         except ClusterError as error:
             log.warning(str(error), extra={"event": "status_failed", "inferenceservice": "/".join(key)})
             if error.retryable:  # otherwise (the object went: 404) there is nothing left to write to
-                retry_in = min(retry_in if retry_in is not None else MAX_BACKOFF_SECONDS, _delay(error, 0))
+                state.status_failures += 1
+                delay = _jittered(_delay(error, state.status_failures - 1))
+                retry_in = min(retry_in if retry_in is not None else MAX_BACKOFF_SECONDS, delay)
         if progress is not None:
             self._follow_analysis(key, rendered, progress.decision)
             due = progress.decision.requeue_after
@@ -219,6 +230,7 @@ class Controller:
             return state.not_before - loop.time()
         full, state.apply_wanted = state.apply_wanted, False
         previous = state.failure
+        state.throttled = False
         if full:
             state.failure = None
         if rendered.plan is not None and progress is not None:
@@ -231,14 +243,19 @@ class Controller:
                 attempt = previous.attempt + 1 if previous else 1
                 delay = _delay(error, attempt - 1)
                 state.failure = ApplyFailure(str(error), attempt=attempt, retry_in=delay)
-                state.apply_wanted, state.not_before = True, loop.time() + delay
+                # Spread: InferenceServices failing together (a throttled burst) must not all come back together.
+                wait = _jittered(delay)
+                state.apply_wanted, state.not_before = True, loop.time() + wait
+                state.throttled = error.retry_after is not None
                 where = "{namespace}/{name}".format(**owner["metadata"])
                 log.warning(state.failure.message, extra={"event": "apply_failed", "inferenceservice": where})
-                # An Event once per distinct error; a retryable one only once it survived a retry (409s are routine).
-                if (attempt > 1 or not error.retryable) and state.announced != state.failure.error:
+                # An Event once per distinct error; a retryable one only once it survived a retry (409s are routine),
+                # and none for throttling, which is the API server's to manage, not a user's.
+                announce = (attempt > 1 or not error.retryable) and not state.throttled
+                if announce and state.announced != state.failure.error:
                     kopf.warn(owner, reason=Reason.APPLY_FAILED, message=state.failure.error)
                     state.announced = state.failure.error
-                return delay
+                return wait
         if full:
             state.acted_generation = owner["metadata"].get("generation")
             state.announced = None
@@ -371,6 +388,11 @@ def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
 
 def backoff(retry: int) -> float:
     return min(2.0**retry, MAX_BACKOFF_SECONDS)
+
+
+def _jittered(delay: float) -> float:
+    """Up to a fifth more: retries of many InferenceServices spread out instead of arriving in a wave."""
+    return delay * (1 + JITTER * random.random())
 
 
 def _delay(error: ClusterError, retry: int) -> float:

@@ -11,8 +11,10 @@ import math
 import re
 from dataclasses import dataclass
 
-# A Service name is a DNS-1035 label: at most 63 characters. ``NAME-<revision>`` names the revision's Service.
-MAX_OBJECT_NAME = 63
+from kubeserve.operator import naming
+
+# ``NAME-<revision>`` names the revision's Service, whose name is a DNS-1035 label.
+MAX_OBJECT_NAME = naming.MAX_SERVICE_NAME
 # The digest part of a revision name: 6 hex digits tell 16 M configurations apart, and a collision needs the same
 # sanitised version too.
 DIGEST_LENGTH = 6

@@ -49,11 +49,8 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # as the status's other times (``status.next
 
 
 class RolloutReason(StrEnum):
-    """Reasons of the ``RolloutComplete`` condition and of Events that ``status.Reason`` does not have yet."""
+    """Reasons of the rollout's Events only (those a condition can show are ``status.Reason``'s)."""
 
-    ANALYSIS_FAILED = "AnalysisFailed"
-    ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
-    ROLLOUT_PAUSED = "RolloutPaused"
     ROLLOUT_RESUMED = "RolloutResumed"
     ROLLOUT_STARTED = "RolloutStarted"
     ROLLOUT_SUPERSEDED = "RolloutSuperseded"
@@ -421,7 +418,8 @@ def _start(
         events.append(Event("Normal", RolloutReason.ROLLED_BACK, f"rolling back to {what}, replacing {stable}"))
         return replace(fresh, waiting_since=now)
     if stable is None or not _ready(by_name, stable):
-        events.append(Event("Normal", RolloutReason.ROLLOUT_STARTED, f"{what}: no ready revision to compare with"))
+        if state is not None:  # not for a new InferenceService: an Event each would be noise (a thousand at once)
+            events.append(Event("Normal", RolloutReason.ROLLOUT_STARTED, f"{what}: no ready revision to compare with"))
         return replace(fresh, stable=stable, waiting_since=now)
     strategy = policy.strategy or Strategy.CANARY
     first = f"step 1 of {len(policy.steps) + 1}" if strategy is Strategy.CANARY and policy.steps else "100%"
@@ -464,7 +462,7 @@ def _progress(
     held = state.strategy is Strategy.CANARY and policy.paused
     # Pause and resume: the clocks of the step's pause and of the progress deadline stop meanwhile.
     if held and state.phase is not Phase.PAUSED:
-        events.append(Event("Normal", RolloutReason.ROLLOUT_PAUSED, f"held at step {state.step + 1}"))
+        events.append(Event("Normal", Reason.ROLLOUT_PAUSED, f"held at step {state.step + 1}"))
         state = replace(state, phase=Phase.PAUSED, paused_at=now)
     elif not held and state.phase is Phase.PAUSED:
         stopped = now - (state.paused_at or now)
@@ -499,7 +497,9 @@ def _progress(
         return state
     if state.step >= len(steps):
         if ready >= total:
-            events.append(Event("Normal", Reason.ROLLOUT_COMPLETE, f"all {total} pods run revision {state.revision}"))
+            if state.stable is not None:  # it replaced a revision (a first one's readiness is the Ready condition's)
+                message = f"all {total} pods run revision {state.revision}"
+                events.append(Event("Normal", Reason.ROLLOUT_COMPLETE, message))
             proven = tuple(sorted({*state.proven, state.revision}))
             return replace(state, phase=Phase.SUCCEEDED, stable=state.revision, waiting_since=None, proven=proven)
         return state
@@ -527,8 +527,8 @@ def _count_analysis(policy: Policy, state: State, analysis: AnalysisResult | Non
     limit = policy.analysis.failure_limit
     message = f"revision {state.revision} failed analysis {failed} of {limit}: {analysis.message}"
     if failed >= limit:
-        return _fail(state, RolloutReason.ANALYSIS_FAILED, message, events)
-    events.append(Event("Warning", RolloutReason.ANALYSIS_FAILED, message))
+        return _fail(state, Reason.ANALYSIS_FAILED, message, events)
+    events.append(Event("Warning", Reason.ANALYSIS_FAILED, message))
     return state
 
 
@@ -560,7 +560,7 @@ def _inconclusive(policy: Policy, state: State, now: datetime, events: list[Even
     last = state.last_analysis
     detail = last.message if last is not None else "no analysis yet"
     message = f"revision {state.revision}: no conclusive analysis at step {state.step + 1} yet ({detail})"
-    events.append(Event("Warning", RolloutReason.ANALYSIS_INCONCLUSIVE, message))
+    events.append(Event("Warning", Reason.ANALYSIS_INCONCLUSIVE, message))
     return replace(state, inconclusive_reported=True)
 
 
@@ -657,12 +657,12 @@ def _condition(
     where = f"step {state.step + 1} of {len(steps) + 1}" if steps else "replacing every pod"
     progress = f"revision {revision} at {_weight(policy, state)}% ({where}): {ready} of {wanted} pods ready"
     if state.phase is Phase.PAUSED:
-        return Condition(CONDITION, False, RolloutReason.ROLLOUT_PAUSED, f"paused (spec.rollout.paused); {progress}")
+        return Condition(CONDITION, False, Reason.ROLLOUT_PAUSED, f"paused (spec.rollout.paused); {progress}")
     if _is_inconclusive(policy, state, now):
         last = state.last_analysis
         detail = last.message if last is not None else "no analysis yet"
         message = f"{progress}; analysis inconclusive for {_seconds(now - state.step_started):g}s: {detail}"
-        return Condition(CONDITION, False, RolloutReason.ANALYSIS_INCONCLUSIVE, message)
+        return Condition(CONDITION, False, Reason.ANALYSIS_INCONCLUSIVE, message)
     waiting = _waiting_for(policy, state, steps, now, ready >= wanted)
     return Condition(CONDITION, False, Reason.ROLLOUT_IN_PROGRESS, f"{progress}{waiting}")
 

@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from kubeserve.operator import naming
+from kubeserve.operator.revisions import MAX_NAME
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -72,7 +73,7 @@ SPEC_CONTROLLED_ENV = (
 # The CRD restricts metadata.name with a pattern; the operator says the same in words.
 MSG_NAME = (
     "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter, "
-    "at most 63 characters): it names the Service"
+    f"at most {MAX_NAME} characters): it names the Service, and NAME-REVISION each revision's Deployment and Service"
 )
 # The messages of the CRD's CEL rules, word for word.
 MSG_URI = (
@@ -337,7 +338,7 @@ class Metadata(BaseModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, name: str) -> str:
-        if len(name) > 63 or not re.match(DNS1035_LABEL, name):
+        if len(name) > MAX_NAME or not re.match(DNS1035_LABEL, name):
             raise ValueError(MSG_NAME)
         return name
 

@@ -33,6 +33,10 @@ class Reason(StrEnum):
     ROLLOUT_IN_PROGRESS = "RolloutInProgress"
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     SCALED_TO_ZERO = "ScaledToZero"
+    # A rollout's own (``rollout``).
+    ROLLOUT_PAUSED = "RolloutPaused"
+    ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
+    ANALYSIS_FAILED = "AnalysisFailed"
     INVALID_SPEC = "InvalidSpec"
     APPLY_FAILED = "ApplyFailed"
 

@@ -32,20 +32,12 @@ def _keda_problems(isvc: InferenceService, settings: OperatorSettings) -> list[s
     autoscaling = isvc.spec.autoscaling
     if autoscaling is None or autoscaling.engine != "keda":
         return []
-    problems = []
     if not (autoscaling.keda and autoscaling.keda.server_address) and not settings.prometheus_server_address:
-        problems.append(
+        return [
             "spec.autoscaling.keda.serverAddress: engine keda queries Prometheus, and the operator has no default "
             "one: name it here, or set the chart value keda.prometheusServerAddress"
-        )
-    proxy = naming.cold_start_service_name(isvc.name)
-    if autoscaling.scales_to_zero and len(proxy) > naming.MAX_SERVICE_NAME:
-        problems.append(
-            f"metadata.name: with minReplicas 0 the operator adds the Service {proxy}, longer than "
-            f"{naming.MAX_SERVICE_NAME} characters: use a name of at most "
-            f"{naming.MAX_SERVICE_NAME - len(proxy) + len(isvc.name)}"
-        )
-    return problems
+        ]
+    return []
 
 
 def _resource_problems(isvc: InferenceService) -> list[str]:

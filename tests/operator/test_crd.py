@@ -39,9 +39,15 @@ def test_the_crd_names_printer_columns_and_status(crd):
         },
     }
     columns = {column["name"]: column for column in version["additionalPrinterColumns"] if "priority" not in column}
-    assert list(columns) == ["Ready", "URL", "Version", "Replicas", "Age"]
+    assert list(columns) == ["Ready", "URL", "Version", "Canary", "Rollout", "Replicas", "Age"]
     assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     assert columns["URL"]["jsonPath"] == ".status.url"
+    # The version serving and the rollout's weight and phase, as the operator writes them (status_fields).
+    assert columns["Version"]["jsonPath"] == ".status.servingVersion"
+    assert (columns["Canary"]["jsonPath"], columns["Rollout"]["jsonPath"]) == (
+        ".status.rollout.weight",
+        ".status.rollout.phase",
+    )
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
     assert status["x-kubernetes-preserve-unknown-fields"] is True  # kopf keeps its progress there
     # The Replicas column shows the pods that exist, as the scale subresource reports them to an HPA.
@@ -363,6 +369,8 @@ INVALID = [
     ),
     ("name with capitals", _with("metadata.name", "My_Model"), "metadata.name", None),
     ("name too long", _with("metadata.name", "m" * 64), "metadata.name", None),
+    # NAME-<revision> names each revision's Deployment and Service, which must fit 63 characters.
+    ("name too long for revisions", _with("metadata.name", "m" * 57), "metadata.name", None),
 ]
 
 

@@ -135,17 +135,6 @@ def test_the_operators_prometheus_is_the_default_and_without_one_the_spec_says_s
     assert children["ScaledObject", "mlp"]["spec"]["triggers"][0]["metadata"]["serverAddress"] == PROMETHEUS
 
 
-def test_a_name_too_long_for_the_proxy_service_cannot_scale_to_zero(isvc_factory):
-    body = isvc_factory(autoscaling={**KEDA, "minReplicas": 0})
-    body["metadata"]["name"] = "m" * 58
-
-    (problem,) = assess(body, SETTINGS).problems
-    assert problem.startswith(f"metadata.name: with minReplicas 0 the operator adds the Service {'m' * 58}-proxy")
-    assert problem.endswith("use a name of at most 57")
-    body["metadata"]["name"] = "m" * 57
-    assert assess(body, SETTINGS).problems == []
-
-
 def test_status_shows_kedas_hpa_and_why_it_cannot_scale():
     # KEDA's HPA reads the trigger as an External metric s0-prometheus, averaged per pod (1300.5 µs here).
     reading = {

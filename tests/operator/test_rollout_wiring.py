@@ -167,9 +167,12 @@ async def test_revisions_beyond_the_history_limit_are_deleted_with_their_service
         await serve(controller, objects, v2, 1)
         await eventually(lambda: replicas() == {v1: 0, v2: 1})
         await serve(controller, objects, v1, 0)  # its last pod is gone
-        await eventually(lambda: v1 not in replicas())
+        # The Deployment, then its Service and ConfigMap.
+        await eventually(
+            lambda: v1 not in replicas() and objects(SERVICES, NS, v1) is None and objects(CONFIGMAPS, NS, v1) is None
+        )
+        await eventually(lambda: {d["name"] for d in status()["revisions"]} == {v2.removeprefix("mlp-")})
 
-    assert objects(SERVICES, NS, v1) is None and objects(CONFIGMAPS, NS, v1) is None
     assert objects(SERVICES, NS, "mlp") is not None  # the InferenceService's own stays
 
 

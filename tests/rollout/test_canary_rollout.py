@@ -9,27 +9,43 @@ assertions count requests and read the state machine's outcome; none of them is 
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
+import yaml
 from canary_loop import RevisionSpec, RolloutConfig, RolloutResult, run_rollout
-from kubeserve.operator.rollout import AnalysisPolicy, Policy, Step, Strategy, Threshold, Verdict
+from kubeserve.operator.revision_set import policy
+from kubeserve.operator.rollout import Policy, Verdict
+from kubeserve.operator.spec import parse
 from kubeserve.runtime.samples import write_sample
 
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "isvc-canary.yaml"
 STABLE = RevisionSpec("1-aaaaaa", "1")
 CANARY = RevisionSpec("2-bbbbbb", "2")
-# Short steps and intervals, so a whole rollout takes seconds. Only the error ratio is judged: a latency threshold
-# would make the passing rollout depend on this machine's speed.
-POLICY = Policy(
-    strategy=Strategy.CANARY,
-    steps=(Step(25, 2.0), Step(50, 2.0)),
-    analysis=AnalysisPolicy(
-        interval_seconds=1.5,
-        failure_limit=2,
-        max_error_ratio=Threshold(0.05),
-        min_requests=10,
-        inconclusive_timeout_seconds=30.0,
-    ),
-    progress_deadline_seconds=30.0,
-)
+# Time runs this much faster than in the sample, so a whole rollout takes seconds.
+SPEED_UP = 20
+
+
+def compressed(given: Policy, factor: float) -> Policy:
+    """The policy with every duration divided by ``factor``: the same steps, weights and thresholds."""
+    analysis = given.analysis
+    if analysis is not None:
+        analysis = replace(
+            analysis,
+            interval_seconds=analysis.interval_seconds / factor,
+            inconclusive_timeout_seconds=analysis.inconclusive_timeout_seconds / factor,
+        )
+    steps = tuple(replace(step, pause_seconds=step.pause_seconds / factor) for step in given.steps)
+    return replace(
+        given, steps=steps, analysis=analysis, progress_deadline_seconds=given.progress_deadline_seconds / factor
+    )
+
+
+# The settings a user copies: the canary sample's steps, analysis and thresholds (its error ratio, and its p99
+# relative to the stable revision's over the same interval), in compressed time.
+POLICY = compressed(policy(parse(yaml.safe_load(SAMPLE.read_text())).spec.rollout), SPEED_UP)
+assert POLICY.analysis is not None
 TOTAL = 3
 
 
@@ -61,7 +77,7 @@ def test_a_canary_rollout_under_load_fails_no_request(model):
     assert result.rollout["phase"] == "Succeeded" and result.rollout["revision"] == CANARY.name
     assert result.decision.replicas == {CANARY.name: TOTAL, STABLE.name: 0}
     weights = [period.weight for period in result.periods]
-    assert sorted(set(weights)) == [25, 50, 100], "through every step"
+    assert sorted(set(weights)) == [*(step.weight for step in POLICY.steps), 100], "through every step"
     assert weights == sorted(weights), "steps only go forward"
     assert not any(a.verdict is Verdict.FAIL for a in result.analyses)
     assert any(a.verdict is Verdict.PASS for a in result.analyses), "steps advanced on passing analyses"
