@@ -28,10 +28,12 @@ test: $(STAMP) tools
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --readme
 
-# The operator against an in-memory API server (kmock's, as in its tests) holding many InferenceServices.
-OPERATOR_BENCH_OBJECTS ?= 200
+# The operator against a small in-memory API server (bench/apiserver.py: kmock, the tests' emulator, is quadratic at
+# this scale) holding many InferenceServices. OPERATOR_BENCH_ARGS adds flags, e.g. --throttle-rps 100 for 429s.
+OPERATOR_BENCH_OBJECTS ?= 1000
+OPERATOR_BENCH_ARGS    ?=
 bench-operator: $(STAMP)
-	$(BIN)/python bench/operator_load.py --objects $(OPERATOR_BENCH_OBJECTS)
+	$(BIN)/python bench/operator_load.py --objects $(OPERATOR_BENCH_OBJECTS) $(OPERATOR_BENCH_ARGS)
 
 # The autoscaling loop closed on this machine (~2 minutes): real runtimes, the adapter rule's per-pod queue delay,
 # the HPA's algorithm (tests/autoscaling), SIGTERM drains. Writes docs/autoscale.csv and docs/autoscale.png.

@@ -27,10 +27,12 @@ _APIS: dict[tuple[str, str], tuple[type, str]] = {
     ("apps/v1", "Deployment"): (client.AppsV1Api, "deployment"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"): (client.AutoscalingV2Api, "horizontal_pod_autoscaler"),
 }
-# kind -> plural: the custom resources the operator owns (autoscaling engine keda), through the generic API.
+# kind -> plural: the custom resources the operator owns (autoscaling engine keda, Gateway API routing), through the
+# generic API.
 _CUSTOM_PLURALS: dict[tuple[str, str], str] = {
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
     ("http.keda.sh/v1beta1", "InterceptorRoute"): "interceptorroutes",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
 }
 
 # Worth retrying: conflicts, throttling, the API server's own trouble.

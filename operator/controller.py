@@ -21,7 +21,7 @@ import math
 import random
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +30,7 @@ from kubeserve.operator import drift, manifests, naming, rollout
 from kubeserve.operator.canary_analysis import CanaryAnalysis
 from kubeserve.operator.canary_metrics import metrics_url
 from kubeserve.operator.cluster import Cluster, ClusterError
+from kubeserve.operator.manifests.http_route import http_route
 from kubeserve.operator.object_ref import ObjectRef
 from kubeserve.operator.pod_diagnosis import is_ready
 from kubeserve.operator.reconcile import Assessment, apply_children, assess, status_fields
@@ -82,6 +83,10 @@ class _Owner:
     written: dict[str, Any] | None = None  # the status as last written, until the watch shows it
     throttled: bool = False  # the API server asked the last apply to wait (429 Retry-After): no more requests now
     status_failures: int = 0  # status patches failed in a row (their back-off)
+    route: dict[str, Any] | None = None  # the HTTPRoute as last applied (Gateway API routing), until it drifts
+    # Children applied by an apply that then failed: its retry skips them (a throttled API server is not asked
+    # twice for the same object); forgotten when the spec changes or a child drifts.
+    applied: set[tuple[str, str]] = field(default_factory=set)
 
 
 class Controller:
@@ -120,6 +125,7 @@ class Controller:
         """The InferenceService was created, changed, or found at start: apply its children now."""
         state = self._state.setdefault(key, _Owner())
         state.apply_wanted, state.not_before = True, 0.0
+        state.applied.clear()
         self._queue.add(key)
 
     def forget(self, key: Key) -> None:
@@ -138,11 +144,20 @@ class Controller:
         owner = self._owner(key)
         if owner is None or owner["metadata"].get("deletionTimestamp"):
             return  # the garbage collector takes the children of an InferenceService that is gone or going
+        state = self._state.get(key)
+        if kind == "HTTPRoute" and state is not None and state.route is not None:
+            # Its weights are the rollout's, not the spec's: compared with the one last applied.
+            if event_type == drift.DELETED or not drift.contains(child, state.route):
+                state.route = None
+                self._queue.add(key)
+            return
         plan = self._render(owner).plan
         if plan is None:
             return  # an invalid spec: nothing is applied, so nothing is repaired
         if drift.needs_repair(event_type, kind, child, plan):
-            self._state.setdefault(key, _Owner()).apply_wanted = True
+            repair = self._state.setdefault(key, _Owner())
+            repair.apply_wanted = True
+            repair.applied.clear()
             self._queue.add(key)
 
     def runtime_changed(self, key: Key) -> None:
@@ -235,7 +250,8 @@ class Controller:
             state.failure = None
         if rendered.plan is not None and progress is not None:
             try:
-                await self._converge(owner["metadata"]["namespace"], rendered.plan, progress, full=full)
+                await self._converge(owner["metadata"]["namespace"], rendered.plan, progress, state, full=full)
+                await self._route(rendered, progress, state, full=full)
                 if full:
                     await self._start_autoscaling(rendered)
             except ClusterError as error:
@@ -261,12 +277,15 @@ class Controller:
             state.announced = None
         return None
 
-    async def _converge(self, namespace: str, plan: manifests.Children, progress: _Rollout, *, full: bool) -> None:
+    async def _converge(
+        self, namespace: str, plan: manifests.Children, progress: _Rollout, state: _Owner, *, full: bool
+    ) -> None:
         decision, wanted = progress.decision, progress.wanted
         if full:
             replicas = decision.replicas.get(wanted, 0)
             children = plan.with_replicas(replicas, adopted=progress.adopted is not None)
-            await apply_children(self._cluster, children, plan.absent, present=self._is_present)
+            await apply_children(self._cluster, children, plan.absent, present=self._is_present, applied=state.applied)
+            state.applied.clear()
         for revision in progress.revisions:
             want = decision.replicas.get(revision.name)
             just_applied = full and revision.name == wanted and progress.adopted is None
@@ -280,6 +299,19 @@ class Controller:
             for ref in manifests.revision_objects(namespace, isvc_name, name, legacy=legacy):
                 if ref.kind == "Deployment" or self._is_present(ref):
                     await self._cluster.delete(ref)
+
+    async def _route(self, rendered: _Rendered, progress: _Rollout, state: _Owner, *, full: bool) -> None:
+        """With Gateway API routing, the HTTPRoute with the rollout's weights, applied when they change (or the
+        children are applied, or it drifted)."""
+        isvc = rendered.assessment.isvc
+        routing = isvc.spec.rollout.traffic_routing if isvc is not None else None
+        if isvc is None or routing is None:
+            state.route = None
+            return
+        route = http_route(isvc, routing.gateway_api, progress.decision.route)
+        if full or route != state.route:
+            await self._cluster.apply(route)
+            state.route = route
 
     def _follow_analysis(self, key: Key, rendered: _Rendered, decision: rollout.Decision) -> None:
         """Keep the canary's analysis running while the rollout asks for one, and only then."""

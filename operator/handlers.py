@@ -30,8 +30,9 @@ RESOURCE = (naming.GROUP, naming.VERSION, naming.PLURAL)
 PODS = ("", "v1", "pods")
 DEPLOYMENTS = ("apps", "v1", "deployments")
 HPAS = ("autoscaling", "v2", "horizontalpodautoscalers")
-# The kinds the operator applies, watched for drift. KEDA's two are applied only for autoscaling engine keda; where
-# their CRDs are not installed, kopf says so once at start and watches them if they appear.
+# The kinds the operator applies, watched for drift. KEDA's two are applied only for autoscaling engine keda, the
+# HTTPRoute only for Gateway API routing; where their CRDs are not installed, kopf says so once at start and watches
+# them if they appear.
 CHILDREN = (
     ("", "v1", "configmaps"),
     ("", "v1", "services"),
@@ -39,6 +40,7 @@ CHILDREN = (
     DEPLOYMENTS,
     ("keda.sh", "v1alpha1", "scaledobjects"),
     ("http.keda.sh", "v1beta1", "interceptorroutes"),
+    ("gateway.networking.k8s.io", "v1", "httproutes"),
 )
 # The children whose status the InferenceService's status reports.
 _REPORTED = {(group, plural) for group, _, plural in (DEPLOYMENTS, HPAS)}
@@ -176,6 +178,7 @@ async def forget(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(*CHILDREN[3], labels=RUNTIME_OBJECTS)
 @kopf.on.event(*CHILDREN[4], labels=RUNTIME_OBJECTS)
 @kopf.on.event(*CHILDREN[5], labels=RUNTIME_OBJECTS)
+@kopf.on.event(*CHILDREN[6], labels=RUNTIME_OBJECTS)
 async def child_changed(
     type: str | None,
     namespace: str,

@@ -82,6 +82,10 @@ def scaled_object_name(isvc_name: str) -> str:
     return isvc_name
 
 
+def http_route_name(isvc_name: str) -> str:
+    return isvc_name
+
+
 def interceptor_route_name(isvc_name: str) -> str:
     return isvc_name
 

@@ -105,6 +105,7 @@ def policy(spec: RolloutSpec) -> rollout.Policy:
         progress_deadline_seconds=spec.progress_deadline_seconds,
         paused=spec.paused,
         revision_history_limit=spec.revision_history_limit,
+        routed=spec.traffic_routing is not None,
     )
 
 

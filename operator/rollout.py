@@ -115,6 +115,8 @@ class Policy:
     progress_deadline_seconds: float = 600.0
     paused: bool = False
     revision_history_limit: int = 2
+    # A traffic router (Gateway API) splits the requests by weight: ``Decision.route`` says how.
+    routed: bool = False
 
 
 # -- what the operator reads ----------------------------------------------------------------------------------------
@@ -252,6 +254,9 @@ class Decision:
     requeue_after: float | None  # seconds until something is due (end of a pause, a deadline, an analysis)
     analyze: str | None  # the canary revision whose analysis is wanted now (None: scrape nothing)
     stable: str | None  # the revision the canary is measured against (for relative thresholds)
+    # With a traffic router (``Policy.routed``): each revision's share of the requests in percent (adds up to 100);
+    # empty without one.
+    route: Mapping[str, int] = field(default_factory=dict)
 
 
 # -- the state, as ``status.rollout`` holds it --------------------------------------------------------------------
@@ -364,17 +369,34 @@ def decide(
     replicas = _replicas(policy, state, by_name, total)
     delete = _prune(policy, state, by_name)
     weight = _weight(policy, state)
+    route = _route(policy, state, by_name, total) if policy.routed else {}
     return Decision(
         replicas=replicas,
         delete=delete,
         rollout=state.to_status(weight),
-        revisions=_revision_status(state, by_name, replicas, delete),
+        revisions=_revision_status(state, by_name, replicas, delete, route),
         condition=_condition(policy, state, by_name, replicas, now),
         events=tuple(events),
         requeue_after=_requeue_after(policy, state, now),
         analyze=state.revision if _analysing(policy, state) else None,
         stable=state.stable,
+        route=route,
     )
+
+
+def _route(policy: Policy, state: State, by_name: Mapping[str, Revision], total: int) -> dict[str, int]:
+    """The router's split: the canary gets the step's weight, but never more than the share of the total its ready
+    pods can carry (so the router never sends it more than it has ready); the stable revision the rest. A failed
+    canary gets nothing at once (its errors stop there, its pods are only kept as spare capacity)."""
+    stable = state.stable
+    if stable is None or stable == state.revision or state.phase is Phase.SUCCEEDED:
+        return {state.revision: 100}
+    if state.phase is Phase.FAILED:
+        return {stable: 100}
+    wanted = _canary_wanted(policy, state, total)
+    ready = min(_ready(by_name, state.revision), wanted)
+    canary = min(_weight(policy, state), 100 * ready // total) if total else 0
+    return {state.revision: canary, stable: 100 - canary}
 
 
 def _ready(by_name: Mapping[str, Revision], name: str | None) -> int:
@@ -610,10 +632,14 @@ def _prune(policy: Policy, state: State, by_name: Mapping[str, Revision]) -> tup
 
 
 def _revision_status(
-    state: State, by_name: Mapping[str, Revision], replicas: Mapping[str, int], delete: Sequence[str]
+    state: State,
+    by_name: Mapping[str, Revision],
+    replicas: Mapping[str, int],
+    delete: Sequence[str],
+    route: Mapping[str, int],
 ) -> list[dict[str, Any]]:
-    """Newest first; ``weight``: the revision's share of the ready pods, which is its share of the traffic the
-    InferenceService's Service spreads over every ready pod."""
+    """Newest first; ``weight``: the revision's share of the traffic: the router's (``route``), or without one its
+    share of the ready pods, which the InferenceService's Service spreads requests over."""
     ready_total = sum(r.ready for r in by_name.values())
     entries = []
     for revision in sorted(by_name.values(), key=lambda r: r.created, reverse=True):
@@ -623,7 +649,9 @@ def _revision_status(
             {
                 "name": revision.name,
                 "version": revision.version,
-                "weight": round(100 * revision.ready / ready_total) if ready_total else 0,
+                "weight": route.get(revision.name, 0)
+                if route
+                else (round(100 * revision.ready / ready_total) if ready_total else 0),
                 "replicas": replicas.get(revision.name, 0),
                 "readyReplicas": revision.ready,
             }

@@ -32,6 +32,7 @@ from pydantic.alias_generators import to_camel
 DEFAULT_REPLICAS = 1
 MICROSECONDS_PER_SECOND = 1_000_000
 DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 QUANTITY = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
@@ -286,6 +287,21 @@ class Analysis(_Fields):
     mean_queue_delay_seconds: Threshold | None = None
 
 
+class ParentRef(_Fields):
+    name: str = Field(min_length=1, max_length=253)
+    namespace: str | None = Field(default=None, min_length=1, max_length=63, pattern=DNS1123_LABEL)
+    section_name: str | None = Field(default=None, min_length=1, max_length=253)
+
+
+class GatewayAPI(_Fields):
+    parent_ref: ParentRef
+    hostnames: list[str] = Field(default_factory=list, max_length=16)
+
+
+class TrafficRouting(_Fields):
+    gateway_api: GatewayAPI = Field(alias="gatewayAPI")
+
+
 class Rollout(_Fields):
     strategy: Literal["Canary", "Immediate"] = "Canary"
     steps: list[RolloutStep] = Field(
@@ -296,6 +312,7 @@ class Rollout(_Fields):
     progress_deadline_seconds: int = Field(default=600, ge=30, le=86400)
     paused: bool = False
     revision_history_limit: int = Field(default=2, ge=0, le=10)
+    traffic_routing: TrafficRouting | None = None
 
     @field_validator("steps")
     @classmethod

@@ -11,6 +11,7 @@ from kubeserve.operator import naming
 from kubeserve.operator.manifests.autoscaler import autoscaler
 from kubeserve.operator.manifests.config_map import config_map
 from kubeserve.operator.manifests.deployment import deployment, runtime_image
+from kubeserve.operator.manifests.http_route import HTTP_ROUTE_API
 from kubeserve.operator.manifests.keda import (
     INTERCEPTOR_ROUTE_API,
     SCALED_OBJECT_API,
@@ -100,7 +101,9 @@ def children(isvc: InferenceService, settings: OperatorSettings) -> Children:
             manifests += [interceptor_route(isvc, settings), cold_start_service(isvc, settings)]
             url = cold_start_url(isvc, settings)
     wanted = {(manifest["kind"], manifest["metadata"]["name"]) for manifest in manifests}
-    absent = [ref for ref in _autoscaling_objects(isvc) if (ref.kind, ref.name) not in wanted]
+    if isvc.spec.rollout.traffic_routing is not None:  # rendered with the rollout's weights (http_route)
+        wanted.add(("HTTPRoute", naming.http_route_name(isvc.name)))
+    absent = [ref for ref in _optional_objects(isvc) if (ref.kind, ref.name) not in wanted]
     return Children(manifests, absent, digest, url, revision, version)
 
 
@@ -121,12 +124,14 @@ def revision_objects(namespace: str, isvc_name: str, revision: str, *, legacy: b
     ]
 
 
-def _autoscaling_objects(isvc: InferenceService) -> list[ObjectRef]:
-    """Every object an autoscaling engine may have had the operator create: those no longer wanted are deleted."""
+def _optional_objects(isvc: InferenceService) -> list[ObjectRef]:
+    """Every object an autoscaling engine or a traffic router may have had the operator create: those no longer
+    wanted are deleted."""
     name, namespace = isvc.name, isvc.namespace
     return [
         ObjectRef("autoscaling/v2", "HorizontalPodAutoscaler", namespace, naming.hpa_name(name)),
         ObjectRef(SCALED_OBJECT_API, "ScaledObject", namespace, naming.scaled_object_name(name)),
         ObjectRef(INTERCEPTOR_ROUTE_API, "InterceptorRoute", namespace, naming.interceptor_route_name(name)),
         ObjectRef("v1", "Service", namespace, naming.cold_start_service_name(name)),
+        ObjectRef(HTTP_ROUTE_API, "HTTPRoute", namespace, naming.http_route_name(name)),
     ]

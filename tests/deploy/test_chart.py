@@ -44,6 +44,7 @@ APPLICATION_RULES = {
     ("autoscaling", "horizontalpodautoscalers"): {"list", "watch", "create", "patch", "delete"},
     ("keda.sh", "scaledobjects"): {"list", "watch", "create", "patch", "delete"},
     ("http.keda.sh", "interceptorroutes"): {"list", "watch", "create", "patch", "delete"},
+    ("gateway.networking.k8s.io", "httproutes"): {"list", "watch", "create", "patch", "delete"},
     # ...and the Deployments (one per revision) are indexed by kopf too, to report the rollout; the rollout scales
     # them (a patch) and deletes the revisions it prunes (with their Service and ConfigMap).
     ("apps", "deployments"): {"list", "watch", "create", "patch", "delete"},

@@ -143,13 +143,15 @@ def crd_validator(crd: dict[str, Any]) -> CrdValidator:
 
 
 @pytest.fixture(scope="session")
-def keda_schemas() -> dict[str, CrdValidator]:
-    """KEDA's CRDs (vendored in schemas/, from KEDA's and its HTTP add-on's repositories) as validators, by kind."""
+def crd_schemas() -> dict[str, CrdValidator]:
+    """Other projects' CRDs the operator renders objects of (vendored in schemas/, from KEDA's, its HTTP add-on's and
+    Gateway API's repositories) as validators, by kind."""
     return {
         kind: CrdValidator(yaml.safe_load((SCHEMAS / filename).read_text()))
         for kind, filename in [
             ("ScaledObject", "keda.sh_scaledobjects.yaml"),
             ("InterceptorRoute", "http.keda.sh_interceptorroutes.yaml"),
+            ("HTTPRoute", "gateway.networking.k8s.io_httproutes.yaml"),
         ]
     }
 
@@ -244,7 +246,7 @@ def kmock_options() -> dict[str, Any]:
 
 
 def serve_operator_resources(emulator: kmock.KubernetesEmulator) -> None:
-    """kmock's bundled resources, the InferenceService CRD, and KEDA's two CRDs."""
+    """kmock's bundled resources, the InferenceService CRD, KEDA's two CRDs and Gateway API's HTTPRoute."""
     with warnings.catch_warnings():  # kmock's own use of a deprecated importlib call
         warnings.simplefilter("ignore", DeprecationWarning)
         emulator.resources.load_bundled()
@@ -256,10 +258,11 @@ def serve_operator_resources(emulator: kmock.KubernetesEmulator) -> None:
         subresources={"status", "scale"},
         verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
     )
-    # KEDA's, for autoscaling engine keda.
+    # KEDA's, for autoscaling engine keda, and Gateway API's, for rollouts with a traffic router.
     for resource, kind in [
         ("keda.sh/v1alpha1/scaledobjects", "ScaledObject"),
         ("http.keda.sh/v1beta1/interceptorroutes", "InterceptorRoute"),
+        ("gateway.networking.k8s.io/v1/httproutes", "HTTPRoute"),
     ]:
         emulator.resources[resource] = kmock.ResourceInfo(
             kind=kind,

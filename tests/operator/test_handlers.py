@@ -522,6 +522,7 @@ async def test_with_autoscaling_the_hpa_scales_the_inference_service_and_the_dep
 # a create too, and "update" on inferenceservices/finalizers for blockOwnerDeletion; no request shows those.)
 # The children are listed and watched to repair drift; the InferenceServices patched for kopf's annotation.
 KEDA_RESOURCES = ("keda.sh/scaledobjects", "http.keda.sh/interceptorroutes")
+WATCHED_ONLY = ("gateway.networking.k8s.io/httproutes",)  # no route in this scenario
 OPERATOR_VERBS = {
     ("list", "serving.kubeserve.io/inferenceservices"),
     ("watch", "serving.kubeserve.io/inferenceservices"),
@@ -545,6 +546,7 @@ OPERATOR_VERBS = {
     ("delete", "autoscaling/horizontalpodautoscalers"),
     ("delete", "services"),
     *[(verb, resource) for verb in ("list", "watch", "patch", "delete") for resource in KEDA_RESOURCES],
+    *[(verb, resource) for verb in ("list", "watch") for resource in WATCHED_ONLY],
     ("create", "events"),
     ("list", "apiextensions.k8s.io/customresourcedefinitions"),
     ("watch", "apiextensions.k8s.io/customresourcedefinitions"),
@@ -791,6 +793,8 @@ async def test_throttling_is_retried_no_sooner_than_the_api_server_asks(
 
     assert condition(objects(ISVCS, NS, "mlp")["status"], "Ready")["reason"] != "ApplyFailed"
     assert len(applies(cluster, SERVICES, "mlp")) == 2
+    # The retry resumed at the Service: the ConfigMap applied before it was not sent again.
+    assert len(applies(cluster, CONFIGMAPS)) == 1
 
 
 async def test_an_inference_service_created_again_under_the_same_name_gets_a_status_of_its_own(

@@ -29,7 +29,7 @@ ISVC_PATH = f"/apis/serving.kubeserve.io/v1alpha1/namespaces/{NS}/inferenceservi
 
 
 @pytest.fixture
-def render(keda_schemas, isvc_factory):
+def render(crd_schemas, isvc_factory):
     """The children of an InferenceService with these autoscaling settings, each validated, by kind and name."""
 
     def rendered(autoscaling: dict[str, Any], settings: OperatorSettings = SETTINGS, **spec: Any) -> Any:
@@ -37,8 +37,8 @@ def render(keda_schemas, isvc_factory):
         assert assessment.problems == []
         plan = manifests.children(assessment.isvc, settings)
         for manifest in plan.manifests:
-            if manifest["kind"] in keda_schemas:
-                assert keda_schemas[manifest["kind"]].errors(manifest) == [], manifest
+            if manifest["kind"] in crd_schemas:
+                assert crd_schemas[manifest["kind"]].errors(manifest) == [], manifest
             else:
                 kubernetes_validate.validate(manifest, "1.37", strict=True)
         return plan, {(m["kind"], m["metadata"]["name"]): m for m in plan.manifests}

@@ -550,3 +550,35 @@ def test_judge(policy, canary, stable, verdict, said):
     assert result.verdict == verdict
     assert said in result.message
     assert result.measured["answers"] == canary.answers
+
+
+def test_with_a_router_the_canary_gets_the_steps_weight_once_its_pods_can_carry_it():
+    sim = serving(auto_ready=False, policy=Policy(steps=STEPS, routed=True))
+    assert sim.history == [] and sim.tick().route == {"v1-111111": 100}
+    sim.release("v2")
+    first = sim.tick()
+    # Step 1 (10%): one canary pod, not ready yet: the router sends it nothing, the stable revision keeps all.
+    assert first.replicas == {"v1-111111": 10, "v2-222222": 1}
+    assert first.route == {"v2-222222": 0, "v1-111111": 100}
+    sim.ready("v2-222222")
+    ready = sim.tick()
+    assert ready.route == {"v2-222222": 10, "v1-111111": 90}
+    assert ready.replicas == {"v1-111111": 9, "v2-222222": 1}
+    assert {r["name"]: r["weight"] for r in ready.revisions} == {"v2-222222": 10, "v1-111111": 90}
+    # Step 2 (50%): five canary pods wanted; the router's share follows those ready, never above the weight.
+    sim.ready("v1-111111")
+    step2 = sim.tick(seconds=60)
+    assert step2.rollout["weight"] == 50 and step2.replicas["v2-222222"] == 5
+    assert step2.route == {"v2-222222": 10, "v1-111111": 90}
+    sim.ready("v2-222222", 3)
+    assert sim.tick().route == {"v2-222222": 30, "v1-111111": 70}
+
+
+def test_with_a_router_a_failed_canary_gets_no_request_at_once():
+    sim = serving(policy=Policy(steps=STEPS, analysis=ANALYSIS, routed=True))
+    sim.release("v2")
+    sim.settle()
+    sim.tick(sim.result(Verdict.FAIL), seconds=30)
+    failed = sim.tick(sim.result(Verdict.FAIL), seconds=30)
+    assert failed.rollout["phase"] == "Failed"
+    assert failed.route == {"v1-111111": 100}

@@ -229,3 +229,56 @@ async def test_a_deployment_from_before_revisions_is_adopted_without_a_restart(
         (v2,) = set(replicas()) - {"mlp"}
         assert v2.startswith("mlp-2-")
         assert objects(DEPLOYMENTS, NS, "mlp")["spec"]["template"] == legacy["spec"]["template"]
+
+
+async def test_with_gateway_api_routing_an_httproute_carries_the_rollouts_weights(
+    api, run_operator, eventually, objects, replicas, status, isvc_factory, controller, crd_schemas
+):
+    gateway = {"parentRef": {"name": "public", "namespace": "gateways"}, "hostnames": ["mlp.example.com"]}
+    rollout = {"steps": [{"weight": 25, "pauseSeconds": 600}], "trafficRouting": {"gatewayAPI": gateway}}
+    routes = "gateway.networking.k8s.io/v1/httproutes"
+
+    def weights() -> dict[str, int] | None:
+        """The route's weights by Service (None before there is one); each version of it valid as Gateway API's."""
+        route = objects(routes, NS, "mlp")
+        if route is None:
+            return None
+        assert crd_schemas["HTTPRoute"].errors(route) == []
+        return {ref["name"]: ref["weight"] for ref in route["spec"]["rules"][0]["backendRefs"]}
+
+    async with run_operator():
+        await api.create(ISVC_PATH, isvc_factory(replicas=4, rollout=rollout))
+        await eventually(lambda: len(replicas()) == 1)
+        (v1,) = replicas()
+        await serve(controller, objects, v1, 4)
+        await eventually(lambda: weights() == {v1: 100})
+        route = objects(routes, NS, "mlp")["spec"]
+        assert route["parentRefs"] == [{"name": "public", "namespace": "gateways"}]
+        assert route["hostnames"] == ["mlp.example.com"]
+
+        await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"model": {"version": "2"}}})
+        await eventually(lambda: len(replicas()) == 2)
+        (v2,) = set(replicas()) - {v1}
+        # Listed at 0 until its pod is ready: the Gateway never sends it what it cannot carry.
+        await eventually(lambda: weights() == {v1: 100, v2: 0})
+        await serve(controller, objects, v2, 1)
+        await eventually(lambda: weights() == {v1: 75, v2: 25} and replicas() == {v1: 3, v2: 1})
+        await eventually(
+            lambda: (
+                {r["name"]: r["weight"] for r in status()["revisions"]}
+                == {
+                    v1.removeprefix("mlp-"): 75,
+                    v2.removeprefix("mlp-"): 25,
+                }
+            )
+        )
+
+        # Edited by hand (all to the canary): put back from its watch event.
+        edited = [{"backendRefs": [{"name": v2, "port": 80, "weight": 100}]}]
+        await api.patch(f"/apis/{routes.rsplit('/', 1)[0]}/namespaces/{NS}/httproutes/mlp", {"spec": {"rules": edited}})
+        assert weights() == {v2: 100}
+        await eventually(lambda: weights() == {v1: 75, v2: 25}, within=1)
+
+        # No router any more: the route goes.
+        await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"rollout": {"trafficRouting": None}}})
+        await eventually(lambda: objects(routes, NS, "mlp") is None)
