@@ -79,6 +79,7 @@ def operator_env(kubeconfig: Path, home: str) -> dict[str, str]:
         "KUBESERVE_OPERATOR_STANDALONE": "true",
         "KUBESERVE_OPERATOR_LOG_LEVEL": "warning",
         "KUBESERVE_OPERATOR_HEALTH_PORT": "0",
+        "KUBESERVE_OPERATOR_METRICS_PORT": "0",
     }
     env.pop("KUBERNETES_SERVICE_HOST", None)
     return env

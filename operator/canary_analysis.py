@@ -36,8 +36,9 @@ class _Run:
 class CanaryAnalysis:
     """Runs analysis intervals; ``on_result(key)`` is called when one has a result (from the event loop)."""
 
-    def __init__(self, on_result: Callable[[Key], None]) -> None:
+    def __init__(self, on_result: Callable[[Key], None], now: Callable[[], datetime] | None = None) -> None:
         self._on_result = on_result
+        self._now = now or (lambda: datetime.now(UTC))  # the clock the rollout reads too
         self._runs: dict[Key, _Run] = {}
         self._results: dict[Key, AnalysisResult] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -82,13 +83,13 @@ class CanaryAnalysis:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         session = self._session
-        started = datetime.now(UTC)
+        started = self._now()
         canary_start = await scrape(pod_urls(canary), session=session)
         stable_start = await scrape(pod_urls(stable), session=session) if stable else None
         await asyncio.sleep(policy.interval_seconds)
         canary_end = await scrape(pod_urls(canary), session=session)
         stable_end = await scrape(pod_urls(stable), session=session) if stable else None
-        ended = datetime.now(UTC)
+        ended = self._now()
         both = stable_start is not None and stable_end is not None
         stable_measurement = measure(stable_start, stable_end) if both else None
         result = judge(

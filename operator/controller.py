@@ -20,7 +20,7 @@ import logging
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +31,8 @@ from kubeserve.operator.canary_analysis import CanaryAnalysis
 from kubeserve.operator.canary_metrics import metrics_url
 from kubeserve.operator.cluster import Cluster, ClusterError
 from kubeserve.operator.manifests.http_route import http_route
+from kubeserve.operator.manifests.service import revision_service
+from kubeserve.operator.metrics import OperatorMetrics
 from kubeserve.operator.object_ref import ObjectRef
 from kubeserve.operator.pod_diagnosis import is_ready
 from kubeserve.operator.reconcile import Assessment, apply_children, assess, status_fields
@@ -87,6 +89,7 @@ class _Owner:
     # Children applied by an apply that then failed: its retry skips them (a throttled API server is not asked
     # twice for the same object); forgotten when the spec changes or a child drifts.
     applied: set[tuple[str, str]] = field(default_factory=set)
+    analysis_counted: datetime | None = None  # the end of the last analysis interval counted in the metrics
 
 
 class Controller:
@@ -102,6 +105,7 @@ class Controller:
         pods: kopf.Index[Key, dict[str, Any]],
         autoscalers: kopf.Index[Key, dict[str, Any]],
         workers: int = WORKERS,
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self._cluster, self._settings = cluster, settings
         self._owners, self._deployments, self._pods = owners, deployments, pods
@@ -110,12 +114,17 @@ class Controller:
         self._rendered: OrderedDict[tuple[Any, ...], _Rendered] = OrderedDict()
         # The children (kind, namespace, name) that exist, as their watch events show: an HPA no longer wanted is
         # deleted only when there is one, not at every apply.
-        self._present: set[tuple[str, str, str]] = set()
-        self._queue: WorkQueue[Key] = WorkQueue(self._process, workers=workers)
-        self._analysis = CanaryAnalysis(on_result=self.runtime_changed)
+        # (kind, namespace, name) of each child that exists, as its watch events show it, and the InferenceService its
+        # label names: only an object of the InferenceService's own is ever deleted.
+        self._present: dict[tuple[str, str, str], str] = {}
+        self.metrics = metrics or OperatorMetrics()
+        self._queue: WorkQueue[Key] = WorkQueue(
+            self._process, workers=workers, on_wait=self.metrics.workqueue_delay.observe
+        )
         # Rollouts read the time from the event loop's monotonic clock, anchored to the wall clock once: a wall
-        # clock that jumps cannot shorten a pause, and a test's fake loop clock drives them too.
+        # clock that jumps cannot shorten a pause, and a test's fake loop clock drives them too. So do analyses.
         self._epoch = (datetime.now(UTC), asyncio.get_running_loop().time())
+        self._analysis = CanaryAnalysis(on_result=self.runtime_changed, now=self._now)
 
     async def stop(self) -> None:
         await self._queue.stop()
@@ -133,14 +142,15 @@ class Controller:
         self._state.pop(key, None)
         self._queue.cancel(key)
         self._analysis.forget(key)
+        self.metrics.forget(key)
 
     def child_changed(self, key: Key, event_type: str | None, kind: str, child: Mapping[str, Any]) -> None:
         """A child (any of the four kinds) was added, changed or deleted: repair it if it drifted."""
         ref = (kind, key[0], (child.get("metadata") or {}).get("name", ""))
         if event_type == drift.DELETED:
-            self._present.discard(ref)
+            self._present.pop(ref, None)
         else:
-            self._present.add(ref)
+            self._present[ref] = key[1]
         owner = self._owner(key)
         if owner is None or owner["metadata"].get("deletionTimestamp"):
             return  # the garbage collector takes the children of an InferenceService that is gone or going
@@ -193,6 +203,11 @@ class Controller:
         rendered = self._render(owner)
         progress = self._decide(key, owner, rendered, state)
         retry_in = await self._apply(owner, rendered, state, progress)
+        result = "invalid" if rendered.plan is None else "failed" if state.failure is not None else "ok"
+        self.metrics.reconciles.labels(result).inc()
+        if progress is not None:
+            decision = progress.decision
+            self.metrics.rollout(key, decision.rollout.get("phase", ""), decision.revisions, decision.replicas)
         if state.throttled:
             # Throttled: the status (ApplyFailed) would be one more request to a server that asked for fewer; it is
             # written with the retry.
@@ -220,13 +235,17 @@ class Controller:
             return None
         revisions = live_revisions(isvc.name, self._deployments.get(key, ()))
         wanted, adopted = wanted_revision(plan, revisions)
+        result = self._analysis.result(key)
+        if result is not None and result.ended != state.analysis_counted:
+            self.metrics.analyses.labels(*key, str(result.verdict)).inc()
+            state.analysis_counted = result.ended
         decision = rollout.decide(
             policy(isvc.spec.rollout),
             rollout.Wanted(wanted, plan.version),
             [revision.as_rollout_revision() for revision in revisions],
             total=isvc.replicas,
             previous=self._current_status(owner, state).get("rollout"),
-            analysis=self._analysis.result(key),
+            analysis=result,
             now=self._now(),
         )
         return _Rollout(revisions, wanted, adopted, decision)
@@ -255,6 +274,8 @@ class Controller:
                 if full:
                     await self._start_autoscaling(rendered)
             except ClusterError as error:
+                kind = "throttled" if error.retry_after is not None else "retryable" if error.retryable else "refused"
+                self.metrics.apply_errors.labels(kind).inc()
                 # Counted whatever triggered the apply: the status shows one count of failures in a row.
                 attempt = previous.attempt + 1 if previous else 1
                 delay = _delay(error, attempt - 1)
@@ -281,23 +302,29 @@ class Controller:
         self, namespace: str, plan: manifests.Children, progress: _Rollout, state: _Owner, *, full: bool
     ) -> None:
         decision, wanted = progress.decision, progress.wanted
+        isvc_name = plan.manifests[0]["metadata"]["labels"][naming.LABEL_ISVC]
+        owned = self._owns(isvc_name)
+        sent_deployment = False
         if full:
             replicas = decision.replicas.get(wanted, 0)
             children = plan.with_replicas(replicas, adopted=progress.adopted is not None)
-            await apply_children(self._cluster, children, plan.absent, present=self._is_present, applied=state.applied)
+            deployment = next(
+                (("Deployment", m["metadata"]["name"]) for m in children if m["kind"] == "Deployment"), None
+            )
+            sent_deployment = deployment is not None and deployment not in state.applied
+            await apply_children(self._cluster, children, plan.absent, present=owned, applied=state.applied)
             state.applied.clear()
         for revision in progress.revisions:
             want = decision.replicas.get(revision.name)
-            just_applied = full and revision.name == wanted and progress.adopted is None
+            just_applied = sent_deployment and revision.name == wanted and progress.adopted is None
             if want is None or revision.name in decision.delete or just_applied or revision.replicas == want:
                 continue
             await self._cluster.scale_deployment(namespace, revision.deployment, want)
         by_name = {revision.name: revision for revision in progress.revisions}
         for name in decision.delete:
             legacy = by_name[name].legacy if name in by_name else False
-            isvc_name = plan.manifests[0]["metadata"]["labels"][naming.LABEL_ISVC]
             for ref in manifests.revision_objects(namespace, isvc_name, name, legacy=legacy):
-                if ref.kind == "Deployment" or self._is_present(ref):
+                if ref.kind == "Deployment" or owned(ref):
                     await self._cluster.delete(ref)
 
     async def _route(self, rendered: _Rendered, progress: _Rollout, state: _Owner, *, full: bool) -> None:
@@ -310,6 +337,9 @@ class Controller:
             return
         route = http_route(isvc, routing.gateway_api, progress.decision.route)
         if full or route != state.route:
+            # A Deployment from before revisions has no Service of its own: the route needs one to send it requests.
+            for legacy in (r for r in progress.revisions if r.legacy and r.name in progress.decision.route):
+                await self._cluster.apply(revision_service(isvc, legacy.name))
             await self._cluster.apply(route)
             state.route = route
 
@@ -338,11 +368,17 @@ class Controller:
         """With autoscaling and no spec.replicas, write the starting point (minReplicas) through the scale
         subresource: an HPA reads an unset spec.replicas as 0, and does not scale a target at 0."""
         isvc = rendered.assessment.isvc
-        if isvc is not None and isvc.spec.autoscaling is not None and isvc.spec.replicas is None:
-            await self._cluster.scale(isvc.namespace, isvc.name, isvc.replicas)
+        autoscaling = isvc.spec.autoscaling if isvc is not None else None
+        if isvc is None or autoscaling is None:
+            return
+        # Also at 0 under an HPA (after KEDA scaled to zero, say): an HPA would leave it there for ever.
+        parked = isvc.spec.replicas == 0 and autoscaling.engine == "hpa"
+        if isvc.spec.replicas is None or parked:
+            await self._cluster.scale(isvc.namespace, isvc.name, autoscaling.min_replicas)
 
-    def _is_present(self, ref: ObjectRef) -> bool:
-        return (ref.kind, ref.namespace, ref.name) in self._present
+    def _owns(self, isvc_name: str) -> Callable[[ObjectRef], bool]:
+        """Whether an object exists and is this InferenceService's (another's of the same name is not to delete)."""
+        return lambda ref: self._present.get((ref.kind, ref.namespace, ref.name)) == isvc_name
 
     async def _write_status(
         self, key: Key, owner: Mapping[str, Any], rendered: _Rendered, state: _Owner, progress: _Rollout | None
@@ -365,13 +401,15 @@ class Controller:
         )
         if state.failure is None and state.acted_generation is not None:
             fields["observedGeneration"] = state.acted_generation
-        changed = {name: value for name, value in fields.items() if current.get(name) != value}
+        # Compared as the API server holds it (a merge patch's nulls remove keys), or it would differ for ever.
+        changed = {name: value for name, value in fields.items() if current.get(name) != _without_nulls(value)}
         if not changed:
             return
         await self._cluster.patch_status(
             key[0], key[1], {name: _merge_patch(current.get(name), value) for name, value in changed.items()}
         )
-        state.written = {**current, **changed}
+        # As the API server will hold it: a merge patch's nulls remove keys.
+        state.written = {**current, **{name: _without_nulls(value) for name, value in changed.items()}}
         for reason, message in _news(current, fields):
             kopf.warn(owner, reason=reason, message=message)
         for event in progress.decision.events if progress is not None else ():
@@ -412,6 +450,13 @@ def _merge_patch(current: Any, new: Any) -> Any:
     patch = {name: None for name in current if name not in new}
     patch.update({name: _merge_patch(current.get(name), value) for name, value in new.items()})
     return patch
+
+
+def _without_nulls(value: Any) -> Any:
+    """A merge patch's value as stored: keys set to null (in mappings, not in lists) are gone."""
+    if not isinstance(value, Mapping):
+        return value
+    return {name: _without_nulls(item) for name, item in value.items() if item is not None}
 
 
 def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:

@@ -20,7 +20,7 @@ import os
 from typing import Any
 
 import kopf
-from kubeserve.operator import drift, naming, peering, summaries
+from kubeserve.operator import drift, metrics, naming, peering, summaries
 from kubeserve.operator.cluster import Cluster, ClusterError
 from kubeserve.operator.controller import Controller, Key, backoff
 from kubeserve.operator.settings import OperatorSettings, load_settings
@@ -94,6 +94,8 @@ async def start(
             pods=runtime_pods,
             autoscalers=runtime_autoscalers,
         )
+    if operator.metrics_port and "metrics_server" not in memo:
+        memo.metrics_server = await metrics.serve(memo.controller.metrics, operator.metrics_port)
     logger.info(f"kubeserve operator: CPU image {operator.cpu_image}, CUDA image {operator.cuda_image}")
 
 
@@ -125,6 +127,8 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
         await memo.controller.stop()
     if "cluster" in memo:
         await memo.cluster.close()
+    if "metrics_server" in memo:
+        await memo.metrics_server.cleanup()
 
 
 @kopf.on.login()

@@ -45,12 +45,17 @@ async def apply_children(
     present: Callable[[ObjectRef], bool] | None = None,
     applied: set[tuple[str, str]] | None = None,
 ) -> None:
-    """Level-triggered: apply everything wanted, delete what must not exist; safe to repeat.
+    """Level-triggered: delete what must not exist, apply everything wanted; safe to repeat.
 
     ``present`` says whether an object not wanted may exist (as the watches show it): a delete is sent only then.
     ``applied``: (kind, name) of those already applied by an earlier try that failed part way: skipped, and each
     applied now is added, so that a retry resumes where the failure was.
     """
+    # What must go goes first: an admission webhook may refuse the new (KEDA's refuses a ScaledObject for a target an
+    # HPA still scales).
+    for ref in absent:
+        if present is None or present(ref):
+            await cluster.delete(ref)
     for manifest in manifests:
         done = (manifest["kind"], manifest["metadata"]["name"])
         if applied is not None and done in applied:
@@ -58,9 +63,6 @@ async def apply_children(
         await cluster.apply(manifest)
         if applied is not None:
             applied.add(done)
-    for ref in absent:
-        if present is None or present(ref):
-            await cluster.delete(ref)
 
 
 def status_fields(

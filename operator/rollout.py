@@ -279,6 +279,8 @@ class State:
     proven: tuple[str, ...] = ()  # revisions that completed a rollout: going back to one needs no canary
     reason: str = ""  # why it failed
     message: str = ""
+    started: datetime | None = None  # when this rollout began: an analysis from before it (of an earlier rollout
+    # of the same revision) is not this one's
 
     def to_status(self, weight: int) -> dict[str, Any]:
         return {
@@ -298,6 +300,7 @@ class State:
             "provenRevisions": list(self.proven),
             "reason": self.reason,
             "message": self.message,
+            "startedAt": _stamp(self.started) if self.started else None,
         }
 
     @classmethod
@@ -322,6 +325,7 @@ class State:
                 proven=tuple(data.get("provenRevisions") or ()),
                 reason=data.get("reason") or "",
                 message=data.get("message") or "",
+                started=_parse_time(data["startedAt"]) if data.get("startedAt") else None,
             )
         except (KeyError, ValueError, TypeError):
             return None  # written by someone else, or by a later version: start over from the cluster
@@ -425,7 +429,9 @@ def _start(
         proven: tuple[str, ...] = (stable,) if stable is not None else ()
     else:
         proven = tuple(name for name in state.proven if name in by_name)
-    fresh = State(wanted.name, wanted.version, stable, Strategy.IMMEDIATE, Phase.PROGRESSING, 0, now, proven=proven)
+    fresh = State(
+        wanted.name, wanted.version, stable, Strategy.IMMEDIATE, Phase.PROGRESSING, 0, now, proven=proven, started=now
+    )
     what = f"revision {wanted.name} (version {wanted.version})"
     if state is None and stable is None and _ready(by_name, wanted.name):
         # The operator's first look at a revision already serving alone: nothing to roll.
@@ -538,6 +544,8 @@ def _count_analysis(policy: Policy, state: State, analysis: AnalysisResult | Non
     """A new analysis of this canary (one not counted yet) into the state; failures up to the limit fail it."""
     if policy.analysis is None or analysis is None or analysis.revision != state.revision:
         return state
+    if state.started is not None and analysis.ended < state.started:
+        return state  # over before this rollout began: an earlier rollout's of the same revision
     last = state.last_analysis
     if last is not None and analysis.ended <= last.ended:
         return state  # already counted: decide runs many times per interval

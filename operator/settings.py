@@ -55,6 +55,9 @@ class OperatorSettings(BaseModel):
     health_port: int = Field(
         default=8081, ge=0, le=65535, description="port of the liveness endpoint /healthz; 0 turns it off"
     )
+    metrics_port: int = Field(
+        default=8082, ge=0, le=65535, description="port of the operator's Prometheus metrics /metrics; 0 turns it off"
+    )
     api_timeout_seconds: float = Field(
         default=30.0, gt=0, description="longest wait for one Kubernetes API request of the operator's own"
     )

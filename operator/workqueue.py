@@ -21,9 +21,17 @@ class WorkQueue(Generic[K]):
     Workers start with the first ``add``: they are tasks of the caller's context (kopf's handlers give theirs).
     """
 
-    def __init__(self, process: Callable[[K], Awaitable[float | None]], *, workers: int) -> None:
+    def __init__(
+        self,
+        process: Callable[[K], Awaitable[float | None]],
+        *,
+        workers: int,
+        on_wait: Callable[[float], None] | None = None,
+    ) -> None:
         self._process = process
         self._workers = workers
+        self._on_wait = on_wait  # told how long each key waited for a worker (seconds)
+        self._added: dict[K, float] = {}
         self._ready: asyncio.Queue[K] = asyncio.Queue()
         self._waiting: set[K] = set()  # added, not yet taken by a worker
         self._busy: set[K] = set()
@@ -36,6 +44,7 @@ class WorkQueue(Generic[K]):
         if key in self._waiting:
             return
         self._waiting.add(key)
+        self._added[key] = asyncio.get_running_loop().time()
         if key not in self._busy:  # otherwise its worker puts it back when done
             self._ready.put_nowait(key)
 
@@ -70,6 +79,9 @@ class WorkQueue(Generic[K]):
         while True:
             key = await self._ready.get()
             self._waiting.discard(key)
+            added = self._added.pop(key, None)
+            if self._on_wait is not None and added is not None:
+                self._on_wait(asyncio.get_running_loop().time() - added)
             self._busy.add(key)
             try:
                 delay = await self._process(key)

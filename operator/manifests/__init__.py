@@ -110,11 +110,13 @@ def children(isvc: InferenceService, settings: OperatorSettings) -> Children:
 def revision_objects(namespace: str, isvc_name: str, revision: str, *, legacy: bool = False) -> list[ObjectRef]:
     """What a revision consists of, to delete it: its Deployment, Service and ConfigMap; for the Deployment of an
     InferenceService created before revisions (``legacy``), that Deployment and its ConfigMap (its Service is the
-    InferenceService's own, which stays)."""
+    InferenceService's own, which stays), and the Service a traffic router needed for it."""
     if legacy:
         return [
             ObjectRef("apps/v1", "Deployment", namespace, naming.legacy_deployment_name(isvc_name)),
             ObjectRef("v1", "ConfigMap", namespace, naming.legacy_config_map_name(isvc_name)),
+            # Made only for a traffic router (deleted when it exists).
+            ObjectRef("v1", "Service", namespace, naming.revision_object_name(isvc_name, revision)),
         ]
     name = naming.revision_object_name(isvc_name, revision)
     return [

@@ -334,6 +334,7 @@ def run_operator(cluster: kmock.KubernetesEmulator) -> Callable[..., contextlib.
             "cuda_image": "kubeserve-runtime-cuda:test",
             "standalone": True,
             "api_timeout_seconds": 10,
+            "metrics_port": 0,
         }
         settings = OperatorSettings(**{**values, **overrides})
         stop, ready = asyncio.Event(), asyncio.Event()

@@ -15,8 +15,17 @@ from pathlib import Path
 import aiohttp
 import kubernetes_validate
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 SCRIPT = str(Path(sys.executable).parent / "kubeserve-operator")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 
@@ -168,9 +177,7 @@ async def test_run_reconciles_with_peering_serves_liveness_and_stops_cleanly_on_
         kind="ClusterKopfPeering", namespaced=False, verbs={"get", "list", "watch", "patch"}
     )
     await api.create("/apis/kopf.dev/v1/clusterkopfpeerings", {"metadata": {"name": "kubeserve"}})
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        health_port = probe.getsockname()[1]
+    health_port, metrics_port = free_port(), free_port()
     process = await asyncio.create_subprocess_exec(
         SCRIPT,
         "run",
@@ -178,6 +185,7 @@ async def test_run_reconciles_with_peering_serves_liveness_and_stops_cleanly_on_
             **os.environ,
             "PYTHONSAFEPATH": "1",
             "KUBESERVE_OPERATOR_HEALTH_PORT": str(health_port),
+            "KUBESERVE_OPERATOR_METRICS_PORT": str(metrics_port),
             "KUBESERVE_OPERATOR_PEERING_PRIORITY": "7",
             "KUBESERVE_OPERATOR_CPU_IMAGE": "kubeserve-runtime:e2e",
         },
@@ -198,6 +206,18 @@ async def test_run_reconciles_with_peering_serves_liveness_and_stops_cleanly_on_
             session.get(f"http://127.0.0.1:{health_port}/healthz") as response,
         ):
             assert response.status == 200
+        # Its own metrics: the reconcile of mlp counted, in Prometheus' text format.
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response,
+        ):
+            assert response.status == 200
+            exposition = await response.text()
+        families = {family.name: family for family in text_string_to_metric_families(exposition)}
+        reconciles = {s.labels["result"]: s.value for s in families["kubeserve_operator_reconciles"].samples}
+        assert reconciles.get("ok", 0) >= 1
+        phases = [s for s in families["kubeserve_operator_rollout_phase"].samples if s.value == 1]
+        assert [(s.labels["inferenceservice"], s.labels["phase"]) for s in phases] == [("mlp", "Progressing")]
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
@@ -221,7 +241,12 @@ async def test_run_without_its_peering_object_works_alone_and_says_so(
     process = await asyncio.create_subprocess_exec(
         SCRIPT,
         "run",
-        env={**os.environ, "PYTHONSAFEPATH": "1", "KUBESERVE_OPERATOR_HEALTH_PORT": "0"},
+        env={
+            **os.environ,
+            "PYTHONSAFEPATH": "1",
+            "KUBESERVE_OPERATOR_HEALTH_PORT": "0",
+            "KUBESERVE_OPERATOR_METRICS_PORT": "0",
+        },
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )

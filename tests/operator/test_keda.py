@@ -182,3 +182,27 @@ async def test_switching_engines_swaps_the_autoscaling_objects(api, run_operator
             lambda: objects(INTERCEPTOR_ROUTES, NS, "mlp") is None and objects(SERVICES, NS, "mlp-proxy") is None
         )
         await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["url"] == "http://mlp.ml.svc.cluster.local")
+        # KEDA had scaled it to zero (spec.replicas 0): an HPA would leave it there, so the operator starts it at
+        # minReplicas.
+        await eventually(lambda: objects(ISVCS, NS, "mlp")["spec"]["replicas"] == 1)
+
+
+async def test_objects_no_longer_wanted_go_before_the_new_ones_are_applied():
+    # KEDA's admission webhook refuses a ScaledObject for a target an HPA still scales: the HPA must go first.
+    from kubeserve.operator.object_ref import ObjectRef
+    from kubeserve.operator.reconcile import apply_children
+
+    calls: list[tuple[str, str]] = []
+
+    class Recording:
+        async def apply(self, manifest: dict) -> None:
+            calls.append(("apply", manifest["kind"]))
+
+        async def delete(self, ref: ObjectRef) -> bool:
+            calls.append(("delete", ref.kind))
+            return True
+
+    hpa = ObjectRef("autoscaling/v2", "HorizontalPodAutoscaler", NS, "mlp")
+    scaled_object = {"kind": "ScaledObject", "metadata": {"name": "mlp"}}
+    await apply_children(Recording(), [scaled_object], [hpa])  # type: ignore[arg-type]
+    assert calls == [("delete", "HorizontalPodAutoscaler"), ("apply", "ScaledObject")]

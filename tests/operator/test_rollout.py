@@ -582,3 +582,17 @@ def test_with_a_router_a_failed_canary_gets_no_request_at_once():
     failed = sim.tick(sim.result(Verdict.FAIL), seconds=30)
     assert failed.rollout["phase"] == "Failed"
     assert failed.route == {"v1-111111": 100}
+
+
+def test_an_analysis_of_an_earlier_rollout_of_the_same_revision_does_not_count():
+    # v2 failed its canary once; back to v1, then v2 again: its old result is still the latest the operator holds.
+    sim = serving(policy=Policy(steps=STEPS, analysis=replace(ANALYSIS, failure_limit=1)))
+    sim.release("v2")
+    sim.settle()
+    old = sim.result(Verdict.FAIL)
+    assert sim.tick(old, seconds=30).rollout["phase"] == "Failed"
+    sim.release("v1")
+    sim.settle()
+    sim.release("v2")
+    again = sim.tick(old, seconds=1)
+    assert again.rollout["phase"] == "Progressing" and again.rollout["failedAnalyses"] == 0
