@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
 	PIP_CONSTRAINT=$(CURDIR)/constraints.txt \
-		$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[cpu,test]'
+		$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[cpu,operator,test]'
 	@touch $@
 
 demo: $(STAMP)
@@ -41,11 +41,17 @@ bench-operator: $(STAMP)
 PLOTS_STAMP := $(VENV)/.installed-plots
 $(PLOTS_STAMP): $(STAMP)
 	PIP_CONSTRAINT=$(CURDIR)/constraints.txt \
-		$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[cpu,test,plots]'
+		$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[cpu,operator,test,plots]'
 	@touch $@
 
 demo-autoscale: $(PLOTS_STAMP)
 	$(BIN)/python bench/demo_autoscale.py
+
+# The generated references: docs/crd-reference.md from the CRD, docs/metrics.md from the metrics registries.
+.PHONY: docs
+docs: $(STAMP)
+	$(BIN)/python docs/crd_reference.py
+	$(BIN)/python docs/metrics_reference.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

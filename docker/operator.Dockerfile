@@ -1,8 +1,8 @@
-# kubeserve-operator: the kopf operator. No model runtime: the base package only.
+# kubeserve-operator: the kopf operator. No model runtime: the base package and the operator extra (kopf, kubernetes).
 # Build from the repository root:
 #   docker build -f docker/operator.Dockerfile -t kubeserve-operator:0.1.0 .
 
-# --- The virtual environment: kubeserve without extras, every version pinned by constraints.txt.
+# --- The virtual environment: kubeserve[operator], every version pinned by constraints.txt.
 FROM python:3.11.15-slim-bookworm AS venv
 # PIP_CONSTRAINT also pins what pip installs to build kubeserve itself (setuptools), which -c does not reach.
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_CONSTRAINT=/src/constraints.txt
@@ -11,7 +11,7 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY runtime/ runtime/
 COPY operator/ operator/
 RUN python -m venv /opt/kubeserve/venv \
- && /opt/kubeserve/venv/bin/pip install -c constraints.txt .
+ && /opt/kubeserve/venv/bin/pip install -c constraints.txt '.[operator]'
 
 # --- The image: the interpreter and the venv.
 FROM python:3.11.15-slim-bookworm

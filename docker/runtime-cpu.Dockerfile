@@ -3,6 +3,7 @@
 #   docker build -f docker/runtime-cpu.Dockerfile -t kubeserve-runtime:0.1.0 .
 
 # --- The virtual environment: kubeserve with onnxruntime, every version pinned by constraints.txt.
+# Not the operator extra: kopf and kubernetes stay out of the runtime image (tests/deploy/test_packaging.py).
 FROM python:3.11.15-slim-bookworm AS venv
 # PIP_CONSTRAINT also pins what pip installs to build kubeserve itself (setuptools), which -c does not reach.
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_CONSTRAINT=/src/constraints.txt

@@ -7,6 +7,7 @@
 # >= 580 on the node. Ubuntu 24.04's Python is 3.12; every pinned dependency has wheels for it.
 
 # --- The virtual environment: kubeserve with onnxruntime-gpu. constraints.txt pins everything else;
+# Not the operator extra: kopf and kubernetes stay out of the runtime image (tests/deploy/test_packaging.py).
 # onnxruntime-gpu is not in it (it cannot share a venv with onnxruntime), so it is pinned here, to the
 # same release as the CPU image's onnxruntime.
 FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 AS venv

@@ -76,7 +76,10 @@ class Job:
     future: asyncio.Future[Outputs]
     state: JobState = JobState.QUEUED
     queued: float = 0.0
+    # Compute, split as Triton's statistics report it: inputs stacked, model run, outputs split.
     started: float = 0.0
+    inferring: float = 0.0
+    inferred: float = 0.0
     finished: float = 0.0
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
@@ -300,13 +303,17 @@ class DynamicBatcher:
         # Compute starts here, not at dispatch: waiting for a worker thread (and the GIL) is still waiting.
         started = time.perf_counter()
         for job in batch:
-            job.started = started
+            job.started = started  # set now: a failed batch still reports its queue delay
         if len(batch) == 1:
+            inferring = started
             outputs = self._run_model(batch[0].feeds, names)
+            inferred = time.perf_counter()
             per_job = [outputs]
         else:
             feeds = {name: np.concatenate([job.feeds[name] for job in batch]) for name in batch[0].feeds}
+            inferring = time.perf_counter()
             outputs = self._run_model(feeds, names)
+            inferred = time.perf_counter()
             total = sum(job.rows for job in batch)
             for name, array in outputs.items():
                 if array.ndim == 0 or array.shape[0] != total:
@@ -321,6 +328,8 @@ class DynamicBatcher:
                 start = end
         finished = time.perf_counter()
         for job in batch:
+            job.inferring = inferring
+            job.inferred = inferred
             job.finished = finished
         return per_job
 
@@ -335,6 +344,14 @@ class DynamicBatcher:
         elif (error := done.exception()) is not None:
             log.error("inference failed", extra={"event": "inference_failed", "error": str(error)})
             failure = error if isinstance(error, InternalError) else InternalError(f"inference failed: {error}")
+        else:
+            first = batch[0]
+            self._metrics.statistics.batch_computed(
+                sum(job.rows for job in batch),
+                first.inferring - first.started,
+                first.inferred - first.inferring,
+                first.finished - first.inferred,
+            )
         for index, job in enumerate(batch):
             job.state = JobState.DONE
             if job.future.done():

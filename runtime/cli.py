@@ -1,4 +1,4 @@
-"""``kubeserve-runtime``: ``serve`` a model, or ``fetch`` one into place (the operator's init container)."""
+"""kubeserve-runtime: serve a model, or fetch one into place (the operator's init container)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,61 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from kubeserve.runtime import __version__
-from kubeserve.runtime.config import ConfigError, RuntimeSettings, load_settings
+from kubeserve.runtime.config import (
+    CONFIG_FILE_ENV,
+    ConfigError,
+    RuntimeSettings,
+    env_name,
+    flag_name,
+    load_settings,
+)
+from pydantic.fields import FieldInfo
 
 # Exit codes: 2 is argparse's own for a bad command line; bad settings share it.
 EXIT_BAD_CONFIG = 2
 
 
+def _shown(value: Any) -> str:
+    """A default as a user would write it."""
+    if value is None or value == []:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _choices(field: FieldInfo) -> list[str] | None:
+    return [str(choice) for choice in get_args(field.annotation)] if get_origin(field.annotation) is Literal else None
+
+
+def setting_help(name: str, field: FieldInfo) -> str:
+    """A setting's description, then its allowed values, default (or that it is required) and variable."""
+    facts = []
+    choices = _choices(field)
+    if choices:
+        facts.append(f"one of: {', '.join(choices)}")
+    if field.is_required():
+        facts.append("required")
+    else:
+        facts.append(f"default: {_shown(field.get_default(call_default_factory=True))}")
+    facts.append(f"env: {env_name(name)}")
+    # argparse formats help with %: a literal one must be doubled.
+    return f"{field.description} ({'; '.join(facts)})".replace("%", "%%")
+
+
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per setting, all defaulting to None so that unset flags do not mask env or file."""
     for name, field in RuntimeSettings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
+        help_text = setting_help(name, field)
         if field.annotation is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=field.description)
+            parser.add_argument(flag_name(name), dest=name, action=argparse.BooleanOptionalAction, help=help_text)
+        elif (choices := _choices(field)) is not None:
+            parser.add_argument(flag_name(name), dest=name, choices=choices, help=help_text)
         else:
-            parser.add_argument(flag, dest=name, metavar=name.upper(), help=field.description)
+            parser.add_argument(flag_name(name), dest=name, metavar=name.upper(), help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Every setting can also come from a YAML file (--config or KUBESERVE_CONFIG) "
         "and from KUBESERVE_<NAME> environment variables; flag > environment > file > default.",
     )
-    serve.add_argument("--config", type=Path, help="YAML file of settings")
+    serve.add_argument("--config", type=Path, help=f"YAML file of settings (env: {CONFIG_FILE_ENV})")
     _add_setting_flags(serve)
 
     from kubeserve.runtime import fetch

@@ -34,6 +34,13 @@ class RuntimeSettings(BaseModel):
         default="1", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", description="version in URLs"
     )
 
+    warmup_inputs_path: Path | None = Field(
+        default=None,
+        description="JSON file holding a V2 inference request whose inputs warm the model up before it reports "
+        "ready (Triton's model_warmup); without it, one synthetic zero row is tried, and its failure is only "
+        "a warning",
+    )
+
     # HTTP.
     host: str = Field(default="0.0.0.0", description="address to listen on")
     port: int = Field(default=8080, ge=0, le=65535, description="port to listen on (0 picks a free one)")
@@ -130,11 +137,21 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return loaded
 
 
+def flag_name(name: str) -> str:
+    """The command-line flag of a setting: ``max_batch_size`` is ``--max-batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str, prefix: str = ENV_PREFIX) -> str:
+    """The environment variable of a setting: ``max_batch_size`` is ``KUBESERVE_MAX_BATCH_SIZE``."""
+    return prefix + name.upper()
+
+
 def settings_from_environment(
     environ: Mapping[str, str], names: Iterable[str] = SETTING_NAMES, prefix: str = ENV_PREFIX
 ) -> dict[str, str]:
     """``<PREFIX><NAME>`` variables that name a setting; others (service links, say) are not ours."""
-    return {name: environ[prefix + name.upper()] for name in names if prefix + name.upper() in environ}
+    return {name: environ[env_name(name, prefix)] for name in names if env_name(name, prefix) in environ}
 
 
 def load_settings(
@@ -144,12 +161,24 @@ def load_settings(
     if config_file is None and environ.get(CONFIG_FILE_ENV):
         config_file = Path(environ[CONFIG_FILE_ENV])
     merged: dict[str, Any] = read_config_file(config_file) if config_file else {}
-    merged.update(settings_from_environment(environ))
-    merged.update({name: value for name, value in flags.items() if value is not None})
+    # Where each value came from, so that an error names what the user must change.
+    sources = {name: f"{name} in {config_file}" for name in merged}
+    from_environment = settings_from_environment(environ)
+    merged.update(from_environment)
+    sources.update({name: env_name(name) for name in from_environment})
+    from_flags = {name: value for name, value in flags.items() if value is not None}
+    merged.update(from_flags)
+    sources.update({name: flag_name(name) for name in from_flags})
+
+    def source(location: str) -> str:
+        name, _, item = location.partition(".")  # "preferred_batch_size.1": the list's second item
+        given = sources.get(name) or f"{name} ({flag_name(name)} or {env_name(name)})"
+        return f"{given}, item {item}" if item else given
+
     try:
         return RuntimeSettings.model_validate(merged)
     except ValidationError as error:
-        raise ConfigError(describe_validation_error(error)) from error
+        raise ConfigError(describe_validation_error(error, name=source)) from error
 
 
 def describe_validation_error(

@@ -1,4 +1,5 @@
-"""The server's Prometheus metrics, per pod, labelled with the model's name and version.
+"""The server's Prometheus metrics, per pod, labelled with the model's name and version, and beside them
+the same measurements as Triton's statistics extension reports them.
 
 Label children are resolved once here, so recording on the request path is a few sub-microsecond calls.
 """
@@ -6,6 +7,7 @@ Label children are resolved once here, so recording on the request path is a few
 from __future__ import annotations
 
 from kubeserve.runtime.rejection import Rejection
+from kubeserve.runtime.statistics import ModelStatistics
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 # Seconds: 50 µs to 10 s, dense where a healthy request lives (sub-millisecond to tens of ms).
@@ -80,6 +82,7 @@ class ServerMetrics:
         ).labels(**labels)
 
         self.stage = {stage: duration.labels(**labels, stage=stage) for stage in STAGES}
+        self.statistics = ModelStatistics()
         self._labels = labels
         self._codes: dict[int, Counter] = {}
         self.rejected = {reason: self._rejected.labels(**labels, reason=reason) for reason in Rejection}

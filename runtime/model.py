@@ -13,11 +13,17 @@ import numpy as np
 import onnxruntime as ort
 from kubeserve.runtime.config import RuntimeSettings
 from kubeserve.runtime.datatypes import BY_ONNX_TYPE
+from kubeserve.runtime.protocol.errors import BadRequest
+from kubeserve.runtime.protocol.v2_request import decode_request
 from kubeserve.runtime.signature import ModelSignature, TensorSpec
 
 log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
+# How the model was warmed up, as the model_ready log event reports it.
+WARMUP_USER = "user"
+WARMUP_SYNTHETIC = "synthetic"
+WARMUP_FAILED = "failed"
 CPU = "CPUExecutionProvider"
 
 _OPTIMIZATION_LEVELS = {
@@ -76,6 +82,7 @@ class OnnxModel:
         )
         self.providers: list[str] = session.get_providers()
         self._string_inputs = frozenset(spec.name for spec in self.signature.inputs if spec.datatype.is_bytes)
+        self.warmup = WARMUP_FAILED
 
     @classmethod
     def load(cls, path: Path, settings: RuntimeSettings) -> OnnxModel:
@@ -89,11 +96,45 @@ class OnnxModel:
         if settings.device == "cuda" and CUDA not in session.get_providers():
             raise ModelLoadError("device is 'cuda', but the CUDA provider could not start (is a GPU visible?)")
         model = cls(session)
-        model.warm_up()
+        model.warmup = model.warm_up(settings.warmup_inputs_path)
         return model
 
-    def warm_up(self) -> None:
-        """One inference on a single zero row, so the first caller does not pay for lazy initialisation."""
+    def warm_up(self, inputs_path: Path | None) -> str:
+        """One inference before the first caller's, so that it does not pay for lazy initialisation.
+
+        The user's inputs must work: a failure is a failed load, as a bad setting is. The synthetic zero row
+        is only a guess (a model may parse its strings, say), so its failure is a warning and the model serves.
+        """
+        if inputs_path is not None:
+            feeds = self.warmup_feeds(inputs_path)
+            try:
+                self.run(feeds, None)
+            except Exception as error:
+                raise ModelLoadError(f"warm-up with warmup_inputs_path {inputs_path} failed: {error}") from error
+            return WARMUP_USER
+        try:
+            self.run(self.synthetic_feeds(), None)
+        except Exception as error:  # ORT raises its own exception types for every kind of failure
+            log.warning(
+                "synthetic warm-up failed; the model serves without it (set warmup_inputs_path to warm it up)",
+                extra={"event": "warmup_failed", "source": WARMUP_SYNTHETIC, "reason": str(error)},
+            )
+            return WARMUP_FAILED
+        return WARMUP_SYNTHETIC
+
+    def warmup_feeds(self, path: Path) -> dict[str, np.ndarray]:
+        """The inputs of the V2 inference request (JSON) in ``path``, checked against the model."""
+        try:
+            body = path.read_bytes()
+        except OSError as error:
+            raise ModelLoadError(f"cannot read warmup_inputs_path {path}: {error.strerror}") from error
+        try:
+            return decode_request(body, None, self.signature).inputs
+        except BadRequest as error:
+            raise ModelLoadError(f"warmup_inputs_path {path} is not a request this model takes: {error}") from error
+
+    def synthetic_feeds(self) -> dict[str, np.ndarray]:
+        """A single zero (or empty-string) row for every input."""
         feeds = {}
         for spec in self.signature.inputs:
             shape = tuple(1 if dim == -1 else dim for dim in spec.shape)
@@ -101,10 +142,7 @@ class OnnxModel:
                 feeds[spec.name] = np.full(shape, b"", dtype=object)
             else:
                 feeds[spec.name] = np.zeros(shape, dtype=spec.datatype.numpy)
-        try:
-            self.run(feeds, None)
-        except Exception as error:
-            raise ModelLoadError(f"warm-up inference failed: {error}") from error
+        return feeds
 
     def run(self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None) -> dict[str, np.ndarray]:
         """Outputs by name: ``output_names``, or all of them."""

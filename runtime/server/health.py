@@ -7,7 +7,7 @@ from kubeserve.runtime import __version__
 from kubeserve.runtime.server.responses import json_response
 from kubeserve.runtime.server.state import STATE
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "parameters"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "parameters", "statistics"]
 
 
 async def live(request: web.Request) -> web.Response:

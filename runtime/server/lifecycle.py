@@ -156,6 +156,7 @@ async def _load(state: ServerState) -> None:
             "event": "model_ready",
             "seconds": round(seconds, 3),
             "providers": model.providers,
+            "warmup": model.warmup,
             "inputs": {s.name: [s.datatype.name, list(s.shape)] for s in model.signature.inputs},
             "outputs": {s.name: [s.datatype.name, list(s.shape)] for s in model.signature.outputs},
             "max_batch_size": state.loaded.batcher.policy.max_batch_size,

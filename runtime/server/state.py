@@ -66,12 +66,15 @@ class ServerState:
 
     def check_model(self, name: str, version: str | None) -> None:
         """404 unless this server serves that model (and version)."""
+        # Triton's wording first: its clients (and their users' scripts) look for it.
         if name != self.settings.model_name:
-            raise NotFound(f"unknown model '{name}'; this server serves '{self.settings.model_name}'")
+            raise NotFound(
+                f"Request for unknown model: '{name}' is not found; this server serves '{self.settings.model_name}'"
+            )
         if version is not None and version != self.settings.model_version:
             raise NotFound(
-                f"unknown version '{version}' of model '{name}'; this server serves version "
-                f"'{self.settings.model_version}'"
+                f"Request for unknown model: '{name}' version '{version}' is not found; this server serves "
+                f"version '{self.settings.model_version}'"
             )
 
     def model_for(self, request: web.Request) -> LoadedModel:

@@ -17,9 +17,9 @@ async def model_status(request: web.Request) -> web.Response:
 
 async def predict(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    async with Exchange(state) as exchange:
+    async with Exchange(state, request) as exchange:
         loaded = state.model_for(request)
-        body = await exchange.read_body(request)
+        body = await exchange.read_body()
         feeds = decode_instances(body, loaded.model.signature)
         exchange.deserialized()
         outputs = await exchange.compute(loaded.batcher, feeds)

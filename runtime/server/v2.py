@@ -1,5 +1,5 @@
-"""Open Inference Protocol (V2) model endpoints: metadata, readiness, Triton's model configuration, and
-inference (JSON, or Triton's binary tensor extension)."""
+"""Open Inference Protocol (V2) model endpoints: metadata, readiness, Triton's model configuration and
+statistics, and inference (JSON, or Triton's binary tensor extension)."""
 
 from __future__ import annotations
 
@@ -90,11 +90,22 @@ async def model_config(request: web.Request) -> web.Response:
     return json_response(triton_config(state, state.model_for(request)))
 
 
+async def model_statistics(request: web.Request) -> web.Response:
+    """Triton's statistics extension; without a model name, every model (this server has one)."""
+    state = request.app[STATE]
+    name = request.match_info.get("name")
+    if name is not None:
+        state.check_model(name, request.match_info.get("version"))
+    settings = state.settings
+    entry = state.metrics.statistics.as_json(settings.model_name, settings.model_version)
+    return json_response({"model_stats": [entry]})
+
+
 async def infer(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    async with Exchange(state) as exchange:
+    async with Exchange(state, request) as exchange:
         loaded = state.model_for(request)
-        body = await exchange.read_body(request)
+        body = await exchange.read_body()
         signature = loaded.model.signature
         decoded = decode_request(body, request.headers.get(HEADER_LENGTH), signature)
         exchange.deserialized()

@@ -15,6 +15,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from prometheus_client.samples import Sample
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubeserve"
@@ -106,8 +107,12 @@ def manifests(helm: str, mode: str) -> list[dict]:
 
 @pytest.mark.parametrize(
     "values",
-    [*MODES.values(), ("monitoring.adapterRule.enabled=true", "monitoring.podMonitor.enabled=true")],
-    ids=[*MODES, "monitoring"],
+    [
+        *MODES.values(),
+        ("monitoring.adapterRule.enabled=true", "monitoring.podMonitor.enabled=true", "dashboard.enabled=true"),
+        (*NAMESPACED, "networkPolicy.enabled=true", "networkPolicy.allowedNamespaces={apps}"),
+    ],
+    ids=[*MODES, "monitoring", "network-policy"],
 )
 def test_helm_lint_passes(helm, values):
     command = [helm, "lint", "--strict", str(CHART)]
@@ -332,7 +337,10 @@ def test_every_operator_setting_the_chart_sets_is_one_the_operator_reads(manifes
     assert settings.standalone is False
     (container,) = operator_pod(manifests)["containers"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert container["ports"] == [{"name": "health", "containerPort": settings.health_port}]
+    assert container["ports"] == [
+        {"name": "health", "containerPort": settings.health_port},
+        {"name": "metrics", "containerPort": settings.metrics_port},
+    ]
 
 
 def test_the_chart_defaults_to_the_operators_own_default_images(manifests):
@@ -376,7 +384,16 @@ def test_turning_the_health_endpoint_off_drops_the_probe(helm):
 
     assert operator_settings(manifests).health_port == 0
     assert "livenessProbe" not in container
+    assert [port["name"] for port in container["ports"]] == ["metrics"]
+
+
+def test_turning_both_endpoints_off_drops_the_ports_and_the_operator_pod_monitor(helm):
+    manifests = render(helm, "operator.healthPort=0", "operator.metricsPort=0", "monitoring.podMonitor.enabled=true")
+    (container,) = operator_pod(manifests)["containers"]
+
+    assert operator_settings(manifests).metrics_port == 0
     assert "ports" not in container
+    assert [monitor["metadata"]["name"] for monitor in of_kind(manifests, "PodMonitor")] == ["kubeserve-runtime"]
 
 
 @pytest.mark.parametrize(
@@ -388,6 +405,9 @@ def test_turning_the_health_endpoint_off_drops_the_probe(helm):
         ("runtime.image=old-name:1", "additional properties 'image' not allowed"),
         ("monitoring.adapterRule.window=soon", "at '/monitoring/adapterRule/window'"),
         ("monitoring.podMonitor.enabled=yes", "at '/monitoring/podMonitor/enabled'"),
+        ("operator.metricsPort=70000", "at '/operator/metricsPort'"),
+        ("networkPolicy.allowedNamespaces={Not_A_Namespace}", "at '/networkPolicy/allowedNamespaces/0'"),
+        ("dashboard.enabled=yes", "at '/dashboard/enabled'"),
     ],
 )
 def test_bad_values_are_rejected_with_the_path_to_fix(helm, value, complaint):
@@ -477,8 +497,8 @@ def metric_names_in(rule: dict) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def runtime_metric_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
-    """The sample names a live runtime exports on /metrics, after one inference request."""
+def runtime_samples(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
+    """The samples (names, labels) a live runtime exports on /metrics, after one inference request."""
     from prometheus_client.parser import text_string_to_metric_families
 
     models = tmp_path_factory.mktemp("models")
@@ -522,7 +542,12 @@ def runtime_metric_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
         process.wait()
     samples = [sample for family in text_string_to_metric_families(exposition) for sample in family.samples]
     assert any(s.name == "kubeserve_queue_delay_seconds_count" and s.value == 1 for s in samples), exposition
-    return {sample.name for sample in samples}
+    return samples
+
+
+@pytest.fixture(scope="module")
+def runtime_metric_names(runtime_samples: list[Sample]) -> set[str]:
+    return {sample.name for sample in runtime_samples}
 
 
 def test_monitoring_is_off_unless_asked_for(manifests):
@@ -536,7 +561,7 @@ def test_with_monitoring_on_every_kubernetes_manifest_is_still_valid(helm):
         # PodMonitor is the Prometheus Operator's CRD, not in Kubernetes' schemas: checked field by field below.
         if manifest["kind"] not in ("CustomResourceDefinition", "PodMonitor", "ClusterKopfPeering"):
             kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
-    assert len(of_kind(manifests, "PodMonitor")) == 1
+    assert len(of_kind(manifests, "PodMonitor")) == 2  # the runtime pods and the operator's
 
 
 def test_the_adapter_rule_serves_the_metric_the_operators_hpa_reads(helm):
@@ -610,8 +635,13 @@ def runtime_pod_template() -> dict:
     return deployment["spec"]["template"]
 
 
+def runtime_pod_monitor(manifests: list[dict]) -> dict:
+    (monitor,) = [m for m in of_kind(manifests, "PodMonitor") if m["metadata"]["name"] == "kubeserve-runtime"]
+    return monitor
+
+
 def test_the_pod_monitor_scrapes_every_runtime_pod(helm, mode):
-    (monitor,) = of_kind(render(helm, *MODES[mode], *MONITORING), "PodMonitor")
+    monitor = runtime_pod_monitor(render(helm, *MODES[mode], *MONITORING))
     template = runtime_pod_template()
     (container,) = [c for c in template["spec"]["containers"] if c["name"] == "runtime"]
 
@@ -639,8 +669,192 @@ def test_the_pod_monitor_scrapes_every_runtime_pod(helm, mode):
 
 
 def test_the_pod_monitor_carries_the_labels_prometheus_selects_on(helm):
-    (monitor,) = of_kind(
-        render(helm, *MONITORING, "monitoring.podMonitor.labels.release=kube-prometheus"), "PodMonitor"
+    monitors = of_kind(render(helm, *MONITORING, "monitoring.podMonitor.labels.release=kube-prometheus"), "PodMonitor")
+
+    assert len(monitors) == 2
+    for monitor in monitors:
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus"
+
+
+# --- The operator's own metrics ------------------------------------------------------------------------------
+
+
+def test_the_operator_pod_monitor_scrapes_the_operators_metrics_port(helm, mode):
+    manifests = render(helm, *MODES[mode], *MONITORING)
+    (monitor,) = [m for m in of_kind(manifests, "PodMonitor") if m["metadata"]["name"] == "kubeserve-operator"]
+    (deployment,) = of_kind(manifests, "Deployment")
+    (container,) = operator_pod(manifests)["containers"]
+
+    assert set(monitor["spec"]) == {"selector", "namespaceSelector", "podMetricsEndpoints"}
+    # Both operator replicas of this release, and nothing else.
+    assert monitor["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [RELEASE_NAMESPACE]}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    (port,) = [port for port in container["ports"] if port["name"] == endpoint["port"]]
+    assert port["containerPort"] == operator_settings(manifests).metrics_port == 8082
+    assert endpoint["path"] == "/metrics"
+    # The per-InferenceService series' own `namespace` label wins over the target's (the operator's namespace).
+    assert endpoint["honorLabels"] is True
+
+
+def test_the_metrics_port_reaches_the_operator(helm):
+    manifests = render(helm, "operator.metricsPort=9100")
+    (container,) = operator_pod(manifests)["containers"]
+
+    assert operator_settings(manifests).metrics_port == 9100
+    assert {"name": "metrics", "containerPort": 9100} in container["ports"]
+
+
+# --- NetworkPolicy -------------------------------------------------------------------------------------------
+
+NETWORK_POLICY = ("networkPolicy.enabled=true", "networkPolicy.allowedNamespaces={apps,monitoring}")
+
+
+def test_no_network_policy_unless_asked_for(manifests):
+    assert of_kind(manifests, "NetworkPolicy") == []
+
+
+def test_a_network_policy_in_each_watched_namespace_lets_only_the_listed_namespaces_and_the_operator_in(helm):
+    manifests = render(helm, *NAMESPACED, *NETWORK_POLICY)
+    policies = of_kind(manifests, "NetworkPolicy")
+    template = runtime_pod_template()
+    (runtime,) = [c for c in template["spec"]["containers"] if c["name"] == "runtime"]
+    (deployment,) = of_kind(manifests, "Deployment")
+
+    # The namespaces the PodMonitor scrapes: where the runtime pods are.
+    assert (
+        sorted(p["metadata"]["namespace"] for p in policies)
+        == runtime_pod_monitor(render(helm, *NAMESPACED, *MONITORING))["spec"]["namespaceSelector"]["matchNames"]
+    )
+    for policy in policies:
+        kubernetes_validate.validate(policy, KUBERNETES_VERSION, strict=True)
+        spec = policy["spec"]
+        selector = spec["podSelector"]["matchLabels"]
+        assert selector == {"app.kubernetes.io/name": "kubeserve-runtime", "app.kubernetes.io/managed-by": "kubeserve"}
+        assert selector.items() <= template["metadata"]["labels"].items()
+        assert spec["policyTypes"] == ["Ingress"]
+        (rule,) = spec["ingress"]
+        operator, *listed = rule["from"]
+        # The operator's pods (canary analysis reads /metrics), in the release's namespace only.
+        assert operator == {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": RELEASE_NAMESPACE}},
+            "podSelector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]},
+        }
+        assert listed == [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
+            for name in ("apps", "monitoring")
+        ]
+        # The runtime's one port, by its name: inference, health and /metrics.
+        assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+        assert [port["name"] for port in runtime["ports"]] == ["http"]
+
+
+def test_a_cluster_wide_operator_needs_the_network_policys_namespaces_named(helm):
+    command = [helm, "template", "kubeserve", str(CHART), "--set", "networkPolicy.enabled=true"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode != 0
+    assert "networkPolicy.namespaces is required with watch.clusterWide=true" in result.stderr
+
+    manifests = render(helm, *NETWORK_POLICY, "networkPolicy.namespaces={models}")
+    (policy,) = of_kind(manifests, "NetworkPolicy")
+    assert policy["metadata"]["namespace"] == "models"
+    kubernetes_validate.validate(policy, KUBERNETES_VERSION, strict=True)
+
+
+# --- NOTES.txt: what `helm install` prints -------------------------------------------------------------------
+
+
+def notes(helm: str, *values: str) -> str:
+    """NOTES.txt as `helm install` prints it: `helm template` never renders NOTES, a client-side dry run does."""
+    command = [helm, "install", "kubeserve", str(CHART), "--namespace", RELEASE_NAMESPACE, "--dry-run=client"]
+    for value in values:
+        command += ["--set", value]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    _, found, text = result.stdout.partition("\nNOTES:\n")
+    assert found, result.stdout
+    return text
+
+
+def test_the_notes_say_what_was_installed(helm):
+    default = notes(helm)
+    assert "release kubeserve in namespace kubeserve-system" in default
+    assert "Deployment kubeserve, 2 replica(s)" in default
+    assert "Watching:      every namespace" in default
+    for switch in ("monitoring.podMonitor.enabled", "monitoring.adapterRule.enabled", "dashboard.enabled"):
+        assert f"off ({switch})" in default
+
+    switched = notes(helm, *NAMESPACED, *MONITORING, "dashboard.enabled=true", *NETWORK_POLICY)
+    assert "Watching:      models, team-b" in switched
+    assert "PodMonitors:   on (runtime pods, operator pods)" in switched
+    assert "ConfigMap kubeserve-dashboard" in switched
+    assert "take calls from apps, monitoring and the operator only" in switched
+
+
+def test_the_notes_apply_the_cpu_sample_and_call_it_as_its_model_expects(helm):
+    from kubeserve.runtime.samples import build_mlp
+
+    text = notes(helm, *NAMESPACED)
+    sample = yaml.safe_load((REPO / "samples" / "isvc-cpu.yaml").read_text())
+    name = sample["metadata"]["name"]
+    (model_input,) = build_mlp().graph.input
+    (model_output,) = build_mlp().graph.output
+    features = model_input.type.tensor_type.shape.dim[1].dim_value
+
+    # The sample, as a file of the repository, applied in the first watched namespace.
+    assert "kubectl apply -n models -f samples/isvc-cpu.yaml" in text
+    assert "https://github.com/kubeserve/kubeserve/blob/main/samples/isvc-cpu.yaml" in text
+    assert "kubectl get isvc -n models -w" in text
+    # A V2 request the model accepts: its Service, its input's name, type and shape.
+    assert f"http://{name}.models.svc.cluster.local/v2/models/{name}/infer" in text
+    (body,) = re.findall(r"-d '(\{.*\})'", text)
+    (request,) = json.loads(body)["inputs"]
+    assert request["name"] == model_input.name == "features"
+    assert request["datatype"] == "FP32"
+    assert request["shape"] == [1, features] == [1, 32]
+    assert len(request["data"]) == features
+    assert f'"{model_output.name}"' in text
+
+
+# --- The chart README ----------------------------------------------------------------------------------------
+
+
+def test_the_chart_readme_is_what_its_generator_writes():
+    command = [sys.executable, str(REPO / "charts" / "chart_readme.py"), "--check"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    assert result.returncode == 0, result.stderr  # the fix: python charts/chart_readme.py
+
+
+def test_the_chart_readme_describes_every_leaf_value():
+    readme = (CHART / "README.md").read_text()
+    rows = {
+        match["path"]: match["description"]
+        for match in re.finditer(r"^\| `(?P<path>[^`]+)` \|.*\| (?P<description>[^|]*) \|$", readme, re.MULTILINE)
+    }
+
+    def leaves(values: dict, schema: dict, prefix: str = "") -> Iterable[str]:
+        for key, value in values.items():
+            path, sub = f"{prefix}{key}", schema.get("properties", {}).get(key, {})
+            # Mappings the schema leaves free-form (resources, nodeSelector) are one value, as the README lists them.
+            if isinstance(value, dict) and value and "properties" in sub:
+                yield from leaves(value, sub, f"{path}.")
+            else:
+                yield path
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    every = list(leaves(values, schema))
+    assert {"operator.metricsPort", "networkPolicy.allowedNamespaces", "dashboard.label"} <= set(every)
+    for path in every:
+        assert path in rows, f"{path} is missing from the chart README"
+        assert rows[path].strip(), f"{path} has no description: comment it in values.yaml"
+
+
+def test_helm_show_readme_prints_the_chart_readme(helm):
+    result = subprocess.run(
+        [helm, "show", "readme", str(CHART)], capture_output=True, text=True, timeout=60, check=False
     )
 
-    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus"
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (CHART / "README.md").read_text().strip()

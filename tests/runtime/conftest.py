@@ -115,6 +115,44 @@ def build_sequence(path: Path) -> Path:
     )
 
 
+def build_simple(path: Path) -> Path:
+    """Triton's ``simple`` example model: ``INPUT0``, ``INPUT1`` INT32 [batch, 16] -> ``OUTPUT0`` = sum,
+    ``OUTPUT1`` = difference."""
+    return _save(
+        helper.make_graph(
+            [
+                helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
+                helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
+            ],
+            "simple",
+            [helper.make_tensor_value_info(f"INPUT{i}", TensorProto.INT32, ["batch", 16]) for i in range(2)],
+            [helper.make_tensor_value_info(f"OUTPUT{i}", TensorProto.INT32, ["batch", 16]) for i in range(2)],
+        ),
+        path,
+    )
+
+
+def build_simple_string(path: Path) -> Path:
+    """Triton's ``simple_string``: ``simple`` on BYTES holding numbers as text, ``Cast`` to INT32 and back.
+    Empty strings (the synthetic warm-up's) cannot be parsed, so its warm-up fails."""
+    nodes = [helper.make_node("Cast", [f"INPUT{i}"], [f"number{i}"], to=TensorProto.INT32) for i in range(2)]
+    nodes += [
+        helper.make_node("Add", ["number0", "number1"], ["sum"]),
+        helper.make_node("Sub", ["number0", "number1"], ["difference"]),
+        helper.make_node("Cast", ["sum"], ["OUTPUT0"], to=TensorProto.STRING),
+        helper.make_node("Cast", ["difference"], ["OUTPUT1"], to=TensorProto.STRING),
+    ]
+    return _save(
+        helper.make_graph(
+            nodes,
+            "simple_string",
+            [helper.make_tensor_value_info(f"INPUT{i}", TensorProto.STRING, ["batch", 16]) for i in range(2)],
+            [helper.make_tensor_value_info(f"OUTPUT{i}", TensorProto.STRING, ["batch", 16]) for i in range(2)],
+        ),
+        path,
+    )
+
+
 def build_all(directory: Path) -> dict[str, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = {name: write_sample(name, directory / f"{name}.onnx") for name in ("tiny", "mlp")}
@@ -122,6 +160,8 @@ def build_all(directory: Path) -> dict[str, Path]:
     paths["pair"] = build_pair(directory / "pair.onnx")
     paths["fixed"] = build_fixed(directory / "fixed.onnx")
     paths["sequence"] = build_sequence(directory / "sequence.onnx")
+    paths["simple"] = build_simple(directory / "simple.onnx")
+    paths["simple_string"] = build_simple_string(directory / "simple_string.onnx")
     paths["broken"] = directory / "broken.onnx"
     paths["broken"].write_bytes(b"this is not an ONNX model")
     return paths
@@ -236,6 +276,16 @@ def mlp_server(models: dict[str, Path]) -> Iterator[RuntimeProcess]:
     """One MLP server shared by a module's read-mostly tests."""
     process = RuntimeProcess(
         ["serve", "--host", "127.0.0.1", "--port", "0", "--model-path", str(models["mlp"]), "--model-name", "mlp"]
+    )
+    yield process.wait_ready()
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def simple_server(models: dict[str, Path]) -> Iterator[RuntimeProcess]:
+    """One server of Triton's ``simple`` example model, shared by a module's tests."""
+    process = RuntimeProcess(
+        ["serve", "--host", "127.0.0.1", "--port", "0", "--model-path", str(models["simple"]), "--model-name", "simple"]
     )
     yield process.wait_ready()
     process.stop()

@@ -102,13 +102,13 @@ def test_a_missing_model_file_exits_3_by_itself(start_runtime, tmp_path):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--model-name", "m"], "model_path: Field required"),
-        (["--model-path", "m.onnx", "--model-name", "m", "--max-batch-size", "-1"], "max_batch_size: Input should be"),
-        (["--model-path", "m.onnx", "--model-name", "m", "--port", "http"], "port: Input should be a valid integer"),
-        (["--model-path", "m.onnx", "--model-name", "bad name"], "model_name: String should match pattern"),
+        (["--model-name", "m"], "model_path (--model-path or KUBESERVE_MODEL_PATH): Field required"),
+        (["--model-path", "m.onnx", "--model-name", "m", "--max-batch-size", "-1"], "--max-batch-size: Input"),
+        (["--model-path", "m.onnx", "--model-name", "m", "--port", "http"], "--port: Input should be a valid integer"),
+        (["--model-path", "m.onnx", "--model-name", "bad name"], "--model-name: String should match pattern"),
         (["--model-path", "m.onnx", "--model-name", "m", "--max-batch-size", "4", "--preferred-batch-size", "8"],
          "preferred_batch_size 8 must be between 1 and max_batch_size (4)"),
-        (["--model-path", "m.onnx", "--model-name", "m", "--device", "tpu"], "device: Input should be"),
+        (["--model-path", "m.onnx", "--model-name", "m", "--device", "tpu"], "argument --device: invalid choice"),
     ],
 )  # fmt: skip
 def test_invalid_settings_exit_2_with_a_clear_message(start_runtime, flags, message):
