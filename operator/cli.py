@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib.util
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from kubeserve.operator import manifests
-from kubeserve.operator.reconcile import assess
 from kubeserve.operator.settings import SETTING_NAMES, SettingsError, env_name, load_settings
 from kubeserve.runtime import __version__
 from kubeserve.runtime.logs import configure_logging
@@ -59,8 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What the operator needs beyond the runtime: its extra, which the runtime's image does not carry.
+OPERATOR_PACKAGES = ("kopf", "kubernetes")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    missing = [name for name in OPERATOR_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        print(
+            f"kubeserve-operator: {', '.join(missing)} not installed: pip install 'kubeserve[operator]'",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_BAD_SETTINGS)
     raise SystemExit(_run(args) if args.command == "run" else _render(args))
 
 
@@ -74,6 +85,14 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_BAD_SETTINGS
     import kopf  # imported here: `render` and `--help` stay fast
     from kubeserve.operator import handlers  # noqa: F401  (registers the handlers with kopf)
+    from kubeserve.operator.cluster import Cluster, ClusterError
+
+    # No cluster at all is said plainly, before kopf starts (and leaves its half-started tasks behind).
+    try:
+        asyncio.run(_close(Cluster.connect(request_timeout=settings.api_timeout_seconds)))
+    except ClusterError as error:
+        print(f"kubeserve-operator: stopped: {error}", file=sys.stderr)
+        return EXIT_STOPPED
 
     kopf.configure(debug=settings.log_level == "debug")  # kopf's own logger levels
     configure_logging(settings.log_level)  # one JSON object per line, as the runtime logs
@@ -92,7 +111,15 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _close(connecting: Awaitable[Any]) -> None:
+    cluster = await connecting
+    await cluster.close()
+
+
 def _render(args: argparse.Namespace) -> int:
+    from kubeserve.operator import manifests
+    from kubeserve.operator.reconcile import assess
+
     try:
         settings = load_settings(os.environ)
     except SettingsError as error:

@@ -69,6 +69,10 @@ class Cluster:
                 path = str(Path("~/.kube/config").expanduser())  # noqa: ASYNC240
             else:
                 return cls(client.ApiClient(configuration), timeout=request_timeout)
+        if not Path(path).is_file():  # noqa: ASYNC240  (one stat at start)
+            raise ClusterError(
+                f"no cluster to talk to: not in a pod, and kubeconfig {path} does not exist", retryable=False
+            )
         try:
             await config.load_kube_config(config_file=path, client_configuration=configuration, persist_config=False)
         except (config.ConfigException, OSError) as error:

@@ -14,6 +14,7 @@ Needs the ``onnx`` package (the ``samples`` extra); the server itself does not.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 from collections.abc import Callable
 from pathlib import Path
@@ -139,6 +140,8 @@ def main() -> None:
     parser.add_argument("directory", type=Path)
     parser.add_argument("--only", choices=sorted(BUILDERS), action="append", help="write only these")
     args = parser.parse_args()
+    if importlib.util.find_spec("onnx") is None:
+        parser.exit(2, "samples need the onnx package, which the server does not: pip install 'kubeserve[samples]'\n")
     for name in args.only or BUILDERS:
         print(write_sample(name, args.directory / f"{name}.onnx"))
 
