@@ -282,3 +282,35 @@ async def test_with_gateway_api_routing_an_httproute_carries_the_rollouts_weight
         # No router any more: the route goes.
         await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"rollout": {"trafficRouting": None}}})
         await eventually(lambda: objects(routes, NS, "mlp") is None)
+
+
+async def test_a_restarted_operator_resumes_the_rollout_where_it_was(
+    api, cluster, run_operator, eventually, objects, replicas, status, isvc_factory, controller
+):
+    rollout = {"steps": [{"weight": 25, "pauseSeconds": 60}, {"weight": 50, "pauseSeconds": 60}]}
+    async with run_operator():
+        await api.create(ISVC_PATH, isvc_factory(replicas=4, rollout=rollout))
+        await eventually(lambda: len(replicas()) == 1)
+        (v1,) = replicas()
+        await serve(controller, objects, v1, 4)
+        await eventually(lambda: status()["rollout"]["phase"] == "Succeeded")
+        await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"model": {"version": "2"}}})
+        await eventually(lambda: len(replicas()) == 2)
+        (v2,) = set(replicas()) - {v1}
+        await serve(controller, objects, v2, 1)
+        await eventually(lambda: replicas() == {v1: 3, v2: 1})
+        await eventually(lambda: status()["rollout"]["step"] == 1, within=90)  # 50%
+        before = status()["rollout"]
+
+    # A new operator process knows only what the cluster holds: status.rollout and the revision Deployments.
+    async with run_operator():
+        await eventually(lambda: replicas()[v2] == 2)  # still step 2's split, not step 1's
+        assert status()["rollout"]["step"] == 1
+        assert status()["rollout"]["stepStartedAt"] == before["stepStartedAt"]  # its pause's clock kept
+        await serve(controller, objects, v2, 2)
+        await eventually(lambda: replicas() == {v1: 2, v2: 2})
+        # The rest of the pause, then 100%. (The new operator anchors its clock to the wall clock, which the fake
+        # loop clock of the first one did not move: here the pause restarts in effect; in a real restart the two
+        # clocks advance together.)
+        await eventually(lambda: replicas()[v2] == 4, within=300)
+    assert posted(cluster, "RolloutStarted") and len(posted(cluster, "RolloutStarted")) == 1  # not started again
