@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-# The sample models' single inputs (runtime/samples.py).
-INPUTS = {"tiny": ("input", (4,)), "mlp": ("features", (32,)), "cnn": ("image", (3, 64, 64))}
+# The sample models' single inputs (runtime/samples.py); the comparison models pass their own (bench/models.py).
+Inputs = Mapping[str, tuple[str, tuple[int, ...]]]
+INPUTS: Inputs = {"tiny": ("input", (4,)), "mlp": ("features", (32,)), "cnn": ("image", (3, 64, 64))}
 
 
 @dataclass(frozen=True)
@@ -18,21 +20,21 @@ class Payload:
     rows: int
 
 
-def sample_rows(model: str, rows: int, seed: int = 0) -> np.ndarray:
-    _name, shape = INPUTS[model]
+def sample_rows(model: str, rows: int, seed: int = 0, inputs: Inputs = INPUTS) -> np.ndarray:
+    _name, shape = inputs[model]
     return np.random.default_rng(seed).random((rows, *shape), dtype=np.float32)
 
 
-def json_payload(model: str, rows: int) -> Payload:
-    name, _shape = INPUTS[model]
-    data = sample_rows(model, rows)
+def json_payload(model: str, rows: int, inputs: Inputs = INPUTS) -> Payload:
+    name, _shape = inputs[model]
+    data = sample_rows(model, rows, inputs=inputs)
     body = {"inputs": [{"name": name, "shape": list(data.shape), "datatype": "FP32", "data": data.ravel().tolist()}]}
     return Payload(json.dumps(body).encode(), {"Content-Type": "application/json"}, rows)
 
 
-def binary_payload(model: str, rows: int) -> Payload:
-    name, _shape = INPUTS[model]
-    data = sample_rows(model, rows)
+def binary_payload(model: str, rows: int, inputs: Inputs = INPUTS) -> Payload:
+    name, _shape = inputs[model]
+    data = sample_rows(model, rows, inputs=inputs)
     header = json.dumps({
         "inputs": [{"name": name, "shape": list(data.shape), "datatype": "FP32",
                     "parameters": {"binary_data_size": data.nbytes}}],

@@ -1,6 +1,9 @@
-"""``make bench``: the runtime under closed-loop load on this machine, beside in-process ONNX Runtime.
+"""``make bench``: the runtime under closed-loop load on this machine, beside a plain server and in-process ORT.
 
-For each sample model it starts the real server, drives load from a separate process (bench/loadgen.py)
+First the comparison of issue 11: on three models built for it (bench/models.py), the runtime and a plain
+reference server (bench/plain_server.py) are driven in turn by the same load generator with the same requests,
+one sample per request, and the ratios are printed beside the absolute numbers, with the server CPU per
+request. Then, for each sample model it starts the real server, drives load from a separate process (bench/loadgen.py)
 at several concurrencies, and records requests/s, samples/s, p50/p99 and the server's CPU per request.
 Each gain is measured in the same run: batching on against off, binary tensors against JSON, ORT's
 thread spinning on against off. Prints the tables, checks the project's floors, and (with ``--readme``)
@@ -24,11 +27,12 @@ from pathlib import Path
 # PYTHONSAFEPATH keeps the script's folder off sys.path (the repository root holds `operator/`); add bench/ only.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import models as comparison_models
 import onnxruntime
 from inprocess import samples_per_second
 from kubeserve.runtime.samples import write_sample
 from payloads import Payload, binary_payload, json_payload
-from server import RunningServer
+from server import PlainServer, RunningServer
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
@@ -57,6 +61,28 @@ SCENARIOS = (
     Scenario("cnn", "binary", CNN_ROWS, ("--max-batch-size", "0"), "off", (32,)),
     Scenario("cnn", "json", CNN_ROWS, (), "on", (1, 8, 32)),
 )
+
+
+@dataclass(frozen=True)
+class Point:
+    """One point of the comparison with the plain server; every request carries one sample."""
+
+    label: str
+    model: str
+    encoding: str  # "json" or "binary"
+    concurrency: int
+    metric: str  # the loadgen result compared: "p50_ms" (lower is better) or "requests_per_second"
+
+
+POINTS = (
+    Point("tiny, c=1, p50 ms", "tiny", "json", 1, "p50_ms"),
+    Point("tiny, c=32, req/s", "tiny", "json", 32, "requests_per_second"),
+    Point("mlp, c=32, JSON, req/s", "mlp", "json", 32, "requests_per_second"),
+    Point("cnn, c=32, JSON, req/s", "cnn", "json", 32, "requests_per_second"),
+    Point("cnn, c=32, binary, req/s", "cnn", "binary", 32, "requests_per_second"),
+)
+# Started one at a time: on a small machine two servers would share the cores the other is measured on.
+SERVERS: dict[str, type[RunningServer]] = {"kubeserve": RunningServer, "plain": PlainServer}
 
 
 def drive(server: RunningServer, payload: Payload, concurrency: int, seconds: float, body_file: Path) -> dict:
@@ -89,6 +115,94 @@ def machine() -> str:
     )
 
 
+def server_cores(result: dict) -> float:
+    """Cores the server kept busy: its CPU per request times the requests per second."""
+    return result["server_cpu_us_per_request"] * result["requests_per_second"] / 1e6
+
+
+def compare(work: Path, seconds: float) -> tuple[dict[str, dict[str, dict]], dict[int, float]]:
+    """Each point on each server, as loadgen results by point label and server; and in-process ORT on the cnn."""
+    results: dict[str, dict[str, dict]] = {point.label: {} for point in POINTS}
+    write = comparison_models.write_model
+    paths = {name: write(name, work / f"compare-{name}.onnx") for name in comparison_models.BUILDERS}
+    for model, path in paths.items():
+        for server_name, server_class in SERVERS.items():
+            with server_class(path, model) as server:
+                for point in (p for p in POINTS if p.model == model):
+                    make = binary_payload if point.encoding == "binary" else json_payload
+                    payload = make(model, 1, inputs=comparison_models.INPUTS)
+                    result = drive(server, payload, point.concurrency, seconds, work / "body")
+                    results[point.label][server_name] = result
+                    print(
+                        f"compare {point.label:26} {server_name:9} {result['requests_per_second']:9,.0f} req/s "
+                        f"p50 {result['p50_ms']:7.2f} ms p99 {result['p99_ms']:7.2f} ms "
+                        f"cpu {result['server_cpu_us_per_request']:7,.0f} µs/req ({server_cores(result):.2f} cores)",
+                        flush=True,
+                    )
+    inprocess = samples_per_second("cnn", paths["cnn"], BATCH_SIZES, inputs=comparison_models.INPUTS)
+    print("in-process cnn (comparison): " + ", ".join(f"b{b} {v:,.0f}/s" for b, v in inprocess.items()), flush=True)
+    return results, inprocess
+
+
+def compare_floors(
+    results: dict[str, dict[str, dict]], inprocess_cnn: dict[int, float]
+) -> list[tuple[str, bool | None, str]]:
+    """Issue 11's floors. ``None``: not measurable in this run (said so rather than passed)."""
+
+    def ratio(label: str) -> tuple[float, float, float]:
+        point = next(p for p in POINTS if p.label == label)
+        ours, plain = results[label]["kubeserve"][point.metric], results[label]["plain"][point.metric]
+        return ours, plain, ours / plain
+
+    p50, plain_p50, _ = ratio("tiny, c=1, p50 ms")
+    tiny, plain_tiny, tiny_gain = ratio("tiny, c=32, req/s")
+    mlp, plain_mlp, mlp_gain = ratio("mlp, c=32, JSON, req/s")
+    cnn = results["cnn, c=32, binary, req/s"]["kubeserve"]["requests_per_second"]
+    best_batch, best = max(inprocess_cnn.items(), key=lambda item: item[1])
+    return [
+        ("tiny, concurrency 1: p50 no worse than plain's", p50 <= plain_p50,
+         f"{p50:.3f} ms vs plain {plain_p50:.3f} ms"),
+        ("tiny, c=32: at least 1.3x plain's req/s", tiny_gain >= 1.3,
+         f"{tiny_gain:.2f}x ({tiny:,.0f} vs {plain_tiny:,.0f} req/s)"),
+        ("mlp, c=32, JSON: at least 2.5x plain's req/s", mlp_gain >= 2.5,
+         f"{mlp_gain:.2f}x ({mlp:,.0f} vs {plain_mlp:,.0f} req/s)"),
+        ("cnn, c=32, one binary image per request: at least 0.45x in-process ORT's best samples/s",
+         cnn / best >= 0.45, f"{cnn / best:.2f}x ({cnn:,.0f} vs {best:,.0f} samples/s at batch {best_batch})"),
+        ("a pod with more cores serves proportionally more", None,
+         f"not measured: the runtime has no workers setting yet, and this machine has {os.cpu_count()} cores"),
+    ]  # fmt: skip
+
+
+def render_comparison(results: dict[str, dict[str, dict]], inprocess_cnn: dict[int, float]) -> str:
+    lines = [
+        "| point | kubeserve | plain | kubeserve ÷ plain | server CPU µs/req: kubeserve | plain "
+        "| server cores: kubeserve | plain |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for point in POINTS:
+        ours, plain = results[point.label]["kubeserve"], results[point.label]["plain"]
+        shown = "{:.2f}" if point.metric == "p50_ms" else "{:,.0f}"
+        lines.append(
+            f"| {point.label} | {shown.format(ours[point.metric])} | {shown.format(plain[point.metric])} "
+            f"| {ours[point.metric] / plain[point.metric]:.2f}x "
+            f"| {ours['server_cpu_us_per_request']:,.0f} | {plain['server_cpu_us_per_request']:,.0f} "
+            f"| {server_cores(ours):.2f} | {server_cores(plain):.2f} |"
+        )
+    best_batch, best = max(inprocess_cnn.items(), key=lambda item: item[1])
+    cnn = results["cnn, c=32, binary, req/s"]["kubeserve"]["requests_per_second"]
+    lines += [
+        "",
+        f"In-process ONNX Runtime on the same cnn, with the server's session settings: best {best:,.0f} samples/s "
+        f"(batch {best_batch}); kubeserve's binary c=32 point is {cnn / best:.2f}x of it.",
+    ]
+    return "\n".join(lines)
+
+
+def render_floors(floors: list[tuple[str, bool | None, str]]) -> list[str]:
+    marks = {True: "PASS", False: "BELOW", None: "NOT MEASURED"}
+    return [f"- {marks[ok]} {name}: {detail}" for name, ok, detail in floors]
+
+
 def render(rows: list[dict], inprocess: dict[str, dict[int, float]], floors: list[tuple[str, bool, str]]) -> str:
     lines = [
         "| model | request | batching | concurrency | req/s | samples/s | p50 ms | p99 ms | server CPU µs/req |",
@@ -105,8 +219,7 @@ def render(rows: list[dict], inprocess: dict[str, dict[int, float]], floors: lis
     lines += ["|---|" + "---:|" * len(BATCH_SIZES)]
     for model, by_batch in inprocess.items():
         lines.append(f"| {model} | " + " | ".join(f"{by_batch[b]:,.0f}" for b in BATCH_SIZES) + " |")
-    lines += ["", "Floors:", ""]
-    lines += [f"- {'✓' if ok else '✗'} {name}: {detail}" for name, ok, detail in floors]
+    lines += ["", "Floors:", "", *render_floors(floors)]
     return "\n".join(lines)
 
 
@@ -148,16 +261,9 @@ def write_readme(text: str) -> None:
     README.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per point")
-    parser.add_argument("--readme", action="store_true", help="write the tables into README.md")
-    args = parser.parse_args()
-
-    work = Path(tempfile.mkdtemp(prefix="kubeserve-bench-"))
+def measure_self(work: Path, seconds: float) -> tuple[list[dict], dict[str, dict[int, float]]]:
+    """The runtime against itself on the bundled samples: batching, encodings, ORT spinning."""
     models = {name: write_sample(name, work / f"{name}.onnx") for name in ("tiny", "mlp", "cnn")}
-    print(f"machine: {machine()}", flush=True)
-
     inprocess = {}
     for name, path in models.items():
         inprocess[name] = samples_per_second(name, path, BATCH_SIZES)
@@ -172,7 +278,7 @@ def main() -> None:
             request += f", {scenario.rows} images"
         with RunningServer(models[scenario.model], scenario.model, *scenario.flags) as server:
             for concurrency in scenario.concurrency:
-                result = drive(server, payload, concurrency, args.seconds, work / "body")
+                result = drive(server, payload, concurrency, seconds, work / "body")
                 row = {
                     "model": scenario.model, "request": request, "batching": scenario.batching,
                     "concurrency": concurrency, "samples_per_second": result["requests_per_second"] * scenario.rows,
@@ -186,14 +292,47 @@ def main() -> None:
                     f"cpu {row['server_cpu_us_per_request']:7,.0f} µs/req",
                     flush=True,
                 )
+    return rows, inprocess
 
-    floors = check_floors(rows, inprocess)
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per point")
+    parser.add_argument("--readme", action="store_true", help="write the tables into README.md")
+    parser.add_argument(
+        "--part", choices=("all", "comparison", "self"), default="all",
+        help="comparison: the runtime against the plain server; self: the runtime against itself (samples)",
+    )  # fmt: skip
+    args = parser.parse_args()
+    if args.readme and args.part != "all":
+        parser.error("--readme writes every table: it needs --part all")
+
+    work = Path(tempfile.mkdtemp(prefix="kubeserve-bench-"))
+    print(f"machine: {machine()}", flush=True)
     today = datetime.date.today().isoformat()
-    text = f"Measured {today} on {machine()} (`make bench`, {args.seconds:g} s per point).\n\n"
-    text += render(rows, inprocess, floors)
+    text = f"Measured {today} on {machine()} (`make bench`, {args.seconds:g} s per point)."
+    saved: dict = {}
+    if args.part in ("all", "comparison"):
+        results, inprocess_cnn = compare(work, args.seconds)
+        floors = compare_floors(results, inprocess_cnn)
+        text += (
+            "\n\nAgainst a plain server (bench/plain_server.py: aiohttp on uvloop, `json`, `session.run` in the "
+            "handler, 2 intra-op threads) on the models of bench/models.py, one sample per request, same load "
+            "generator, one server at a time:\n\n"
+            + render_comparison(results, inprocess_cnn)
+            + "\n\nFloors against the plain server and in-process ORT:\n\n"
+            + "\n".join(render_floors(floors))
+        )
+        saved["comparison"] = {"results": results, "inprocess_cnn": inprocess_cnn}
+    if args.part in ("all", "self"):
+        rows, inprocess = measure_self(work, args.seconds)
+        text += "\n\nThe runtime against itself on the bundled samples:\n\n" + render(
+            rows, inprocess, check_floors(rows, inprocess)
+        )
+        saved.update(rows=rows, inprocess=inprocess)
     (HERE / "out").mkdir(exist_ok=True)
     (HERE / "out" / "results.md").write_text(text + "\n")
-    (HERE / "out" / "results.json").write_text(json.dumps({"rows": rows, "inprocess": inprocess}, indent=2))
+    (HERE / "out" / "results.json").write_text(json.dumps(saved, indent=2))
     print("\n" + text)
     if args.readme:
         write_readme(text)

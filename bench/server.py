@@ -1,5 +1,6 @@
 """The real server, started as a subprocess for the demo and the benchmark: ``kubeserve-runtime serve`` on a
-free port of 127.0.0.1, its JSON log read for the port and for readiness."""
+free port of 127.0.0.1, its JSON log read for the port and for readiness. ``PlainServer`` starts the plain
+reference server (bench/plain_server.py), which logs the same two events."""
 
 from __future__ import annotations
 
@@ -11,17 +12,24 @@ from pathlib import Path
 from types import TracebackType
 
 RUNTIME = str(Path(sys.executable).with_name("kubeserve-runtime"))
+PLAIN = str(Path(__file__).resolve().with_name("plain_server.py"))
 
 
 class RunningServer:
     def __init__(self, model_path: Path, model_name: str, *flags: str) -> None:
-        self.process = subprocess.Popen(
+        self._start(
             [RUNTIME, "serve", "--host", "127.0.0.1", "--port", "0", "--model-path", str(model_path),
              "--model-name", model_name, *flags],
+            model_name,
+        )  # fmt: skip
+
+    def _start(self, command: list[str], model_name: str) -> None:
+        self.process = subprocess.Popen(
+            command,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         self.model_name = model_name
         self.port = int(self._wait_for("listening")["port"])
         self.ready_event = self._wait_for("model_ready")
@@ -29,7 +37,10 @@ class RunningServer:
     def _wait_for(self, name: str) -> dict:
         assert self.process.stderr is not None
         for line in self.process.stderr:
-            event = json.loads(line)
+            try:
+                event = json.loads(line)
+            except ValueError:  # not a log event: a traceback from a server that failed to start
+                raise RuntimeError(f"the server failed: {line.strip()} {self.process.stderr.read()}") from None
             if event.get("event") == name:
                 return event
             if event.get("level") == "ERROR":
@@ -60,3 +71,10 @@ class RunningServer:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class PlainServer(RunningServer):
+    """bench/plain_server.py on a free port: the reference a server written in an afternoon sets."""
+
+    def __init__(self, model_path: Path, model_name: str) -> None:
+        self._start([sys.executable, PLAIN, "--model-path", str(model_path), "--model-name", model_name], model_name)
