@@ -84,6 +84,47 @@ class Job:
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
+class ComputeCosts:
+    """Whether a batch is cheaper to compute on the event loop than to hand to a worker thread, from measurements.
+
+    A hand-off costs two thread wake-ups (to the worker, and the answer back to the loop): tens of microseconds,
+    more when the loop is busy. A tiny model computes in less. Both are measured as batches go (moving averages):
+    while a batch's compute costs less than a hand-off, batches run on the loop; when compute grows past it (bigger
+    batches, a slower model) they go back to the threads. Every ``REFRESH``-th batch goes to a thread anyway, so
+    the hand-off's cost stays current. Nothing to configure: a model that is never cheap never runs on the loop.
+    """
+
+    SAMPLES = 16  # batches handed to threads, measured, before deciding
+    REFRESH = 64
+    WEIGHT = 0.1  # of the newest measurement in the moving averages
+
+    def __init__(self) -> None:
+        self._compute = 0.0
+        self._handoff = 0.0
+        self._handed = 0
+        self._since_refresh = 0
+
+    def inline(self) -> bool:
+        if self._handed < self.SAMPLES:
+            return False
+        self._since_refresh += 1
+        if self._since_refresh >= self.REFRESH:
+            self._since_refresh = 0
+            return False
+        return self._compute < self._handoff
+
+    def computed(self, job: Job, *, inline: bool = False, handed: float = 0.0, back: float = 0.0) -> None:
+        """A batch's costs, from its first job's times: its compute, and (handed to a thread) the hand-off."""
+        self._compute = self._average(self._compute, job.finished - job.started, self._handed)
+        if not inline:
+            handoff = (job.started - handed) + (back - job.finished)
+            self._handoff = self._average(self._handoff, handoff, self._handed)
+            self._handed += 1
+
+    def _average(self, current: float, value: float, count: int) -> float:
+        return value if count == 0 else current + self.WEIGHT * (value - current)
+
+
 class DynamicBatcher:
     def __init__(self, run_model: RunModel, policy: BatchPolicy, metrics: ServerMetrics) -> None:
         self._run_model = run_model
@@ -102,6 +143,7 @@ class DynamicBatcher:
         self._dispatch_scheduled = False
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(policy.instance_count, thread_name_prefix="inference")
+        self._costs = ComputeCosts()
 
     # -- admission ---------------------------------------------------------------------------------
 
@@ -294,9 +336,26 @@ class DynamicBatcher:
         self._computing += 1
         wanted = [job.output_names for job in batch]
         names = None if None in wanted else sorted(frozenset().union(*wanted))
+        if self._costs.inline():
+            # Cheaper than the two thread wake-ups it would take (measured: ComputeCosts): computed on the loop.
+            done: asyncio.Future[list[Outputs]] = self._loop.create_future()
+            try:
+                done.set_result(self._compute(batch, names))
+            except Exception as error:  # as the worker thread's would, the failure goes to the batch's requests
+                done.set_exception(error)
+            else:
+                self._costs.computed(batch[0], inline=True)
+            self._finish(batch, done, dispatch=False)  # the dispatch loop that started it goes on
+            return
         # The loop's own executor hand-off: the answer comes back on the loop (and a closed loop drops it).
+        handed = time.perf_counter()
         future = self._loop.run_in_executor(self._executor, self._compute, batch, names)
-        future.add_done_callback(lambda done: self._finish(batch, done))
+        future.add_done_callback(lambda done: self._handed_back(batch, done, handed))
+
+    def _handed_back(self, batch: list[Job], done: asyncio.Future[list[Outputs]], handed: float) -> None:
+        if not done.cancelled() and done.exception() is None:
+            self._costs.computed(batch[0], handed=handed, back=time.perf_counter())
+        self._finish(batch, done)
 
     def _compute(self, batch: list[Job], names: list[str] | None) -> list[Outputs]:
         """Runs in a worker thread: stack the requests, run the model, split the outputs back."""
@@ -333,7 +392,7 @@ class DynamicBatcher:
             job.finished = finished
         return per_job
 
-    def _finish(self, batch: list[Job], done: asyncio.Future[list[Outputs]]) -> None:
+    def _finish(self, batch: list[Job], done: asyncio.Future[list[Outputs]], *, dispatch: bool = True) -> None:
         self._computing -= 1
         for job in batch:
             if job.started:
@@ -360,7 +419,8 @@ class DynamicBatcher:
                 job.future.set_exception(failure)
             else:
                 job.future.set_result(done.result()[index])
-        self._dispatch()
+        if dispatch:
+            self._dispatch()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
