@@ -60,6 +60,7 @@ from typing import Any
 import orjson
 import yaml
 from aiohttp import web
+from kubeserve.operator.merge_patch import merge_patch
 
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -314,19 +315,6 @@ def selector(query: Mapping[str, str]) -> Selector:
 
 
 # --- Patches -----------------------------------------------------------------------------------------------------
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: mappings merge, ``null`` removes, anything else replaces."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
 
 
 def json_patch(target: Any, operations: Any) -> Any:

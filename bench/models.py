@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from kubeserve.runtime.samples import _dense, _initializer, _model
+from kubeserve.runtime.samples import dense, initializer, mlp, model_proto
 from onnx import TensorProto, helper
 
 # Each model's single input: name and the shape of one sample (the batch dimension is added in front).
@@ -29,31 +29,18 @@ def _io(name: str, shape: tuple[int, ...]) -> onnx.ValueInfoProto:
 
 
 def build_tiny() -> onnx.ModelProto:
-    weight, bias = _dense(np.random.default_rng(10), "w", 16, 4)
-    return _model(
+    weight, bias = dense(np.random.default_rng(10), "w", 16, 4)
+    return model_proto(
         [helper.make_node("Gemm", ["x", "w", "b"], ["y"])],
         [_io("x", (16,))],
         [_io("y", (4,))],
-        [_initializer("w", weight), _initializer("b", bias)],
+        [initializer("w", weight), initializer("b", bias)],
         "tiny",
     )
 
 
 def build_mlp() -> onnx.ModelProto:
-    rng = np.random.default_rng(11)
-    sizes = [256, 1024, 1024, 10]
-    nodes, initializers = [], []
-    current = "x"
-    for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
-        weight, bias = _dense(rng, f"l{layer}", fan_in, fan_out)
-        initializers += [_initializer(f"w{layer}", weight), _initializer(f"b{layer}", bias)]
-        nodes.append(helper.make_node("Gemm", [current, f"w{layer}", f"b{layer}"], [f"gemm{layer}"]))
-        current = f"gemm{layer}"
-        if layer < len(sizes) - 2:
-            nodes.append(helper.make_node("Relu", [current], [f"relu{layer}"]))
-            current = f"relu{layer}"
-    nodes.append(helper.make_node("Softmax", [current], ["y"], axis=1))
-    return _model(nodes, [_io("x", (256,))], [_io("y", (10,))], initializers, "mlp")
+    return mlp([256, 1024, 1024, 10], seed=11, input_name="x", output_name="y", batch="N", name="mlp")
 
 
 def build_cnn() -> onnx.ModelProto:
@@ -62,22 +49,22 @@ def build_cnn() -> onnx.ModelProto:
     current = "x"
     for index, (channels_in, channels_out) in enumerate(itertools.pairwise([3, 16, 32, 64])):
         weight = rng.normal(0.0, (2.0 / (channels_in * 9)) ** 0.5, size=(channels_out, channels_in, 3, 3))
-        initializers += [_initializer(f"conv{index}", weight), _initializer(f"conv{index}_b", np.zeros(channels_out))]
+        initializers += [initializer(f"conv{index}", weight), initializer(f"conv{index}_b", np.zeros(channels_out))]
         nodes += [
             helper.make_node("Conv", [current, f"conv{index}", f"conv{index}_b"], [f"c{index}"], pads=[1, 1, 1, 1]),
             helper.make_node("Relu", [f"c{index}"], [f"r{index}"]),
             helper.make_node("MaxPool", [f"r{index}"], [f"p{index}"], kernel_shape=[2, 2], strides=[2, 2]),
         ]
         current = f"p{index}"
-    head, head_bias = _dense(rng, "head", 64, 10)
-    initializers += [_initializer("head", head), _initializer("head_b", head_bias)]
+    head, head_bias = dense(rng, "head", 64, 10)
+    initializers += [initializer("head", head), initializer("head_b", head_bias)]
     nodes += [
         helper.make_node("GlobalAveragePool", [current], ["pooled"]),
         helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
         helper.make_node("Gemm", ["flat", "head", "head_b"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["y"], axis=1),
     ]
-    return _model(nodes, [_io("x", (3, 64, 64))], [_io("y", (10,))], initializers, "cnn")
+    return model_proto(nodes, [_io("x", (3, 64, 64))], [_io("y", (10,))], initializers, "cnn")
 
 
 BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {"tiny": build_tiny, "mlp": build_mlp, "cnn": build_cnn}

@@ -32,6 +32,7 @@ from kubeserve.operator.canary_metrics import metrics_url
 from kubeserve.operator.cluster import Cluster, ClusterError
 from kubeserve.operator.manifests.http_route import http_route
 from kubeserve.operator.manifests.service import revision_service
+from kubeserve.operator.merge_patch import merge_patch, patch_to
 from kubeserve.operator.metrics import OperatorMetrics
 from kubeserve.operator.object_ref import ObjectRef
 from kubeserve.operator.pod_diagnosis import is_ready
@@ -67,6 +68,7 @@ class _Rendered:
 class _Rollout:
     """One InferenceService's revisions as the cluster shows them, and what the rollout decided over them."""
 
+    policy: rollout.Policy  # the spec's rollout settings
     revisions: list[LiveRevision]
     wanted: str  # the wanted revision's name
     adopted: LiveRevision | None  # a Deployment from before revisions that already is the wanted revision
@@ -201,7 +203,8 @@ class Controller:
             return None
         state = self._state.setdefault(key, _Owner())
         rendered = self._render(owner)
-        progress = self._decide(key, owner, rendered, state)
+        current = self._current_status(owner, state)
+        progress = self._decide(key, rendered, state, current)
         retry_in = await self._apply(owner, rendered, state, progress)
         result = "invalid" if rendered.plan is None else "failed" if state.failure is not None else "ok"
         self.metrics.reconciles.labels(result).inc()
@@ -213,7 +216,7 @@ class Controller:
             # written with the retry.
             return retry_in
         try:
-            await self._write_status(key, owner, rendered, state, progress)
+            await self._write_status(key, owner, rendered, state, progress, current)
             state.status_failures = 0
         except ClusterError as error:
             log.warning(str(error), extra={"event": "status_failed", "inferenceservice": "/".join(key)})
@@ -222,14 +225,15 @@ class Controller:
                 delay = _jittered(_delay(error, state.status_failures - 1))
                 retry_in = min(retry_in if retry_in is not None else MAX_BACKOFF_SECONDS, delay)
         if progress is not None:
-            self._follow_analysis(key, rendered, progress.decision)
+            self._follow_analysis(key, progress)
             due = progress.decision.requeue_after
             if due is not None:
                 retry_in = min(retry_in if retry_in is not None else math.inf, due)
         return retry_in
 
-    def _decide(self, key: Key, owner: Mapping[str, Any], rendered: _Rendered, state: _Owner) -> _Rollout | None:
-        """The rollout's decision for the revisions the cluster shows now; None for an invalid spec."""
+    def _decide(self, key: Key, rendered: _Rendered, state: _Owner, current: Mapping[str, Any]) -> _Rollout | None:
+        """The rollout's decision for the revisions the cluster shows now (``current``: the status as last written);
+        None for an invalid spec."""
         isvc, plan = rendered.assessment.isvc, rendered.plan
         if isvc is None or plan is None:
             return None
@@ -239,16 +243,17 @@ class Controller:
         if result is not None and result.ended != state.analysis_counted:
             self.metrics.analyses.labels(*key, str(result.verdict)).inc()
             state.analysis_counted = result.ended
+        settings = policy(isvc.spec.rollout)
         decision = rollout.decide(
-            policy(isvc.spec.rollout),
+            settings,
             rollout.Wanted(wanted, plan.version),
             [revision.as_rollout_revision() for revision in revisions],
             total=isvc.replicas,
-            previous=self._current_status(owner, state).get("rollout"),
+            previous=current.get("rollout"),
             analysis=result,
             now=self._now(),
         )
-        return _Rollout(revisions, wanted, adopted, decision)
+        return _Rollout(settings, revisions, wanted, adopted, decision)
 
     def _now(self) -> datetime:
         wall, monotonic = self._epoch
@@ -343,10 +348,9 @@ class Controller:
             await self._cluster.apply(route)
             state.route = route
 
-    def _follow_analysis(self, key: Key, rendered: _Rendered, decision: rollout.Decision) -> None:
+    def _follow_analysis(self, key: Key, progress: _Rollout) -> None:
         """Keep the canary's analysis running while the rollout asks for one, and only then."""
-        isvc = rendered.assessment.isvc
-        analysis = policy(isvc.spec.rollout).analysis if isvc is not None else None
+        decision, analysis = progress.decision, progress.policy.analysis
         if decision.analyze is None or analysis is None:
             self._analysis.stop(key)
             return
@@ -381,11 +385,16 @@ class Controller:
         return lambda ref: self._present.get((ref.kind, ref.namespace, ref.name)) == isvc_name
 
     async def _write_status(
-        self, key: Key, owner: Mapping[str, Any], rendered: _Rendered, state: _Owner, progress: _Rollout | None
+        self,
+        key: Key,
+        owner: Mapping[str, Any],
+        rendered: _Rendered,
+        state: _Owner,
+        progress: _Rollout | None,
+        current: Mapping[str, Any],
     ) -> None:
-        """Patch only what changed, and post an Event for each new problem a user has to act on and each step of
-        a rollout."""
-        current = self._current_status(owner, state)
+        """Patch only what changed from ``current`` (the status as last written), and post an Event for each new
+        problem a user has to act on and each step of a rollout."""
         plan = rendered.plan
         fields = status_fields(
             owner,
@@ -402,14 +411,12 @@ class Controller:
         if state.failure is None and state.acted_generation is not None:
             fields["observedGeneration"] = state.acted_generation
         # Compared as the API server holds it (a merge patch's nulls remove keys), or it would differ for ever.
-        changed = {name: value for name, value in fields.items() if current.get(name) != _without_nulls(value)}
+        changed = {name: value for name, value in fields.items() if current.get(name) != merge_patch(None, value)}
         if not changed:
             return
-        await self._cluster.patch_status(
-            key[0], key[1], {name: _merge_patch(current.get(name), value) for name, value in changed.items()}
-        )
-        # As the API server will hold it: a merge patch's nulls remove keys.
-        state.written = {**current, **{name: _without_nulls(value) for name, value in changed.items()}}
+        patch = {name: patch_to(current.get(name), value) for name, value in changed.items()}
+        await self._cluster.patch_status(key[0], key[1], patch)
+        state.written = merge_patch(current, patch)  # as the API server now holds it
         for reason, message in _news(current, fields):
             kopf.warn(owner, reason=reason, message=message)
         for event in progress.decision.events if progress is not None else ():
@@ -441,22 +448,6 @@ def _news(current: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str,
     if failure and failure != previous:
         news.append((failure["reason"], failure["message"]))
     return news
-
-
-def _merge_patch(current: Any, new: Any) -> Any:
-    """What turns ``current`` into ``new`` in a JSON merge patch: keys gone from a mapping are sent as null."""
-    if not isinstance(current, Mapping) or not isinstance(new, Mapping):
-        return new
-    patch = {name: None for name in current if name not in new}
-    patch.update({name: _merge_patch(current.get(name), value) for name, value in new.items()})
-    return patch
-
-
-def _without_nulls(value: Any) -> Any:
-    """A merge patch's value as stored: keys set to null (in mappings, not in lists) are gone."""
-    if not isinstance(value, Mapping):
-        return value
-    return {name: _without_nulls(item) for name, item in value.items() if item is not None}
 
 
 def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:

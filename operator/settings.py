@@ -6,12 +6,15 @@ import random
 from collections.abc import Mapping
 from typing import Literal
 
+from kubeserve.operator.spec import PROMETHEUS_URL
 from kubeserve.runtime import __version__
 from kubeserve.runtime.config import describe_validation_error, settings_from_environment, split_commas
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "KUBESERVE_OPERATOR_"
 
+# An in-cluster address as host:port (the KEDA HTTP add-on's services).
+HOST_PORT = r"^[a-z0-9.-]+:[0-9]+$"
 # kopf pauses every operator that sees a peer of the same priority, so each replica draws its own:
 # the highest one works, the others wait and take over when its keep-alive expires.
 _PRIORITY_RANGE = (1, 2**31 - 1)
@@ -70,18 +73,18 @@ class OperatorSettings(BaseModel):
     )
     prometheus_server_address: str = Field(
         default="",
-        pattern=r"^(https?://[^/\s]+(/\S*)?)?$",
+        pattern=f"^({PROMETHEUS_URL.strip('^$')})?$",  # the spec's own form, or empty
         description="the Prometheus KEDA queries for autoscaling engine keda, unless the InferenceService names one",
     )
     keda_http_interceptor: str = Field(
         default="keda-add-ons-http-interceptor-proxy.keda.svc.cluster.local:8080",
-        pattern=r"^[a-z0-9.-]+:[0-9]+$",
+        pattern=HOST_PORT,
         description="the KEDA HTTP add-on's interceptor proxy (host:port), which holds requests while an "
         "InferenceService scales from zero",
     )
     keda_http_scaler: str = Field(
         default="keda-add-ons-http-external-scaler.keda:9090",
-        pattern=r"^[a-z0-9.-]+:[0-9]+$",
+        pattern=HOST_PORT,
         description="the KEDA HTTP add-on's external scaler (host:port), KEDA's trigger for scaling from zero",
     )
 

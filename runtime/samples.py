@@ -28,13 +28,13 @@ if TYPE_CHECKING:
 OPSET = 17
 
 
-def _initializer(name: str, array: np.ndarray) -> onnx.TensorProto:
+def initializer(name: str, array: np.ndarray) -> onnx.TensorProto:
     from onnx import numpy_helper
 
     return numpy_helper.from_array(array.astype(np.float32), name)
 
 
-def _model(nodes: list, inputs: list, outputs: list, initializers: list, name: str) -> onnx.ModelProto:
+def model_proto(nodes: list, inputs: list, outputs: list, initializers: list, name: str) -> onnx.ModelProto:
     from onnx import checker, helper
 
     graph = helper.make_graph(nodes, name, inputs, outputs, initializer=initializers)
@@ -44,7 +44,7 @@ def _model(nodes: list, inputs: list, outputs: list, initializers: list, name: s
     return model
 
 
-def _dense(rng: np.random.Generator, name: str, fan_in: int, fan_out: int) -> tuple[np.ndarray, np.ndarray]:
+def dense(rng: np.random.Generator, name: str, fan_in: int, fan_out: int) -> tuple[np.ndarray, np.ndarray]:
     weight = rng.normal(0.0, (2.0 / fan_in) ** 0.5, size=(fan_in, fan_out))
     bias = rng.normal(0.0, 0.01, size=(fan_out,))
     return weight, bias
@@ -54,38 +54,45 @@ def build_tiny() -> onnx.ModelProto:
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(0)
-    weight, bias = _dense(rng, "w", 4, 3)
-    return _model(
+    weight, bias = dense(rng, "w", 4, 3)
+    return model_proto(
         [helper.make_node("Gemm", ["input", "weight", "bias"], ["output"])],
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3])],
-        [_initializer("weight", weight), _initializer("bias", bias)],
+        [initializer("weight", weight), initializer("bias", bias)],
         "tiny",
     )
 
 
-def build_mlp() -> onnx.ModelProto:
+def mlp(sizes: list[int], *, seed: int, input_name: str, output_name: str, batch: str, name: str) -> onnx.ModelProto:
+    """A classifier: Gemm layers of ``sizes`` with Relu between them, then Softmax (the sample MLP, and the
+    benchmark's wider one)."""
     from onnx import TensorProto, helper
 
-    rng = np.random.default_rng(1)
-    sizes = [32, 128, 128, 10]
+    rng = np.random.default_rng(seed)
     nodes, initializers = [], []
-    current = "features"
+    current = input_name
     for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
-        weight, bias = _dense(rng, f"l{layer}", fan_in, fan_out)
-        initializers += [_initializer(f"w{layer}", weight), _initializer(f"b{layer}", bias)]
+        weight, bias = dense(rng, f"l{layer}", fan_in, fan_out)
+        initializers += [initializer(f"w{layer}", weight), initializer(f"b{layer}", bias)]
         nodes.append(helper.make_node("Gemm", [current, f"w{layer}", f"b{layer}"], [f"gemm{layer}"]))
         current = f"gemm{layer}"
         if layer < len(sizes) - 2:
             nodes.append(helper.make_node("Relu", [current], [f"relu{layer}"]))
             current = f"relu{layer}"
-    nodes.append(helper.make_node("Softmax", [current], ["probabilities"], axis=1))
-    return _model(
+    nodes.append(helper.make_node("Softmax", [current], [output_name], axis=1))
+    return model_proto(
         nodes,
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 32])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch, sizes[0]])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [batch, sizes[-1]])],
         initializers,
-        "mlp",
+        name,
+    )
+
+
+def build_mlp() -> onnx.ModelProto:
+    return mlp(
+        [32, 128, 128, 10], seed=1, input_name="features", output_name="probabilities", batch="batch", name="mlp"
     )
 
 
@@ -99,7 +106,7 @@ def build_cnn() -> onnx.ModelProto:
     current = "image"
     for index, (channels_in, channels_out, stride) in enumerate(layers):
         weight = rng.normal(0.0, (2.0 / (channels_in * 9)) ** 0.5, size=(channels_out, channels_in, 3, 3))
-        initializers.append(_initializer(f"conv{index}", weight))
+        initializers.append(initializer(f"conv{index}", weight))
         nodes.append(
             helper.make_node(
                 "Conv", [current, f"conv{index}"], [f"c{index}"], strides=[stride, stride], pads=[1, 1, 1, 1]
@@ -107,14 +114,14 @@ def build_cnn() -> onnx.ModelProto:
         )
         nodes.append(helper.make_node("Relu", [f"c{index}"], [f"r{index}"]))
         current = f"r{index}"
-    head, head_bias = _dense(rng, "head", layers[-1][1], 10)
-    initializers += [_initializer("head", head), _initializer("head_bias", head_bias)]
+    head, head_bias = dense(rng, "head", layers[-1][1], 10)
+    initializers += [initializer("head", head), initializer("head_bias", head_bias)]
     nodes += [
         helper.make_node("GlobalAveragePool", [current], ["pooled"]),
         helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
         helper.make_node("Gemm", ["flat", "head", "head_bias"], ["logits"]),
     ]
-    return _model(
+    return model_proto(
         nodes,
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 64, 64])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],

@@ -98,7 +98,7 @@ def children(isvc: InferenceService, settings: OperatorSettings) -> Children:
     if autoscaling is not None and engine == "keda":
         manifests.append(scaled_object(isvc, autoscaling, settings))
         if autoscaling.scales_to_zero:
-            manifests += [interceptor_route(isvc, settings), cold_start_service(isvc, settings)]
+            manifests += [interceptor_route(isvc), cold_start_service(isvc, settings)]
             url = cold_start_url(isvc, settings)
     wanted = {(manifest["kind"], manifest["metadata"]["name"]) for manifest in manifests}
     if isvc.spec.rollout.traffic_routing is not None:  # rendered with the rollout's weights (http_route)

@@ -91,7 +91,7 @@ def scaled_object(isvc: InferenceService, autoscaling: Autoscaling, settings: Op
     }
 
 
-def interceptor_route(isvc: InferenceService, settings: OperatorSettings) -> dict[str, Any]:
+def interceptor_route(isvc: InferenceService) -> dict[str, Any]:
     """The HTTP add-on's route to the InferenceService's Service, for the names callers use for ``NAME-proxy``."""
     return {
         "apiVersion": INTERCEPTOR_ROUTE_API,

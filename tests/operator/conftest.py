@@ -27,6 +27,7 @@ import kmock
 import kopf
 import pytest
 import yaml
+from kubeserve.operator.merge_patch import merge_patch
 from kubeserve.operator.summaries import plain
 
 REPO = Path(__file__).resolve().parents[2]
@@ -211,7 +212,7 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
                     metadata.setdefault("generation", 1)
                 elif stored is not None and request.subresource in (None, "scale") and "spec" in request.data:
                     old_spec = plain(stored.get("spec") or {})
-                    if _merged(old_spec, request.data["spec"]) != old_spec:
+                    if merge_patch(old_spec, request.data["spec"]) != old_spec:
                         metadata["generation"] = (stored.get("metadata", {}).get("generation") or 0) + 1
             elif isinstance(request.data, list):  # a JSON patch
                 self._check_tests(request)
@@ -370,19 +371,6 @@ def objects(cluster: kmock.KubernetesEmulator) -> Callable[[str, str, str], dict
         return None if stored.deleted else copy.deepcopy(plain(stored))
 
     return get
-
-
-def _merged(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch, as kmock applies dict patches."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _merged(result.get(key), value)
-    return result
 
 
 def condition_of(status: Mapping[str, Any] | None, kind: str) -> dict[str, Any]:

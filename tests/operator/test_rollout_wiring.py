@@ -57,22 +57,45 @@ async def serve(controller, objects, name: str, ready: int) -> None:
     await controller.report_deployment(NS, deployment, replicas=ready, ready=ready)
 
 
+@pytest.fixture
+def rolled_out(api, eventually, objects, replicas, status, isvc_factory, controller):
+    """``mlp`` created with these settings, its first revision serving with all its pods: that revision's name."""
+
+    async def first(total: int, rollout: dict[str, Any]) -> str:
+        await api.create(ISVC_PATH, isvc_factory(replicas=total, rollout=rollout))
+        await eventually(lambda: len(replicas()) == 1)
+        (v1,) = replicas()
+        await serve(controller, objects, v1, total)
+        await eventually(lambda: status()["rollout"]["phase"] == "Succeeded")
+        return v1
+
+    return first
+
+
+@pytest.fixture
+def released(api, eventually, replicas):
+    """Version 2 asked for: the new revision's name, once its Deployment exists."""
+
+    async def version_2() -> str:
+        before = set(replicas())
+        await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"model": {"version": "2"}}})
+        await eventually(lambda: len(replicas()) == len(before) + 1)
+        (new,) = set(replicas()) - before
+        return new
+
+    return version_2
+
+
 async def test_a_new_version_goes_step_by_step_and_capacity_never_dips(
-    api, cluster, run_operator, eventually, objects, replicas, status, isvc_factory, controller, condition
+    cluster, run_operator, eventually, objects, replicas, status, controller, condition, rolled_out, released
 ):
     rollout = {"steps": [{"weight": 25, "pauseSeconds": 60}]}
     async with run_operator():
-        await api.create(ISVC_PATH, isvc_factory(replicas=4, rollout=rollout))
-        await eventually(lambda: len(replicas()) == 1)
-        (v1,) = replicas()
-        await serve(controller, objects, v1, 4)
         # A first revision has nothing to compare with: it is simply the one serving.
-        await eventually(lambda: status()["rollout"]["phase"] == "Succeeded")
+        v1 = await rolled_out(4, rollout)
         assert status()["servingVersion"] == "1"
 
-        await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"model": {"version": "2"}}})
-        await eventually(lambda: len(replicas()) == 2)
-        (v2,) = set(replicas()) - {v1}
+        v2 = await released()
         # Step 1, 25% of 4: one canary pod; the stable revision keeps all 4 until it is ready.
         await eventually(lambda: replicas() == {v1: 4, v2: 1})
         await eventually(lambda: (status()["rollout"]["phase"], status()["rollout"]["weight"]) == ("Progressing", 25))
@@ -98,19 +121,13 @@ async def test_a_new_version_goes_step_by_step_and_capacity_never_dips(
 
 
 async def test_a_canary_that_never_gets_ready_is_rolled_back_at_its_deadline(
-    api, cluster, run_operator, eventually, objects, replicas, status, isvc_factory, controller, condition
+    cluster, run_operator, eventually, replicas, status, condition, rolled_out, released
 ):
     rollout = {"steps": [{"weight": 50}], "progressDeadlineSeconds": 30}
     async with run_operator():
-        await api.create(ISVC_PATH, isvc_factory(replicas=2, rollout=rollout))
-        await eventually(lambda: len(replicas()) == 1)
-        (v1,) = replicas()
-        await serve(controller, objects, v1, 2)
-        await eventually(lambda: status()["rollout"]["phase"] == "Succeeded")
+        v1 = await rolled_out(2, rollout)
 
-        await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"model": {"version": "2"}}})
-        await eventually(lambda: len(replicas()) == 2)
-        (v2,) = set(replicas()) - {v1}
+        v2 = await released()
         await eventually(lambda: replicas() == {v1: 2, v2: 1})
         # Its pods never get ready: at the deadline, back to the stable revision at the full total.
         try:
@@ -128,18 +145,12 @@ async def test_a_canary_that_never_gets_ready_is_rolled_back_at_its_deadline(
 
 
 async def test_going_back_to_a_kept_version_is_immediate(
-    api, run_operator, eventually, objects, replicas, status, isvc_factory, controller
+    api, run_operator, eventually, objects, replicas, status, controller, rolled_out, released
 ):
     rollout = {"steps": [{"weight": 50, "pauseSeconds": 600}]}
     async with run_operator():
-        await api.create(ISVC_PATH, isvc_factory(replicas=2, rollout=rollout))
-        await eventually(lambda: len(replicas()) == 1)
-        (v1,) = replicas()
-        await serve(controller, objects, v1, 2)
-        await eventually(lambda: status()["rollout"]["phase"] == "Succeeded")
-        await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"model": {"version": "2"}}})
-        await eventually(lambda: len(replicas()) == 2)
-        (v2,) = set(replicas()) - {v1}
+        v1 = await rolled_out(2, rollout)
+        v2 = await released()
         await serve(controller, objects, v2, 1)
         await eventually(lambda: replicas() == {v1: 1, v2: 1})
 
@@ -153,17 +164,12 @@ async def test_going_back_to_a_kept_version_is_immediate(
 
 
 async def test_revisions_beyond_the_history_limit_are_deleted_with_their_service_and_config(
-    api, run_operator, eventually, objects, replicas, status, isvc_factory, controller
+    run_operator, eventually, objects, replicas, status, controller, rolled_out, released
 ):
     rollout = {"strategy": "Immediate", "revisionHistoryLimit": 0}
     async with run_operator():
-        await api.create(ISVC_PATH, isvc_factory(replicas=1, rollout=rollout))
-        await eventually(lambda: len(replicas()) == 1)
-        (v1,) = replicas()
-        await serve(controller, objects, v1, 1)
-        await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"model": {"version": "2"}}})
-        await eventually(lambda: len(replicas()) == 2)
-        (v2,) = set(replicas()) - {v1}
+        v1 = await rolled_out(1, rollout)
+        v2 = await released()
         await serve(controller, objects, v2, 1)
         await eventually(lambda: replicas() == {v1: 0, v2: 1})
         await serve(controller, objects, v1, 0)  # its last pod is gone
@@ -177,7 +183,7 @@ async def test_revisions_beyond_the_history_limit_are_deleted_with_their_service
 
 
 async def test_a_deployment_from_before_revisions_is_adopted_without_a_restart(
-    api, cluster, run_operator, eventually, objects, replicas, status, isvc_factory, controller, condition
+    api, run_operator, eventually, objects, replicas, status, isvc_factory, controller, condition, released
 ):
     body = isvc_factory(replicas=2)
     isvc = assess(body).isvc
@@ -224,15 +230,13 @@ async def test_a_deployment_from_before_revisions_is_adopted_without_a_restart(
         await serve(controller, objects, "mlp", 3)
 
         # The next version rolls out from it like from any other revision.
-        await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"model": {"version": "2"}}})
-        await eventually(lambda: len(replicas()) == 2)
-        (v2,) = set(replicas()) - {"mlp"}
+        v2 = await released()
         assert v2.startswith("mlp-2-")
         assert objects(DEPLOYMENTS, NS, "mlp")["spec"]["template"] == legacy["spec"]["template"]
 
 
 async def test_with_gateway_api_routing_an_httproute_carries_the_rollouts_weights(
-    api, run_operator, eventually, objects, replicas, status, isvc_factory, controller, crd_schemas
+    api, run_operator, eventually, objects, replicas, status, controller, crd_schemas, rolled_out, released
 ):
     gateway = {"parentRef": {"name": "public", "namespace": "gateways"}, "hostnames": ["mlp.example.com"]}
     rollout = {"steps": [{"weight": 25, "pauseSeconds": 600}], "trafficRouting": {"gatewayAPI": gateway}}
@@ -247,18 +251,13 @@ async def test_with_gateway_api_routing_an_httproute_carries_the_rollouts_weight
         return {ref["name"]: ref["weight"] for ref in route["spec"]["rules"][0]["backendRefs"]}
 
     async with run_operator():
-        await api.create(ISVC_PATH, isvc_factory(replicas=4, rollout=rollout))
-        await eventually(lambda: len(replicas()) == 1)
-        (v1,) = replicas()
-        await serve(controller, objects, v1, 4)
+        v1 = await rolled_out(4, rollout)
         await eventually(lambda: weights() == {v1: 100})
         route = objects(routes, NS, "mlp")["spec"]
         assert route["parentRefs"] == [{"name": "public", "namespace": "gateways"}]
         assert route["hostnames"] == ["mlp.example.com"]
 
-        await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"model": {"version": "2"}}})
-        await eventually(lambda: len(replicas()) == 2)
-        (v2,) = set(replicas()) - {v1}
+        v2 = await released()
         # Listed at 0 until its pod is ready: the Gateway never sends it what it cannot carry.
         await eventually(lambda: weights() == {v1: 100, v2: 0})
         await serve(controller, objects, v2, 1)
@@ -285,18 +284,12 @@ async def test_with_gateway_api_routing_an_httproute_carries_the_rollouts_weight
 
 
 async def test_a_restarted_operator_resumes_the_rollout_where_it_was(
-    api, cluster, run_operator, eventually, objects, replicas, status, isvc_factory, controller
+    cluster, run_operator, eventually, objects, replicas, status, controller, rolled_out, released
 ):
     rollout = {"steps": [{"weight": 25, "pauseSeconds": 60}, {"weight": 50, "pauseSeconds": 60}]}
     async with run_operator():
-        await api.create(ISVC_PATH, isvc_factory(replicas=4, rollout=rollout))
-        await eventually(lambda: len(replicas()) == 1)
-        (v1,) = replicas()
-        await serve(controller, objects, v1, 4)
-        await eventually(lambda: status()["rollout"]["phase"] == "Succeeded")
-        await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"model": {"version": "2"}}})
-        await eventually(lambda: len(replicas()) == 2)
-        (v2,) = set(replicas()) - {v1}
+        v1 = await rolled_out(4, rollout)
+        v2 = await released()
         await serve(controller, objects, v2, 1)
         await eventually(lambda: replicas() == {v1: 3, v2: 1})
         await eventually(lambda: status()["rollout"]["step"] == 1, within=90)  # 50%
