@@ -154,3 +154,43 @@ async def test_server_semantics_the_operator_relies_on() -> None:
         async with session.get(f"/api/v1/services?{query}") as response:
             events = [json.loads(await response.content.readline()) for _ in range(2)]
         assert [event["type"] for event in events] == ["ADDED", "DELETED"]
+
+
+async def test_a_canary_steps_on_when_its_pause_ends_on_the_operators_own_timer(tmp_path: Path) -> None:
+    """The controller's rollout timer on a real event loop, in real time: once the canary's pod is ready, nothing
+    writes to the API server until the step's 1 s pause is over and the operator itself moves to 100%."""
+    name, merge = "canary", {"Content-Type": "application/merge-patch+json"}
+    body = isvc(name)
+    body["spec"].update(replicas=2, rollout={"steps": [{"weight": 50, "pauseSeconds": 1}]})
+
+    async with operator_against(tmp_path) as (bench, session):
+
+        def replicas() -> dict[str, int]:
+            return {d["metadata"]["name"]: d["spec"]["replicas"] for d in bench.deployments(name)}
+
+        def phase() -> str | None:
+            return ((bench.stored(ISVC_RESOURCE, name).get("status") or {}).get("rollout") or {}).get("phase")
+
+        async def ready(deployment: str, pods: int) -> None:
+            status = {"replicas": pods, "readyReplicas": pods, "updatedReplicas": pods, "availableReplicas": pods}
+            path = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{deployment}/status"
+            async with session.patch(path, data=json.dumps({"status": status}), headers=merge) as response:
+                response.raise_for_status()
+
+        await send(session, "POST", ISVC_PATH, body)
+        await bench.until(lambda: len(replicas()) == 1, within=WITHIN)
+        (v1,) = replicas()
+        await ready(v1, 2)
+        await bench.until(lambda: phase() == "Succeeded", within=WITHIN)
+
+        version_2 = json.dumps({"spec": {"model": {"version": "2"}}})
+        async with session.patch(f"{ISVC_PATH}/{name}", data=version_2, headers=merge) as response:
+            response.raise_for_status()
+        await bench.until(lambda: len(replicas()) == 2, within=WITHIN)
+        (v2,) = set(replicas()) - {v1}
+        await bench.until(lambda: replicas() == {v1: 2, v2: 1}, within=WITHIN)
+        await ready(v2, 1)
+        await bench.until(lambda: replicas() == {v1: 1, v2: 1}, within=WITHIN)
+        # The pause: only the operator's timer can end it.
+        await bench.until(lambda: replicas()[v2] == 2, within=WITHIN)
+        assert phase() == "Progressing"  # at 100%, until its pods are ready
