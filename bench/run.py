@@ -6,8 +6,9 @@ one sample per request, and the ratios are printed beside the absolute numbers, 
 request. Then, for each sample model it starts the real server, drives load from a separate process (bench/loadgen.py)
 at several concurrencies, and records requests/s, samples/s, p50/p99 and the server's CPU per request.
 Each gain is measured in the same run: batching on against off, binary tensors against JSON, ORT's
-thread spinning on against off. Prints the tables, checks the project's floors, and (with ``--readme``)
-writes the tables into README.md with the date and the machine.
+thread spinning on against off. Last, the bench MLP and CNN as FP32, precompiled and dynamicInt8-quantized
+(bench/optimization.py). Prints the tables, checks the project's floors, and (with ``--readme``) writes the tables
+into README.md with the date and the machine.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ import models as comparison_models
 import onnxruntime
 from inprocess import samples_per_second
 from kubeserve.runtime.samples import write_sample
+from optimization import measure_optimization, measure_startup, render_optimization, render_startup
 from payloads import Payload, binary_payload, json_payload
+from scaling import measure_scaling, render_scaling, scaling_floor
 from server import PlainServer, RunningServer
 
 HERE = Path(__file__).resolve().parent
@@ -145,7 +148,7 @@ def compare(work: Path, seconds: float) -> tuple[dict[str, dict[str, dict]], dic
 
 
 def compare_floors(
-    results: dict[str, dict[str, dict]], inprocess_cnn: dict[int, float]
+    results: dict[str, dict[str, dict]], inprocess_cnn: dict[int, float], scaling: dict[str, list[dict]]
 ) -> list[tuple[str, bool | None, str]]:
     """Issue 11's floors. ``None``: not measurable in this run (said so rather than passed)."""
 
@@ -168,9 +171,23 @@ def compare_floors(
          f"{mlp_gain:.2f}x ({mlp:,.0f} vs {plain_mlp:,.0f} req/s)"),
         ("cnn, c=32, one binary image per request: at least 0.45x in-process ORT's best samples/s",
          cnn / best >= 0.45, f"{cnn / best:.2f}x ({cnn:,.0f} vs {best:,.0f} samples/s at batch {best_batch})"),
-        ("a pod with more cores serves proportionally more", None,
-         f"not measured: the runtime has no workers setting yet, and this machine has {os.cpu_count()} cores"),
+        *(scaling_floor(model, rows) for model, rows in scaling.items()),
     ]  # fmt: skip
+
+
+# The models whose scaling with workers is measured, and how their requests are sent.
+SCALED = {"mlp": "json", "cnn": "binary"}
+
+
+def scale(work: Path, seconds: float) -> dict[str, list[dict]]:
+    """The runtime with more workers on the comparison's models: rows by model."""
+    scaling = {}
+    for model, encoding in SCALED.items():
+        path = comparison_models.write_model(model, work / f"scale-{model}.onnx")
+        make = binary_payload if encoding == "binary" else json_payload
+        payload = make(model, 1, inputs=comparison_models.INPUTS)
+        scaling[f"{model}, {encoding}"] = measure_scaling(model, path, payload, seconds, work, drive)
+    return scaling
 
 
 def render_comparison(results: dict[str, dict[str, dict]], inprocess_cnn: dict[int, float]) -> str:
@@ -251,8 +268,8 @@ def check_floors(rows: list[dict], inprocess: dict[str, dict[int, float]]) -> li
     ]  # fmt: skip
 
 
-def write_readme(text: str) -> None:
-    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+def write_readme(text: str, section: str = "bench") -> None:
+    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
     readme = README.read_text()
     if begin not in readme or end not in readme:
         raise SystemExit(f"README.md has no {begin} ... {end} section")
@@ -300,42 +317,66 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per point")
     parser.add_argument("--readme", action="store_true", help="write the tables into README.md")
     parser.add_argument(
-        "--part", choices=("all", "comparison", "self"), default="all",
-        help="comparison: the runtime against the plain server; self: the runtime against itself (samples)",
+        "--part", choices=("all", "comparison", "self", "optimization"), default="all",
+        help="comparison: the runtime against the plain server; self: the runtime against itself (samples); "
+        "optimization: FP32 against precompiled and dynamicInt8 (its own README table)",
     )  # fmt: skip
     args = parser.parse_args()
-    if args.readme and args.part != "all":
-        parser.error("--readme writes every table: it needs --part all")
+    if args.readme and args.part not in ("all", "optimization"):
+        parser.error("--readme writes every table of the runtime's section: it needs --part all (or optimization)")
 
     work = Path(tempfile.mkdtemp(prefix="kubeserve-bench-"))
     print(f"machine: {machine()}", flush=True)
     today = datetime.date.today().isoformat()
-    text = f"Measured {today} on {machine()} (`make bench`, {args.seconds:g} s per point)."
+    measured = f"Measured {today} on {machine()} (`make bench`, {args.seconds:g} s per point)."
+    text = measured
     saved: dict = {}
+    optimization_text = None
     if args.part in ("all", "comparison"):
         results, inprocess_cnn = compare(work, args.seconds)
-        floors = compare_floors(results, inprocess_cnn)
+        scaling = scale(work, args.seconds)
+        floors = compare_floors(results, inprocess_cnn, scaling)
         text += (
             "\n\nAgainst a plain server (bench/plain_server.py: aiohttp on uvloop, `json`, `session.run` in the "
             "handler, 2 intra-op threads) on the models of bench/models.py, one sample per request, same load "
             "generator, one server at a time:\n\n"
             + render_comparison(results, inprocess_cnn)
+            + "\n\nPast one core, `workers` (one sample per request; pinned: the server and the load generator on "
+            "CPUs of their own, where the machine has enough; shared: on all of them, as above):\n\n"
+            + "\n\n".join(render_scaling(model, rows) for model, rows in scaling.items())
             + "\n\nFloors against the plain server and in-process ORT:\n\n"
             + "\n".join(render_floors(floors))
         )
-        saved["comparison"] = {"results": results, "inprocess_cnn": inprocess_cnn}
+        saved["comparison"] = {"results": results, "inprocess_cnn": inprocess_cnn, "scaling": scaling}
     if args.part in ("all", "self"):
         rows, inprocess = measure_self(work, args.seconds)
         text += "\n\nThe runtime against itself on the bundled samples:\n\n" + render(
             rows, inprocess, check_floors(rows, inprocess)
         )
         saved.update(rows=rows, inprocess=inprocess)
+    if args.part in ("all", "optimization"):
+        optimization_rows = measure_optimization(work, args.seconds, drive)
+        startup_rows = measure_startup(work)
+        optimization_text = (
+            f"{measured}\n\n{render_optimization(optimization_rows)}\n\nStart-up: ONNX Runtime session creation "
+            f"(median of several) as the server creates it, the graph optimized at load against precompiled:\n\n"
+            f"{render_startup(startup_rows)}"
+        )
+        saved["optimization"] = [vars(row) for row in optimization_rows]
+        saved["startup"] = [vars(row) for row in startup_rows]
+        if args.part == "optimization":
+            text = optimization_text
     (HERE / "out").mkdir(exist_ok=True)
     (HERE / "out" / "results.md").write_text(text + "\n")
     (HERE / "out" / "results.json").write_text(json.dumps(saved, indent=2))
     print("\n" + text)
+    if args.part == "all" and optimization_text is not None:
+        print("\n" + optimization_text)
     if args.readme:
-        write_readme(text)
+        if args.part == "all":
+            write_readme(text)
+        if optimization_text is not None:
+            write_readme(optimization_text, "bench-optimization")
         print("\nwritten to README.md")
 
 

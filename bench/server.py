@@ -5,6 +5,7 @@ reference server (bench/plain_server.py), which logs the same two events."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,23 +17,31 @@ PLAIN = str(Path(__file__).resolve().with_name("plain_server.py"))
 
 
 class RunningServer:
-    def __init__(self, model_path: Path, model_name: str, *flags: str) -> None:
+    def __init__(
+        self, model_path: Path, model_name: str, *flags: str, workers: int = 1, cpus: set[int] | None = None
+    ) -> None:
+        """``cpus``: pin the server (and its workers) to these CPUs, away from the load generator's."""
         self._start(
             [RUNTIME, "serve", "--host", "127.0.0.1", "--port", "0", "--model-path", str(model_path),
-             "--model-name", model_name, *flags],
+             "--model-name", model_name, "--workers", str(workers), *flags],
             model_name,
+            workers,
+            cpus,
         )  # fmt: skip
 
-    def _start(self, command: list[str], model_name: str) -> None:
+    def _start(self, command: list[str], model_name: str, workers: int = 1, cpus: set[int] | None = None) -> None:
         self.process = subprocess.Popen(
             command,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
         self.model_name = model_name
         self.port = int(self._wait_for("listening")["port"])
         self.ready_event = self._wait_for("model_ready")
+        for _ in range(workers - 1):  # every worker's model, with --workers
+            self._wait_for("model_ready")
 
     def _wait_for(self, name: str) -> dict:
         assert self.process.stderr is not None

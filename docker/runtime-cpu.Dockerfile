@@ -14,10 +14,9 @@ COPY operator/ operator/
 RUN python -m venv /opt/kubeserve/venv \
  && /opt/kubeserve/venv/bin/pip install -c constraints.txt '.[cpu]'
 
-# --- The sample models, built with onnx; only this stage has onnx.
+# --- The sample models, built with onnx (which the cpu extra carries for `kubeserve-runtime optimize`).
 FROM venv AS samples
-RUN /opt/kubeserve/venv/bin/pip install -c constraints.txt '.[cpu,samples]' \
- && /opt/kubeserve/venv/bin/python -m kubeserve.runtime.samples /opt/kubeserve/samples
+RUN /opt/kubeserve/venv/bin/python -m kubeserve.runtime.samples /opt/kubeserve/samples
 
 # --- The image: the interpreter, the venv and the samples; nothing else from the build.
 FROM python:3.11.15-slim-bookworm

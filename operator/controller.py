@@ -39,7 +39,7 @@ from kubeserve.operator.pod_diagnosis import is_ready
 from kubeserve.operator.reconcile import Assessment, apply_children, assess, status_fields
 from kubeserve.operator.revision_set import LiveRevision, live_revisions, policy, wanted_revision
 from kubeserve.operator.settings import OperatorSettings
-from kubeserve.operator.status import ApplyFailure, Reason
+from kubeserve.operator.status import MEMORY_CONDITION, ApplyFailure, Reason
 from kubeserve.operator.workqueue import WorkQueue
 
 Key = tuple[str, str]  # namespace, name
@@ -447,6 +447,10 @@ def _news(current: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str,
     failure, previous = new.get("lastFailure"), current.get("lastFailure")
     if failure and failure != previous:
         news.append((failure["reason"], failure["message"]))
+    # A memory limit below the estimate: announced once, when it appears (or its numbers change).
+    memory, memory_before = _condition(new, MEMORY_CONDITION), _condition(current, MEMORY_CONDITION)
+    if memory.get("reason") == Reason.MEMORY_LIMIT_TOO_LOW and memory.get("message") != memory_before.get("message"):
+        news.append((memory["reason"], memory["message"]))
     return news
 
 

@@ -34,8 +34,15 @@ CONFIG_DIR = "/etc/kubeserve"
 CONFIG_FILE = "runtime.yaml"
 MODELS_DIR = "/models"
 FETCHED_MODEL_PATH = f"{MODELS_DIR}/model.onnx"
+# The optimized model and TensorRT's engine cache: an emptyDir, so both outlive a container restart.
+OPTIMIZED_DIR = "/optimized"
+OPTIMIZED_MODEL_PATH = f"{OPTIMIZED_DIR}/model.onnx"
+TENSORRT_ENGINE_CACHE_DIR = f"{OPTIMIZED_DIR}/tensorrt"
+# Where the kubelet reads a container's termination message (its default), and the runtime's commands write it.
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 RUNTIME_CONTAINER = "runtime"
 FETCH_CONTAINER = "fetch-model"
+OPTIMIZE_CONTAINER = "optimize-model"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 

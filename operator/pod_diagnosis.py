@@ -12,6 +12,8 @@ from kubeserve.operator import naming
 EXIT_INVALID_SETTINGS = 2
 EXIT_MODEL_LOAD_FAILED = 3
 
+# The kubelet's reason for a container the kernel killed at its cgroup's memory limit.
+OOM_KILLED = "OOMKilled"
 IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
 CONFIG_ERROR_REASONS = ("CreateContainerConfigError", "CreateContainerError")
 
@@ -21,10 +23,17 @@ SEVERITY = (
     "ImagePullBackOff",
     "CreateContainerConfigError",
     "ModelFetchFailed",
+    "ModelOptimizationFailed",
     "RuntimeConfigRejected",
     "ModelLoadFailed",
+    OOM_KILLED,
     "CrashLoopBackOff",
 )
+# What each init container's failure is called.
+_INIT_FAILURES = {
+    naming.FETCH_CONTAINER: ("ModelFetchFailed", "downloading the model failed"),
+    naming.OPTIMIZE_CONTAINER: ("ModelOptimizationFailed", "optimizing the model failed"),
+}
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,8 @@ def _unschedulable(status: Mapping[str, Any]) -> tuple[str, str] | None:
 
 def _init_problem(status: Mapping[str, Any]) -> tuple[str, str] | None:
     for container in status.get("initContainerStatuses") or []:
-        if container.get("name") != naming.FETCH_CONTAINER:
+        name = container.get("name")
+        if name not in _INIT_FAILURES:
             continue
         state, last = container.get("state") or {}, container.get("lastState") or {}
         waiting = state.get("waiting") or {}
@@ -76,7 +86,10 @@ def _init_problem(status: Mapping[str, Any]) -> tuple[str, str] | None:
             return problem
         for terminated in (state.get("terminated"), last.get("terminated")):
             if terminated and terminated.get("exitCode", 0) != 0:
-                return "ModelFetchFailed", _terminated_message(terminated, "downloading the model failed")
+                if terminated.get("reason") == OOM_KILLED:
+                    return OOM_KILLED, _oom_message(name, terminated)
+                reason, fallback = _INIT_FAILURES[name]
+                return reason, _terminated_message(terminated, fallback)
     return None
 
 
@@ -91,6 +104,8 @@ def _runtime_problem(status: Mapping[str, Any]) -> tuple[str, str] | None:
         terminated = state.get("terminated") or last.get("terminated")
         if terminated and terminated.get("exitCode", 0) != 0:
             code = terminated.get("exitCode")
+            if terminated.get("reason") == OOM_KILLED:
+                return OOM_KILLED, _oom_message(naming.RUNTIME_CONTAINER, terminated)
             if code == EXIT_MODEL_LOAD_FAILED:
                 return "ModelLoadFailed", _terminated_message(terminated, "the model failed to load")
             if code == EXIT_INVALID_SETTINGS:
@@ -111,6 +126,14 @@ def _waiting_problem(waiting: Mapping[str, Any]) -> tuple[str, str] | None:
 
 def _waiting_message(waiting: Mapping[str, Any]) -> str:
     return waiting.get("message") or waiting.get("reason") or "waiting"
+
+
+def _oom_message(container: str, terminated: Mapping[str, Any]) -> str:
+    # Not the message: with FallbackToLogsOnError it is the log's last lines, written before the kill.
+    return (
+        f"container {container} was killed for using more memory than its limit "
+        f"(exit code {terminated.get('exitCode')}, {OOM_KILLED})"
+    )
 
 
 def _terminated_message(terminated: Mapping[str, Any], fallback: str) -> str:

@@ -8,9 +8,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from kubeserve.operator import manifests, naming, status
+from kubeserve.operator.memory_estimate import memory_check
 from kubeserve.operator.object_ref import ObjectRef
 from kubeserve.operator.revision_set import serving_version
 from kubeserve.operator.rollout import Decision, Phase
+from kubeserve.operator.runtime_config import served_precision
 from kubeserve.operator.settings import OperatorSettings
 from kubeserve.operator.spec import InferenceService, SpecError, parse
 from kubeserve.operator.validation import spec_problems
@@ -100,7 +102,15 @@ def status_fields(
         if revision is None or spec_config_hash is None:  # render and tests: the operator's default settings
             plan = manifests.children(isvc, OperatorSettings())
             revision, spec_config_hash = revision or plan.revision, spec_config_hash or plan.config_hash
-        desired = status.Desired(revision, spec_config_hash, isvc.model_name, url, isvc.spec.model.version)
+        desired = status.Desired(
+            revision,
+            spec_config_hash,
+            isvc.model_name,
+            url,
+            isvc.spec.model.version,
+            precision=served_precision(isvc),
+            memory=memory_check(isvc),
+        )
         wanted = next((d for d in deployments if _revision_of(d) == revision), None)
     observation = status.observe(
         desired=desired,

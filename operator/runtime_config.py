@@ -7,18 +7,23 @@ from typing import Any
 
 import yaml
 from kubeserve.operator import naming
+from kubeserve.operator.cpu_share import intra_op_threads
+from kubeserve.operator.memory_estimate import planned_workers
 from kubeserve.operator.model_source import model_source
 from kubeserve.operator.spec import InferenceService
 from kubeserve.runtime.config import RuntimeSettings, describe_validation_error
 from pydantic import ValidationError
+
+# The runtime's own, for a spec that names none.
+DEFAULT_TENSORRT_PRECISION: str = RuntimeSettings.model_fields["tensorrt_precision"].default
 
 
 def runtime_settings(isvc: InferenceService) -> dict[str, Any]:
     """The flat mapping of ``RuntimeSettings`` names the runtime reads from its config file."""
     spec = isvc.spec
     runtime, batching = spec.runtime, spec.batching
-    return {
-        "model_path": model_source(spec.model).model_path,
+    settings: dict[str, Any] = {
+        "model_path": model_source(spec.model).served_path,
         "model_name": isvc.model_name,
         "model_version": spec.model.version,
         "port": naming.HTTP_PORT,
@@ -28,14 +33,46 @@ def runtime_settings(isvc: InferenceService) -> dict[str, Any]:
         "max_queue_size": batching.max_queue_size,
         "default_timeout_microseconds": batching.default_timeout_microseconds,
         "instance_count": runtime.instance_count,
-        "device": runtime.device or ("cuda" if isvc.wants_gpu else "cpu"),
-        "intra_op_num_threads": runtime.intra_op_num_threads,
+        "device": _device(isvc),
+        "intra_op_num_threads": intra_op_threads(isvc, planned_workers(isvc)),
         "inter_op_num_threads": runtime.inter_op_num_threads,
         "allow_spinning": runtime.allow_spinning,
         "graph_optimization_level": runtime.graph_optimization_level,
         "drain_timeout_seconds": runtime.drain_timeout_seconds,
         "log_level": runtime.log_level,
     }
+    if (workers := planned_workers(isvc)) > 1:
+        # Only then: a pod of one process keeps the config file (and so the revision) it had.
+        settings["workers"] = workers
+    optimization = isvc.optimization
+    if optimization.execution_provider == "tensorrt":
+        # Only then: an InferenceService without TensorRT keeps the config file (and so the revision) it had.
+        settings["tensorrt_precision"] = optimization.tensorrt_precision or DEFAULT_TENSORRT_PRECISION
+        settings["tensorrt_engine_cache_path"] = naming.TENSORRT_ENGINE_CACHE_DIR
+    return settings
+
+
+def _device(isvc: InferenceService) -> str:
+    """The execution provider the spec names, else spec.runtime.device, else cuda with a GPU and cpu without."""
+    return isvc.optimization.execution_provider or isvc.spec.runtime.device or ("cuda" if isvc.wants_gpu else "cpu")
+
+
+def precompile_level(isvc: InferenceService) -> str:
+    """The graph optimizations a precompiled model keeps: all of them (this CPU's layouts included) for a CPU, the
+    provider-independent ones for a GPU, whose provider fuses its own."""
+    return "basic" if isvc.wants_gpu or _device(isvc) != "cpu" else "all"
+
+
+def served_precision(isvc: InferenceService) -> str:
+    """The lowest precision the served model computes in, as V2 names data types: INT8 (dynamic quantization's
+    weights, or TensorRT's int8), FP16 (TensorRT's fp16) or FP32."""
+    optimization = isvc.optimization
+    tensorrt = optimization.tensorrt_precision or DEFAULT_TENSORRT_PRECISION
+    if optimization.execution_provider != "tensorrt":
+        tensorrt = "fp32"
+    if optimization.quantization == "dynamicInt8" or tensorrt == "int8":
+        return "INT8"
+    return tensorrt.upper()
 
 
 def config_problems(settings: dict[str, Any]) -> list[str]:

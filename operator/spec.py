@@ -62,7 +62,10 @@ SPEC_CONTROLLED_ENV = (
     "KUBESERVE_MAX_QUEUE_SIZE",
     "KUBESERVE_DEFAULT_TIMEOUT_MICROSECONDS",
     "KUBESERVE_INSTANCE_COUNT",
+    "KUBESERVE_WORKERS",
     "KUBESERVE_DEVICE",
+    "KUBESERVE_TENSORRT_PRECISION",
+    "KUBESERVE_TENSORRT_ENGINE_CACHE_PATH",
     "KUBESERVE_INTRA_OP_NUM_THREADS",
     "KUBESERVE_INTER_OP_NUM_THREADS",
     "KUBESERVE_ALLOW_SPINNING",
@@ -96,6 +99,16 @@ MSG_ZERO_NEEDS_KEDA = (
 )
 MSG_KEDA_SETTINGS = "keda settings are only used with engine keda"
 MSG_STEPS_INCREASING = "steps' weights must increase from one step to the next"
+MSG_PROVIDER_NEEDS_GPU = (
+    f"executionProvider cuda and tensorrt need a GPU: set spec.runtime.resources.limits.{naming.GPU_RESOURCE} (the CPU "
+    "image has neither CUDA nor TensorRT)"
+)
+MSG_PROVIDER_NOT_ON_CPU = "executionProvider cannot be used with spec.runtime.device cpu"
+MSG_TENSORRT_PRECISION = "tensorrtPrecision is only used with executionProvider tensorrt"
+MSG_WORKERS_ON_GPU = (
+    f"workers above 1 cannot share a GPU yet: remove spec.runtime.workers or set it to 1 with "
+    f"{naming.GPU_RESOURCE} (one ONNX Runtime session per GPU)"
+)
 PROMETHEUS_URL = r"^https?://[^/\s]+(/\S*)?$"
 
 
@@ -125,12 +138,44 @@ class _Fields(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True)
 
 
+Quantization = Literal["none", "dynamicInt8"]
+
+
+class Optimization(_Fields):
+    """What is done to the model file once per pod start, before the runtime loads it, and where it computes."""
+
+    quantization: Quantization = "none"
+    precompile: bool = False
+    execution_provider: Literal["cuda", "tensorrt"] | None = None
+    tensorrt_precision: Literal["fp32", "fp16", "int8"] | None = None
+
+    @field_validator("tensorrt_precision")
+    @classmethod
+    def _check_tensorrt_precision(cls, precision: str | None, info: ValidationInfo) -> str | None:
+        if precision is not None and info.data.get("execution_provider") != "tensorrt":
+            raise ValueError(MSG_TENSORRT_PRECISION)
+        return precision
+
+    @property
+    def rewrites_model(self) -> bool:
+        """Whether an init container writes an optimized model file for the runtime to load instead."""
+        return self.quantization != "none" or self.precompile
+
+
+def _unset(value: object) -> bool:
+    # An empty optimization block asks for nothing: the same revision as none.
+    return value is None or value == Optimization()
+
+
 class Model(_Fields):
     name: str | None = Field(default=None, max_length=63, pattern=MODEL_NAME)
     version: str = Field(min_length=1, max_length=63, pattern=MODEL_VERSION)
     uri: str = Field(max_length=2048)
     format: Literal["onnx"] = "onnx"
     credentials_secret: str | None = Field(default=None, max_length=253, pattern=DNS1123_SUBDOMAIN)
+    # Left out of dumps when unset, so that a revision's digest (a dump) stays what it was before these fields.
+    size: Quantity | None = Field(default=None, exclude_if=_unset)
+    optimization: Optimization | None = Field(default=None, exclude_if=_unset)
 
     @field_validator("uri")
     @classmethod
@@ -187,6 +232,7 @@ class Runtime(_Fields):
     env: list[EnvVar] = Field(default_factory=list, max_length=128)
     device: Literal["auto", "cpu", "cuda"] | None = None
     instance_count: int = Field(default=1, ge=1, le=64)
+    workers: int | None = Field(default=None, ge=1, le=64, exclude_if=_unset)
     intra_op_num_threads: int = Field(default=0, ge=0, le=1024)
     inter_op_num_threads: int = Field(default=0, ge=0, le=1024)
     allow_spinning: bool = False
@@ -387,6 +433,11 @@ class InferenceService(BaseModel):
         if self.spec.replicas is not None:
             return self.spec.replicas
         return self.spec.autoscaling.min_replicas if self.spec.autoscaling is not None else DEFAULT_REPLICAS
+
+    @property
+    def optimization(self) -> Optimization:
+        """spec.model.optimization, its defaults when unset."""
+        return self.spec.model.optimization or Optimization()
 
     @property
     def wants_gpu(self) -> bool:

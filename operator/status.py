@@ -5,6 +5,9 @@ Three conditions, each with a reason a user can act on and the pods' own message
 - ``Ready``: the Service answers V2 requests (at least one pod is ready), whichever version it serves.
 - ``ModelLoaded``: a pod of the wanted model version has loaded and warmed up the model.
 - ``RolloutComplete``: every pod runs the wanted version and configuration.
+
+And, when the spec gives the model's size (``memory_estimate``), ``MemoryLimitSufficient``: whether the pods'
+memory limit covers the estimate. It only warns: the pods are created all the same.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from typing import Any
 from kubeserve.operator import naming
 from kubeserve.operator.manifests.autoscaler import QUEUE_DELAY_METRIC, seconds_from_value
 from kubeserve.operator.manifests.keda import QUEUE_DELAY_TRIGGER_METRIC
+from kubeserve.operator.memory_estimate import MemoryCheck, as_quantity
 from kubeserve.operator.pod_diagnosis import PodProblem, is_ready, worst
+
+MEMORY_CONDITION = "MemoryLimitSufficient"
 
 
 class Reason(StrEnum):
@@ -39,6 +45,10 @@ class Reason(StrEnum):
     ANALYSIS_FAILED = "AnalysisFailed"
     INVALID_SPEC = "InvalidSpec"
     APPLY_FAILED = "ApplyFailed"
+    # MemoryLimitSufficient's.
+    MEMORY_LIMIT_SUFFICIENT = "MemoryLimitSufficient"
+    NO_MEMORY_LIMIT = "NoMemoryLimit"
+    MEMORY_LIMIT_TOO_LOW = "MemoryLimitTooLow"
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,8 @@ class Desired:
     model_name: str
     url: str
     version: str = ""  # its model version, for messages (the revision when not given)
+    precision: str = "FP32"  # what its pods compute in (``runtime_config.served_precision``)
+    memory: MemoryCheck | None = None  # its memory estimate and limit, when there is an estimate
 
     @property
     def shown_version(self) -> str:
@@ -83,6 +95,7 @@ class Observation:
     replicas: int
     ready_replicas: int
     failure: PodProblem | None
+    precision: str | None = None  # the wanted revision's; None while the spec is invalid
 
 
 def observe(
@@ -125,7 +138,9 @@ def observe(
         if not ready_condition.status:
             ready_condition = Condition("Ready", False, Reason.APPLY_FAILED, apply_failure.message)
     conditions = (ready_condition, _model_loaded(desired, deployment, current, problem), rollout)
-    return Observation(conditions, replicas, ready, problem or worst(live))
+    if desired.memory is not None:
+        conditions += (_memory(desired.memory),)
+    return Observation(conditions, replicas, ready, problem or worst(live), desired.precision)
 
 
 def next_status(
@@ -159,6 +174,8 @@ def next_status(
         "readyReplicas": observation.ready_replicas,
         "conditions": conditions,
     }
+    if observation.precision is not None:  # kept while the spec is invalid, as the pods keep serving it
+        result["precision"] = observation.precision
     failure, last = observation.failure, current.get("lastFailure")
     if failure is not None:
         same = last and last.get("reason") == failure.reason and last.get("message") == failure.message
@@ -279,6 +296,32 @@ def _model_loaded(
     if deployment is not None and _wanted_replicas(deployment) == 0:
         return Condition("ModelLoaded", False, Reason.SCALED_TO_ZERO, f"replicas is 0: {what} is not loaded anywhere")
     return Condition("ModelLoaded", False, Reason.PENDING, f"no pod runs {what} yet")
+
+
+def _memory(check: MemoryCheck) -> Condition:
+    estimate = as_quantity(check.estimate)
+    if check.limit is None:
+        return Condition(
+            MEMORY_CONDITION,
+            True,
+            Reason.NO_MEMORY_LIMIT,
+            f"no memory limit; the pods are estimated to need {estimate}",
+        )
+    limit = as_quantity(check.limit)
+    if check.too_low:
+        return Condition(
+            MEMORY_CONDITION,
+            False,
+            Reason.MEMORY_LIMIT_TOO_LOW,
+            f"the memory limit {limit} is below the {estimate} estimated from spec.model.size, the optimization, "
+            "maxBatchSize and instanceCount: the pods may be OOMKilled; raise spec.runtime.resources.limits.memory",
+        )
+    return Condition(
+        MEMORY_CONDITION,
+        True,
+        Reason.MEMORY_LIMIT_SUFFICIENT,
+        f"the memory limit {limit} covers the {estimate} estimated",
+    )
 
 
 def _rollout(desired: Desired, deployment: Mapping[str, Any] | None, problem: PodProblem | None) -> Condition:

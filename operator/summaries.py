@@ -21,6 +21,7 @@ OWNED_STATUS_FIELDS = (
     "rollout",
     "revisions",
     "servingVersion",
+    "precision",
     "observedGeneration",
     "conditions",
     "lastFailure",

@@ -12,7 +12,12 @@ from kubernetes.utils import parse_quantity
 from kubeserve.operator import naming
 from kubeserve.operator.runtime_config import config_problems, runtime_settings
 from kubeserve.operator.settings import OperatorSettings
-from kubeserve.operator.spec import InferenceService
+from kubeserve.operator.spec import (
+    MSG_PROVIDER_NEEDS_GPU,
+    MSG_PROVIDER_NOT_ON_CPU,
+    MSG_WORKERS_ON_GPU,
+    InferenceService,
+)
 
 # Resources that may be overcommitted (requests below limits); every other one is "extended".
 _OVERCOMMITTABLE = ("cpu", "memory", "ephemeral-storage")
@@ -23,6 +28,8 @@ def spec_problems(isvc: InferenceService, settings: OperatorSettings) -> list[st
     return [
         *_resource_problems(isvc),
         *_device_problems(isvc),
+        *_optimization_problems(isvc),
+        *_workers_problems(isvc),
         *_keda_problems(isvc, settings),
         *config_problems(runtime_settings(isvc)),
     ]
@@ -68,4 +75,29 @@ def _device_problems(isvc: InferenceService) -> list[str]:
     has_gpu = parse_quantity(isvc.spec.runtime.resources.limits.get(naming.GPU_RESOURCE, 0)) > Decimal(0)
     if device == "cuda" and not has_gpu:
         return [f"spec.runtime.device: cuda needs a GPU: set spec.runtime.resources.limits.{naming.GPU_RESOURCE}"]
+    return []
+
+
+def _optimization_problems(isvc: InferenceService) -> list[str]:
+    """The CRD's CEL rules on spec (they need model and runtime both), said the same way; and a model size that is
+    no size."""
+    model, runtime = isvc.spec.model, isvc.spec.runtime
+    problems = []
+    if model.size is not None and parse_quantity(model.size) <= 0:
+        problems.append(f"spec.model.size: must be the model file's size, above 0, such as 25Mi, not {model.size}")
+    if isvc.optimization.execution_provider is not None:
+        where = "spec.model.optimization.executionProvider"
+        # As the CEL rule has it: a GPU named in limits (a zero or fractional count is refused above).
+        if naming.GPU_RESOURCE not in runtime.resources.limits:
+            problems.append(f"{where}: {MSG_PROVIDER_NEEDS_GPU}")
+        if runtime.device == "cpu":
+            problems.append(f"{where}: {MSG_PROVIDER_NOT_ON_CPU}")
+    return problems
+
+
+def _workers_problems(isvc: InferenceService) -> list[str]:
+    """The CRD's CEL rule on spec, said the same way."""
+    workers = isvc.spec.runtime.workers
+    if workers is not None and workers > 1 and isvc.wants_gpu:
+        return [f"spec.runtime.workers: {MSG_WORKERS_ON_GPU}"]
     return []

@@ -1,4 +1,4 @@
-"""kubeserve-runtime: serve a model, or fetch one into place (the operator's init container)."""
+"""kubeserve-runtime: serve a model, or fetch one into place and optimize it (the operator's init containers)."""
 
 from __future__ import annotations
 
@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     fetch_parser = commands.add_parser("fetch", help="download a model to a local path, atomically")
     fetch.add_arguments(fetch_parser)
+
+    from kubeserve.runtime import optimize
+
+    optimize_parser = commands.add_parser(
+        "optimize", help="quantize and/or precompile a model into a new file, and compare it with the original"
+    )
+    optimize.add_arguments(optimize_parser)
     return parser
 
 
@@ -93,6 +100,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"kubeserve-runtime: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     # Imported here so that `--help` and config errors stay fast.
+    if settings.workers > 1:
+        # The supervisor imports neither ONNX Runtime nor aiohttp: its workers do.
+        from kubeserve.runtime.server.supervisor import supervise
+
+        return supervise(settings)
     from kubeserve.runtime.server.lifecycle import serve
 
     return serve(settings)
@@ -102,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         raise SystemExit(_serve(args))
+    if args.command == "optimize":
+        from kubeserve.runtime import optimize
+
+        raise SystemExit(optimize.run(args))
     from kubeserve.runtime import fetch
 
     raise SystemExit(fetch.run(args))

@@ -16,6 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 ENV_PREFIX = "KUBESERVE_"
 CONFIG_FILE_ENV = "KUBESERVE_CONFIG"
+MSG_GPU_WORKERS = (
+    "workers above 1 on a GPU are not built yet (one model process fed by the workers through shared memory is the "
+    "design): set workers to 1, or device to cpu"
+)
 
 
 class ConfigError(Exception):
@@ -46,6 +50,19 @@ class RuntimeSettings(BaseModel):
     port: int = Field(default=8080, ge=0, le=65535, description="port to listen on (0 picks a free one)")
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="largest request body")
     access_log: bool = Field(default=False, description="log one line per request")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="server processes sharing the port (SO_REUSEPORT), each with its own batcher and ONNX Runtime "
+        "session and an equal share of the CPUs; CPU only",
+    )
+    worker_stall_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="with workers: a worker whose event loop has not run for this long is killed, and the pod "
+        "restarts (the kubelet's liveness probe reaches one worker only)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
 
     # Dynamic batching (Triton's names and meanings).
@@ -63,8 +80,20 @@ class RuntimeSettings(BaseModel):
     instance_count: int = Field(default=1, ge=1, le=64, description="batches computing at the same time")
 
     # ONNX Runtime.
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        default="auto", description="auto uses CUDA when onnxruntime-gpu and a GPU are present"
+    device: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
+        default="auto",
+        description="auto uses CUDA when onnxruntime-gpu and a GPU are present; tensorrt runs on TensorRT, "
+        "then CUDA, then CPU for what they cannot",
+    )
+    tensorrt_precision: Literal["fp32", "fp16", "int8"] = Field(
+        default="fp16",
+        description="device tensorrt: the precision TensorRT may build its engines in (int8 also allows fp16; it "
+        "needs a QDQ model or a calibration table)",
+    )
+    tensorrt_engine_cache_path: Path | None = Field(
+        default=None,
+        description="device tensorrt: directory for TensorRT's engine and timing caches, so that a restart reuses "
+        "the engines instead of rebuilding them; none: no cache",
     )
     cuda_device_id: int = Field(default=0, ge=0, description="GPU to run on")
     cuda_memory_limit_bytes: int = Field(default=0, ge=0, description="CUDA arena limit; 0 means none")
@@ -106,6 +135,12 @@ class RuntimeSettings(BaseModel):
                 raise ValueError(
                     f"preferred_batch_size {size} must be between 1 and max_batch_size ({self.max_batch_size})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _check_workers(self) -> RuntimeSettings:
+        if self.workers > 1 and self.device in ("cuda", "tensorrt"):
+            raise ValueError(f"workers {self.workers} with device {self.device}: {MSG_GPU_WORKERS}")
         return self
 
 

@@ -46,21 +46,22 @@ class EventFormatter(JsonFormatter):
             log_data.update({field: ref[field] for field in _OBJECT_FIELDS if ref.get(field)})
 
 
-def json_handler() -> logging.Handler:
-    """A handler writing one JSON object per line to stderr."""
+def json_handler(fields: Mapping[str, Any] | None = None) -> logging.Handler:
+    """A handler writing one JSON object per line to stderr; ``fields`` go on every line (a worker's index)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         EventFormatter(
             ["levelname", "name", "message"],
             rename_fields={"levelname": "level", "name": "logger"},
             timestamp="time",
+            static_fields=dict(fields or {}),
         )
     )
     return handler
 
 
-def configure_logging(level: str) -> None:
-    handler = json_handler()
+def configure_logging(level: str, fields: Mapping[str, Any] | None = None) -> None:
+    handler = json_handler(fields)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -1,14 +1,20 @@
 """The server's Prometheus metrics, per pod, labelled with the model's name and version, and beside them
 the same measurements as Triton's statistics extension reports them.
 
-Label children are resolved once here, so recording on the request path is a few sub-microsecond calls.
+Label children are resolved once here, so recording on the request path is a few sub-microsecond calls. With
+several workers in a pod (``workers``), prometheus-client's multiprocess mode keeps each worker's values in a
+file of its own and ``exposition`` sums them: gauges say how they combine (``multiprocess_mode``), and are
+ignored with one process.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kubeserve.runtime.rejection import Rejection
 from kubeserve.runtime.statistics import ModelStatistics
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # Seconds: 50 µs to 10 s, dense where a healthy request lives (sub-millisecond to tens of ms).
 LATENCY_BUCKETS = (
@@ -22,8 +28,15 @@ STAGES = ("deserialize", "queue", "compute", "serialize", "total")
 
 
 class ServerMetrics:
-    def __init__(self, model: str, version: str, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, model: str, version: str, registry: CollectorRegistry | None = None, multiprocess_dir: Path | None = None
+    ) -> None:
         self.registry = registry or CollectorRegistry()
+        # What /metrics serves: this process's registry, or every worker's values summed.
+        self.exposition = self.registry
+        if multiprocess_dir is not None:
+            self.exposition = CollectorRegistry()
+            MultiProcessCollector(self.exposition, path=str(multiprocess_dir))
         labels = {"model": model, "version": version}
         names = list(labels)
 
@@ -63,22 +76,32 @@ class ServerMetrics:
             registry=self.registry,
         ).labels(**labels)
         self.queue_depth = Gauge(
-            "kubeserve_queue_depth", "Requests waiting for a batch.", names, registry=self.registry
+            "kubeserve_queue_depth",
+            "Requests waiting for a batch.",
+            names,
+            registry=self.registry,
+            multiprocess_mode="livesum",
         ).labels(**labels)
         self.in_flight = Gauge(
             "kubeserve_requests_in_flight",
             "Inference requests accepted and not yet answered.",
             names,
             registry=self.registry,
+            multiprocess_mode="livesum",
         ).labels(**labels)
         self.model_ready = Gauge(
-            "kubeserve_model_ready", "1 when the model is loaded and serving.", names, registry=self.registry
+            "kubeserve_model_ready",
+            "1 when the model is loaded and serving (in every worker).",
+            names,
+            registry=self.registry,
+            multiprocess_mode="livemin",
         ).labels(**labels)
         self.model_load_seconds = Gauge(
             "kubeserve_model_load_seconds",
-            "Seconds the last model load took, warm-up included.",
+            "Seconds the last model load took, warm-up included (the slowest worker's).",
             names,
             registry=self.registry,
+            multiprocess_mode="livemax",
         ).labels(**labels)
 
         self.stage = {stage: duration.labels(**labels, stage=stage) for stage in STAGES}

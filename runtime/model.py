@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 from kubeserve.runtime.config import RuntimeSettings
 from kubeserve.runtime.datatypes import BY_ONNX_TYPE
+from kubeserve.runtime.model_metadata import ModelOptimization, read_metadata_props
 from kubeserve.runtime.protocol.errors import BadRequest
 from kubeserve.runtime.protocol.v2_request import decode_request
 from kubeserve.runtime.signature import ModelSignature, TensorSpec
@@ -20,13 +21,16 @@ from kubeserve.runtime.signature import ModelSignature, TensorSpec
 log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+# Providers that run on a GPU, as Triton's model configuration reports the instance kind.
+GPU_PROVIDERS = frozenset({CUDA, TENSORRT})
 # How the model was warmed up, as the model_ready log event reports it.
 WARMUP_USER = "user"
 WARMUP_SYNTHETIC = "synthetic"
 WARMUP_FAILED = "failed"
 CPU = "CPUExecutionProvider"
 
-_OPTIMIZATION_LEVELS = {
+ORT_OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -38,26 +42,53 @@ class ModelLoadError(Exception):
     """The model cannot be served; the message says why."""
 
 
+# The providers each device asks for, by the name their error gives.
+_REQUIRED = {"cuda": ((CUDA, "CUDA"),), "tensorrt": ((TENSORRT, "TensorRT"), (CUDA, "CUDA"))}
+
+
 def execution_providers(settings: RuntimeSettings, available: Sequence[str]) -> list[str | tuple[str, dict]]:
-    """CUDA when asked for (or on ``auto``) and this onnxruntime build has it, else CPU."""
-    if settings.device == "cuda" and CUDA not in available:
-        raise ModelLoadError(
-            "device is 'cuda', but this onnxruntime has no CUDA provider (install kubeserve[gpu], "
-            f"not kubeserve[cpu]); available: {', '.join(available)}"
-        )
+    """In ORT's order of preference: TensorRT (``device: tensorrt``), then CUDA (``tensorrt``, ``cuda``, or ``auto``
+    where this onnxruntime build has it), then CPU, which runs whatever the others cannot."""
+    for provider, name in _REQUIRED.get(settings.device, ()):
+        if provider not in available:
+            raise ModelLoadError(
+                f"device is {settings.device!r}, but this onnxruntime has no {name} provider ({provider}; install "
+                f"kubeserve[gpu], not kubeserve[cpu], with the {name} libraries); available: {', '.join(available)}"
+            )
+    cuda: dict[str, object] = {"device_id": settings.cuda_device_id}
+    if settings.cuda_memory_limit_bytes:
+        cuda["gpu_mem_limit"] = settings.cuda_memory_limit_bytes
+    if settings.device == "tensorrt":
+        return [(TENSORRT, tensorrt_options(settings)), (CUDA, cuda), CPU]
     if settings.device in ("cuda", "auto") and CUDA in available:
-        options: dict[str, object] = {"device_id": settings.cuda_device_id}
-        if settings.cuda_memory_limit_bytes:
-            options["gpu_mem_limit"] = settings.cuda_memory_limit_bytes
-        return [(CUDA, options), CPU]
+        return [(CUDA, cuda), CPU]
     return [CPU]
 
 
-def session_options(settings: RuntimeSettings) -> ort.SessionOptions:
+def tensorrt_options(settings: RuntimeSettings) -> dict[str, object]:
+    """TensorRT's provider options: the precision its engines may use, and where they are cached."""
+    options: dict[str, object] = {
+        "device_id": settings.cuda_device_id,
+        # INT8 with FP16 allowed too: layers TensorRT cannot run in INT8 fall back to FP16 rather than FP32.
+        "trt_fp16_enable": settings.tensorrt_precision in ("fp16", "int8"),
+        "trt_int8_enable": settings.tensorrt_precision == "int8",
+        "trt_engine_cache_enable": settings.tensorrt_engine_cache_path is not None,
+        "trt_timing_cache_enable": settings.tensorrt_engine_cache_path is not None,
+    }
+    if settings.tensorrt_engine_cache_path is not None:
+        options["trt_engine_cache_path"] = str(settings.tensorrt_engine_cache_path)
+        options["trt_timing_cache_path"] = str(settings.tensorrt_engine_cache_path)
+    return options
+
+
+def session_options(settings: RuntimeSettings, optimization: ModelOptimization | None = None) -> ort.SessionOptions:
+    """``optimization``: what the model file says ``kubeserve-runtime optimize`` did to it (a precompiled graph is
+    not optimized again)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = settings.intra_op_num_threads
     options.inter_op_num_threads = settings.inter_op_num_threads
-    options.graph_optimization_level = _OPTIMIZATION_LEVELS[settings.graph_optimization_level]
+    level = (optimization or ModelOptimization()).load_level(settings.graph_optimization_level)
+    options.graph_optimization_level = ORT_OPTIMIZATION_LEVELS[level]
     spinning = "1" if settings.allow_spinning else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
     options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
@@ -74,8 +105,10 @@ def _tensor_spec(arg: ort.NodeArg, role: str) -> TensorSpec:
 
 
 class OnnxModel:
-    def __init__(self, session: ort.InferenceSession) -> None:
+    def __init__(self, session: ort.InferenceSession, optimization: ModelOptimization | None = None) -> None:
         self._session = session
+        # What the model file says about its optimization (``kubeserve-runtime optimize``): what is served.
+        self.optimization = optimization or ModelOptimization()
         self.signature = ModelSignature(
             inputs=tuple(_tensor_spec(arg, "input") for arg in session.get_inputs()),
             outputs=tuple(_tensor_spec(arg, "output") for arg in session.get_outputs()),
@@ -89,13 +122,30 @@ class OnnxModel:
         if not path.is_file():
             raise ModelLoadError(f"model file {path} does not exist")
         providers = execution_providers(settings, ort.get_available_providers())
+        # Read before the session exists: whether the graph is precompiled decides how the session is created.
+        optimization = ModelOptimization.from_metadata(read_metadata_props(path))
+        options = session_options(settings, optimization)
         try:
-            session = ort.InferenceSession(str(path), sess_options=session_options(settings), providers=providers)
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as error:  # ORT raises its own exception types for every kind of bad model
             raise ModelLoadError(f"onnxruntime cannot load {path}: {error}") from error
-        if settings.device == "cuda" and CUDA not in session.get_providers():
-            raise ModelLoadError("device is 'cuda', but the CUDA provider could not start (is a GPU visible?)")
-        model = cls(session)
+        started = session.get_providers()
+        for provider, name in _REQUIRED.get(settings.device, ()):
+            if provider not in started:
+                raise ModelLoadError(
+                    f"device is {settings.device!r}, but the {name} provider could not start "
+                    f"(is a GPU visible, with the {name} libraries?); running: {', '.join(started)}"
+                )
+        log.info(
+            "model session created",
+            extra={
+                "event": "model_session",
+                **optimization.as_parameters(),
+                "graph_optimization_level": optimization.load_level(settings.graph_optimization_level),
+                "providers": started,
+            },
+        )
+        model = cls(session, optimization)
         model.warmup = model.warm_up(settings.warmup_inputs_path)
         return model
 
@@ -106,7 +156,7 @@ class OnnxModel:
         is only a guess (a model may parse its strings, say), so its failure is a warning and the model serves.
         """
         if inputs_path is not None:
-            feeds = self.warmup_feeds(inputs_path)
+            feeds = self.request_feeds(inputs_path)
             try:
                 self.run(feeds, None)
             except Exception as error:
@@ -122,16 +172,17 @@ class OnnxModel:
             return WARMUP_FAILED
         return WARMUP_SYNTHETIC
 
-    def warmup_feeds(self, path: Path) -> dict[str, np.ndarray]:
-        """The inputs of the V2 inference request (JSON) in ``path``, checked against the model."""
+    def request_feeds(self, path: Path, what: str = "warmup_inputs_path") -> dict[str, np.ndarray]:
+        """The inputs of the V2 inference request (JSON) in ``path``, checked against the model; errors name the
+        file as ``what`` (the setting or option that gave it)."""
         try:
             body = path.read_bytes()
         except OSError as error:
-            raise ModelLoadError(f"cannot read warmup_inputs_path {path}: {error.strerror}") from error
+            raise ModelLoadError(f"cannot read {what} {path}: {error.strerror}") from error
         try:
             return decode_request(body, None, self.signature).inputs
         except BadRequest as error:
-            raise ModelLoadError(f"warmup_inputs_path {path} is not a request this model takes: {error}") from error
+            raise ModelLoadError(f"{what} {path} is not a request this model takes: {error}") from error
 
     def synthetic_feeds(self) -> dict[str, np.ndarray]:
         """A single zero (or empty-string) row for every input."""

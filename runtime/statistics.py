@@ -15,6 +15,7 @@ from typing import Any
 
 # Inference stats Triton reports that this server has no source for (it has no response cache).
 _ALWAYS_ZERO = ("cache_hit", "cache_miss")
+_BATCH_STAGES = ("compute_input", "compute_infer", "compute_output")
 
 
 def _nanoseconds(seconds: float) -> int:
@@ -118,3 +119,34 @@ class ModelStatistics:
             ],
             "memory_usage": [],
         }
+
+
+def _sum_durations(durations: list[dict[str, int]]) -> dict[str, int]:
+    return {"count": sum(d["count"] for d in durations), "ns": sum(d["ns"] for d in durations)}
+
+
+def merge_model_stats(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several workers' entries for one model version as one: counts and durations summed, batch sizes
+    merged, the latest inference kept."""
+    first = entries[0]
+    batches: dict[int, list[dict[str, Any]]] = {}
+    for entry in entries:
+        for batch in entry["batch_stats"]:
+            batches.setdefault(batch["batch_size"], []).append(batch)
+    return {
+        "name": first["name"],
+        "version": first["version"],
+        "last_inference": max(entry["last_inference"] for entry in entries),
+        "inference_count": sum(entry["inference_count"] for entry in entries),
+        "execution_count": sum(entry["execution_count"] for entry in entries),
+        "inference_stats": {
+            stat: _sum_durations([entry["inference_stats"][stat] for entry in entries])
+            for stat in first["inference_stats"]
+        },
+        "response_stats": {},
+        "batch_stats": [
+            {"batch_size": size, **{stage: _sum_durations([b[stage] for b in same]) for stage in _BATCH_STAGES}}
+            for size, same in sorted(batches.items())
+        ],
+        "memory_usage": [],
+    }

@@ -1,4 +1,5 @@
-"""The Deployment of runtime pods: model fetch, probes, graceful drain, GPU scheduling, locked-down security."""
+"""The Deployment of runtime pods: model fetch and optimization, probes, graceful drain, GPU scheduling, planned
+memory, locked-down security."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from typing import Any
 
 from kubeserve.operator import naming
 from kubeserve.operator.manifests.common import child_metadata
+from kubeserve.operator.memory_estimate import as_quantity, estimate
 from kubeserve.operator.model_source import ModelSource, model_source
+from kubeserve.operator.runtime_config import precompile_level
 from kubeserve.operator.settings import OperatorSettings
 from kubeserve.operator.spec import InferenceService
 
@@ -47,6 +50,7 @@ def deployment(
     """Revision ``revision``'s Deployment, ``NAME-<revision>``, with the replicas the rollout gives it."""
     runtime = isvc.spec.runtime
     source = model_source(isvc.spec.model)
+    resources = container_resources(isvc)
     revision_labels = {naming.LABEL_ISVC: isvc.name, naming.LABEL_REVISION: revision}
     pod_labels = {**naming.common_labels(isvc.name), **revision_labels, naming.LABEL_VERSION: isvc.spec.model.version}
     pod_spec: dict[str, Any] = {
@@ -61,11 +65,16 @@ def deployment(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": PRESTOP_PAUSE_SECONDS + runtime.drain_timeout_seconds + GRACE_MARGIN_SECONDS,
-        "containers": [_runtime_container(isvc, settings, source)],
+        "containers": [_runtime_container(isvc, settings, source, resources)],
         "volumes": _volumes(isvc, source, revision),
     }
+    init_containers = []
     if source.kind == "fetch":
-        pod_spec["initContainers"] = [_fetch_container(isvc, settings)]
+        init_containers.append(_fetch_container(isvc, settings, resources))
+    if source.optimized:
+        init_containers.append(_optimize_container(isvc, settings, source, resources))
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
     pod_spec.update(_scheduling(isvc))
 
     spec: dict[str, Any] = {
@@ -93,7 +102,19 @@ def deployment(
     }
 
 
-def _runtime_container(isvc: InferenceService, settings: OperatorSettings, source: ModelSource) -> dict[str, Any]:
+def container_resources(isvc: InferenceService) -> dict[str, dict[str, Any]]:
+    """The runtime container's requests and limits: the spec's, and the memory estimate as the request when the
+    spec sets neither a memory request nor a memory limit (with only a limit, Kubernetes requests the limit)."""
+    resources = isvc.spec.runtime.resources.model_dump(by_alias=True)
+    planned = estimate(isvc)
+    if planned is not None and "memory" not in resources["requests"] and "memory" not in resources["limits"]:
+        resources["requests"]["memory"] = as_quantity(planned)
+    return {kind: dict(amounts) for kind, amounts in resources.items() if amounts}
+
+
+def _runtime_container(
+    isvc: InferenceService, settings: OperatorSettings, source: ModelSource, resources: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     runtime = isvc.spec.runtime
     mounts = [
         {"name": "config", "mountPath": naming.CONFIG_DIR, "readOnly": True},
@@ -101,6 +122,10 @@ def _runtime_container(isvc: InferenceService, settings: OperatorSettings, sourc
     ]
     if source.kind != "image":
         mounts.append({"name": "models", "mountPath": naming.MODELS_DIR, "readOnly": True})
+    if _has_optimized_volume(isvc, source):
+        # Written by the runtime only for TensorRT's engine cache.
+        mount = {"name": "optimized", "mountPath": naming.OPTIMIZED_DIR}
+        mounts.append(mount if _uses_tensorrt(isvc) else {**mount, "readOnly": True})
     container: dict[str, Any] = {
         "name": naming.RUNTIME_CONTAINER,
         "image": runtime_image(isvc, settings),
@@ -122,13 +147,14 @@ def _runtime_container(isvc: InferenceService, settings: OperatorSettings, sourc
     }
     if runtime.env:
         container["env"] = [var.model_dump(by_alias=True, exclude_none=True) for var in runtime.env]
-    resources = runtime.resources.model_dump(by_alias=True, exclude_defaults=True)
     if resources:
         container["resources"] = resources
     return container
 
 
-def _fetch_container(isvc: InferenceService, settings: OperatorSettings) -> dict[str, Any]:
+def _fetch_container(
+    isvc: InferenceService, settings: OperatorSettings, resources: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     model, runtime = isvc.spec.model, isvc.spec.runtime
     container: dict[str, Any] = {
         "name": naming.FETCH_CONTAINER,
@@ -145,15 +171,63 @@ def _fetch_container(isvc: InferenceService, settings: OperatorSettings) -> dict
     }
     if model.credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": model.credentials_secret}}]
-    # The download needs no GPU; CPU and memory as the runtime's keep quotas and limit ranges satisfied.
-    plain = {
-        kind: {name: value for name, value in amounts.items() if name in ("cpu", "memory")}
-        for kind, amounts in runtime.resources.model_dump(by_alias=True).items()
-    }
-    plain = {kind: amounts for kind, amounts in plain.items() if amounts}
+    plain = _init_resources(resources)
     if plain:
         container["resources"] = plain
     return container
+
+
+def _optimize_container(
+    isvc: InferenceService, settings: OperatorSettings, source: ModelSource, resources: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """``kubeserve-runtime optimize``: the original model (fetched, on the PVC or in the image) into the optimized
+    one the runtime loads, once per pod start; its log compares the two (size, latency, largest difference)."""
+    runtime, optimization = isvc.spec.runtime, isvc.optimization
+    mounts = [{"name": "optimized", "mountPath": naming.OPTIMIZED_DIR}, {"name": "tmp", "mountPath": "/tmp"}]
+    if source.kind != "image":
+        mounts.append({"name": "models", "mountPath": naming.MODELS_DIR, "readOnly": True})
+    container: dict[str, Any] = {
+        "name": naming.OPTIMIZE_CONTAINER,
+        "image": runtime_image(isvc, settings),
+        "imagePullPolicy": runtime.image_pull_policy or settings.image_pull_policy,
+        "command": ["kubeserve-runtime"],
+        "args": [
+            "optimize",
+            source.model_path,
+            source.served_path,
+            "--quantization",
+            optimization.quantization,
+            *(["--precompile", "--precompile-level", precompile_level(isvc)] if optimization.precompile else []),
+            "--termination-message-path",
+            naming.TERMINATION_MESSAGE_PATH,
+        ],
+        "volumeMounts": mounts,
+        "securityContext": container_security(),
+        "terminationMessagePath": naming.TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    plain = _init_resources(resources)
+    if plain:
+        container["resources"] = plain
+    return container
+
+
+def _init_resources(resources: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """An init container's: no GPU (a download and a CPU rewrite need none); CPU and memory as the runtime's keep
+    quotas and limit ranges satisfied, and give the optimization the memory the estimate planned for it."""
+    plain = {
+        kind: {name: value for name, value in amounts.items() if name in ("cpu", "memory")}
+        for kind, amounts in resources.items()
+    }
+    return {kind: amounts for kind, amounts in plain.items() if amounts}
+
+
+def _uses_tensorrt(isvc: InferenceService) -> bool:
+    return isvc.optimization.execution_provider == "tensorrt"
+
+
+def _has_optimized_volume(isvc: InferenceService, source: ModelSource) -> bool:
+    return source.optimized or _uses_tensorrt(isvc)
 
 
 def _probe(path: str, *, failures: int, period: int = PROBE_PERIOD_SECONDS) -> dict[str, Any]:
@@ -174,6 +248,8 @@ def _volumes(isvc: InferenceService, source: ModelSource, revision: str) -> list
         volumes.append({"name": "models", "emptyDir": {}})
     elif source.kind == "pvc":
         volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": source.claim, "readOnly": True}})
+    if _has_optimized_volume(isvc, source):
+        volumes.append({"name": "optimized", "emptyDir": {}})
     return volumes
 
 

@@ -10,6 +10,9 @@ each answer carrying ``Connection: close`` so that the client's pool moves elsew
 out without waiting for their window. A connection with nothing on its way is closed once it has been
 quiet for ``drain_grace_seconds``. The server exits 0 when no connection is left, or at
 ``drain_timeout_seconds``: then whatever is still queued or arrives is answered 503 (``draining``).
+
+With ``workers`` above 1 a supervisor (``server.supervisor``) runs that many of these servers on the one port,
+each as described here; ``kubeserve.runtime.workers`` says what they share.
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ import time
 
 from aiohttp import web
 from kubeserve.runtime.batcher import DynamicBatcher
-from kubeserve.runtime.config import RuntimeSettings
+from kubeserve.runtime.config import MSG_GPU_WORKERS, RuntimeSettings
 from kubeserve.runtime.logs import configure_logging
 from kubeserve.runtime.metrics import ServerMetrics
-from kubeserve.runtime.model import ModelLoadError, OnnxModel
+from kubeserve.runtime.model import GPU_PROVIDERS, ModelLoadError, OnnxModel
 from kubeserve.runtime.server.app import create_app
+from kubeserve.runtime.server.peers import answer_peers
 from kubeserve.runtime.server.state import LoadedModel, ServerState
 from kubeserve.runtime.termination import write_termination_message
+from kubeserve.runtime.workers import STOP_SIGNALS, Heartbeat, WorkerContext, metrics_dir
 
 log = logging.getLogger("kubeserve.runtime")
 
@@ -40,18 +45,35 @@ SHUTDOWN_TIMEOUT_SECONDS = 1.0
 
 
 def serve(settings: RuntimeSettings) -> int:
+    """The server alone in its process (``workers: 1``)."""
     configure_logging(settings.log_level)
+    return run_server(settings)
+
+
+def run_server(settings: RuntimeSettings, worker: WorkerContext | None = None) -> int:
+    """One server process on its own event loop (uvloop where installed) until it stops; its exit code."""
     loop_factory = None
     with contextlib.suppress(ImportError):
         import uvloop
 
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_serve(settings))
+        return runner.run(_serve(settings, worker))
 
 
-async def _serve(settings: RuntimeSettings) -> int:
-    state = ServerState(settings, ServerMetrics(settings.model_name, settings.model_version))
+async def _serve(settings: RuntimeSettings, worker: WorkerContext | None) -> int:
+    shared_metrics = metrics_dir(worker.run_dir) if worker is not None else None
+    metrics = ServerMetrics(settings.model_name, settings.model_version, multiprocess_dir=shared_metrics)
+    state = ServerState(settings, metrics, worker=worker)
+    # Signals first: a worker starts with them blocked (server.supervisor), and takes them from here on.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    heartbeat = Heartbeat(worker) if worker is not None else None
+    if heartbeat is not None:
+        heartbeat.start()
     runner = web.AppRunner(
         create_app(state),
         handle_signals=False,
@@ -61,7 +83,7 @@ async def _serve(settings: RuntimeSettings) -> int:
     )
     await runner.setup()
     try:
-        listener = await listen(runner, state, settings.host, settings.port)
+        listener = await listen(runner, state, settings.host, settings.port, reuse_port=worker is not None)
     except OSError as error:
         reason = error.strerror or str(error)
         log.error(
@@ -75,11 +97,7 @@ async def _serve(settings: RuntimeSettings) -> int:
         return EXIT_LISTEN_FAILED
     host, port = listener.sockets[0].getsockname()[:2]
     log.info("listening", extra={"event": "listening", "host": host, "port": port, "model": settings.model_name})
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    peers = await answer_peers(state) if worker is not None else None
 
     exit_code = EXIT_OK
     loading = asyncio.create_task(_load(state))
@@ -104,6 +122,10 @@ async def _serve(settings: RuntimeSettings) -> int:
         await asyncio.wait_for(state.wait_quiet(), SHUTDOWN_TIMEOUT_SECONDS)  # let those 503s be written
     state.connections.close_all()
     await runner.cleanup()  # a request still running gets SHUTDOWN_TIMEOUT_SECONDS to finish
+    if peers is not None:
+        await peers.cleanup()
+    if heartbeat is not None:
+        heartbeat.stop()
     log.info(
         "stopped",
         extra={
@@ -120,12 +142,15 @@ async def _serve(settings: RuntimeSettings) -> int:
     return exit_code
 
 
-async def listen(runner: web.AppRunner, state: ServerState, host: str, port: int) -> asyncio.Server:
-    """Serve ``runner``'s application on a listener whose connections ``state.connections`` tracks."""
+async def listen(
+    runner: web.AppRunner, state: ServerState, host: str, port: int, reuse_port: bool = False
+) -> asyncio.Server:
+    """Serve ``runner``'s application on a listener whose connections ``state.connections`` tracks;
+    ``reuse_port`` lets the pod's other workers listen on the same port."""
     assert runner.server is not None, "runner.setup() comes first"
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        state.connections.protocol_factory(runner.server), host, port, backlog=LISTEN_BACKLOG
+        state.connections.protocol_factory(runner.server), host, port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port
     )
 
 
@@ -135,8 +160,11 @@ async def _load(state: ServerState) -> None:
     log.info("loading model", extra={"event": "model_loading", "path": str(settings.model_path)})
     try:
         model = await asyncio.to_thread(OnnxModel.load, settings.model_path, settings)
+        if state.worker is not None and model.providers[0] in GPU_PROVIDERS:
+            raise ModelLoadError(MSG_GPU_WORKERS)
     except Exception as error:  # a model that cannot load is reported, whatever the cause
         state.load_error = str(error) if isinstance(error, ModelLoadError) else f"{type(error).__name__}: {error}"
+        state.publish()
         log.error("model failed to load", extra={"event": "model_load_failed", "reason": state.load_error})
         write_termination_message(settings.termination_message_path, f"model failed to load: {state.load_error}")
         return
@@ -148,6 +176,7 @@ async def _load(state: ServerState) -> None:
             extra={"event": "batching_disabled"},
         )
     state.loaded = LoadedModel(model, DynamicBatcher(model.run, state.batch_policy(batchable), state.metrics))
+    state.publish()
     state.metrics.model_load_seconds.set(seconds)
     state.metrics.model_ready.set(1)
     log.info(
@@ -157,6 +186,7 @@ async def _load(state: ServerState) -> None:
             "seconds": round(seconds, 3),
             "providers": model.providers,
             "warmup": model.warmup,
+            **model.optimization.as_parameters(),
             "inputs": {s.name: [s.datatype.name, list(s.shape)] for s in model.signature.inputs},
             "outputs": {s.name: [s.datatype.name, list(s.shape)] for s in model.signature.outputs},
             "max_batch_size": state.loaded.batcher.policy.max_batch_size,
@@ -171,6 +201,7 @@ async def _drain(state: ServerState, listener: asyncio.Server) -> None:
     loop = asyncio.get_running_loop()
     signalled = loop.time()
     state.draining = True
+    state.publish()
     state.metrics.model_ready.set(0)
     listener.close()  # new connections are refused: nothing was sent on them, any client may retry elsewhere
     log.info(

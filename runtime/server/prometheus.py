@@ -1,4 +1,4 @@
-"""``GET /metrics``: this pod's metrics, straight from its registry."""
+"""``GET /metrics``: this pod's metrics, from its registry (or, with several workers, summed over them)."""
 
 from __future__ import annotations
 
@@ -9,5 +9,5 @@ from prometheus_client.exposition import choose_encoder
 
 async def metrics(request: web.Request) -> web.Response:
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-    body = encode(request.app[STATE].metrics.registry)
+    body = encode(request.app[STATE].metrics.exposition)
     return web.Response(body=body, headers={"Content-Type": content_type})

@@ -14,6 +14,7 @@ from kubeserve.runtime.protocol.errors import NotFound
 from kubeserve.runtime.rejection import Rejected, Rejection
 from kubeserve.runtime.server.connections import ConnectionTracker
 from kubeserve.runtime.server.rejections import unavailable
+from kubeserve.runtime.workers import WorkerContext, WorkerState
 
 
 @dataclass(slots=True)
@@ -36,14 +37,20 @@ class ServerState:
     answered: int = 0
     refused: int = 0
     connections: ConnectionTracker = field(default_factory=ConnectionTracker)
+    worker: WorkerContext | None = None  # one of several server processes in the pod; None when alone
     _quiet: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self._quiet.set()
 
     @property
-    def ready(self) -> bool:
+    def serving(self) -> bool:
+        """This process can serve; the pod is ready when every worker can (``ready``)."""
         return self.loaded is not None and not self.draining
+
+    @property
+    def ready(self) -> bool:
+        return self.serving and (self.worker is None or self.worker.first_peer_not_ready() is None)
 
     @property
     def not_ready_reason(self) -> str:
@@ -51,7 +58,24 @@ class ServerState:
             return f"model failed to load: {self.load_error}"
         if self.loaded is None:
             return "loading model"
-        return "draining: the server is shutting down"
+        if self.draining:
+            return "draining: the server is shutting down"
+        assert self.worker is not None
+        peer = self.worker.first_peer_not_ready()
+        assert peer is not None
+        index, worker_state = peer
+        return f"worker {index} of {self.worker.count} {worker_state.described}"
+
+    def publish(self) -> None:
+        """Tell the other workers what this one is doing (loaded, failed, draining)."""
+        if self.worker is None:
+            return
+        if self.draining:
+            self.worker.set_state(WorkerState.DRAINING)
+        elif self.load_error is not None:
+            self.worker.set_state(WorkerState.FAILED)
+        elif self.loaded is not None:
+            self.worker.set_state(WorkerState.READY)
 
     def batch_policy(self, batchable: bool) -> BatchPolicy:
         s = self.settings

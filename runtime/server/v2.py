@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from kubeserve.runtime.model import GPU_PROVIDERS
 from kubeserve.runtime.protocol.v2_request import decode_request
 from kubeserve.runtime.protocol.v2_response import encode_response
 from kubeserve.runtime.server.exchange import Exchange
+from kubeserve.runtime.server.peers import pod_statistics
 from kubeserve.runtime.server.responses import BINARY, JSON, json_response
 from kubeserve.runtime.server.state import STATE, LoadedModel, ServerState
 from kubeserve.runtime.signature import TensorSpec
@@ -22,14 +24,17 @@ def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
 
 async def model_metadata(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    signature = state.model_for(request).model.signature
+    model = state.model_for(request).model
     return json_response(
         {
             "name": state.settings.model_name,
             "versions": [state.settings.model_version],
             "platform": "onnxruntime_onnx",
-            "inputs": [_tensor_metadata(spec) for spec in signature.inputs],
-            "outputs": [_tensor_metadata(spec) for spec in signature.outputs],
+            "inputs": [_tensor_metadata(spec) for spec in model.signature.inputs],
+            "outputs": [_tensor_metadata(spec) for spec in model.signature.outputs],
+            # What is served: precision, quantization, precompiled (kubeserve-runtime optimize). Stock clients
+            # ignore a field the protocol does not name.
+            "parameters": model.optimization.as_parameters(),
         }
     )
 
@@ -53,7 +58,7 @@ def triton_config(state: ServerState, loaded: LoadedModel) -> dict[str, Any]:
         dims = spec.shape[1:] if batching else spec.shape
         return {"name": spec.name, "data_type": spec.datatype.triton, "dims": list(dims)}
 
-    on_gpu = loaded.model.providers[0] == "CUDAExecutionProvider"
+    on_gpu = loaded.model.providers[0] in GPU_PROVIDERS
     config: dict[str, Any] = {
         "name": settings.model_name,
         "platform": "onnxruntime_onnx",
@@ -66,7 +71,8 @@ def triton_config(state: ServerState, loaded: LoadedModel) -> dict[str, Any]:
             {
                 "name": settings.model_name,
                 "kind": "KIND_GPU" if on_gpu else "KIND_CPU",
-                "count": policy.instance_count,
+                # Batches computing at once in the pod: each worker's instances.
+                "count": policy.instance_count * settings.workers,
                 **({"gpus": [settings.cuda_device_id]} if on_gpu else {}),
             }
         ],
@@ -96,9 +102,7 @@ async def model_statistics(request: web.Request) -> web.Response:
     name = request.match_info.get("name")
     if name is not None:
         state.check_model(name, request.match_info.get("version"))
-    settings = state.settings
-    entry = state.metrics.statistics.as_json(settings.model_name, settings.model_version)
-    return json_response({"model_stats": [entry]})
+    return json_response({"model_stats": [await pod_statistics(state)]})
 
 
 async def infer(request: web.Request) -> web.Response:

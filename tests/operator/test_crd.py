@@ -145,19 +145,28 @@ def test_crd_defaults_are_the_runtimes_and_the_operators_defaults(crd, camel_to_
                 "apiVersion": "serving.kubeserve.io/v1alpha1",
                 "kind": "InferenceService",
                 "metadata": {"name": "a"},
-                "spec": {"model": {"version": "1", "uri": "file:///m.onnx"}, "autoscaling": autoscaling, **more},
+                "spec": {
+                    "model": {"version": "1", "uri": "file:///m.onnx", **model},
+                    "autoscaling": autoscaling,
+                    **more,
+                },
             }
         ).spec.model_dump(by_alias=True)
-        for autoscaling, more in (
-            ({"maxReplicas": 2}, {}),
-            ({"maxReplicas": 2, "engine": "keda", "keda": {}}, {"rollout": {"analysis": ANALYSIS}}),
+        for autoscaling, model, more in (
+            ({"maxReplicas": 2}, {}, {}),
+            # And the defaults inside an optimization block (which has none of its own: unset, nothing is done).
+            (
+                {"maxReplicas": 2, "engine": "keda", "keda": {}},
+                {"optimization": {"executionProvider": "cuda"}},
+                {"rollout": {"analysis": ANALYSIS}},
+            ),
         )
     ]
     for path, value in defaults.items():
         nodes: list[Any] = []
         for node in dumped:
             for part in path.split("."):
-                node = None if node is None else node[part]
+                node = None if node is None else node.get(part)
             nodes.append(node)
         assert nodes[0] == value or (nodes[0] is None and nodes[1] == value), path
 
@@ -193,7 +202,15 @@ def test_env_may_not_override_what_the_spec_controls(crd, isvc_factory):
     ]["env"]
     (rule,) = env_schema["x-kubernetes-validations"]
     in_cel = set(rule["rule"].split("[", 1)[1].split("]", 1)[0].replace("'", "").replace(",", " ").split())
-    written = {f"KUBESERVE_{name.upper()}" for name in runtime_settings(parse(isvc_factory()))}
+    # What the config file holds: every setting, TensorRT's too when TensorRT is asked for, workers with several.
+    tensorrt = isvc_factory(runtime={"resources": {"limits": {"nvidia.com/gpu": 1}}})
+    tensorrt["spec"]["model"]["optimization"] = {"executionProvider": "tensorrt"}
+    workers = isvc_factory(runtime={"workers": 2})
+    written = {
+        f"KUBESERVE_{name.upper()}"
+        for body in (isvc_factory(), tensorrt, workers)
+        for name in runtime_settings(parse(body))
+    }
     assert in_cel == set(spec_module.SPEC_CONTROLLED_ENV) == written | {"KUBESERVE_CONFIG"}
 
 

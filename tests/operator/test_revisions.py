@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
+import yaml
+from kubeserve.operator import manifests
 from kubeserve.operator.naming import revision_object_name
 from kubeserve.operator.revisions import (
     DNS1123_LABEL,
@@ -17,6 +20,8 @@ from kubeserve.operator.revisions import (
     split_replicas,
 )
 from kubeserve.operator.runtime_config import config_hash
+from kubeserve.operator.settings import OperatorSettings
+from kubeserve.operator.spec import parse
 
 DIGEST = config_hash("model_version: v1\n")
 
@@ -118,3 +123,23 @@ def test_split_rules_hold_for_every_small_case():
             assert min(ready, split.canary) + split.stable >= total
             # And the surge is no more than the canary pods not ready yet.
             assert split.canary + split.stable - total == split.canary - min(ready, split.canary)
+
+
+# The bundled samples' revisions as the operator released before spec.model.optimization and spec.runtime.workers
+# computed them: upgrading the operator must not roll an InferenceService that uses neither.
+RELEASED_REVISIONS = {
+    "isvc-canary.yaml": "mlp-canary-1-5ad242",
+    "isvc-cpu.yaml": "mlp-1-e974a6",
+    "isvc-gpu.yaml": "resnet-2024-06-01-03ab3a",
+    "isvc-keda.yaml": "mlp-scale-to-zero-1-5ad242",
+}
+
+
+@pytest.mark.parametrize("sample", sorted(RELEASED_REVISIONS))
+def test_upgrading_the_operator_keeps_the_samples_revisions(sample):
+    path = Path(__file__).resolve().parents[2] / "samples" / sample
+    (body,) = [doc for doc in yaml.safe_load_all(path.read_text()) if doc and doc["kind"] == "InferenceService"]
+    body["metadata"].setdefault("namespace", "default")
+    children = manifests.children(parse(body), OperatorSettings(cpu_image="r:1", cuda_image="c:1"))
+    (deployment,) = [m for m in children.manifests if m["kind"] == "Deployment"]
+    assert deployment["metadata"]["name"] == RELEASED_REVISIONS[sample]

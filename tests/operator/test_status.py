@@ -68,7 +68,12 @@ def message(observation: status.Observation, kind: str) -> str:
         ),
         ("image_pull", "ImagePullBackOff", 'Back-off pulling image "kubeserve-runtime:nope"'),
         ("load_failed", "ModelLoadFailed", "Protobuf parsing failed (exit code 3)"),
-        ("crash_loop", "CrashLoopBackOff", "the runtime exited with code 137 (exit code 137, OOMKilled)"),
+        # Killed at its memory limit: the kubelet's reason, not the log lines FallbackToLogsOnError adds.
+        (
+            "crash_loop",
+            "OOMKilled",
+            "container runtime was killed for using more memory than its limit (exit code 137, OOMKilled)",
+        ),
         ("settings_rejected", "RuntimeConfigRejected", "max_request_bytes: not an integer (exit code 2)"),
         ("config_error", "CreateContainerConfigError", 'secret "s3-creds" not found'),
     ],

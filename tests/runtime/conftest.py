@@ -235,9 +235,21 @@ class RuntimeProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def wait_ready(self) -> RuntimeProcess:
-        self.wait_for_event("model_ready")
+    def wait_ready(self, workers: int = 1) -> RuntimeProcess:
+        """Until the model is ready in every one of ``workers`` server processes."""
+        self.wait_for_events("model_ready", workers)
         return self
+
+    def wait_for_events(self, name: str, count: int, timeout: float = 60) -> list[dict[str, Any]]:
+        """The first ``count`` log events called ``name`` (one per worker, say); fails if the process exits first."""
+        with self._changed:
+            self._changed.wait_for(lambda: len(self._events(name)) >= count or not self._reader.is_alive(), timeout)
+            events = self._events(name)
+        assert len(events) >= count, f"{len(events)} {name!r} events of {count}; server said:\n{''.join(self.lines)}"
+        return events[:count]
+
+    def _events(self, name: str) -> list[dict[str, Any]]:
+        return [event for event in self.events if event.get("event") == name]
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         self.process.send_signal(signum)

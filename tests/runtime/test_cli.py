@@ -42,7 +42,7 @@ def test_serve_help_names_every_flag_with_its_default_and_variable(capsys, monke
 
 def test_serve_help_lists_the_allowed_values(capsys, monkeypatch):
     text = help_text(capsys, monkeypatch, "serve")
-    assert "one of: auto, cpu, cuda; default: auto;" in flag_line(text, "device")
+    assert "one of: auto, cpu, cuda, tensorrt; default: auto;" in flag_line(text, "device")
     assert "one of: disable, basic, extended, all; default: all;" in flag_line(text, "graph_optimization_level")
     assert "one of: debug, info, warning, error; default: info;" in flag_line(text, "log_level")
 

@@ -116,6 +116,22 @@ def test_sigterm_under_keep_alive_load_answers_every_request_sent_on_an_open_con
         assert stopped["answered"] == stopped["accepted"] == len(load.statuses)
 
 
+def test_sigterm_to_a_pod_of_workers_drains_every_worker_without_losing_a_request(start_runtime):
+    # The supervisor passes the signal on; each worker drains the connections the kernel gave it.
+    for _ in range(2):
+        server = start_runtime("mlp", "--workers", "2", "--drain-grace-seconds", "5").wait_ready(workers=2)
+        load = asyncio.run(_load_through_sigterm(server, clients=32))
+
+        assert load.failures == []
+        assert set(load.statuses) == {200}
+        assert load.refused_before_signal == 0
+        assert server.wait() == 0
+        stopped = [event for event in server.events if event.get("event") == "stopped" and event["worker"] in (0, 1)]
+        assert len(stopped) == 2
+        assert all(event["connections_closed_with_request_unread"] == event["refused"] == 0 for event in stopped)
+        assert sum(event["answered"] for event in stopped) == len(load.statuses)
+
+
 async def _open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection("127.0.0.1", port)
 

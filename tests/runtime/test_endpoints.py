@@ -34,6 +34,7 @@ def test_model_metadata_describes_tensors(mlp_server, path):
         "platform": "onnxruntime_onnx",
         "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 32]}],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
+        "parameters": {"precision": "FP32", "quantization": "none", "precompiled": False},
     }
 
 

@@ -1,0 +1,126 @@
+"""Issue 11's last floor: a pod with more cores serves proportionally more (``workers``).
+
+The runtime runs with 1, 2, 4, ... workers, pinned to as many CPUs, while the load generator runs pinned to CPUs
+of its own, so that the server's share is what grows. That needs at least twice the CPUs of the largest point:
+on a 2-core machine only the one-worker point fits, and the floor is reported as not measured. Beside it, the
+runtime with 1 and with 2 workers on all the cores, shared with the load generator, as ``make bench`` runs
+everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from payloads import Payload
+from server import RunningServer
+
+LOADGEN = Path(__file__).resolve().with_name("loadgen.py")
+CONCURRENCY = 32
+# Each worker's requests per second within this share of perfect scaling (N workers: N times one's) passes.
+SCALING_FLOOR = 0.8
+
+
+def cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+def pinned_points(available: int) -> list[int]:
+    """Worker counts whose server and load generator each get cores of their own: 1, 2, 4, ... up to half."""
+    points, workers = [], 1
+    while 2 * workers <= available:
+        points.append(workers)
+        workers *= 2
+    return points
+
+
+def drive_pinned(server: RunningServer, payload: Payload, seconds: float, body: Path, loadgen_cpus: set[int]) -> dict:
+    body.write_bytes(payload.body)
+    command = [
+        sys.executable, str(LOADGEN), "--url", f"{server.url}/v2/models/{server.model_name}/infer",
+        "--body", str(body), "--concurrency", str(CONCURRENCY), "--warmup", "1", "--duration", str(seconds),
+        "--server-pid", str(server.pid),
+    ]  # fmt: skip
+    for name, value in payload.headers.items():
+        command += ["--header", f"{name}: {value}"]
+    done = subprocess.run(
+        command, check=True, capture_output=True, text=True, preexec_fn=lambda: os.sched_setaffinity(0, loadgen_cpus)
+    )
+    return json.loads(done.stdout)
+
+
+def measure_scaling(
+    model: str,
+    path: Path,
+    payload: Payload,
+    seconds: float,
+    work: Path,
+    drive: Callable[[RunningServer, Payload, int, float, Path], dict],
+) -> list[dict]:
+    """Rows of workers, placement (pinned or shared), req/s, p50, server CPU per request."""
+    rows = []
+    available = cpus()
+    for workers in pinned_points(len(available)):
+        server_cpus, loadgen_cpus = set(available[:workers]), set(available[workers:])
+        with RunningServer(path, model, workers=workers, cpus=server_cpus) as server:
+            result = drive_pinned(server, payload, seconds, work / "body", loadgen_cpus)
+        rows.append(
+            {"workers": workers, "placement": f"pinned: {workers} server, {len(loadgen_cpus)} client", **result}
+        )
+        _print(model, rows[-1])
+    for workers in (1, 2):
+        with RunningServer(path, model, workers=workers) as server:
+            result = drive(server, payload, CONCURRENCY, seconds, work / "body")
+        rows.append({"workers": workers, "placement": f"shared: all {len(available)} CPUs", **result})
+        _print(model, rows[-1])
+    return rows
+
+
+def _print(model: str, row: dict) -> None:
+    print(
+        f"scaling {model:4} workers {row['workers']:2} {row['placement']:26} {row['requests_per_second']:9,.0f} req/s "
+        f"p50 {row['p50_ms']:7.2f} ms cpu {row['server_cpu_us_per_request']:7,.0f} µs/req",
+        flush=True,
+    )
+
+
+def scaling_floor(model: str, rows: list[dict]) -> tuple[str, bool | None, str]:
+    name = (
+        f"{model}: a pod with more cores serves proportionally more "
+        f"(N workers on N cores: at least {SCALING_FLOOR:.0%} of N x one's req/s)"
+    )
+    pinned = [row for row in rows if row["placement"].startswith("pinned")]
+    if len(pinned) < 2:
+        return (
+            name,
+            None,
+            f"not measurable here: {len(cpus())} CPUs leave no second core for a second worker beside the client",
+        )
+    one = pinned[0]["requests_per_second"]
+    last = pinned[-1]
+    scaling = last["requests_per_second"] / (one * last["workers"])
+    return (
+        name,
+        scaling >= SCALING_FLOOR,
+        (
+            f"{last['workers']} workers: {last['requests_per_second']:,.0f} req/s = {scaling:.0%} of "
+            f"{last['workers']} x {one:,.0f}"
+        ),
+    )
+
+
+def render_scaling(model: str, rows: list[dict]) -> str:
+    lines = [
+        f"| {model}, c={CONCURRENCY} | placement | req/s | p50 ms | server CPU µs/req |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['workers']} worker{'s' if row['workers'] > 1 else ''} | {row['placement']} "
+            f"| {row['requests_per_second']:,.0f} | {row['p50_ms']:.2f} | {row['server_cpu_us_per_request']:,.0f} |"
+        )
+    return "\n".join(lines)
