@@ -1,4 +1,5 @@
-"""``bench/run.py --part optimization``: the bench MLP and CNN (bench/models.py) as FP32, precompiled, and
+"""``bench/run.py --part optimization``: the bundled sample MLP and CNN (runtime/samples.py) and the bench's larger
+MLP and CNN (bench/models.py) as FP32, precompiled, and
 dynamicInt8-quantized (``kubeserve-runtime optimize``'s own code), each served by the real server under the bench's
 load generator: throughput and latency, file size, start-up, the server's resident memory, and the largest output
 difference from FP32. Then the start-up that precompiling saves: session creation with the graph optimized at load
@@ -19,8 +20,8 @@ from kubeserve.runtime.config import RuntimeSettings
 from kubeserve.runtime.model import CPU, session_options
 from kubeserve.runtime.model_metadata import ModelOptimization
 from kubeserve.runtime.optimize import OptimizeOptions, compare, open_model, optimize, random_feeds
-from kubeserve.runtime.samples import mlp
-from payloads import Payload, binary_payload, json_payload
+from kubeserve.runtime.samples import mlp, write_sample
+from payloads import INPUTS, Inputs, Payload, binary_payload, json_payload
 from server import RunningServer
 
 VARIANTS = {
@@ -30,6 +31,24 @@ VARIANTS = {
 }
 # One sample per request: JSON rows for the MLP, binary images for the CNN (JSON decoding would hide the compute).
 ENCODINGS: dict[str, Callable[..., Payload]] = {"mlp": json_payload, "cnn": binary_payload}
+
+
+@dataclass(frozen=True)
+class Bench:
+    """A model measured: its label in the table, how its file is written, and its input."""
+
+    label: str
+    name: str  # the model's name in URLs and in ``inputs``
+    write: Callable[[str, Path], Path]
+    inputs: Inputs
+
+
+BENCHES = (
+    Bench("sample mlp", "mlp", write_sample, INPUTS),
+    Bench("sample cnn", "cnn", write_sample, INPUTS),
+    Bench("mlp", "mlp", comparison_models.write_model, comparison_models.INPUTS),
+    Bench("cnn", "cnn", comparison_models.write_model, comparison_models.INPUTS),
+)
 CONCURRENCY = (1, 32)
 STARTS = 7  # session creations timed per model file; their median is reported
 DEEP_LAYERS = 400  # the deep MLP: 400 Gemm layers 64 wide, 6.5 MB; many nodes for the optimizer to fuse
@@ -74,14 +93,15 @@ def session_ms(path: Path, optimization: ModelOptimization) -> float:
 
 def measure_optimization(work: Path, seconds: float, drive: Callable[..., dict]) -> list[Row]:
     rows = []
-    for name, encoding in ENCODINGS.items():
-        fp32 = comparison_models.write_model(name, work / f"optimize-{name}.onnx")
+    for bench in BENCHES:
+        name, key = bench.name, bench.label.replace(" ", "-")
+        fp32 = bench.write(name, work / f"optimize-{key}.onnx")
         feeds = random_feeds(open_model(fp32))
-        payload = encoding(name, 1, inputs=comparison_models.INPUTS)
+        payload = ENCODINGS[name](name, 1, inputs=bench.inputs)
         for variant, options in VARIANTS.items():
             path, done, difference = fp32, ModelOptimization(), 0.0
             if options is not None:
-                path = work / f"optimize-{name}-{variant.replace(', ', '-')}.onnx"
+                path = work / f"optimize-{key}-{variant.replace(', ', '-')}.onnx"
                 done = optimize(fp32, path, options)
                 report = compare(fp32, path, done, feeds, "random", runs=1)
                 difference = max(value or 0.0 for value in report.max_abs_diff.values())
@@ -90,10 +110,10 @@ def measure_optimization(work: Path, seconds: float, drive: Callable[..., dict])
                 results = {c: drive(server, payload, c, seconds, work / "body") for c in CONCURRENCY}
                 rss = resident_bytes(server.pid)
                 ready = float(server.ready_event["seconds"])
-            row = Row(name, variant, path.stat().st_size, startup, ready, difference, results, rss)
+            row = Row(bench.label, variant, path.stat().st_size, startup, ready, difference, results, rss)
             rows.append(row)
             print(
-                f"optimization {name:4} {variant:18} {row.file_bytes:>10,} B session {startup:6.1f} ms "
+                f"optimization {bench.label:10} {variant:18} {row.file_bytes:>10,} B session {startup:6.1f} ms "
                 + " ".join(
                     f"c={c} {r['requests_per_second']:,.0f} req/s p50 {r['p50_ms']:.2f} ms" for c, r in results.items()
                 )
