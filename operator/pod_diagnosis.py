@@ -81,6 +81,8 @@ def _init_problem(status: Mapping[str, Any]) -> tuple[str, str] | None:
         if name not in _INIT_FAILURES:
             continue
         state, last = container.get("state") or {}, container.get("lastState") or {}
+        if (state.get("terminated") or {}).get("exitCode") == 0:
+            continue  # it has since succeeded: an earlier failure (lastState) is history, not why the pod waits
         waiting = state.get("waiting") or {}
         if problem := _waiting_problem(waiting):
             return problem

@@ -10,7 +10,7 @@ from typing import Any
 from kubeserve.operator import naming
 from kubeserve.operator.manifests.autoscaler import autoscaler
 from kubeserve.operator.manifests.config_map import config_map
-from kubeserve.operator.manifests.deployment import deployment, runtime_image
+from kubeserve.operator.manifests.deployment import container_resources, deployment, runtime_image
 from kubeserve.operator.manifests.http_route import HTTP_ROUTE_API
 from kubeserve.operator.manifests.keda import (
     INTERCEPTOR_ROUTE_API,
@@ -69,13 +69,17 @@ class Children:
 def revision_digest(isvc: InferenceService, settings: OperatorSettings, config_digest: str) -> str:
     """Everything that makes a revision: the model, the runtime's template (image, resources, scheduling, env) and
     its config file. Not the replicas, autoscaling or rollout settings, which change no pod."""
-    identity = {
+    identity: dict[str, Any] = {
         "config": config_digest,
-        "model": isvc.spec.model.model_dump(mode="json", by_alias=True),
+        # Not spec.model.size: it feeds the memory plan alone, and what that changes in a pod is below.
+        "model": isvc.spec.model.model_dump(mode="json", by_alias=True, exclude={"size"}),
         "runtime": isvc.spec.runtime.model_dump(mode="json", by_alias=True),
         "image": runtime_image(isvc, settings),
         "imagePullPolicy": isvc.spec.runtime.image_pull_policy or settings.image_pull_policy,
     }
+    default_memory = container_resources(isvc).get("requests", {}).get("memory")
+    if "memory" not in isvc.spec.runtime.resources.requests and default_memory is not None:
+        identity["defaultMemoryRequest"] = default_memory  # the estimate, as the pods' request
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 

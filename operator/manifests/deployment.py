@@ -20,6 +20,7 @@ PRESTOP_PAUSE_SECONDS = 5
 # Headroom after the runtime's own drain timeout before the kubelet kills it.
 GRACE_MARGIN_SECONDS = 10
 PROBE_PERIOD_SECONDS = 5
+POD_COMPARISON_RUNS = 5  # the optimize-model init container's timed runs per model
 
 GPU_TOLERATION = {"key": naming.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 PROMETHEUS_ANNOTATIONS = {
@@ -198,6 +199,9 @@ def _optimize_container(
             "--quantization",
             optimization.quantization,
             *(["--precompile", "--precompile-level", precompile_level(isvc)] if optimization.precompile else []),
+            # A short comparison for the pod's log: every pod start runs it.
+            "--runs",
+            str(POD_COMPARISON_RUNS),
             "--termination-message-path",
             naming.TERMINATION_MESSAGE_PATH,
         ],

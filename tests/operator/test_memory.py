@@ -261,6 +261,34 @@ def test_an_optimize_container_killed_for_memory_is_oom_killed_too_and_its_other
     assert failed == pod_diagnosis.PodProblem("ModelOptimizationFailed", "pod p: not an ONNX model (exit code 1)")
 
 
+def test_an_init_container_that_failed_once_and_then_succeeded_does_not_hide_the_runtimes_failure():
+    status = {
+        "phase": "Running",
+        "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}],
+        "initContainerStatuses": [
+            {
+                "name": naming.OPTIMIZE_CONTAINER,
+                "state": {"terminated": {"exitCode": 0, "reason": "Completed"}},
+                "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+            }
+        ],
+        "containerStatuses": [
+            {
+                "name": naming.RUNTIME_CONTAINER,
+                "ready": False,
+                "restartCount": 2,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {
+                    "terminated": {"exitCode": 3, "reason": "Error", "message": "model failed to load: broken"}
+                },
+            }
+        ],
+    }
+    problem = pod_diagnosis.diagnose({"metadata": {"name": "p"}, "status": status})
+    assert problem is not None
+    assert problem.reason == "ModelLoadFailed"
+
+
 def test_a_runtime_that_crashes_otherwise_is_still_a_crash_loop():
     crashed = copy.deepcopy(OOM_KILLED_POD)
     crashed["containerStatuses"][0]["lastState"]["terminated"].update(exitCode=1, reason="Error", message="")
@@ -322,3 +350,17 @@ async def test_a_pod_killed_for_memory_shows_oom_killed_in_status(
         assert "(exit code 137, OOMKilled)" in condition(current, kind)["message"]
     assert current["lastFailure"]["reason"] == "OOMKilled"
     assert current["precision"] == "FP32"
+
+
+def _revision(made: dict[str, Any]) -> str:
+    children = manifests.children(parse(made), SETTINGS)
+    (deployment,) = [m for m in children.manifests if m["kind"] == "Deployment"]
+    return deployment["metadata"]["name"]
+
+
+def test_the_model_size_makes_a_new_revision_only_where_it_changes_the_pods(isvc_factory):
+    # With the user's own memory request and limit the size only feeds the status's check: no rollout.
+    own = {"resources": {"requests": {"memory": "1Gi"}, "limits": {"memory": "1Gi"}}}
+    assert _revision(sized(isvc_factory, "10Mi", runtime=own)) == _revision(sized(isvc_factory, "20Mi", runtime=own))
+    # Without, the estimate is the pods' memory request: a different request is a new revision.
+    assert _revision(sized(isvc_factory, "10Mi")) != _revision(sized(isvc_factory, "200Mi"))

@@ -13,6 +13,7 @@ import json
 import logging
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import requests
@@ -24,6 +25,7 @@ from kubeserve.runtime.model import OnnxModel
 from kubeserve.runtime.model_metadata import ModelOptimization, read_metadata_props
 from kubeserve.runtime.optimize import EXIT_FAILED, EXIT_INVALID, OptimizeError, OptimizeOptions, optimize
 from kubeserve.runtime.samples import write_sample
+from onnx import TensorProto, helper, numpy_helper
 
 TOLERANCE = 0.05
 INT8 = OptimizeOptions(quantization="dynamicInt8")
@@ -343,3 +345,35 @@ def test_the_comparison_feeds_every_datatype_random_inputs(models, element_types
 
     assert code == 0, err
     assert differences == {f"out_{name}": 0.0 for name in element_types}
+
+
+def _conv_with_free_height_and_width(path):
+    """[N, 3, H, W] -> Conv 3x3, no padding: random inputs with H = W = 1 cannot run it; real images can."""
+    weights = numpy_helper.from_array(np.random.default_rng(0).random((4, 3, 3, 3), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["features"])],
+        "free_hw",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 4, None, None])],
+        initializer=[weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_model_random_inputs_cannot_run_is_optimized_all_the_same(tmp_path, capsys):
+    # As the init container runs it (no sample inputs): a failed comparison must not keep every pod from starting.
+    source = _conv_with_free_height_and_width(tmp_path / "free.onnx")
+    output = tmp_path / "out" / "model.onnx"
+    output.parent.mkdir()
+
+    with pytest.raises(SystemExit) as exited:
+        main(["optimize", str(source), str(output), "--quantization", "dynamicInt8", "--runs", "1"])
+
+    assert exited.value.code == 0
+    assert "no comparison" in capsys.readouterr().err
+    assert load(output).optimization.precision == "INT8"
+    image = {"image": np.random.default_rng(1).random((1, 3, 8, 8), dtype=np.float32)}
+    assert load(output).run(image, None)["features"].shape == (1, 4, 6, 6)
