@@ -1,5 +1,7 @@
 """End to end on kind: install the chart, apply the CPU sample, get answers through its Service (bursts with gaps,
-through the sample's batching window), delete it.
+through the sample's batching window), delete it. Then the same model quantized and precompiled by the init
+container, served by two workers per pod: INT8 in status and in the model's metadata, and one pod's metrics summed
+over its workers.
 
 Runs with `make e2e` where Docker works (it builds both images and creates a throwaway kind cluster). Anywhere
 else, `make test` included, it is collected and skipped with one line that says why.
@@ -112,20 +114,30 @@ def infer(port: int, model: str, features: np.ndarray, timeout: float = 60) -> d
         return json.load(response)
 
 
+def install_chart(cluster, images) -> None:
+    """The images loaded into kind and the chart installed (again: each test may run alone)."""
+    cluster.load(images.operator, images.runtime)
+    cluster.helm(
+        "upgrade", "--install", "kubeserve", CHART, "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
+        # The images exist only in the cluster (kind load): never pull them.
+        "--set", "operator.image.pullPolicy=Never", "--set", "runtime.imagePullPolicy=Never",
+        "--wait", "--timeout", "5m",
+    )  # fmt: skip
+
+
+def get_json(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=60) as response:
+        return json.load(response)
+
+
 def test_a_cpu_inference_service_answers_v2_requests_and_leaves_nothing_behind(cluster, images):
     sample = yaml.safe_load(SAMPLE.read_text())
     name = sample["metadata"]["name"]
     namespace = sample["metadata"].get("namespace", "default")
     model = sample["spec"]["model"].get("name", name)
 
-    cluster.load(images.operator, images.runtime)
+    install_chart(cluster, images)
     try:
-        cluster.helm(
-            "install", "kubeserve", CHART, "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
-            # The images exist only in the cluster (kind load): never pull them.
-            "--set", "operator.image.pullPolicy=Never", "--set", "runtime.imagePullPolicy=Never",
-            "--wait", "--timeout", "5m",
-        )  # fmt: skip
         cluster.kubectl("apply", "-n", namespace, "-f", SAMPLE)
         cluster.kubectl(
             "wait", "-n", namespace, f"inferenceservice/{name}", "--for=condition=Ready", "--timeout=600s", timeout=660
@@ -134,7 +146,9 @@ def test_a_cpu_inference_service_answers_v2_requests_and_leaves_nothing_behind(c
         assert status["status"]["url"] == f"http://{name}.{namespace}.svc.cluster.local"
         children = owned_children(cluster, namespace, status["metadata"]["uid"])
         assert {child.split("/")[0] for child in children} >= {"configmap", "deployment", "service"}
-        (service,) = [child for child in children if child.startswith("service/")]
+        # The Service NAME spans every revision (each also has its own, NAME-REVISION): clients use NAME.
+        service = f"service/{name}"
+        assert service in children
 
         features = np.linspace(-1.0, 1.0, 3 * 32, dtype=np.float32).reshape(3, 32)
         with port_forward(cluster, namespace, service) as port:
@@ -159,3 +173,56 @@ def test_a_cpu_inference_service_answers_v2_requests_and_leaves_nothing_behind(c
     # Garbage collection follows the owner references; every child must go.
     cluster.kubectl("wait", "-n", namespace, "--for=delete", *children, "--timeout=180s", timeout=200)
     assert owned_children(cluster, namespace, status["metadata"]["uid"]) == []
+
+
+# Within this of FP32 (tests/runtime/test_optimize.py measures the bundled MLP's INT8 answers at about 0.003).
+INT8_TOLERANCE = 0.05
+
+
+def test_a_quantized_model_served_by_two_workers_says_int8_and_reports_one_pod(cluster, images, tmp_path):
+    sample = yaml.safe_load(SAMPLE.read_text())
+    namespace = sample["metadata"].get("namespace", "default")
+    name = "mlp-int8"
+    sample["metadata"]["name"] = name
+    sample["spec"]["model"].update(
+        name="mlp", size="87Ki", optimization={"quantization": "dynamicInt8", "precompile": True}
+    )
+    sample["spec"]["runtime"] = {
+        "workers": 2,
+        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "768Mi"}},
+    }
+    sample["spec"].pop("autoscaling")  # one pod: the metrics below are that pod's
+    sample["spec"]["replicas"] = 1
+
+    install_chart(cluster, images)
+    try:
+        manifest = tmp_path / f"{name}.yaml"
+        manifest.write_text(yaml.safe_dump(sample))
+        cluster.kubectl("apply", "-n", namespace, "-f", manifest)
+        cluster.kubectl(
+            "wait", "-n", namespace, f"inferenceservice/{name}", "--for=condition=Ready", "--timeout=600s", timeout=660
+        )
+        status = json.loads(cluster.kubectl("get", "-n", namespace, f"inferenceservice/{name}", "-o", "json"))
+        assert status["status"]["precision"] == "INT8"
+        memory = [c for c in status["status"]["conditions"] if c["type"] == "MemoryLimitSufficient"]
+        assert [c["reason"] for c in memory] == ["MemoryLimitSufficient"]
+        children = owned_children(cluster, namespace, status["metadata"]["uid"])
+        service = f"service/{name}"
+        assert service in children
+
+        features = np.linspace(-1.0, 1.0, 3 * 32, dtype=np.float32).reshape(3, 32)
+        sent = 20
+        with port_forward(cluster, namespace, service) as port:
+            parameters = get_json(port, "/v2/models/mlp")["parameters"]
+            assert parameters == {"precision": "INT8", "quantization": "dynamicInt8", "precompiled": True}
+            answers = [infer(port, "mlp", features) for _ in range(sent)]  # a connection each: both workers serve
+            statistics = get_json(port, "/v2/models/mlp/stats")["model_stats"][0]
+            assert statistics["inference_count"] == 3 * sent  # rows, summed over the workers
+        for answer in answers:
+            (output,) = [output for output in answer["outputs"] if output["name"] == "probabilities"]
+            served = np.asarray(output["data"], dtype=np.float32).reshape(3, 10)
+            np.testing.assert_allclose(served, expected_probabilities(features), atol=INT8_TOLERANCE)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n\n{cluster.diagnostics(namespace)}") from error
+
+    cluster.kubectl("delete", "-n", namespace, f"inferenceservice/{name}", "--timeout=180s", timeout=200)
