@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,23 +20,10 @@ from urllib.parse import urlsplit
 import httptools
 import uvloop
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# PYTHONSAFEPATH keeps the script's folder off sys.path (the repository root holds `operator/`); add bench/ only.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def process_tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) and its descendants."""
-    total = 0.0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pending += [int(child) for child in (task / "children").read_text().split()]
-        except FileNotFoundError:
-            continue
-    return total
+from processes import tree_cpu_seconds
 
 
 class Connection(asyncio.Protocol):
@@ -101,10 +88,10 @@ async def run(args: argparse.Namespace, body: bytes) -> dict:
     async def mark_window() -> None:
         await asyncio.sleep(args.warmup)
         if args.server_pid:
-            cpu["start"] = process_tree_cpu_seconds(args.server_pid)
+            cpu["start"] = tree_cpu_seconds(args.server_pid)
         await asyncio.sleep(args.duration)
         if args.server_pid:
-            cpu["end"] = process_tree_cpu_seconds(args.server_pid)
+            cpu["end"] = tree_cpu_seconds(args.server_pid)
 
     await asyncio.gather(mark_window(), *(client(c) for c in connections))
     for connection in connections:

@@ -17,15 +17,13 @@ Linux only (it reads /proc).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +32,12 @@ import onnx
 from kubeserve.operator.memory_estimate import MemoryInputs, estimate_bytes
 from kubeserve.runtime import samples
 
-RUNTIME = str(Path(sys.executable).with_name("kubeserve-runtime"))
+# PYTHONSAFEPATH keeps the script's folder off sys.path (the repository root holds `operator/`); add bench/ only.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from processes import tree_bytes
+from server import RUNTIME, RunningServer
+
 BATCH_SIZES = (1, 32)
 # Requests per measurement: the peak settles after the first few (ORT's arena grows to the largest batch once).
 REQUESTS = 5
@@ -128,84 +131,18 @@ def _random_request(model_path: Path, rows: int) -> bytes:
     return json.dumps(body).encode()
 
 
-def _status_bytes(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024  # kB
-    raise RuntimeError(f"no {field} in /proc/{pid}/status")
-
-
-@contextlib.contextmanager
-def serving(model_path: Path, batch_size: int, workers: int = 1) -> Iterator[tuple[int, str]]:
-    """``kubeserve-runtime serve`` of the model: (pid, base URL) once the model is ready (in each of ``workers``);
-    stopped afterwards."""
-    process = subprocess.Popen(
-        [
-            RUNTIME,
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--model-path",
-            str(model_path),
-            "--model-name",
-            "m",
-            "--max-batch-size",
-            str(batch_size),
-            "--workers",
-            str(workers),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        port = None
-        ready = 0
-        assert process.stderr is not None
-        for line in process.stderr:
-            with contextlib.suppress(ValueError):
-                event = json.loads(line).get("event")
-                if event == "listening":
-                    port = json.loads(line)["port"]
-                if event == "model_ready":
-                    ready += 1
-                if ready == workers:
-                    break
-        else:
-            raise RuntimeError(f"the runtime exited with {process.wait()} before its model was ready")
-        # Keep reading its log, so that a full pipe never blocks it.
-        threading.Thread(target=process.stderr.read, daemon=True).start()
-        yield process.pid, f"http://127.0.0.1:{port}"
-    finally:
-        process.kill()
-        process.wait()
-
-
-def _process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (a supervisor's workers)."""
-    tree, pending = [], [pid]
-    while pending:
-        current = pending.pop()
-        tree.append(current)
-        for task in Path(f"/proc/{current}/task").iterdir():
-            pending += [int(child) for child in (task / "children").read_text().split()]
-    return tree
-
-
 def measure(model_path: Path, batch_size: int, requests: int = REQUESTS, workers: int = 1) -> int:
     """The runtime's peak resident memory in bytes (summed over its processes), serving ``model_path`` after
     ``requests`` requests of ``batch_size`` rows."""
     body = _random_request(model_path, batch_size)
-    with serving(model_path, batch_size, workers) as (pid, url):
+    with RunningServer(model_path, "m", "--max-batch-size", str(batch_size), workers=workers) as server:
         for _ in range(requests):
             request = urllib.request.Request(
-                f"{url}/v2/models/m/infer", data=body, headers={"Content-Type": "application/json"}
+                f"{server.url}/v2/models/m/infer", data=body, headers={"Content-Type": "application/json"}
             )
             with urllib.request.urlopen(request, timeout=60) as response:
                 response.read()
-        return sum(_status_bytes(process, "VmHWM") for process in _process_tree(pid))
+        return tree_bytes(server.pid, "VmHWM")
 
 
 def calibrate(quick: bool, directory: Path) -> list[Measurement]:

@@ -22,6 +22,7 @@ from kubeserve.runtime.model_metadata import ModelOptimization
 from kubeserve.runtime.optimize import OptimizeOptions, compare, open_model, optimize, random_feeds
 from kubeserve.runtime.samples import mlp, write_sample
 from payloads import INPUTS, Inputs, Payload, binary_payload, json_payload
+from processes import tree_bytes
 from server import RunningServer
 
 VARIANTS = {
@@ -66,21 +67,6 @@ class Row:
     rss_bytes: int  # the server's resident memory after the load
 
 
-def resident_bytes(pid: int) -> int:
-    """VmRSS of a process and its descendants (workers, if any)."""
-    total, pending = 0, [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            total += int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) * 1024
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pending += [int(child) for child in (task / "children").read_text().split()]
-        except (OSError, StopIteration):
-            continue
-    return total
-
-
 def session_ms(path: Path, optimization: ModelOptimization) -> float:
     options = session_options(RuntimeSettings(model_path=path, model_name="bench"), optimization)
     timings = []
@@ -108,7 +94,7 @@ def measure_optimization(work: Path, seconds: float, drive: Callable[..., dict])
             startup = session_ms(path, done)
             with RunningServer(path, name) as server:
                 results = {c: drive(server, payload, c, seconds, work / "body") for c in CONCURRENCY}
-                rss = resident_bytes(server.pid)
+                rss = tree_bytes(server.pid, "VmRSS")
                 ready = float(server.ready_event["seconds"])
             row = Row(bench.label, variant, path.stat().st_size, startup, ready, difference, results, rss)
             rows.append(row)

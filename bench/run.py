@@ -88,7 +88,15 @@ POINTS = (
 SERVERS: dict[str, type[RunningServer]] = {"kubeserve": RunningServer, "plain": PlainServer}
 
 
-def drive(server: RunningServer, payload: Payload, concurrency: int, seconds: float, body_file: Path) -> dict:
+def drive(
+    server: RunningServer,
+    payload: Payload,
+    concurrency: int,
+    seconds: float,
+    body_file: Path,
+    cpus: set[int] | None = None,
+) -> dict:
+    """bench/loadgen.py against ``server`` (pinned to ``cpus``, if given): its result, every answer a 200."""
     body_file.write_bytes(payload.body)
     command = [
         sys.executable, str(LOADGEN), "--url", f"{server.url}/v2/models/{server.model_name}/infer",
@@ -97,7 +105,8 @@ def drive(server: RunningServer, payload: Payload, concurrency: int, seconds: fl
     ]  # fmt: skip
     for name, value in payload.headers.items():
         command += ["--header", f"{name}: {value}"]
-    result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True, preexec_fn=pin).stdout)
     bad = {status: n for status, n in result["statuses"].items() if status != "200"}
     if bad:
         raise RuntimeError(f"the server answered {bad} under load")

@@ -9,17 +9,13 @@ everything else.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from payloads import Payload
 from server import RunningServer
 
-LOADGEN = Path(__file__).resolve().with_name("loadgen.py")
 CONCURRENCY = 32
 # Each worker's requests per second within this share of perfect scaling (N workers: N times one's) passes.
 SCALING_FLOOR = 0.8
@@ -38,28 +34,13 @@ def pinned_points(available: int) -> list[int]:
     return points
 
 
-def drive_pinned(server: RunningServer, payload: Payload, seconds: float, body: Path, loadgen_cpus: set[int]) -> dict:
-    body.write_bytes(payload.body)
-    command = [
-        sys.executable, str(LOADGEN), "--url", f"{server.url}/v2/models/{server.model_name}/infer",
-        "--body", str(body), "--concurrency", str(CONCURRENCY), "--warmup", "1", "--duration", str(seconds),
-        "--server-pid", str(server.pid),
-    ]  # fmt: skip
-    for name, value in payload.headers.items():
-        command += ["--header", f"{name}: {value}"]
-    done = subprocess.run(
-        command, check=True, capture_output=True, text=True, preexec_fn=lambda: os.sched_setaffinity(0, loadgen_cpus)
-    )
-    return json.loads(done.stdout)
-
-
 def measure_scaling(
     model: str,
     path: Path,
     payload: Payload,
     seconds: float,
     work: Path,
-    drive: Callable[[RunningServer, Payload, int, float, Path], dict],
+    drive: Callable[..., dict],
 ) -> list[dict]:
     """Rows of workers, placement (pinned or shared), req/s, p50, server CPU per request."""
     rows = []
@@ -67,7 +48,7 @@ def measure_scaling(
     for workers in pinned_points(len(available)):
         server_cpus, loadgen_cpus = set(available[:workers]), set(available[workers:])
         with RunningServer(path, model, workers=workers, cpus=server_cpus) as server:
-            result = drive_pinned(server, payload, seconds, work / "body", loadgen_cpus)
+            result = drive(server, payload, CONCURRENCY, seconds, work / "body", loadgen_cpus)
         rows.append(
             {"workers": workers, "placement": f"pinned: {workers} server, {len(loadgen_cpus)} client", **result}
         )

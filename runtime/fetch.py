@@ -33,6 +33,7 @@ from typing import IO, Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from kubeserve.runtime import __version__
+from kubeserve.runtime.arguments import non_negative_float, non_negative_int, positive_int
 from kubeserve.runtime.logs import json_handler
 from kubeserve.runtime.termination import write_termination_message
 
@@ -389,27 +390,6 @@ def fetch(uri: str, dest: Path, options: FetchOptions) -> Fetched:
     return download(dest)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Download or copy a model to the file DEST, atomically: DEST is replaced only once the whole model "
@@ -419,32 +399,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dest", metavar="DEST", type=Path, help="the model file to write, e.g. /models/model.onnx")
     defaults = FetchOptions()
     parser.add_argument(
-        "--max-bytes", type=_positive_int, default=None, metavar="N", help="refuse models larger than N bytes"
+        "--max-bytes", type=positive_int, default=None, metavar="N", help="refuse models larger than N bytes"
     )
     parser.add_argument(
         "--retries",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=defaults.retries,
         metavar="N",
         help=f"http(s): attempts after the first on connection errors, timeouts and 5xx (default {defaults.retries})",
     )
     parser.add_argument(
         "--retry-backoff",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=defaults.retry_backoff_seconds,
         metavar="SECONDS",
         help="http(s): first wait between attempts, doubling up to 30 s (default %(default)s)",
     )
     parser.add_argument(
         "--connect-timeout",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=defaults.connect_timeout_seconds,
         metavar="SECONDS",
         help="http(s): longest wait to connect (default %(default)s)",
     )
     parser.add_argument(
         "--read-timeout",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=defaults.read_timeout_seconds,
         metavar="SECONDS",
         help="http(s): longest silence while reading (default %(default)s)",

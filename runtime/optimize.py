@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kubeserve.runtime.arguments import positive_int
 from kubeserve.runtime.model_metadata import (
     OPTIMIZATION_LEVELS,
     QUANTIZATIONS,
@@ -404,13 +405,6 @@ def compare(
 # --- The command ---------------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Quantize and/or precompile an ONNX model into OUTPUT, atomically (MODEL is only read), then compare the two. "
@@ -447,7 +441,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--runs",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_RUNS,
         metavar="N",
         help="timed runs per model (default %(default)s)",

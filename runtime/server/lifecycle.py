@@ -30,6 +30,7 @@ from kubeserve.runtime.logs import configure_logging
 from kubeserve.runtime.metrics import ServerMetrics
 from kubeserve.runtime.model import GPU_PROVIDERS, ModelLoadError, OnnxModel
 from kubeserve.runtime.server.app import create_app
+from kubeserve.runtime.server.exits import EXIT_MODEL_LOAD_FAILED, EXIT_OK, listen_failed
 from kubeserve.runtime.server.peers import answer_peers
 from kubeserve.runtime.server.state import LoadedModel, ServerState
 from kubeserve.runtime.termination import write_termination_message
@@ -37,9 +38,6 @@ from kubeserve.runtime.workers import STOP_SIGNALS, Heartbeat, WorkerContext, me
 
 log = logging.getLogger("kubeserve.runtime")
 
-EXIT_OK = 0
-EXIT_MODEL_LOAD_FAILED = 3
-EXIT_LISTEN_FAILED = 4
 LISTEN_BACKLOG = 1024
 SHUTDOWN_TIMEOUT_SECONDS = 1.0
 
@@ -85,16 +83,8 @@ async def _serve(settings: RuntimeSettings, worker: WorkerContext | None) -> int
     try:
         listener = await listen(runner, state, settings.host, settings.port, reuse_port=worker is not None)
     except OSError as error:
-        reason = error.strerror or str(error)
-        log.error(
-            "cannot listen",
-            extra={"event": "listen_failed", "host": settings.host, "port": settings.port, "reason": reason},
-        )
-        write_termination_message(
-            settings.termination_message_path, f"cannot listen on {settings.host}:{settings.port}: {reason}"
-        )
         await runner.cleanup()
-        return EXIT_LISTEN_FAILED
+        return listen_failed(settings, error)
     host, port = listener.sockets[0].getsockname()[:2]
     log.info("listening", extra={"event": "listening", "host": host, "port": port, "model": settings.model_name})
     peers = await answer_peers(state) if worker is not None else None

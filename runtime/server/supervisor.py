@@ -28,7 +28,7 @@ from types import FrameType
 
 from kubeserve.runtime.config import RuntimeSettings
 from kubeserve.runtime.logs import configure_logging
-from kubeserve.runtime.termination import write_termination_message
+from kubeserve.runtime.server.exits import listen_failed
 from kubeserve.runtime.workers import (
     HEARTBEAT_SECONDS,
     METRICS_DIR_ENV,
@@ -42,7 +42,6 @@ from kubeserve.runtime.workers import (
 
 log = logging.getLogger("kubeserve.runtime")
 
-EXIT_LISTEN_FAILED = 4  # as a single server's (server.lifecycle)
 SIGNAL_EXIT_BASE = 128  # a process killed by signal N exits 128 + N, as a shell reports it
 PR_SET_PDEATHSIG = 1
 
@@ -67,15 +66,7 @@ class Supervisor:
         try:
             reserved = _reserve_port(settings.host, settings.port)
         except OSError as error:
-            reason = error.strerror or str(error)
-            log.error(
-                "cannot listen",
-                extra={"event": "listen_failed", "host": settings.host, "port": settings.port, "reason": reason},
-            )
-            write_termination_message(
-                settings.termination_message_path, f"cannot listen on {settings.host}:{settings.port}: {reason}"
-            )
-            return EXIT_LISTEN_FAILED
+            return listen_failed(settings, error)
         port = reserved.getsockname()[1]
         # One directory per port, emptied first: what a killed supervisor left there (the pod's /tmp outlives a
         # container restart) would otherwise count in the new workers' metrics.
