@@ -4,23 +4,22 @@ On the comparison's tiny model, at concurrency 1 and 32, with the bench's load g
 (``python bench/http_layer.py``):
 
 - ``plain`` and ``kubeserve``: as ``make bench`` runs them (bench/plain_server.py, ``kubeserve-runtime serve``);
-- ``kubeserve pipeline on httptools``: the runtime's own request path (``decode_request``, the dynamic batcher,
-  ``encode_response``, the per-stage metrics) behind a bare asyncio protocol parsing with httptools instead of
-  aiohttp; a probe, not a server (one route, no drain, no errors);
-- ``aiohttp, fixed answer`` and ``httptools, fixed answer``: each HTTP layer alone, answering a constant body.
+- ``..., fixed answer``: an HTTP layer alone, answering a constant body to every POST: aiohttp's (what the
+  runtime was served with before, and what the plain server uses), the runtime's own (``runtime/server/http.py``
+  with its application and router), uvicorn's with a bare ASGI application (``uvicorn`` installed), and a bare
+  asyncio protocol parsing with httptools and nothing else (the floor any Python server on this loop stands on).
 
-The last two say what a request costs before any model work; the third says how far the runtime's own path would get
-without aiohttp. Nothing here is part of the runtime.
+They say what a request costs before any model work.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import socket
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -31,7 +30,12 @@ from payloads import json_payload
 from server import PlainServer, RunningServer
 
 FIXED = b'{"model_name":"tiny","outputs":[{"name":"y","datatype":"FP32","shape":[1,4],"data":[1,2,3,4]}]}'
-KINDS = ("kubeserve pipeline on httptools", "aiohttp, fixed answer", "httptools, fixed answer")
+KINDS = (
+    "kubeserve's HTTP layer, fixed answer",
+    "aiohttp, fixed answer",
+    "uvicorn + ASGI, fixed answer",
+    "bare httptools, fixed answer",
+)
 
 
 class ProbeServer(RunningServer):
@@ -92,51 +96,47 @@ async def _serve(kind: str, model_path: Path) -> None:
         await runner.setup()
         await web.SockSite(runner, _listening()).start()
         await asyncio.Event().wait()  # until SIGTERM
-        return
-    if kind == "httptools, fixed answer":
+    elif kind == "uvicorn + ASGI, fixed answer":
+        import uvicorn
+
+        async def asgi(scope: dict, receive: Callable, send: Callable) -> None:
+            while (await receive()).get("more_body"):
+                pass
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(FIXED)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": FIXED})
+
+        config = uvicorn.Config(asgi, loop="none", http="httptools", lifespan="off", access_log=False)
+        await uvicorn.Server(config).serve(sockets=[_listening()])
+    elif kind == "kubeserve's HTTP layer, fixed answer":
+        from kubeserve.runtime.config import RuntimeSettings
+        from kubeserve.runtime.metrics import ServerMetrics
+        from kubeserve.runtime.server.application import Application
+        from kubeserve.runtime.server.messages import Request, Response
+        from kubeserve.runtime.server.router import Router
+        from kubeserve.runtime.server.state import ServerState
+
+        async def fixed_answer(state: ServerState, request: Request) -> Response:
+            return Response(FIXED)
+
+        router = Router()
+        router.post("/v2/models/{name}/infer", fixed_answer)
+        state = ServerState(RuntimeSettings(model_path=model_path, model_name="tiny"), ServerMetrics("tiny", "1"))
+        application = Application(state, router, state.connections)
+        server = await loop.create_server(application.connection, sock=_listening())
+        await server.serve_forever()
+    else:
 
         async def constant(body: bytes) -> bytes:
             return FIXED
 
         server = await loop.create_server(_httptools_protocol(constant), sock=_listening())
         await server.serve_forever()
-        return
-    from kubeserve.runtime.batcher import BatchPolicy, DynamicBatcher
-    from kubeserve.runtime.config import RuntimeSettings
-    from kubeserve.runtime.metrics import ServerMetrics
-    from kubeserve.runtime.model import OnnxModel
-    from kubeserve.runtime.protocol.v2_request import decode_request
-    from kubeserve.runtime.protocol.v2_response import encode_response
 
-    model = OnnxModel.load(model_path, RuntimeSettings(model_path=model_path, model_name="tiny"))
-    metrics = ServerMetrics("tiny", "1")
-    batcher = DynamicBatcher(model.run, BatchPolicy(max_batch_size=32), metrics)
 
-    async def pipeline(body: bytes) -> bytes:
-        arrived = time.perf_counter()
-        decoded = decode_request(body, None, model.signature)
-        deserialized = time.perf_counter()
-        names = [output.name for output in decoded.outputs]
-        outputs, job = await batcher.infer(decoded.inputs, output_names=names, arrived=arrived)
-        resumed = time.perf_counter()
-        out, _ = encode_response(
-            "tiny", "1", decoded.id, decoded.outputs, outputs, model.signature, decoded.custom_parameters
-        )
-        done = time.perf_counter()
-        stages = {
-            "deserialize": deserialized - arrived,
-            "queue": job.started - job.queued,
-            "compute": job.finished - job.started,
-            "serialize": done - resumed,
-            "total": done - arrived,
-        }
-        for stage, seconds in stages.items():
-            metrics.stage[stage].observe(seconds)
-        metrics.answered(200)
-        return out
-
-    server = await loop.create_server(_httptools_protocol(pipeline), sock=_listening())
-    await server.serve_forever()
+def _installed(kind: str) -> bool:
+    """uvicorn comes with the test dependencies (kserve's), not the runtime's."""
+    return not kind.startswith("uvicorn") or importlib.util.find_spec("uvicorn") is not None
 
 
 def main() -> None:
@@ -161,7 +161,7 @@ def main() -> None:
     servers = {
         "plain": lambda: PlainServer(path, "tiny"),
         "kubeserve": lambda: RunningServer(path, "tiny"),
-        **{kind: (lambda kind=kind: ProbeServer(path, "tiny", kind)) for kind in KINDS},
+        **{kind: (lambda kind=kind: ProbeServer(path, "tiny", kind)) for kind in KINDS if _installed(kind)},
     }
     print("| server | c=1 p50 ms | c=1 CPU µs/req | c=32 req/s | c=32 CPU µs/req |\n|---|---:|---:|---:|---:|")
     for name, start in servers.items():

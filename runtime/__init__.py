@@ -1,3 +1,3 @@
-"""kubeserve model server: Open Inference Protocol over aiohttp, dynamic batching, ONNX Runtime."""
+"""kubeserve model server: Open Inference Protocol over HTTP/1.1, dynamic batching, ONNX Runtime."""
 
 __version__ = "0.1.0"

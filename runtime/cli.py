@@ -101,7 +101,7 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_BAD_CONFIG
     # Imported here so that `--help` and config errors stay fast.
     if settings.workers > 1:
-        # The supervisor imports neither ONNX Runtime nor aiohttp: its workers do.
+        # The supervisor imports neither ONNX Runtime nor the HTTP server: its workers do.
         from kubeserve.runtime.server.supervisor import supervise
 
         return supervise(settings)

@@ -66,5 +66,5 @@ def configure_logging(level: str, fields: Mapping[str, Any] | None = None) -> No
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.captureWarnings(True)  # Python's warnings too become log lines, not free text
-    # aiohttp logs an access line per request at INFO; it is opt-in (access_log), so keep its own logger.
-    logging.getLogger("aiohttp.access").setLevel(logging.INFO)
+    # One line per request at INFO (event "request"); opt-in (access_log), so whatever the level, keep them.
+    logging.getLogger("kubeserve.access").setLevel(logging.INFO)

@@ -25,6 +25,18 @@ class NotFound(InferenceError):
     status = 404
 
 
+class MethodNotAllowed(InferenceError):
+    status = 405
+
+    def __init__(self, message: str, allowed: list[str]) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allowed)}
+
+
 class PayloadTooLarge(InferenceError):
     status = 413
 

@@ -1,15 +1,14 @@
-"""The aiohttp application: state, middleware and routes."""
+"""The model server's application: Open Inference Protocol V2, KServe V1, health and metrics."""
 
 from __future__ import annotations
 
-from aiohttp import web
-from kubeserve.runtime.server.middleware import errors_and_drain
+from kubeserve.runtime.server.application import Application
+from kubeserve.runtime.server.router import Router
 from kubeserve.runtime.server.routes import setup_routes
-from kubeserve.runtime.server.state import STATE, ServerState
+from kubeserve.runtime.server.state import ServerState
 
 
-def create_app(state: ServerState) -> web.Application:
-    app = web.Application(client_max_size=state.settings.max_request_bytes, middlewares=[errors_and_drain])
-    app[STATE] = state
-    setup_routes(app)
-    return app
+def create_app(state: ServerState) -> Application:
+    router = Router()
+    setup_routes(router)
+    return Application(state, router, state.connections, state.settings.access_log)

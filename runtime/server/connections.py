@@ -1,10 +1,9 @@
 """Every client connection, tracked in our own code, so that a drain closes each one only when no request
 can be on its way on it.
 
-Each connection's protocol is aiohttp's own (``web.Server`` is a protocol factory) wrapped in a
-``TrackedConnection`` that forwards every call and notes what the drain needs: requests in flight (from the
-middleware, through ``request.transport``), bytes that arrived and have not become a request yet, and the
-last moment anything happened. Connections are closed through the transport's public ``close()``.
+Each connection's protocol (``server.http``) is a ``TrackedConnection``, which notes what the drain needs:
+requests received and not yet answered, the start of a request that has not arrived whole, and the last
+moment anything happened.
 
 HTTP/1.1 keep-alive has one unavoidable race: a client may send on an idle connection at the instant the
 server closes it. The drain makes that window as small as it can: it closes an idle connection only after
@@ -20,7 +19,7 @@ import contextlib
 import fcntl
 import math
 import termios
-from collections.abc import Callable
+from collections.abc import Iterator
 
 # While the kernel holds unread bytes for an otherwise idle connection, look again this soon: the loop is
 # about to read them, and then the connection has a request on its way.
@@ -28,50 +27,27 @@ UNREAD_RECHECK_SECONDS = 0.01
 
 
 class TrackedConnection(asyncio.Protocol):
-    """One client connection: aiohttp's protocol, plus what the drain needs to know about it."""
+    """One client connection as the drain sees it; the HTTP protocol (``server.http``) keeps these counts."""
 
-    def __init__(self, inner: asyncio.Protocol, tracker: ConnectionTracker) -> None:
-        self._inner = inner
+    def __init__(self, tracker: ConnectionTracker) -> None:
         self._tracker = tracker
-        self.transport: asyncio.BaseTransport | None = None
-        self.in_flight = 0
-        # Bytes arrived while no request was in flight: the start of a request not yet handed to a handler.
-        self.request_arriving = False
+        self.transport: asyncio.Transport | None = None
+        self.in_flight = 0  # requests received whole and not answered yet
+        self.request_arriving = False  # the start of a request has arrived, not all of it
         self.last_activity = tracker.loop.time()
 
-    # -- the transport's calls, forwarded ------------------------------------------------------------
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # uvloop's transports are not asyncio.Transport subclasses
+        self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport subclasses
         self._tracker.opened(self)
-        self._inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        self.last_activity = self._tracker.loop.time()
-        if not self.in_flight:
-            self.request_arriving = True
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._tracker.lost(self)
-        self._inner.connection_lost(exc)
 
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
-    # -- requests, from the middleware ---------------------------------------------------------------
-
-    def request_started(self) -> None:
+    def request_received(self) -> None:
         self.in_flight += 1
         self.request_arriving = False
 
-    def request_finished(self) -> None:
+    def request_answered(self) -> None:
         self.in_flight -= 1
         self.last_activity = self._tracker.loop.time()
         self._tracker.changed()
@@ -105,27 +81,22 @@ class ConnectionTracker:
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self._by_transport: dict[asyncio.BaseTransport, TrackedConnection] = {}
+        self._open: set[TrackedConnection] = set()
         self._changed = asyncio.Event()
         self.closed_idle = 0  # closed by the drain after the grace period, with nothing on its way
         self.closed_with_request_unread = 0  # closed at the drain timeout with a request arriving
 
-    def protocol_factory(self, make_protocol: Callable[[], asyncio.Protocol]) -> Callable[[], TrackedConnection]:
-        return lambda: TrackedConnection(make_protocol(), self)
-
     def __len__(self) -> int:
-        return len(self._by_transport)
+        return len(self._open)
 
-    def of(self, transport: asyncio.BaseTransport | None) -> TrackedConnection | None:
-        return self._by_transport.get(transport) if transport is not None else None
+    def __iter__(self) -> Iterator[TrackedConnection]:
+        return iter(list(self._open))
 
     def opened(self, connection: TrackedConnection) -> None:
-        assert connection.transport is not None
-        self._by_transport[connection.transport] = connection
+        self._open.add(connection)
 
     def lost(self, connection: TrackedConnection) -> None:
-        if connection.transport is not None:
-            self._by_transport.pop(connection.transport, None)
+        self._open.discard(connection)
         self.changed()
 
     def changed(self) -> None:
@@ -136,10 +107,10 @@ class ConnectionTracker:
 
         A busy connection closes itself after its response (the drain's responses carry ``Connection:
         close``); idle ones are closed by ``close_idle``."""
-        while self._by_transport:
+        while self._open:
             self._changed.clear()
             next_look = self.close_idle(since, grace)
-            if not self._by_transport:
+            if not self._open:
                 return
             timeout = None if next_look == math.inf else max(0.0, next_look - self.loop.time())
             with contextlib.suppress(TimeoutError):
@@ -150,7 +121,7 @@ class ConnectionTracker:
         for which the kernel holds no unread bytes; return when to look again (``inf``: on a change)."""
         now = self.loop.time()
         next_look = math.inf
-        for connection in list(self._by_transport.values()):
+        for connection in list(self._open):
             if connection.busy:
                 continue
             quiet_from = max(connection.last_activity, since)
@@ -165,7 +136,7 @@ class ConnectionTracker:
 
     def close_all(self) -> None:
         """At the drain timeout: close what is left, counting connections that had a request arriving."""
-        for connection in list(self._by_transport.values()):
+        for connection in list(self._open):
             if connection.request_arriving or connection.unread_bytes():
                 self.closed_with_request_unread += 1
             connection.close()

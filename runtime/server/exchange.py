@@ -5,9 +5,8 @@ batch's inference), ``serialize`` (response encoded) and ``total`` (arrival to r
 to ``kubeserve_request_duration_seconds``, to Triton's statistics (``statistics``), and back to the
 caller in a ``Server-Timing`` header.
 
-Compressed request bodies (``Content-Encoding: gzip`` or ``deflate``) are inflated by aiohttp's parser,
-within ``max_request_bytes``. The answer is compressed when the client's ``Accept-Encoding`` names gzip or
-deflate; as in Triton, only inference answers are, which is what Triton's clients expect.
+Compressed request bodies are inflated, and answers compressed when the client accepts it, as
+``server.codings`` says.
 """
 
 from __future__ import annotations
@@ -18,10 +17,11 @@ from collections.abc import Sequence
 from types import TracebackType
 
 import numpy as np
-from aiohttp import hdrs, web
 from kubeserve.runtime.batcher import DynamicBatcher, Job, Outputs
-from kubeserve.runtime.protocol.errors import BadRequest, InferenceError, NotFound, PayloadTooLarge, Unavailable
+from kubeserve.runtime.protocol.errors import InferenceError, NotFound, Unavailable
 from kubeserve.runtime.rejection import Rejected, Rejection
+from kubeserve.runtime.server.codings import accepted_coding, inflate
+from kubeserve.runtime.server.messages import Request, Response
 from kubeserve.runtime.server.rejections import unavailable
 from kubeserve.runtime.server.state import ServerState
 
@@ -29,7 +29,7 @@ from kubeserve.runtime.server.state import ServerState
 class Exchange:
     __slots__ = ("_request", "_state", "arrived", "arrived_on_loop", "deserialized_at", "job", "resumed_at")
 
-    def __init__(self, state: ServerState, request: web.Request) -> None:
+    def __init__(self, state: ServerState, request: Request) -> None:
         self._state = state
         self._request = request
         self.arrived = time.perf_counter()
@@ -59,15 +59,13 @@ class Exchange:
             metrics.statistics.request_failed(time.perf_counter() - self.arrived)
         self._state.request_finished(answered=not isinstance(error, asyncio.CancelledError), refused=refused)
 
-    async def read_body(self) -> bytes:
-        try:
-            return await self._request.read()
-        except web.HTTPRequestEntityTooLarge:
-            limit = self._state.settings.max_request_bytes
-            raise PayloadTooLarge(f"request body exceeds max_request_bytes ({limit} bytes)") from None
-        except web.RequestPayloadError:  # a body its Content-Encoding cannot inflate, say
-            encoding = self._request.headers.get(hdrs.CONTENT_ENCODING, "identity")
-            raise BadRequest(f"cannot read the request body (Content-Encoding: {encoding}): it is malformed") from None
+    def read_body(self) -> bytes:
+        """The request's body, inflated when it came compressed."""
+        request = self._request
+        coding = request.headers.get("content-encoding")
+        if coding is None:
+            return request.body
+        return inflate(request.body, coding, self._state.settings.max_request_bytes)
 
     def deserialized(self) -> None:
         self.deserialized_at = time.perf_counter()
@@ -94,7 +92,7 @@ class Exchange:
         self.resumed_at = time.perf_counter()
         return outputs
 
-    def respond(self, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> web.Response:
+    def respond(self, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> Response:
         done = time.perf_counter()
         job = self.job
         assert job is not None, "respond() follows compute()"
@@ -117,15 +115,11 @@ class Exchange:
             compute_infer=job.inferred - job.inferring,
             compute_output=job.finished - job.inferred,
         )
-        response_headers = {
-            "Content-Type": content_type,
-            "Server-Timing": ", ".join(f"{stage};dur={seconds * 1e3:.3f}" for stage, seconds in stages),
-        }
-        if headers:
-            response_headers.update(headers)
-        response = web.Response(body=body, headers=response_headers)
-        if hdrs.ACCEPT_ENCODING in self._request.headers:
-            # aiohttp picks the coding from Accept-Encoding (identity: none) and compresses a large body in
-            # a worker thread, off the event loop.
-            response.enable_compression()
+        timing = ", ".join(f"{stage};dur={seconds * 1e3:.3f}" for stage, seconds in stages)
+        response = Response(
+            body, 200, content_type, {"Server-Timing": timing, **headers} if headers else {"Server-Timing": timing}
+        )
+        accept = self._request.headers.get("accept-encoding")
+        if accept is not None:
+            response.coding = accepted_coding(accept)
         return response

@@ -1,6 +1,6 @@
 """How ``kubeserve-runtime serve`` ends: its exit codes, and the report of an address it cannot listen on, which the
-single server (``lifecycle``) and the supervisor of workers (``supervisor``) make alike. Imports neither aiohttp nor
-ONNX Runtime: the supervisor uses it."""
+single server (``lifecycle``) and the supervisor of workers (``supervisor``) make alike. Imports neither the HTTP
+server nor ONNX Runtime: the supervisor uses it."""
 
 from __future__ import annotations
 

@@ -23,7 +23,6 @@ import logging
 import signal
 import time
 
-from aiohttp import web
 from kubeserve.runtime.batcher import DynamicBatcher
 from kubeserve.runtime.config import MSG_GPU_WORKERS, RuntimeSettings
 from kubeserve.runtime.logs import configure_logging
@@ -38,7 +37,7 @@ from kubeserve.runtime.workers import STOP_SIGNALS, Heartbeat, WorkerContext, me
 
 log = logging.getLogger("kubeserve.runtime")
 
-LISTEN_BACKLOG = 1024
+# After a timed-out drain, answers still being made get this long to be written.
 SHUTDOWN_TIMEOUT_SECONDS = 1.0
 
 
@@ -72,18 +71,9 @@ async def _serve(settings: RuntimeSettings, worker: WorkerContext | None) -> int
     heartbeat = Heartbeat(worker) if worker is not None else None
     if heartbeat is not None:
         heartbeat.start()
-    runner = web.AppRunner(
-        create_app(state),
-        handle_signals=False,
-        # After a timed-out drain, handlers still running get this long before they are cancelled.
-        shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
-        access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
-    )
-    await runner.setup()
     try:
-        listener = await listen(runner, state, settings.host, settings.port, reuse_port=worker is not None)
+        listener = await create_app(state).listen(settings.host, settings.port, reuse_port=worker is not None)
     except OSError as error:
-        await runner.cleanup()
         return listen_failed(settings, error)
     host, port = listener.sockets[0].getsockname()[:2]
     log.info("listening", extra={"event": "listening", "host": host, "port": port, "model": settings.model_name})
@@ -111,9 +101,8 @@ async def _serve(settings: RuntimeSettings, worker: WorkerContext | None) -> int
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(state.wait_quiet(), SHUTDOWN_TIMEOUT_SECONDS)  # let those 503s be written
     state.connections.close_all()
-    await runner.cleanup()  # a request still running gets SHUTDOWN_TIMEOUT_SECONDS to finish
     if peers is not None:
-        await peers.cleanup()
+        peers.close()
     if heartbeat is not None:
         heartbeat.stop()
     log.info(
@@ -130,18 +119,6 @@ async def _serve(settings: RuntimeSettings, worker: WorkerContext | None) -> int
         },
     )
     return exit_code
-
-
-async def listen(
-    runner: web.AppRunner, state: ServerState, host: str, port: int, reuse_port: bool = False
-) -> asyncio.Server:
-    """Serve ``runner``'s application on a listener whose connections ``state.connections`` tracks;
-    ``reuse_port`` lets the pod's other workers listen on the same port."""
-    assert runner.server is not None, "runner.setup() comes first"
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        state.connections.protocol_factory(runner.server), host, port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port
-    )
 
 
 async def _load(state: ServerState) -> None:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
-from aiohttp import web
 from kubeserve.runtime.protocol.errors import InternalError
+from kubeserve.runtime.server.application import Application
+from kubeserve.runtime.server.connections import ConnectionTracker
+from kubeserve.runtime.server.messages import Request, Response
 from kubeserve.runtime.server.responses import json_response
-from kubeserve.runtime.server.state import STATE, ServerState
+from kubeserve.runtime.server.router import Router
+from kubeserve.runtime.server.state import ServerState
 from kubeserve.runtime.statistics import merge_model_stats
 
 PEER_TIMEOUT_SECONDS = 5.0
@@ -22,23 +24,23 @@ def own_statistics(state: ServerState) -> dict[str, Any]:
     return state.metrics.statistics.as_json(settings.model_name, settings.model_version)
 
 
-async def _statistics(request: web.Request) -> web.Response:
-    return json_response(own_statistics(request.app[STATE]))
+async def _statistics(state: ServerState, request: Request) -> Response:
+    return json_response(own_statistics(state))
 
 
-async def answer_peers(state: ServerState) -> web.AppRunner:
-    """Serve this worker's statistics on its socket; the caller cleans the runner up."""
+async def answer_peers(state: ServerState) -> asyncio.Server:
+    """Serve this worker's statistics on its socket; the caller closes the server."""
     assert state.worker is not None
-    app = web.Application()
-    app[STATE] = state
-    app.router.add_get("/stats", _statistics)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    await web.UnixSite(runner, str(state.worker.socket_path(state.worker.index))).start()
-    return runner
+    router = Router()
+    router.get("/stats", _statistics)
+    return await Application(state, router, ConnectionTracker()).listen_unix(
+        str(state.worker.socket_path(state.worker.index))
+    )
 
 
 async def _peer_statistics(state: ServerState, index: int) -> dict[str, Any]:
+    import aiohttp  # its client; a server without workers never needs it
+
     assert state.worker is not None
     connector = aiohttp.UnixConnector(path=str(state.worker.socket_path(index)))
     timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT_SECONDS)

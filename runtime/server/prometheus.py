@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from aiohttp import web
-from kubeserve.runtime.server.state import STATE
+from kubeserve.runtime.server.messages import Request, Response
+from kubeserve.runtime.server.state import ServerState
 from prometheus_client.exposition import choose_encoder
 
 
-async def metrics(request: web.Request) -> web.Response:
-    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-    body = encode(request.app[STATE].metrics.exposition)
-    return web.Response(body=body, headers={"Content-Type": content_type})
+async def metrics(state: ServerState, request: Request) -> Response:
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(state.metrics.exposition), content_type=content_type)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from aiohttp import web
 from kubeserve.runtime.batcher import BatchPolicy, DynamicBatcher
 from kubeserve.runtime.config import RuntimeSettings
 from kubeserve.runtime.metrics import ServerMetrics
@@ -13,6 +12,7 @@ from kubeserve.runtime.model import OnnxModel
 from kubeserve.runtime.protocol.errors import NotFound
 from kubeserve.runtime.rejection import Rejected, Rejection
 from kubeserve.runtime.server.connections import ConnectionTracker
+from kubeserve.runtime.server.messages import Request
 from kubeserve.runtime.server.rejections import unavailable
 from kubeserve.runtime.workers import WorkerContext, WorkerState
 
@@ -101,7 +101,7 @@ class ServerState:
                 f"version '{self.settings.model_version}'"
             )
 
-    def model_for(self, request: web.Request) -> LoadedModel:
+    def model_for(self, request: Request) -> LoadedModel:
         """The loaded model a request names: 404 for another model or version, 503 until it is loaded."""
         self.check_model(request.match_info["name"], request.match_info.get("version"))
         if self.loaded is None:
@@ -125,6 +125,3 @@ class ServerState:
 
     async def wait_quiet(self) -> None:
         await self._quiet.wait()
-
-
-STATE = web.AppKey("state", ServerState)

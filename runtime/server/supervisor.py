@@ -7,7 +7,7 @@ with the first failing worker's exit code (0 when all drained). A worker that ex
 load, a crash, the OOM killer), or whose event loop has not run for ``worker_stall_seconds`` (then it is killed:
 the kubelet's liveness probe reaches one worker of N only), stops the others the same way, and the pod restarts
 whole, as a single-process server would. Workers are started with ``spawn``: nothing of this process is forked.
-The supervisor imports neither ONNX Runtime nor aiohttp.
+The supervisor imports neither ONNX Runtime nor the HTTP server.
 """
 
 from __future__ import annotations

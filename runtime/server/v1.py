@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-from aiohttp import web
 from kubeserve.runtime.protocol.v1 import decode_instances, encode_predictions
 from kubeserve.runtime.server.exchange import Exchange
+from kubeserve.runtime.server.messages import Request, Response
 from kubeserve.runtime.server.responses import JSON, json_response
-from kubeserve.runtime.server.state import STATE
+from kubeserve.runtime.server.state import ServerState
 
 
-async def model_status(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+async def model_status(state: ServerState, request: Request) -> Response:
     state.check_model(request.match_info["name"], None)
     return json_response({"name": state.settings.model_name, "ready": state.ready}, 200 if state.ready else 503)
 
 
-async def predict(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+async def predict(state: ServerState, request: Request) -> Response:
     async with Exchange(state, request) as exchange:
         loaded = state.model_for(request)
-        body = await exchange.read_body()
+        body = exchange.read_body()
         feeds = decode_instances(body, loaded.model.signature)
         exchange.deserialized()
         outputs = await exchange.compute(loaded.batcher, feeds)

@@ -5,25 +5,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiohttp import web
 from kubeserve.runtime.model import GPU_PROVIDERS
 from kubeserve.runtime.protocol.v2_request import decode_request
 from kubeserve.runtime.protocol.v2_response import encode_response
 from kubeserve.runtime.server.exchange import Exchange
+from kubeserve.runtime.server.messages import Request, Response
 from kubeserve.runtime.server.peers import pod_statistics
 from kubeserve.runtime.server.responses import BINARY, JSON, json_response
-from kubeserve.runtime.server.state import STATE, LoadedModel, ServerState
+from kubeserve.runtime.server.state import LoadedModel, ServerState
 from kubeserve.runtime.signature import TensorSpec
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+HEADER_LENGTH_KEY = HEADER_LENGTH.lower()  # as requests' headers are named
 
 
 def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.datatype.name, "shape": list(spec.shape)}
 
 
-async def model_metadata(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+async def model_metadata(state: ServerState, request: Request) -> Response:
     model = state.model_for(request).model
     return json_response(
         {
@@ -39,8 +39,7 @@ async def model_metadata(request: web.Request) -> web.Response:
     )
 
 
-async def model_ready(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+async def model_ready(state: ServerState, request: Request) -> Response:
     state.check_model(request.match_info["name"], request.match_info.get("version"))
     body: dict[str, Any] = {"name": state.settings.model_name, "ready": state.ready}
     if not state.ready:
@@ -91,27 +90,24 @@ def triton_config(state: ServerState, loaded: LoadedModel) -> dict[str, Any]:
     return config
 
 
-async def model_config(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+async def model_config(state: ServerState, request: Request) -> Response:
     return json_response(triton_config(state, state.model_for(request)))
 
 
-async def model_statistics(request: web.Request) -> web.Response:
+async def model_statistics(state: ServerState, request: Request) -> Response:
     """Triton's statistics extension; without a model name, every model (this server has one)."""
-    state = request.app[STATE]
     name = request.match_info.get("name")
     if name is not None:
         state.check_model(name, request.match_info.get("version"))
     return json_response({"model_stats": [await pod_statistics(state)]})
 
 
-async def infer(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+async def infer(state: ServerState, request: Request) -> Response:
     async with Exchange(state, request) as exchange:
         loaded = state.model_for(request)
-        body = await exchange.read_body()
+        body = exchange.read_body()
         signature = loaded.model.signature
-        decoded = decode_request(body, request.headers.get(HEADER_LENGTH), signature)
+        decoded = decode_request(body, request.headers.get(HEADER_LENGTH_KEY), signature)
         exchange.deserialized()
         outputs = await exchange.compute(
             loaded.batcher,

@@ -19,14 +19,12 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from aiohttp import web
 from kubeserve.runtime.batcher import DynamicBatcher
 from kubeserve.runtime.config import RuntimeSettings
 from kubeserve.runtime.metrics import ServerMetrics
 from kubeserve.runtime.model import OnnxModel
 from kubeserve.runtime.samples import write_sample
 from kubeserve.runtime.server.app import create_app
-from kubeserve.runtime.server.lifecycle import listen
 from kubeserve.runtime.server.state import LoadedModel, ServerState
 from onnx import TensorProto, helper, numpy_helper
 
@@ -366,7 +364,7 @@ async def serve_in_process(
     models: dict[str, Path],
 ) -> AsyncIterator[Callable[..., Any]]:
     """Serve a model in this test's event loop on 127.0.0.1, with its compute behind a ``Gate``."""
-    runners: list[tuple[web.AppRunner, asyncio.Server, ServerState]] = []
+    listeners: list[tuple[asyncio.Server, ServerState]] = []
 
     async def start(model: str = "mlp", **settings: Any) -> InProcessServer:
         config = RuntimeSettings(model_path=models[model], model_name=model, **settings)
@@ -375,19 +373,17 @@ async def serve_in_process(
         gate = Gate()
         policy = state.batch_policy(onnx_model.signature.batchable)
         state.loaded = LoadedModel(onnx_model, DynamicBatcher(gate.wrap(onnx_model.run), policy, state.metrics))
-        runner = web.AppRunner(create_app(state), handle_signals=False, access_log=None)
-        await runner.setup()
-        listener = await listen(runner, state, "127.0.0.1", 0)
-        runners.append((runner, listener, state))
+        listener = await create_app(state).listen("127.0.0.1", 0)
+        listeners.append((listener, state))
         host, port = listener.sockets[0].getsockname()[:2]
         return InProcessServer(f"http://{host}:{port}", state, gate)
 
     yield start
-    for runner, listener, state in runners:
+    for listener, state in listeners:
         listener.close()
         if state.loaded is not None:
             state.loaded.batcher.close()
-        await runner.cleanup()
+        state.connections.close_all()
 
 
 def v2_request(name: str, array: np.ndarray, datatype: str = "FP32", **extra: Any) -> dict[str, Any]:

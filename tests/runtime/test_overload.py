@@ -9,7 +9,6 @@ import json
 import aiohttp
 import numpy as np
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from kubeserve.runtime.config import RuntimeSettings
 from kubeserve.runtime.metrics import ServerMetrics
 from kubeserve.runtime.rejection import Rejected, Rejection
@@ -109,7 +108,9 @@ async def test_a_request_whose_timeout_passes_in_the_queue_gets_503(serve_in_pro
 async def test_a_server_without_its_model_is_not_ready(models):
     settings = RuntimeSettings(model_path=models["mlp"], model_name="mlp")
     state = ServerState(settings, ServerMetrics("mlp", "1"))
-    async with TestClient(TestServer(create_app(state), host="127.0.0.1")) as client:
+    listener = await create_app(state).listen("127.0.0.1", 0)
+    host, port = listener.sockets[0].getsockname()[:2]
+    async with aiohttp.ClientSession(f"http://{host}:{port}") as client:
         ready = await client.get("/v2/health/ready")
         assert ready.status == 503
         assert (await ready.json()) == {"ready": False, "reason": "loading model"}
@@ -122,6 +123,8 @@ async def test_a_server_without_its_model_is_not_ready(models):
         model_ready = await client.get("/v2/models/mlp/ready")
         assert model_ready.status == 503
         assert (await model_ready.json())["reason"] == "model failed to load: model file /m.onnx does not exist"
+    listener.close()
+    state.connections.close_all()
 
 
 @pytest.mark.parametrize("reason", list(Rejection))

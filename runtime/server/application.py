@@ -1,0 +1,77 @@
+"""An application: the state its handlers share, its routes, and the rule every answer follows (a failure
+becomes ``{"error": ...}`` with its status); ``listen`` serves it (``server.http`` speaks HTTP). The model
+server is one (``server.app``), each worker's statistics socket another (``server.peers``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from kubeserve.runtime.protocol.errors import InferenceError
+from kubeserve.runtime.server.codings import compress
+from kubeserve.runtime.server.connections import ConnectionTracker
+from kubeserve.runtime.server.http import HttpConnection
+from kubeserve.runtime.server.messages import Request, Response
+from kubeserve.runtime.server.responses import error_response, json_response
+from kubeserve.runtime.server.router import Router
+from kubeserve.runtime.server.state import ServerState
+
+log = logging.getLogger("kubeserve.runtime")
+access_log = logging.getLogger("kubeserve.access")
+
+LISTEN_BACKLOG = 1024
+
+
+class Application:
+    def __init__(
+        self, state: ServerState, router: Router, connections: ConnectionTracker, access_log: bool = False
+    ) -> None:
+        self.state = state
+        self.router = router
+        self.connections = connections
+        self.max_request_bytes = state.settings.max_request_bytes
+        self.access_log = access_log
+
+    @property
+    def draining(self) -> bool:
+        """Answers close their connections, so that clients reconnect to a pod that stays."""
+        return self.state.draining
+
+    async def handle(self, request: Request) -> Response:
+        started = time.perf_counter() if self.access_log else 0.0
+        try:
+            handler = self.router.resolve(request)
+            response = await handler(self.state, request)
+            if response.coding is not None:
+                response.body = await compress(response.body, response.coding)
+        except InferenceError as error:
+            response = error_response(error)
+        except Exception:
+            log.exception("request failed", extra={"event": "request_failed", "path": request.path})
+            response = json_response({"error": "internal server error"}, status=500)
+        if self.access_log:
+            access_log.info(
+                "request",
+                extra={
+                    "event": "request",
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status,
+                    "bytes": len(response.body),
+                    "seconds": round(time.perf_counter() - started, 6),
+                },
+            )
+        return response
+
+    async def listen(self, host: str, port: int, reuse_port: bool = False) -> asyncio.Server:
+        """Serve on ``host:port``; ``reuse_port`` lets the pod's other workers listen on the same port."""
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(self.connection, host, port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
+
+    async def listen_unix(self, path: str) -> asyncio.Server:
+        return await asyncio.get_running_loop().create_unix_server(self.connection, path)
+
+    def connection(self) -> HttpConnection:
+        """A new connection's protocol (``loop.create_server``'s factory)."""
+        return HttpConnection(self, self.connections)

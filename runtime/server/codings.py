@@ -1,0 +1,72 @@
+"""HTTP content codings: compressed request bodies in, compressed answers out (gzip and deflate, as Triton
+and its clients use them).
+
+A request body with ``Content-Encoding: gzip`` or ``deflate`` is inflated within ``max_request_bytes``. An
+answer is compressed when the client's ``Accept-Encoding`` names gzip or deflate (with a non-zero q);
+only inference answers are, which is what Triton's clients expect. A large answer is compressed in a
+thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+
+from kubeserve.runtime.protocol.errors import BadRequest, PayloadTooLarge
+
+CODINGS = ("gzip", "deflate")
+# zlib's window bits: a gzip wrapper, a zlib wrapper (HTTP's "deflate"), or none (what some clients send).
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+RAW_DEFLATE_WBITS = -zlib.MAX_WBITS
+# Below this many bytes compressing on the event loop costs less than the trip to a thread.
+COMPRESS_IN_THREAD_BYTES = 64 * 1024
+
+
+def accepted_coding(accept_encoding: str) -> str | None:
+    """The coding to answer with: the first of gzip and deflate that ``Accept-Encoding`` accepts, in the
+    client's order; None for identity."""
+    for item in accept_encoding.split(","):
+        name, _, params = item.partition(";")
+        name = name.strip().lower()
+        if name not in _WBITS:
+            continue
+        quality = params.strip().lower()
+        if quality.startswith("q="):
+            try:
+                if float(quality[2:]) <= 0:
+                    continue
+            except ValueError:
+                continue
+        return name
+    return None
+
+
+def inflate(body: bytes, coding: str, limit: int) -> bytes:
+    """``body`` decoded from ``coding`` (gzip, deflate, identity), at most ``limit`` bytes of it."""
+    coding = coding.strip().lower()
+    if coding in ("", "identity"):
+        return body
+    if coding not in _WBITS:
+        raise BadRequest(f"unsupported Content-Encoding: {coding} (accepted: gzip, deflate, identity)")
+    for wbits in (_WBITS[coding], RAW_DEFLATE_WBITS) if coding == "deflate" else (_WBITS[coding],):
+        decoder = zlib.decompressobj(wbits)
+        try:
+            out = decoder.decompress(body, limit + 1)
+        except zlib.error:
+            continue
+        if len(out) > limit:
+            raise PayloadTooLarge(f"request body exceeds max_request_bytes ({limit} bytes) once inflated")
+        if decoder.eof:
+            return out
+    raise BadRequest(f"cannot read the request body (Content-Encoding: {coding}): it is malformed")
+
+
+def _compress(body: bytes, coding: str) -> bytes:
+    encoder = zlib.compressobj(wbits=_WBITS[coding])
+    return encoder.compress(body) + encoder.flush()
+
+
+async def compress(body: bytes, coding: str) -> bytes:
+    if len(body) < COMPRESS_IN_THREAD_BYTES:
+        return _compress(body, coding)
+    return await asyncio.to_thread(_compress, body, coding)

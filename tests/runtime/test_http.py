@@ -1,0 +1,536 @@
+"""The HTTP/1.1 layer on the wire (``server.http``): keep-alive, pipelining, closing, request bodies and their
+limits, malformed requests, HEAD, routing errors, compression, half-closed and vanished clients, draining
+and flow control. Requests go out as raw bytes; every answer is parsed by h11, an independent and strict
+HTTP/1.1 implementation, so these tests also prove the answers are well-formed."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+import numpy as np
+import pytest
+import requests
+
+INFER = "/v2/models/mlp/infer"
+# The smallest max_request_bytes the settings take: a one-row mlp request fits, two rows do not.
+LIMIT = 1024
+# Only against a hang: no test waits on a clock for anything to happen.
+READ_TIMEOUT = 30
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]  # names lower-case
+    body: bytes
+    informational: list[int] = field(default_factory=list)  # 1xx statuses that came before it
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Client:
+    """One connection to the server. Requests are written as raw bytes; h11 is told of each (its method, and
+    whether the client asked to close) only so that it knows how to frame the answer it then parses."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.h11 = h11.Connection(h11.CLIENT)
+        self._told = False
+
+    @classmethod
+    async def connect(cls, server: Any) -> Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(server.url.rsplit(":", 1)[1]))
+        return cls(reader, writer)
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def told(self, method: str = "GET", close: bool = False) -> None:
+        """Tell h11 that a request went out (once per answer, before reading it)."""
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+        headers = [("Host", "test"), *([("Connection", "close")] if close else [])]
+        self.h11.send(h11.Request(method=method, target="/", headers=headers))
+        self.h11.send(h11.EndOfMessage())
+        self._told = True
+
+    async def event(self) -> Any:
+        """h11's next event, reading from the socket as it needs."""
+        async with asyncio.timeout(READ_TIMEOUT):
+            while True:
+                event = self.h11.next_event()
+                if event is not h11.NEED_DATA:
+                    return event
+                self.h11.receive_data(await self.reader.read(65536))  # b"" is the end of the stream
+
+    async def answer(self, method: str = "GET", close: bool = False) -> Answer:
+        """The next whole answer, any 1xx before it included."""
+        if not self._told:
+            self.told(method, close)
+        self._told = False
+        informational: list[int] = []
+        event = await self.event()
+        while isinstance(event, h11.InformationalResponse):
+            informational.append(event.status_code)
+            event = await self.event()
+        assert isinstance(event, h11.Response), event
+        body = b""
+        while not isinstance(chunk := await self.event(), h11.EndOfMessage):
+            assert isinstance(chunk, h11.Data), chunk
+            body += chunk.data
+        headers = {name.decode(): value.decode() for name, value in event.headers}
+        return Answer(event.status_code, headers, body, informational)
+
+    async def closed_by_server(self) -> bool:
+        """Whether the server closed the connection after its last answer, with nothing more sent."""
+        return isinstance(await self.event(), h11.ConnectionClosed)
+
+    @property
+    def kept_alive(self) -> bool:
+        """h11 read the last answer as one that keeps the connection open."""
+        return self.h11.their_state is h11.DONE and self.h11.our_state is h11.DONE
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Yield to the event loop until ``condition`` holds (the server's side has got that far)."""
+    give_up = asyncio.get_running_loop().time() + READ_TIMEOUT
+    while not condition():
+        assert asyncio.get_running_loop().time() < give_up, "the server never got there"
+        await asyncio.sleep(0)
+
+
+def request(
+    method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None, version: str = "1.1"
+) -> bytes:
+    """A raw request: Host, then ``headers``, then Content-Length when there is a body."""
+    lines = [f"{method} {path} HTTP/{version}", "Host: test"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    if body and not any(name.lower() in ("content-length", "transfer-encoding") for name in headers or {}):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def get(path: str, **headers: str) -> bytes:
+    return request("GET", path, headers=headers)
+
+
+def features(seed: int, rows: int = 1) -> np.ndarray:
+    """Inputs for the mlp (``features`` FP32 [rows, 32]) exact in JSON, different for each seed."""
+    return (np.random.default_rng(seed).integers(-64, 64, size=(rows, 32)) / 8).astype(np.float32)
+
+
+def infer_body(x: np.ndarray) -> bytes:
+    document = {
+        "inputs": [{"name": "features", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def infer(x: np.ndarray, **headers: str) -> bytes:
+    return request("POST", INFER, infer_body(x), headers)
+
+
+def chunked(*chunks: bytes) -> bytes:
+    """A chunked body, its last chunk included."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks) + b"0\r\n\r\n"
+
+
+def probabilities(answer: Answer) -> np.ndarray:
+    assert answer.status == 200, answer.body
+    (output,) = answer.json()["outputs"]
+    assert output["name"] == "probabilities"
+    return np.array(output["data"], dtype=np.float32).reshape(output["shape"])
+
+
+Reference = Callable[[str, dict[str, np.ndarray]], list[np.ndarray]]
+
+
+def assert_inferred(answer: Answer, x: np.ndarray, reference: Reference) -> None:
+    np.testing.assert_allclose(probabilities(answer), reference("mlp", {"features": x})[0], rtol=1e-5, atol=1e-7)
+
+
+def assert_error(answer: Answer, status: int, starts: str) -> None:
+    assert answer.status == status
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json()["error"].startswith(starts), answer.json()
+
+
+# -- connections ----------------------------------------------------------------------------------
+
+
+async def test_keep_alive_answers_every_request_on_one_connection(serve_in_process, reference):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    x = features(1)
+    client.send(infer(x))
+    first = await client.answer("POST")
+    client.send(get("/v2/health/ready"))
+    second = await client.answer()
+
+    assert_inferred(first, x, reference)
+    assert (second.status, second.json()) == (200, {"ready": True})
+    for answer in (first, second):
+        assert int(answer.headers["content-length"]) == len(answer.body)
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.headers["date"].endswith(" GMT")
+        assert answer.headers["server"] == "kubeserve"
+        assert "connection" not in answer.headers
+    assert client.kept_alive
+    client.send(get("/v2/health/live"))  # still open
+    assert (await client.answer()).status == 200
+    await client.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(serve_in_process, reference):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    x1, x2 = features(1), features(2)
+    client.send(infer(x1) + get("/v2/health/ready") + infer(x2))  # one write, before reading anything
+
+    first, ready, last = await client.answer("POST"), await client.answer(), await client.answer("POST")
+    assert_inferred(first, x1, reference)
+    assert ready.json() == {"ready": True}
+    assert_inferred(last, x2, reference)
+    assert not np.allclose(probabilities(first), probabilities(last))
+    await client.close()
+
+
+async def test_connection_close_from_the_client_is_honoured(serve_in_process):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    client.send(get("/v2/health/live", Connection="close"))
+    answer = await client.answer(close=True)
+    assert (answer.status, answer.headers["connection"]) == (200, "close")
+    assert await client.closed_by_server()
+    await client.close()
+
+
+async def test_http10_closes_unless_asked_to_keep_alive(serve_in_process):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    client.send(request("GET", "/v2/health/live", version="1.0"))
+    answer = await client.answer(close=True)
+    assert (answer.status, answer.json(), answer.headers["connection"]) == (200, {"live": True}, "close")
+    assert await client.closed_by_server()
+    await client.close()
+
+    client = await Client.connect(server)
+    client.send(request("GET", "/v2/health/live", headers={"Connection": "keep-alive"}, version="1.0"))
+    answer = await client.answer()
+    assert (answer.status, answer.headers["connection"]) == (200, "keep-alive")
+    client.send(request("GET", "/v2/health/ready", headers={"Connection": "keep-alive"}, version="1.0"))
+    assert (await client.answer()).json() == {"ready": True}
+    await client.close()
+
+
+# -- request bodies -------------------------------------------------------------------------------
+
+
+async def test_a_chunked_body_arriving_in_pieces(serve_in_process, reference):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    x = features(3)
+    body = infer_body(x)
+    client.send(request("POST", INFER, headers={"Transfer-Encoding": "chunked"}))
+    pieces = [body[:10], body[10:100], body[100:]]
+    for piece in pieces:
+        client.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+        await client.writer.drain()
+    client.send(b"0\r\n\r\n")
+    assert_inferred(await client.answer("POST"), x, reference)
+    await client.close()
+
+
+async def test_expect_100_continue(serve_in_process, reference):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    x = features(4)
+    body = infer_body(x)
+    client.send(request("POST", INFER, headers={"Expect": "100-continue", "Content-Length": str(len(body))}))
+    client.told("POST")
+    interim = await client.event()  # before the body is sent
+    assert isinstance(interim, h11.InformationalResponse) and interim.status_code == 100
+    client.send(body)
+    answer = await client.answer("POST")
+    assert answer.informational == []
+    assert_inferred(answer, x, reference)
+    await client.close()
+
+
+async def test_expect_100_continue_with_a_body_too_large_is_413_without_continue(serve_in_process):
+    server = await serve_in_process("mlp", max_request_bytes=LIMIT)
+    client = await Client.connect(server)
+    client.send(request("POST", INFER, headers={"Expect": "100-continue", "Content-Length": str(LIMIT + 1)}))
+    answer = await client.answer("POST")
+    assert answer.informational == []
+    assert_error(answer, 413, f"request body exceeds max_request_bytes ({LIMIT} bytes)")
+    assert answer.headers["connection"] == "close"
+    assert await client.closed_by_server()
+    await client.close()
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_body_too_large_is_413_and_closes_after_earlier_answers(serve_in_process, reference, framing):
+    server = await serve_in_process("mlp", max_request_bytes=LIMIT)
+    client = await Client.connect(server)
+    x = features(5)
+    if framing == "content-length":
+        too_large = request("POST", INFER, b"x" * (LIMIT + 1))
+    else:  # no length to refuse it by: the chunks grow past the limit
+        too_large = request("POST", INFER, headers={"Transfer-Encoding": "chunked"}) + chunked(*[b"x" * 400] * 3)
+    client.send(infer(x) + too_large)
+
+    assert_inferred(await client.answer("POST"), x, reference)
+    refused = await client.answer("POST")
+    assert_error(refused, 413, f"request body exceeds max_request_bytes ({LIMIT} bytes)")
+    assert refused.headers["connection"] == "close"
+    assert await client.closed_by_server()
+    await client.close()
+
+
+async def test_a_stock_client_sending_a_body_too_large_reads_the_413(serve_in_process):
+    """The server answers at the headers and closes without reading the body; the client, still sending,
+    must see the 413 rather than a broken connection."""
+    limit = 1024 * 1024
+    server = await serve_in_process("mlp", max_request_bytes=limit)
+    body = b"x" * (4 * limit)
+    answers = await asyncio.gather(
+        *(asyncio.to_thread(requests.post, server.url + INFER, data=body, timeout=30) for _ in range(4))
+    )
+    for answer in answers:
+        assert answer.status_code == 413
+        assert answer.json() == {"error": f"request body exceeds max_request_bytes ({limit} bytes)"}
+        assert answer.headers["Connection"] == "close"
+
+
+@pytest.mark.parametrize(
+    "malformed",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\nno colon here\r\n\r\n",
+        # Framed two ways at once: the shape of request smuggling.
+        b"POST /v2/health/live HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\n",
+    ],
+    ids=["request line", "header line", "length and chunked"],
+)
+async def test_a_malformed_request_is_400_then_closed(serve_in_process, malformed):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    client.send(get("/v2/health/live") + malformed)
+    assert (await client.answer()).status == 200
+    answer = await client.answer()
+    assert_error(answer, 400, "malformed HTTP request")
+    assert answer.headers["connection"] == "close"
+    assert await client.closed_by_server()
+    await client.close()
+
+
+async def test_an_upgrade_is_answered_as_http11_then_closed(serve_in_process):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    client.send(get("/v2/health/live", Connection="Upgrade", Upgrade="websocket") + b"another protocol")
+    answer = await client.answer(close=True)
+    assert (answer.status, answer.json(), answer.headers["connection"]) == (200, {"live": True}, "close")
+    assert await client.closed_by_server()
+    await client.close()
+
+
+async def test_100_continue_for_a_pipelined_request_waits_its_turn(serve_in_process, reference):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    x1, x2 = features(12), features(13)
+    server.gate.close()
+    client.send(infer(x1))
+    await server.gate.wait_entered()
+    body = infer_body(x2)
+    client.send(request("POST", INFER, headers={"Expect": "100-continue", "Content-Length": str(len(body))}))
+    (connection,) = server.state.connections
+    await until(lambda: connection.request_arriving)  # the server has read the second request's headers
+    server.gate.open()
+
+    first = await client.answer("POST")
+    assert first.informational == []  # a 100 here answers the request that sent no Expect
+    assert_inferred(first, x1, reference)
+    client.send(body)
+    assert_inferred(await client.answer("POST"), x2, reference)
+    await client.close()
+
+
+# -- routing --------------------------------------------------------------------------------------
+
+
+async def test_head_is_get_without_the_body(serve_in_process):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    client.send(get("/v2/health/ready"))
+    got = await client.answer()
+    client.send(request("HEAD", "/v2/health/ready"))
+    head = await client.answer("HEAD")
+    assert (head.status, head.body) == (200, b"")
+    assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.body))
+    client.send(get("/v2/health/live"))  # no stray body bytes precede this answer
+    assert (await client.answer()).json() == {"live": True}
+    await client.close()
+
+
+async def test_unknown_paths_wrong_methods_and_percent_encoding(serve_in_process):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    client.send(get("/v2/nowhere") + request("POST", "/v2/health/ready", b"{}") + get("/v2/models/ml%70/ready"))
+
+    assert_error(await client.answer(), 404, "no such endpoint: GET /v2/nowhere")
+    not_allowed = await client.answer("POST")
+    assert_error(not_allowed, 405, "method POST is not allowed on /v2/health/ready")
+    assert {method.strip() for method in not_allowed.headers["allow"].split(",")} == {"GET", "HEAD"}
+    decoded = await client.answer()
+    assert (decoded.status, decoded.json()) == (200, {"name": "mlp", "ready": True})
+    assert client.kept_alive  # errors made by the application leave the connection open
+    await client.close()
+
+
+# -- compression (tests/runtime/test_triton_examples.py has the rest) --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("accept", "coding", "decode"),
+    [
+        ("gzip", "gzip", gzip.decompress),
+        ("gzip;q=0, deflate", "deflate", zlib.decompress),
+        ("identity", None, lambda body: body),
+    ],
+)
+async def test_answers_compressed_as_the_client_accepts(serve_in_process, reference, accept, coding, decode):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    x = features(6)
+    client.send(infer(x, **{"Accept-Encoding": accept}))
+    answer = await client.answer("POST")
+    assert answer.status == 200
+    assert answer.headers.get("content-encoding") == coding
+    if coding is not None:
+        assert answer.headers["vary"] == "Accept-Encoding"
+    assert_inferred(Answer(200, answer.headers, decode(answer.body)), x, reference)
+    await client.close()
+
+
+async def test_a_request_body_inflating_past_the_limit_is_413(serve_in_process):
+    server = await serve_in_process("mlp", max_request_bytes=LIMIT)
+    client = await Client.connect(server)
+    bomb = gzip.compress(infer_body(features(7)) + b" " * 10 * LIMIT)
+    assert len(bomb) < LIMIT
+    client.send(request("POST", INFER, bomb, {"Content-Encoding": "gzip"}))
+    assert_error(
+        await client.answer("POST"), 413, f"request body exceeds max_request_bytes ({LIMIT} bytes) once inflated"
+    )
+    await client.close()
+
+
+async def test_an_unknown_content_encoding_is_400(serve_in_process):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    client.send(request("POST", INFER, infer_body(features(8)), {"Content-Encoding": "br"}))
+    assert_error(await client.answer("POST"), 400, "unsupported Content-Encoding: br")
+    await client.close()
+
+
+# -- clients that leave --------------------------------------------------------------------------
+
+
+async def test_a_half_closed_client_still_gets_its_answer(serve_in_process, reference):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    x = features(9)
+    client.send(infer(x))
+    client.writer.write_eof()  # shutdown(SHUT_WR)
+    answer = await client.answer("POST")
+    assert_inferred(answer, x, reference)
+    assert answer.headers["connection"] == "close"
+    assert await client.closed_by_server()
+    await client.close()
+
+
+async def test_a_half_closed_client_gets_every_pipelined_answer(serve_in_process, reference):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    x1, x2 = features(14), features(15)
+    server.gate.close()
+    client.send(infer(x1) + infer(x2))
+    client.writer.write_eof()
+    await server.gate.wait_entered()
+    (connection,) = server.state.connections
+    # The server has seen the half-close: no clock decides the order.
+    await until(lambda: connection.client_done_sending)
+    server.gate.open()
+
+    first = await client.answer("POST")
+    assert_inferred(first, x1, reference)
+    assert "connection" not in first.headers  # the second is still owed
+    last = await client.answer("POST")
+    assert_inferred(last, x2, reference)
+    assert last.headers["connection"] == "close"
+    assert await client.closed_by_server()
+    await client.close()
+
+
+async def test_a_client_gone_while_its_request_computes_costs_nobody_else(serve_in_process, reference):
+    server = await serve_in_process("mlp")
+    gone = await Client.connect(server)
+    server.gate.close()
+    gone.send(infer(features(10)))
+    await server.gate.wait_entered()
+    await gone.close()
+    server.gate.open()
+
+    client = await Client.connect(server)
+    x = features(11)
+    client.send(infer(x))
+    assert_inferred(await client.answer("POST"), x, reference)
+    client.send(get("/v2/health/live"))
+    assert (await client.answer()).status == 200
+    await client.close()
+
+
+# -- draining and flow control --------------------------------------------------------------------
+
+
+async def test_draining_closes_after_what_has_arrived(serve_in_process):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    server.state.draining = True  # what the drain does first
+    client.send(get("/v2/health/live") + get("/"))
+    first = await client.answer()
+    last = await client.answer(close=True)
+    assert (first.status, first.json()) == (200, {"live": True})
+    assert "connection" not in first.headers
+    assert (last.status, last.json(), last.headers["connection"]) == (200, {"status": "alive"}, "close")
+    assert await client.closed_by_server()
+    await client.close()
+
+
+async def test_many_pipelined_requests_are_all_answered_in_order(serve_in_process):
+    """More than MAX_PENDING (32) requests, and more bytes than one read takes (asyncio reads 256 KiB at a
+    time): reading pauses and resumes, and nothing is lost or reordered."""
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    paths = {"/v2/health/live": {"live": True}, "/v2/health/ready": {"ready": True}, "/": {"status": "alive"}}
+    order = [list(paths)[index % 3] for index in range(100)]
+    client.send(b"".join(get(path, Padding="p" * 4000) for path in order))
+    for path in order:
+        answer = await client.answer()
+        assert (answer.status, answer.json()) == (200, paths[path])
+    assert client.kept_alive
+    await client.close()
