@@ -4,7 +4,8 @@ Each of ``--concurrency`` keep-alive connections sends the same pre-built reques
 and sends again. Responses are parsed with httptools (the C parser uvicorn uses). After ``--warmup``
 seconds it measures for ``--duration`` seconds: requests/s, latency percentiles, and (with
 ``--server-pid``) the server's CPU-seconds over exactly that window, read from /proc for its process tree.
-Prints one JSON object. Targets 127.0.0.1 only.
+With ``--processes N`` the connections are shared between N processes, for a server faster than one
+core of Python can drive (``workers`` on many cores). Prints one JSON object. Targets 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -55,24 +57,26 @@ class Connection(asyncio.Protocol):
         return await self.done
 
 
-async def run(args: argparse.Namespace, body: bytes) -> dict:
+def build_request(args: argparse.Namespace, body: bytes) -> tuple[str, int, bytes]:
+    """The host, port and bytes of the one request every connection sends."""
     url = urlsplit(args.url)
     if url.hostname not in ("127.0.0.1", "localhost", "::1"):
         raise SystemExit("the load generator only targets this machine (127.0.0.1)")
     headers = [f"POST {url.path} HTTP/1.1", f"Host: {url.netloc}", f"Content-Length: {len(body)}"]
     headers += [f"{name}: {value}" for name, value in (h.split(":", 1) for h in args.header)]
-    request = ("\r\n".join(headers) + "\r\n\r\n").encode() + body
+    assert url.hostname is not None and url.port is not None
+    return url.hostname, url.port, ("\r\n".join(headers) + "\r\n\r\n").encode() + body
 
+
+async def drive(
+    host: str, port: int, request: bytes, concurrency: int, window_start: float, window_end: float
+) -> tuple[list[float], dict[int, int]]:
+    """``concurrency`` connections in a closed loop until ``window_end``: the latencies and statuses of the
+    requests sent within the window (``time.perf_counter``, which every process of this machine shares)."""
     loop = asyncio.get_running_loop()
-    connections = [
-        (await loop.create_connection(Connection, url.hostname, url.port))[1] for _ in range(args.concurrency)
-    ]
-    started = time.perf_counter()
-    window_start = started + args.warmup
-    window_end = window_start + args.duration
+    connections = [(await loop.create_connection(Connection, host, port))[1] for _ in range(concurrency)]
     latencies: list[float] = []
     statuses: dict[int, int] = {}
-    cpu: dict[str, float] = {}
 
     async def client(connection: Connection) -> None:
         while True:
@@ -85,20 +89,48 @@ async def run(args: argparse.Namespace, body: bytes) -> dict:
                 latencies.append(received - sent)
                 statuses[status] = statuses.get(status, 0) + 1
 
-    async def mark_window() -> None:
-        await asyncio.sleep(args.warmup)
-        if args.server_pid:
-            cpu["start"] = tree_cpu_seconds(args.server_pid)
-        await asyncio.sleep(args.duration)
-        if args.server_pid:
-            cpu["end"] = tree_cpu_seconds(args.server_pid)
-
-    await asyncio.gather(mark_window(), *(client(c) for c in connections))
+    await asyncio.gather(*(client(c) for c in connections))
     for connection in connections:
         assert connection.transport is not None
         connection.transport.close()
+    return latencies, statuses
 
-    latencies.sort()
+
+def _drive_process(
+    host: str, port: int, request: bytes, concurrency: int, window_start: float, window_end: float
+) -> tuple[list[float], dict[int, int]]:
+    return uvloop.run(drive(host, port, request, concurrency, window_start, window_end))
+
+
+def _sleep_until(moment: float) -> None:
+    time.sleep(max(0.0, moment - time.perf_counter()))
+
+
+def run(args: argparse.Namespace, body: bytes) -> dict:
+    host, port, request = build_request(args, body)
+    # The window opens after the warm-up, which also covers starting the processes and opening the connections.
+    window_start = time.perf_counter() + args.warmup
+    window_end = window_start + args.duration
+    shares = [
+        args.concurrency // args.processes + (i < args.concurrency % args.processes) for i in range(args.processes)
+    ]
+    cpu: dict[str, float] = {}
+    with multiprocessing.get_context("fork").Pool(args.processes) as pool:
+        parts = pool.starmap_async(
+            _drive_process, [(host, port, request, share, window_start, window_end) for share in shares if share]
+        )
+        if args.server_pid:
+            _sleep_until(window_start)
+            cpu["start"] = tree_cpu_seconds(args.server_pid)
+            _sleep_until(window_end)
+            cpu["end"] = tree_cpu_seconds(args.server_pid)
+        results = parts.get()
+
+    latencies = sorted(latency for part, _ in results for latency in part)
+    statuses: dict[int, int] = {}
+    for _, part in results:
+        for status, n in part.items():
+            statuses[status] = statuses.get(status, 0) + n
     count = len(latencies)
 
     def percentile(q: float) -> float:
@@ -125,8 +157,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--server-pid", type=int)
+    parser.add_argument(
+        "--processes", type=int, default=1, help="processes sharing the connections, for servers one can't keep busy"
+    )
     args = parser.parse_args()
-    print(json.dumps(uvloop.run(run(args, Path(args.body).read_bytes()))))
+    print(json.dumps(run(args, Path(args.body).read_bytes())))
 
 
 if __name__ == "__main__":

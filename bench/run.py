@@ -95,13 +95,15 @@ def drive(
     seconds: float,
     body_file: Path,
     cpus: set[int] | None = None,
+    processes: int = 1,
 ) -> dict:
-    """bench/loadgen.py against ``server`` (pinned to ``cpus``, if given): its result, every answer a 200."""
+    """bench/loadgen.py against ``server`` (pinned to ``cpus``, if given, in ``processes``): its result, every answer
+    a 200."""
     body_file.write_bytes(payload.body)
     command = [
         sys.executable, str(LOADGEN), "--url", f"{server.url}/v2/models/{server.model_name}/infer",
         "--body", str(body_file), "--concurrency", str(concurrency), "--warmup", "1", "--duration", str(seconds),
-        "--server-pid", str(server.pid),
+        "--server-pid", str(server.pid), "--processes", str(processes),
     ]  # fmt: skip
     for name, value in payload.headers.items():
         command += ["--header", f"{name}: {value}"]

@@ -1,7 +1,9 @@
 """Issue 11's last floor: a pod with more cores serves proportionally more (``workers``).
 
 The runtime runs with 1, 2, 4, ... workers, pinned to as many CPUs, while the load generator runs pinned to CPUs
-of its own, so that the server's share is what grows. That needs at least twice the CPUs of the largest point:
+of its own (in as many processes as there are workers, up to its CPUs), so that the server's share is what grows.
+Each worker gets the load one worker gets alone: 32 connections per worker, so that N workers' batchers fill as one
+worker's does. That needs at least twice the CPUs of the largest point:
 on a 2-core machine only the one-worker point fits, and the floor is reported as not measured. Beside it, the
 runtime with 1 and with 2 workers on all the cores, shared with the load generator, as ``make bench`` runs
 everything else.
@@ -47,23 +49,24 @@ def measure_scaling(
     available = cpus()
     for workers in pinned_points(len(available)):
         server_cpus, loadgen_cpus = set(available[:workers]), set(available[workers:])
+        # The same load per worker as one worker gets: more cores serve more clients, each batcher as full.
+        concurrency, processes = CONCURRENCY * workers, min(workers, len(loadgen_cpus))
         with RunningServer(path, model, workers=workers, cpus=server_cpus) as server:
-            result = drive(server, payload, CONCURRENCY, seconds, work / "body", loadgen_cpus)
-        rows.append(
-            {"workers": workers, "placement": f"pinned: {workers} server, {len(loadgen_cpus)} client", **result}
-        )
+            result = drive(server, payload, concurrency, seconds, work / "body", loadgen_cpus, processes)
+        placement = f"pinned: {workers} server, {len(loadgen_cpus)} client, c={concurrency}"
+        rows.append({"workers": workers, "placement": placement, **result})
         _print(model, rows[-1])
     for workers in (1, 2):
         with RunningServer(path, model, workers=workers) as server:
             result = drive(server, payload, CONCURRENCY, seconds, work / "body")
-        rows.append({"workers": workers, "placement": f"shared: all {len(available)} CPUs", **result})
+        rows.append({"workers": workers, "placement": f"shared: all {len(available)} CPUs, c={CONCURRENCY}", **result})
         _print(model, rows[-1])
     return rows
 
 
 def _print(model: str, row: dict) -> None:
     print(
-        f"scaling {model:4} workers {row['workers']:2} {row['placement']:26} {row['requests_per_second']:9,.0f} req/s "
+        f"scaling {model:4} workers {row['workers']:2} {row['placement']:36} {row['requests_per_second']:9,.0f} req/s "
         f"p50 {row['p50_ms']:7.2f} ms cpu {row['server_cpu_us_per_request']:7,.0f} µs/req",
         flush=True,
     )
@@ -72,7 +75,7 @@ def _print(model: str, row: dict) -> None:
 def scaling_floor(model: str, rows: list[dict]) -> tuple[str, bool | None, str]:
     name = (
         f"{model}: a pod with more cores serves proportionally more "
-        f"(N workers on N cores: at least {SCALING_FLOOR:.0%} of N x one's req/s)"
+        f"(N workers on N cores, {CONCURRENCY} connections each: at least {SCALING_FLOOR:.0%} of N x one's req/s)"
     )
     pinned = [row for row in rows if row["placement"].startswith("pinned")]
     if len(pinned) < 2:
@@ -96,7 +99,7 @@ def scaling_floor(model: str, rows: list[dict]) -> tuple[str, bool | None, str]:
 
 def render_scaling(model: str, rows: list[dict]) -> str:
     lines = [
-        f"| {model}, c={CONCURRENCY} | placement | req/s | p50 ms | server CPU µs/req |",
+        f"| {model} | placement, connections | req/s | p50 ms | server CPU µs/req |",
         "|---:|---|---:|---:|---:|",
     ]
     for row in rows:

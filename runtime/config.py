@@ -97,7 +97,12 @@ class RuntimeSettings(BaseModel):
     )
     cuda_device_id: int = Field(default=0, ge=0, description="GPU to run on")
     cuda_memory_limit_bytes: int = Field(default=0, ge=0, description="CUDA arena limit; 0 means none")
-    intra_op_num_threads: int = Field(default=0, ge=0, description="threads inside one operator; 0: ORT picks")
+    intra_op_num_threads: int = Field(
+        default=0,
+        ge=0,
+        description="threads inside one operator; 0: the CPUs the process may use (affinity, capped by the cgroup's "
+        "CPU quota), shared between the workers",
+    )
     inter_op_num_threads: int = Field(default=0, ge=0, description="threads across operators; 0: ORT picks")
     allow_spinning: bool = Field(
         default=False, description="let ORT's idle threads spin: more CPU per request, sometimes more throughput"

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from kubeserve.runtime.config import RuntimeSettings
+from kubeserve.runtime.cpus import available_cpus
 from kubeserve.runtime.datatypes import BY_ONNX_TYPE
 from kubeserve.runtime.model_metadata import ModelOptimization, read_metadata_props
 from kubeserve.runtime.protocol.errors import BadRequest
@@ -85,7 +86,8 @@ def session_options(settings: RuntimeSettings, optimization: ModelOptimization |
     """``optimization``: what the model file says ``kubeserve-runtime optimize`` did to it (a precompiled graph is
     not optimized again)."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = settings.intra_op_num_threads
+    # 0: the CPUs this process may use, not ORT's own default (the machine's cores, its threads pinned to them).
+    options.intra_op_num_threads = settings.intra_op_num_threads or available_cpus()
     options.inter_op_num_threads = settings.inter_op_num_threads
     level = (optimization or ModelOptimization()).load_level(settings.graph_optimization_level)
     options.graph_optimization_level = ORT_OPTIMIZATION_LEVELS[level]

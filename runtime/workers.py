@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import math
-import os
 import signal
 import time
 from collections.abc import MutableSequence
@@ -32,7 +30,6 @@ from pathlib import Path
 from kubeserve.runtime.config import RuntimeSettings
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own name for it
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 # How often a worker's event loop says it still runs, and the supervisor looks.
 HEARTBEAT_SECONDS = 1.0
@@ -105,25 +102,6 @@ class Heartbeat:
 
 def metrics_dir(run_dir: Path) -> Path:
     return run_dir / "metrics"
-
-
-def available_cpus(cgroup_cpu_max: Path = CGROUP_CPU_MAX) -> int:
-    """CPUs this process may use: its affinity (a container's cpuset), capped by its cgroup's CPU quota (a pod's
-    CPU limit), which the affinity does not show."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    quota = cpu_quota(cgroup_cpu_max)
-    return max(1, min(cpus, math.ceil(quota))) if quota is not None else cpus
-
-
-def cpu_quota(cgroup_cpu_max: Path) -> float | None:
-    """CPUs per second the cgroup (v2) allows, from ``cpu.max`` ("QUOTA PERIOD", or "max PERIOD": none)."""
-    try:
-        quota, period = cgroup_cpu_max.read_text().split()[:2]
-    except (OSError, ValueError):
-        return None
-    if quota == "max":
-        return None
-    return int(quota) / int(period)
 
 
 def worker_settings(settings: RuntimeSettings, cpus: int, port: int) -> RuntimeSettings:

@@ -27,6 +27,7 @@ from pathlib import Path
 from types import FrameType
 
 from kubeserve.runtime.config import RuntimeSettings
+from kubeserve.runtime.cpus import available_cpus
 from kubeserve.runtime.logs import configure_logging
 from kubeserve.runtime.server.exits import listen_failed
 from kubeserve.runtime.workers import (
@@ -35,7 +36,6 @@ from kubeserve.runtime.workers import (
     STOP_SIGNALS,
     WorkerContext,
     WorkerState,
-    available_cpus,
     metrics_dir,
     worker_settings,
 )

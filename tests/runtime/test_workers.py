@@ -8,20 +8,18 @@ import os
 import select
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 from kubeserve.runtime.config import RuntimeSettings
+from kubeserve.runtime.cpus import available_cpus
 from kubeserve.runtime.metrics import ServerMetrics
 from kubeserve.runtime.server.state import LoadedModel, ServerState
 from kubeserve.runtime.statistics import ModelStatistics, merge_model_stats
-from kubeserve.runtime.workers import (
-    WorkerContext,
-    WorkerState,
-    available_cpus,
-    worker_settings,
-)
+from kubeserve.runtime.workers import WorkerContext, WorkerState, worker_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 WORKERS = 2
@@ -224,6 +222,26 @@ def test_a_signal_before_the_workers_load_stops_them_cleanly(start_runtime, sign
     server.signal(signum)
     assert server.wait() == 0
     assert server.wait_for_event("stopping_workers")["signal"] == signal.Signals(signum).name
+
+
+def test_one_server_gives_onnx_runtime_the_cpus_it_may_run_on():
+    """Not ORT's own default, which counts the machine's cores and pins its threads to them, out of a taskset."""
+    code = (
+        "import os; from kubeserve.runtime.config import RuntimeSettings;"
+        "from kubeserve.runtime.model import session_options;"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
+        "print(session_options(RuntimeSettings(model_path='m.onnx', model_name='m')).intra_op_num_threads,"
+        "      session_options(RuntimeSettings(model_path='m.onnx', model_name='m', intra_op_num_threads=3))"
+        "      .intra_op_num_threads)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONSAFEPATH": "1"},
+    )
+    assert result.stdout.split() == ["1", "3"]
 
 
 def test_the_cpus_a_worker_shares_are_capped_by_the_pods_cpu_limit(tmp_path: Path):

@@ -1,0 +1,31 @@
+"""How many CPUs this process may use, which is what ONNX Runtime's threads default to (``intra_op_num_threads``
+0) and what ``workers`` share: its affinity (a container's cpuset), capped by its cgroup's CPU quota (a pod's CPU
+limit), which the affinity does not show. ORT's own default counts the machine's cores instead, and pins its
+threads to them, out of any narrower affinity."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def available_cpus(cgroup_cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """CPUs this process may use: its affinity (a container's cpuset), capped by its cgroup's CPU quota (a pod's
+    CPU limit), which the affinity does not show."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cpu_quota(cgroup_cpu_max)
+    return max(1, min(cpus, math.ceil(quota))) if quota is not None else cpus
+
+
+def cpu_quota(cgroup_cpu_max: Path) -> float | None:
+    """CPUs per second the cgroup (v2) allows, from ``cpu.max`` ("QUOTA PERIOD", or "max PERIOD": none)."""
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return int(quota) / int(period)
