@@ -113,6 +113,11 @@ class ComputeCosts:
             return False
         return self._compute < self._handoff
 
+    @property
+    def cheap(self) -> bool:
+        """Batches cost less on the loop than a hand-off, as last measured (``inline`` without its refresh)."""
+        return self._handed >= self.SAMPLES and self._compute < self._handoff
+
     def computed(self, job: Job, *, inline: bool = False, handed: float = 0.0, back: float = 0.0) -> None:
         """A batch's costs, from its first job's times: its compute, and (handed to a thread) the hand-off."""
         self._compute = self._average(self._compute, job.finished - job.started, self._handed)
@@ -126,7 +131,9 @@ class ComputeCosts:
 
 
 class DynamicBatcher:
-    def __init__(self, run_model: RunModel, policy: BatchPolicy, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, run_model: RunModel, policy: BatchPolicy, metrics: ServerMetrics, costs: ComputeCosts | None = None
+    ) -> None:
         self._run_model = run_model
         self.policy = policy
         self._metrics = metrics
@@ -143,7 +150,8 @@ class DynamicBatcher:
         self._dispatch_scheduled = False
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(policy.instance_count, thread_name_prefix="inference")
-        self._costs = ComputeCosts()
+        self._costs = costs or ComputeCosts()
+        self._queue_depth_changed = metrics.track(metrics.queue_depth, lambda: self._queued)
 
     # -- admission ---------------------------------------------------------------------------------
 
@@ -175,8 +183,13 @@ class DynamicBatcher:
         timeout_microseconds: int | None = None,
         arrived: float | None = None,
         arrived_on_loop: float | None = None,
+        alone: bool = False,
     ) -> tuple[Outputs, Job]:
-        """Queue a request, wait for its batch, and return its rows of the outputs (with its timings)."""
+        """Queue a request, wait for its batch, and return its rows of the outputs (with its timings).
+
+        ``alone``: no other request has arrived that could join its batch (the server knows what it has read);
+        then, with nothing queued or computing, no window, and a model cheap enough to run on the loop, it is
+        computed at once, without a trip through the queue: the batch of one it would leave in anyway."""
         rows, shape_key = self.batch_shape(feeds)
         now = time.perf_counter()
         now_on_loop = self._loop.time()
@@ -192,6 +205,8 @@ class DynamicBatcher:
             future=self._loop.create_future(),
             queued=now,
         )
+        if alone and not self._queued and not self._computing and not self._delay and self._costs.cheap:
+            return self._compute_alone(job), job
         self._admit(job)
         try:
             return await job.future, job
@@ -210,7 +225,7 @@ class DynamicBatcher:
             bisect.insort(self._level_order, job.priority)
         level.append(job)
         self._queued += 1
-        self._metrics.queue_depth.set(self._queued)
+        self._queue_depth_changed()
         if job.deadline is not None:
             job.timer = self._loop.call_at(job.deadline, self._expire, job)
         # Dispatch at the end of this loop iteration, not now: requests read from the same poll of the
@@ -228,7 +243,7 @@ class DynamicBatcher:
         if job.timer is not None:
             job.timer.cancel()
         self._queued -= 1
-        self._metrics.queue_depth.set(self._queued)
+        self._queue_depth_changed()
         if not self._queued:
             # Whatever the deques still hold left early (expired, abandoned): drop it with its tensors.
             self._levels.clear()
@@ -332,7 +347,6 @@ class DynamicBatcher:
         for job in batch:
             self._leave_queue(job)
             job.state = JobState.COMPUTING
-        self._metrics.batch_size.observe(sum(job.rows for job in batch))
         self._computing += 1
         wanted = [job.output_names for job in batch]
         names = None if None in wanted else sorted(frozenset().union(*wanted))
@@ -351,6 +365,22 @@ class DynamicBatcher:
         handed = time.perf_counter()
         future = self._loop.run_in_executor(self._executor, self._compute, batch, names)
         future.add_done_callback(lambda done: self._handed_back(batch, done, handed))
+
+    def _compute_alone(self, job: Job) -> Outputs:
+        """``job`` as a batch of its own, on the loop, now (``infer``'s ``alone``)."""
+        if self._closed:
+            raise Rejected(Rejection.DRAINING)
+        job.state = JobState.COMPUTING
+        self._computing += 1
+        done: asyncio.Future[list[Outputs]] = self._loop.create_future()
+        try:
+            done.set_result(self._compute([job], sorted(job.output_names) if job.output_names is not None else None))
+        except Exception as error:
+            done.set_exception(error)
+        else:
+            self._costs.computed(job, inline=True)
+        self._finish([job], done, dispatch=False)
+        return job.future.result()
 
     def _handed_back(self, batch: list[Job], done: asyncio.Future[list[Outputs]], handed: float) -> None:
         if not done.cancelled() and done.exception() is None:
@@ -394,23 +424,14 @@ class DynamicBatcher:
 
     def _finish(self, batch: list[Job], done: asyncio.Future[list[Outputs]], *, dispatch: bool = True) -> None:
         self._computing -= 1
-        for job in batch:
-            if job.started:
-                self._metrics.queue_delay.observe(job.started - job.arrived)
         failure: Exception | None = None
         if done.cancelled():  # close() let the worker threads go before this batch started
             failure = Rejected(Rejection.DRAINING)
         elif (error := done.exception()) is not None:
             log.error("inference failed", extra={"event": "inference_failed", "error": str(error)})
             failure = error if isinstance(error, InternalError) else InternalError(f"inference failed: {error}")
-        else:
-            first = batch[0]
-            self._metrics.statistics.batch_computed(
-                sum(job.rows for job in batch),
-                first.inferring - first.started,
-                first.inferred - first.inferring,
-                first.finished - first.inferred,
-            )
+        # Recorded once the answers are on their way: bookkeeping is no part of anyone's latency.
+        self._loop.call_soon(self._record, batch, failure is None)
         for index, job in enumerate(batch):
             job.state = JobState.DONE
             if job.future.done():
@@ -421,6 +442,20 @@ class DynamicBatcher:
                 job.future.set_result(done.result()[index])
         if dispatch:
             self._dispatch()
+
+    def _record(self, batch: list[Job], computed: bool) -> None:
+        self._metrics.batch_size.observe(sum(job.rows for job in batch))
+        for job in batch:
+            if job.started:
+                self._metrics.queue_delay.observe(job.started - job.arrived)
+        if computed:
+            first = batch[0]
+            self._metrics.statistics.batch_computed(
+                sum(job.rows for job in batch),
+                first.inferring - first.started,
+                first.inferred - first.inferring,
+                first.finished - first.inferred,
+            )
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

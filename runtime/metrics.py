@@ -9,6 +9,7 @@ ignored with one process.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from kubeserve.runtime.rejection import Rejection
@@ -34,6 +35,7 @@ class ServerMetrics:
         self.registry = registry or CollectorRegistry()
         # What /metrics serves: this process's registry, or every worker's values summed.
         self.exposition = self.registry
+        self.multiprocess = multiprocess_dir is not None
         if multiprocess_dir is not None:
             self.exposition = CollectorRegistry()
             MultiProcessCollector(self.exposition, path=str(multiprocess_dir))
@@ -110,8 +112,22 @@ class ServerMetrics:
         self._codes: dict[int, Counter] = {}
         self.rejected = {reason: self._rejected.labels(**labels, reason=reason) for reason in Rejection}
 
+    def track(self, gauge: Gauge, read: Callable[[], float]) -> Callable[[], None]:
+        """Keep ``gauge`` equal to ``read()``, a count the server keeps anyway; returns what to call when it changes.
+
+        Alone in its process the gauge reads the count when scraped, so a change costs nothing; a worker writes it
+        on every change, as its value lives in a file the scrape sums (``set_function`` is one process's)."""
+        if self.multiprocess:
+            return lambda: gauge.set(read())
+        gauge.set_function(read)
+        return _unchanged
+
     def answered(self, status: int) -> None:
         counter = self._codes.get(status)
         if counter is None:
             counter = self._codes[status] = self._requests.labels(**self._labels, code=str(status))
         counter.inc()
+
+
+def _unchanged() -> None:
+    """The gauge reads its count when scraped."""

@@ -38,7 +38,16 @@ class Application:
         """Answers close their connections, so that clients reconnect to a pod that stays."""
         return self.state.draining
 
+    def received(self) -> None:
+        """A request has been read whole from its connection; ``handle`` will start it."""
+        self.state.arriving += 1
+
+    def dropped(self, count: int) -> None:
+        """``count`` requests read whole will never be handled: their connection closed first."""
+        self.state.arriving -= count
+
     async def handle(self, request: Request) -> Response:
+        self.state.arriving -= 1
         started = time.perf_counter() if self.access_log else 0.0
         try:
             handler = self.router.resolve(request)

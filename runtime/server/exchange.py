@@ -18,12 +18,15 @@ from types import TracebackType
 
 import numpy as np
 from kubeserve.runtime.batcher import DynamicBatcher, Job, Outputs
+from kubeserve.runtime.metrics import STAGES
 from kubeserve.runtime.protocol.errors import InferenceError, NotFound, Unavailable
 from kubeserve.runtime.rejection import Rejected, Rejection
 from kubeserve.runtime.server.codings import accepted_coding, inflate
 from kubeserve.runtime.server.messages import Request, Response
 from kubeserve.runtime.server.rejections import unavailable
 from kubeserve.runtime.server.state import ServerState
+
+SERVER_TIMING = ", ".join(f"{stage};dur={{:.3f}}" for stage in STAGES)  # milliseconds, as the header has them
 
 
 class Exchange:
@@ -86,6 +89,7 @@ class Exchange:
                 timeout_microseconds=timeout_microseconds,
                 arrived=self.arrived,
                 arrived_on_loop=self.arrived_on_loop,
+                alone=not self._state.arriving,
             )
         except Rejected as rejected:
             raise unavailable(rejected) from None
@@ -96,30 +100,36 @@ class Exchange:
         done = time.perf_counter()
         job = self.job
         assert job is not None, "respond() follows compute()"
+        # In STAGES' order: deserialize, queue, compute, serialize, total.
         stages = (
-            ("deserialize", self.deserialized_at - self.arrived),
-            ("queue", job.started - job.queued),
-            ("compute", job.finished - job.started),
-            ("serialize", done - self.resumed_at),
-            ("total", done - self.arrived),
+            self.deserialized_at - self.arrived,
+            job.started - job.queued,
+            job.finished - job.started,
+            done - self.resumed_at,
+            done - self.arrived,
         )
-        metrics = self._state.metrics
-        for stage, seconds in stages:
-            metrics.stage[stage].observe(seconds)
-        metrics.answered(200)
-        metrics.statistics.request_succeeded(
-            job.rows,
-            total=done - self.arrived,
-            queue=job.started - job.queued,
-            compute_input=job.inferring - job.started,
-            compute_infer=job.inferred - job.inferring,
-            compute_output=job.finished - job.inferred,
-        )
-        timing = ", ".join(f"{stage};dur={seconds * 1e3:.3f}" for stage, seconds in stages)
-        response = Response(
-            body, 200, content_type, {"Server-Timing": timing, **headers} if headers else {"Server-Timing": timing}
-        )
+        # Recorded once the answer is on its way: bookkeeping is no part of the client's latency.
+        asyncio.get_running_loop().call_soon(self._record, job, stages)
+        timing = SERVER_TIMING.format(*(seconds * 1e3 for seconds in stages))
+        response_headers = {"Server-Timing": timing}
+        if headers:
+            response_headers.update(headers)
+        response = Response(body, 200, content_type, response_headers)
         accept = self._request.headers.get("accept-encoding")
         if accept is not None:
             response.coding = accepted_coding(accept)
         return response
+
+    def _record(self, job: Job, stages: tuple[float, ...]) -> None:
+        metrics = self._state.metrics
+        for histogram, seconds in zip(metrics.stage.values(), stages, strict=True):
+            histogram.observe(seconds)
+        metrics.answered(200)
+        metrics.statistics.request_succeeded(
+            job.rows,
+            total=stages[-1],
+            queue=stages[1],
+            compute_input=job.inferring - job.started,
+            compute_infer=job.inferred - job.inferring,
+            compute_output=job.finished - job.inferred,
+        )

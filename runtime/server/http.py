@@ -202,6 +202,7 @@ class HttpConnection(TrackedConnection):
             version=parser.get_http_version(),
         )
         self._body = []
+        self._app.received()
         self._enqueue(request)
 
     # -- answering ----------------------------------------------------------------------------------
@@ -292,6 +293,8 @@ class HttpConnection(TrackedConnection):
 
     def _close(self) -> None:
         self._closing = True
-        self.in_flight -= len(self._pending)  # sent after the client or the server said close: never answered
+        # Sent after the client or the server said close: never answered.
+        self.in_flight -= len(self._pending)
+        self._app.dropped(sum(isinstance(item, Request) for item in self._pending))
         self._pending.clear()
         self.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kubeserve.runtime.batcher import BatchPolicy, DynamicBatcher
@@ -36,12 +37,16 @@ class ServerState:
     accepted: int = 0
     answered: int = 0
     refused: int = 0
+    # Requests read whole from their connections whose handling has not begun: what could still join a batch.
+    arriving: int = 0
     connections: ConnectionTracker = field(default_factory=ConnectionTracker)
     worker: WorkerContext | None = None  # one of several server processes in the pod; None when alone
     _quiet: asyncio.Event = field(default_factory=asyncio.Event)
+    _in_flight_changed: Callable[[], None] = field(init=False)
 
     def __post_init__(self) -> None:
         self._quiet.set()
+        self._in_flight_changed = self.metrics.track(self.metrics.in_flight, lambda: self.in_flight)
 
     @property
     def serving(self) -> bool:
@@ -113,13 +118,13 @@ class ServerState:
         self.accepted += 1
         self.in_flight += 1
         self._quiet.clear()
-        self.metrics.in_flight.set(self.in_flight)
+        self._in_flight_changed()
 
     def request_finished(self, answered: bool, refused: bool) -> None:
         self.answered += answered
         self.refused += refused
         self.in_flight -= 1
-        self.metrics.in_flight.set(self.in_flight)
+        self._in_flight_changed()
         if not self.in_flight:
             self._quiet.set()
 

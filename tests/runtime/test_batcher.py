@@ -10,10 +10,11 @@ import asyncio
 import gc
 import random
 import weakref
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from kubeserve.runtime.batcher import BatchPolicy, DynamicBatcher
+from kubeserve.runtime.batcher import BatchPolicy, ComputeCosts, DynamicBatcher
 from kubeserve.runtime.metrics import ServerMetrics
 from kubeserve.runtime.protocol.errors import BadRequest, InternalError
 from kubeserve.runtime.rejection import Rejected, Rejection
@@ -23,9 +24,20 @@ def double(feeds, names):
     return {"y": feeds["x"] * 2}
 
 
-def batcher_for(gate, run=double, **policy) -> DynamicBatcher:
+def batcher_for(gate, run=double, costs: ComputeCosts | None = None, **policy) -> DynamicBatcher:
     policy = {"max_batch_size": 8, **policy}
-    return DynamicBatcher(gate.wrap(run), BatchPolicy(**policy), ServerMetrics("m", "1"))
+    return DynamicBatcher(gate.wrap(run), BatchPolicy(**policy), ServerMetrics("m", "1"), costs)
+
+
+def measured_cheap() -> ComputeCosts:
+    """Costs as measured for a model whose batches compute in less than a thread hand-off takes."""
+    costs = ComputeCosts()
+    for _ in range(ComputeCosts.SAMPLES):
+        costs.computed(
+            SimpleNamespace(started=10.0, finished=10.000005), handed=10.0 - 0.00003, back=10.000005 + 0.00003
+        )
+    assert costs.cheap
+    return costs
 
 
 def rows(count: int, value: float = 1.0, width: int = 2) -> dict[str, np.ndarray]:
@@ -373,4 +385,43 @@ async def test_no_request_waits_past_its_window_or_deadline_while_an_instance_is
     assert late == []
     assert len(results) == len(calls)
     assert all(isinstance(r, dict) or (isinstance(r, Rejected) and r.reason is not Rejection.DRAINING) for r in results)
+    batcher.close()
+
+
+async def test_a_request_alone_on_a_cheap_model_is_computed_without_a_trip_through_the_loop(gate):
+    """What the server knows (no other request read and waiting) lets the lone request skip the queue: it is
+    answered within the caller's step of the loop, where it would otherwise wait for the loop's next turn."""
+    batcher = batcher_for(gate, costs=measured_cheap())
+    loop = asyncio.get_running_loop()
+    turned: list[str] = []
+    loop.call_soon(turned.append, "alone")
+    outputs = await infer(batcher, rows(1, 2.0), alone=True)
+    assert turned == []
+    np.testing.assert_array_equal(outputs["y"], np.full((1, 2), 4.0))
+    assert gate.batch_rows == [1]
+    await asyncio.sleep(0)
+
+    loop.call_soon(turned.append, "not alone")
+    await infer(batcher, rows(1), alone=False)  # another request may be on its way: it goes through the queue
+    assert turned == ["alone", "not alone"]
+    batcher.close()
+
+
+async def test_a_request_alone_still_joins_what_is_queued(gate):
+    batcher = batcher_for(gate, costs=measured_cheap())
+    queued = asyncio.create_task(infer(batcher, rows(1, 1.0)))
+    await asyncio.sleep(0)  # queued, its batch not dispatched yet
+    alone = await infer(batcher, rows(1, 3.0), alone=True)
+    np.testing.assert_array_equal(alone["y"], np.full((1, 2), 6.0))
+    np.testing.assert_array_equal((await queued)["y"], np.full((1, 2), 2.0))
+    assert gate.batch_rows == [2]
+    batcher.close()
+
+
+async def test_a_request_alone_on_an_expensive_model_goes_through_the_queue(gate):
+    batcher = batcher_for(gate)  # nothing measured yet: batches go to the worker threads
+    turned: list[str] = []
+    asyncio.get_running_loop().call_soon(turned.append, "loop turned")
+    await infer(batcher, rows(1), alone=True)
+    assert turned == ["loop turned"]
     batcher.close()

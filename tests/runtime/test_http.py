@@ -218,6 +218,27 @@ async def test_connection_close_from_the_client_is_honoured(serve_in_process):
     await client.close()
 
 
+async def test_requests_sent_after_a_close_are_dropped_and_forgotten(serve_in_process, reference):
+    """A request pipelined behind ``Connection: close`` is never answered; nor may the server go on counting
+    it as on its way (a lone request would then never be computed at once: ``DynamicBatcher.infer``)."""
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    x = features(3)
+    client.send(get("/v2/health/live", Connection="close") + infer(x))
+    answer = await client.answer(close=True)
+    assert (answer.status, answer.headers["connection"]) == (200, "close")
+    assert await client.closed_by_server()
+    await client.close()
+    await until(lambda: len(server.state.connections) == 0)
+    assert server.state.arriving == 0
+    assert server.state.accepted == 0  # the inference request never started
+
+    again = await Client.connect(server)
+    again.send(infer(x))
+    assert_inferred(await again.answer("POST"), x, reference)
+    await again.close()
+
+
 async def test_http10_closes_unless_asked_to_keep_alive(serve_in_process):
     server = await serve_in_process("mlp")
     client = await Client.connect(server)
