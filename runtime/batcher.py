@@ -151,7 +151,7 @@ class DynamicBatcher:
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(policy.instance_count, thread_name_prefix="inference")
         self._costs = costs or ComputeCosts()
-        self._queue_depth_changed = metrics.track(metrics.queue_depth, lambda: self._queued)
+        metrics.track(metrics.queue_depth, lambda: self._queued)
 
     # -- admission ---------------------------------------------------------------------------------
 
@@ -225,7 +225,6 @@ class DynamicBatcher:
             bisect.insort(self._level_order, job.priority)
         level.append(job)
         self._queued += 1
-        self._queue_depth_changed()
         if job.deadline is not None:
             job.timer = self._loop.call_at(job.deadline, self._expire, job)
         # Dispatch at the end of this loop iteration, not now: requests read from the same poll of the
@@ -243,7 +242,6 @@ class DynamicBatcher:
         if job.timer is not None:
             job.timer.cancel()
         self._queued -= 1
-        self._queue_depth_changed()
         if not self._queued:
             # Whatever the deques still hold left early (expired, abandoned): drop it with its tensors.
             self._levels.clear()

@@ -6,7 +6,7 @@ them. What a user sees per pod stays per pod:
 
 - readiness: a worker answers ready only when every worker is (the kubelet probes whichever one its connection
   lands on, and so would the clients), through a shared array of worker states;
-- ``/metrics``: prometheus-client's multiprocess mode, one exposition summed over the workers;
+- ``/metrics``: the answering worker merges every worker's exposition, each read over its own Unix socket;
 - Triton's statistics: the answering worker sums every worker's, each read over its own Unix socket;
 - the drain: SIGTERM to the supervisor is SIGTERM to every worker, and each drains its own connections.
 
@@ -29,7 +29,6 @@ from pathlib import Path
 
 from kubeserve.runtime.config import RuntimeSettings
 
-METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own name for it
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 # How often a worker's event loop says it still runs, and the supervisor looks.
 HEARTBEAT_SECONDS = 1.0
@@ -98,10 +97,6 @@ class Heartbeat:
     def stop(self) -> None:
         if self._next is not None:
             self._next.cancel()
-
-
-def metrics_dir(run_dir: Path) -> Path:
-    return run_dir / "metrics"
 
 
 def worker_settings(settings: RuntimeSettings, cpus: int, port: int) -> RuntimeSettings:

@@ -33,7 +33,7 @@ from kubeserve.runtime.server.exits import EXIT_MODEL_LOAD_FAILED, EXIT_OK, list
 from kubeserve.runtime.server.peers import answer_peers
 from kubeserve.runtime.server.state import LoadedModel, ServerState
 from kubeserve.runtime.termination import write_termination_message
-from kubeserve.runtime.workers import STOP_SIGNALS, Heartbeat, WorkerContext, metrics_dir
+from kubeserve.runtime.workers import STOP_SIGNALS, Heartbeat, WorkerContext
 
 log = logging.getLogger("kubeserve.runtime")
 
@@ -59,8 +59,7 @@ def run_server(settings: RuntimeSettings, worker: WorkerContext | None = None) -
 
 
 async def _serve(settings: RuntimeSettings, worker: WorkerContext | None) -> int:
-    shared_metrics = metrics_dir(worker.run_dir) if worker is not None else None
-    metrics = ServerMetrics(settings.model_name, settings.model_version, multiprocess_dir=shared_metrics)
+    metrics = ServerMetrics(settings.model_name, settings.model_version)
     state = ServerState(settings, metrics, worker=worker)
     # Signals first: a worker starts with them blocked (server.supervisor), and takes them from here on.
     stop = asyncio.Event()

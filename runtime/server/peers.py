@@ -1,12 +1,14 @@
-"""How the workers of one pod read each other's statistics: each answers ``GET /stats`` on a Unix socket of its
-own in the pod's run directory, and the worker a client asked sums them (Triton's statistics are per model, not
-per process)."""
+"""How the workers of one pod read each other's statistics and metrics: each answers ``GET /stats`` and
+``GET /metrics`` on a Unix socket of its own in the pod's run directory, and the worker a client asked makes them
+one (Triton's statistics are per model, and Prometheus scrapes a pod, not a process)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import orjson
+from kubeserve.runtime.metrics import merge_expositions
 from kubeserve.runtime.protocol.errors import InternalError
 from kubeserve.runtime.server.application import Application
 from kubeserve.runtime.server.connections import ConnectionTracker
@@ -15,6 +17,7 @@ from kubeserve.runtime.server.responses import json_response
 from kubeserve.runtime.server.router import Router
 from kubeserve.runtime.server.state import ServerState
 from kubeserve.runtime.statistics import merge_model_stats
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 PEER_TIMEOUT_SECONDS = 5.0
 
@@ -24,21 +27,31 @@ def own_statistics(state: ServerState) -> dict[str, Any]:
     return state.metrics.statistics.as_json(settings.model_name, settings.model_version)
 
 
+def own_exposition(state: ServerState) -> str:
+    """This process's metrics as Prometheus text."""
+    return generate_latest(state.metrics.registry).decode()
+
+
 async def _statistics(state: ServerState, request: Request) -> Response:
     return json_response(own_statistics(state))
 
 
+async def _exposition(state: ServerState, request: Request) -> Response:
+    return Response(own_exposition(state).encode(), content_type=CONTENT_TYPE_LATEST)
+
+
 async def answer_peers(state: ServerState) -> asyncio.Server:
-    """Serve this worker's statistics on its socket; the caller closes the server."""
+    """Serve this worker's statistics and metrics on its socket; the caller closes the server."""
     assert state.worker is not None
     router = Router()
     router.get("/stats", _statistics)
+    router.get("/metrics", _exposition)
     return await Application(state, router, ConnectionTracker()).listen_unix(
         str(state.worker.socket_path(state.worker.index))
     )
 
 
-async def _peer_statistics(state: ServerState, index: int) -> dict[str, Any]:
+async def _ask_peer(state: ServerState, index: int, path: str, what: str) -> bytes:
     import aiohttp  # its client; a server without workers never needs it
 
     assert state.worker is not None
@@ -47,13 +60,13 @@ async def _peer_statistics(state: ServerState, index: int) -> dict[str, Any]:
     try:
         async with (
             aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-            session.get("http://worker/stats") as response,
+            session.get(f"http://worker{path}") as response,
         ):
             response.raise_for_status()
-            return await response.json()
+            return await response.read()
     except (aiohttp.ClientError, TimeoutError) as error:
         reason = str(error) or type(error).__name__  # a TimeoutError says nothing of itself
-        raise InternalError(f"worker {index} did not report its statistics: {reason}") from error
+        raise InternalError(f"worker {index} did not report its {what}: {reason}") from error
 
 
 async def pod_statistics(state: ServerState) -> dict[str, Any]:
@@ -61,5 +74,13 @@ async def pod_statistics(state: ServerState) -> dict[str, Any]:
     own = own_statistics(state)
     if state.worker is None:
         return own
-    peers = await asyncio.gather(*(_peer_statistics(state, index) for index in state.worker.peers))
-    return merge_model_stats([own, *peers])
+    peers = await asyncio.gather(*(_ask_peer(state, i, "/stats", "statistics") for i in state.worker.peers))
+    return merge_model_stats([own, *(orjson.loads(peer) for peer in peers)])
+
+
+async def pod_metrics(state: ServerState) -> CollectorRegistry:
+    """The pod's metrics: this process's registry, or every worker's merged (``metrics.merge_expositions``)."""
+    if state.worker is None:
+        return state.metrics.registry
+    peers = await asyncio.gather(*(_ask_peer(state, i, "/metrics", "metrics") for i in state.worker.peers))
+    return merge_expositions([own_exposition(state), *(peer.decode() for peer in peers)])

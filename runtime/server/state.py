@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kubeserve.runtime.batcher import BatchPolicy, DynamicBatcher
@@ -42,11 +41,10 @@ class ServerState:
     connections: ConnectionTracker = field(default_factory=ConnectionTracker)
     worker: WorkerContext | None = None  # one of several server processes in the pod; None when alone
     _quiet: asyncio.Event = field(default_factory=asyncio.Event)
-    _in_flight_changed: Callable[[], None] = field(init=False)
 
     def __post_init__(self) -> None:
         self._quiet.set()
-        self._in_flight_changed = self.metrics.track(self.metrics.in_flight, lambda: self.in_flight)
+        self.metrics.track(self.metrics.in_flight, lambda: self.in_flight)
 
     @property
     def serving(self) -> bool:
@@ -118,13 +116,11 @@ class ServerState:
         self.accepted += 1
         self.in_flight += 1
         self._quiet.clear()
-        self._in_flight_changed()
 
     def request_finished(self, answered: bool, refused: bool) -> None:
         self.answered += answered
         self.refused += refused
         self.in_flight -= 1
-        self._in_flight_changed()
         if not self.in_flight:
             self._quiet.set()
 

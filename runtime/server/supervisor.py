@@ -32,11 +32,9 @@ from kubeserve.runtime.logs import configure_logging
 from kubeserve.runtime.server.exits import listen_failed
 from kubeserve.runtime.workers import (
     HEARTBEAT_SECONDS,
-    METRICS_DIR_ENV,
     STOP_SIGNALS,
     WorkerContext,
     WorkerState,
-    metrics_dir,
     worker_settings,
 )
 
@@ -68,13 +66,11 @@ class Supervisor:
         except OSError as error:
             return listen_failed(settings, error)
         port = reserved.getsockname()[1]
-        # One directory per port, emptied first: what a killed supervisor left there (the pod's /tmp outlives a
-        # container restart) would otherwise count in the new workers' metrics.
+        # One directory per port (the workers' sockets), emptied first: a killed supervisor's leftovers (the pod's
+        # /tmp outlives a container restart) would stop the new workers from listening there.
         run_dir = Path(tempfile.gettempdir()) / f"kubeserve-{port}"
         shutil.rmtree(run_dir, ignore_errors=True)
-        metrics_dir(run_dir).mkdir(parents=True)
-        # prometheus-client reads it when a worker imports it: each worker's values go to files there.
-        os.environ[METRICS_DIR_ENV] = str(metrics_dir(run_dir))
+        run_dir.mkdir(parents=True)
         try:
             return self._supervise(run_dir, port)
         finally:
@@ -121,7 +117,7 @@ class Supervisor:
                 if worker.sentinel in exited:
                     del running[index]
                     states[index] = WorkerState.FAILED
-                    exit_code = exit_code or self._reap(worker, run_dir)
+                    exit_code = exit_code or self._reap(worker)
                 elif self._stalled(heartbeats[index]):
                     log.error(
                         "a worker's event loop stopped running; killing it",
@@ -131,13 +127,12 @@ class Supervisor:
         log.info("stopped", extra={"event": "stopped", "exit_code": exit_code, "workers": settings.workers})
         return exit_code
 
-    def _reap(self, worker: BaseProcess, run_dir: Path) -> int:
+    def _reap(self, worker: BaseProcess) -> int:
         """An exited worker's exit code; the others are stopped if it went on its own."""
         worker.join()
         code = _exit_code(worker)
         if self.stopping and code == SIGNAL_EXIT_BASE + signal.SIGTERM:
             code = 0  # told to stop before it could take the signal itself: nothing was accepted yet
-        _forget(worker, run_dir)
         log.info("worker exited", extra={"event": "worker_exited", "pid": worker.pid, "exit_code": code})
         if not self.stopping:
             log.warning(
@@ -193,14 +188,6 @@ def _signal(worker: BaseProcess, signum: int) -> None:
 def _exit_code(worker: BaseProcess) -> int:
     code = worker.exitcode or 0
     return SIGNAL_EXIT_BASE - code if code < 0 else code
-
-
-def _forget(worker: BaseProcess, run_dir: Path) -> None:
-    """Drop an exited worker's live gauges (in-flight, queue depth, readiness) from the pod's sums."""
-    from prometheus_client import multiprocess
-
-    if worker.pid is not None:
-        multiprocess.mark_process_dead(worker.pid, str(metrics_dir(run_dir)))
 
 
 def _worker_main(settings: RuntimeSettings, worker: WorkerContext, supervisor_pid: int) -> None:

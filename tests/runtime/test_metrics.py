@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -92,3 +93,46 @@ def test_model_gauges_are_set_once_loaded(mlp_server):
     samples = _samples(requests.get(f"{mlp_server.url}/metrics").text)
     assert _value(samples, "kubeserve_model_ready") == 1
     assert _value(samples, "kubeserve_model_load_seconds") > 0
+
+
+LE = ("0.0025", "0.005", "0.01", "+Inf")
+
+
+def test_workers_metrics_merge_into_the_pods():
+    """Each worker keeps its own values; the pod's are their sum, except the gauges that say otherwise: ready when
+    every worker is, loaded when the slowest has."""
+    from kubeserve.runtime.metrics import ServerMetrics, merge_expositions
+    from prometheus_client import generate_latest
+
+    workers = [ServerMetrics("m", "1") for _ in range(3)]
+    for index, metrics in enumerate(workers):
+        for _ in range(index + 1):
+            metrics.answered(200)
+            metrics.stage["total"].observe(0.002 * (index + 1))
+        metrics.answered(503)
+        metrics.model_ready.set(0 if index == 2 else 1)
+        metrics.model_load_seconds.set(1.5 + index)
+        metrics.track(metrics.in_flight, lambda index=index: index)
+    merged = merge_expositions([generate_latest(metrics.registry).decode() for metrics in workers])
+    text = generate_latest(merged).decode()
+
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted({"model": "m", "version": "1", **labels}.items())))]
+
+    assert value("kubeserve_requests_total", code="200") == 6
+    assert value("kubeserve_requests_total", code="503") == 3
+    assert value("kubeserve_request_duration_seconds_count", stage="total") == 6
+    assert value("kubeserve_request_duration_seconds_sum", stage="total") == pytest.approx(0.002 + 0.008 + 0.018)
+    buckets = [value("kubeserve_request_duration_seconds_bucket", stage="total", le=le) for le in LE]
+    assert buckets == [1, 3, 6, 6]
+    assert value("kubeserve_requests_in_flight") == 0 + 1 + 2
+    assert value("kubeserve_model_ready") == 0
+    assert value("kubeserve_model_load_seconds") == 3.5
+    assert "# TYPE kubeserve_requests_total counter" in text
+    assert "# TYPE kubeserve_request_duration_seconds histogram" in text
