@@ -555,3 +555,29 @@ async def test_many_pipelined_requests_are_all_answered_in_order(serve_in_proces
         assert (answer.status, answer.json()) == (200, paths[path])
     assert client.kept_alive
     await client.close()
+
+
+async def test_the_access_log_has_one_line_per_request_when_asked(serve_in_process, caplog):
+    server = await serve_in_process("mlp", access_log=True)
+    client = await Client.connect(server)
+    with caplog.at_level("INFO", logger="kubeserve.access"):
+        client.send(get("/v2/health/live") + get("/nowhere"))
+        assert (await client.answer()).status == 200
+        assert (await client.answer()).status == 404
+    await client.close()
+    lines = [record for record in caplog.records if record.name == "kubeserve.access"]
+    assert [(r.event, r.method, r.path, r.status) for r in lines] == [  # type: ignore[attr-defined]
+        ("request", "GET", "/v2/health/live", 200),
+        ("request", "GET", "/nowhere", 404),
+    ]
+    assert all(r.bytes > 0 and r.seconds >= 0 for r in lines)  # type: ignore[attr-defined]
+
+
+async def test_no_access_log_unless_asked(serve_in_process, caplog):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    with caplog.at_level("INFO", logger="kubeserve.access"):
+        client.send(get("/v2/health/live"))
+        assert (await client.answer()).status == 200
+    await client.close()
+    assert not [record for record in caplog.records if record.name == "kubeserve.access"]
