@@ -126,20 +126,21 @@ class MergedExpositions:
     as ``GAUGE_MERGE`` says (summed when it does not name them)."""
 
     def __init__(self, texts: Sequence[str]) -> None:
-        self._families: dict[str, Metric] = {}
+        self._families: dict[str, tuple[str, str, str]] = {}  # name: documentation, type, unit
         self._values: dict[str, dict[tuple, list[float]]] = {}
         for text in texts:
             for family in text_string_to_metric_families(text):
                 if family.name not in self._families:
-                    self._families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+                    self._families[family.name] = (family.documentation, family.type, family.unit)
                     self._values[family.name] = {}
                 values = self._values[family.name]
                 for sample in family.samples:
                     values.setdefault((sample.name, tuple(sorted(sample.labels.items()))), []).append(sample.value)
 
     def collect(self) -> Iterator[Metric]:
-        for name, family in self._families.items():
-            merge = GAUGE_MERGE.get(name, sum) if family.type == "gauge" else sum
+        for name, (documentation, kind, unit) in self._families.items():
+            family = Metric(name, documentation, kind, unit)
+            merge = GAUGE_MERGE.get(name, sum) if kind == "gauge" else sum
             for (sample_name, labels), values in self._values[name].items():
                 family.add_sample(sample_name, dict(labels), merge(values))
             yield family

@@ -41,8 +41,15 @@ def accepted_coding(accept_encoding: str) -> str | None:
     return None
 
 
-def inflate(body: bytes, coding: str, limit: int) -> bytes:
-    """``body`` decoded from ``coding`` (gzip, deflate, identity), at most ``limit`` bytes of it."""
+async def inflate(body: bytes, coding: str, limit: int) -> bytes:
+    """``body`` decoded from ``coding`` (gzip, deflate, identity), at most ``limit`` bytes of it; a large one in a
+    thread, off the event loop."""
+    if len(body) < COMPRESS_IN_THREAD_BYTES:
+        return _inflate(body, coding, limit)
+    return await asyncio.to_thread(_inflate, body, coding, limit)
+
+
+def _inflate(body: bytes, coding: str, limit: int) -> bytes:
     coding = coding.strip().lower()
     if coding in ("", "identity"):
         return body
@@ -56,6 +63,11 @@ def inflate(body: bytes, coding: str, limit: int) -> bytes:
             continue
         if len(out) > limit:
             raise PayloadTooLarge(f"request body exceeds max_request_bytes ({limit} bytes) once inflated")
+        if decoder.eof and decoder.unused_data:
+            raise BadRequest(
+                f"the request body has {len(decoder.unused_data)} bytes after its compressed data "
+                f"(Content-Encoding: {coding}, one member only)"
+            )
         if decoder.eof:
             return out
     raise BadRequest(f"cannot read the request body (Content-Encoding: {coding}): it is malformed")

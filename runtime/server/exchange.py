@@ -62,13 +62,13 @@ class Exchange:
             metrics.statistics.request_failed(time.perf_counter() - self.arrived)
         self._state.request_finished(answered=not isinstance(error, asyncio.CancelledError), refused=refused)
 
-    def read_body(self) -> bytes:
+    async def read_body(self) -> bytes:
         """The request's body, inflated when it came compressed."""
         request = self._request
         coding = request.headers.get("content-encoding")
         if coding is None:
             return request.body
-        return inflate(request.body, coding, self._state.settings.max_request_bytes)
+        return await inflate(request.body, coding, self._state.settings.max_request_bytes)
 
     def deserialized(self) -> None:
         self.deserialized_at = time.perf_counter()

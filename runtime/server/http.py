@@ -7,28 +7,34 @@ than the runtime's whole request path; this protocol costs 15-30 (``bench/http_l
 What it does beside parsing:
 
 - bodies are read whole before the handler runs, up to ``max_request_bytes``: a larger one (by its
-  ``Content-Length``, or as chunks arrive) is answered 413 at once and the connection closed without reading
-  on (stock clients read the 413 though their send fails: urllib3, aiohttp, curl);
+  ``Content-Length``, or as chunks arrive) is answered 413 at once;
+- after a refusal the connection is closed gently: the server ends its side and reads on, throwing away, for up
+  to ``LINGER_SECONDS`` or ``LINGER_BYTES`` or until the client closes (closing with its bytes unread would reset
+  the connection, and the reset can reach the client before the refusal does);
 - ``Expect: 100-continue`` is answered ``100 Continue`` when the request is next in line, or 413 (and the
   client sends no body);
-- a malformed request is answered 400 and the connection closed; an ``Upgrade`` request is answered as
-  HTTP/1.1 and the connection closed;
+- a malformed request is answered 400 and the connection closed; so is a request line and headers over
+  ``MAX_HEAD_BYTES`` (431); an ``Upgrade`` request is answered as HTTP/1.1 and the connection closed;
 - an answer carries ``Connection: close`` when the client asked for it, or when the server is draining and
   nothing more has arrived on the connection; the connection closes once it is written;
-- reading pauses while ``MAX_PENDING`` requests wait on one connection, and answering pauses while the
-  transport's buffer is full;
-- a client that half-closes its side still gets the answers to what it sent.
+- reading pauses while ``MAX_PENDING`` requests (or ``max_request_bytes`` of their bodies) wait on one
+  connection, and answering pauses while the transport's buffer is full;
+- a client that half-closes its side still gets the answers to what it sent; requests waiting behind the one
+  being answered when a client goes away are dropped, not computed;
+- TCP keep-alive probes find peers that vanished without closing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import time
 from collections import deque
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import httptools
 from kubeserve.runtime.server.connections import ConnectionTracker, TrackedConnection
@@ -38,8 +44,15 @@ from kubeserve.runtime.server.responses import json_response
 if TYPE_CHECKING:
     from kubeserve.runtime.server.application import Application
 
+log = logging.getLogger(__name__)
+
 # Requests received on one connection and not answered yet, past which it is not read from.
 MAX_PENDING = 32
+# A request line and headers together (aiohttp allowed 8190 bytes a line): past it, 431 and the connection closed.
+MAX_HEAD_BYTES = 64 * 1024
+# After a refusal, how long and how much the server reads on before it closes (aiohttp lingered 10 s).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024
 # Bodies up to this size go out in one write with their head; larger ones as a second buffer, not copied.
 JOIN_BODY_BYTES = 16 * 1024
 SERVER = "kubeserve"
@@ -98,7 +111,15 @@ class HttpConnection(TrackedConnection):
         self._closing = False  # no more requests: the connection closes after what is pending
         self._continue_owed = False  # a request waits for "100 Continue" until those before it are answered
         self._eof = False
-        # The request being parsed.
+        self._lingering = 0  # bytes still to be read and thrown away before closing, after a refusal
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._pending_bytes = 0  # of the waiting requests' bodies
+        # The request being parsed: its head (request line and headers) is read while _in_head; _head_bytes
+        # counts what the parser gave of it, _head_read the reads it has not finished in (the parser buffers them).
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_read = 0
+        self._began = False
         self._url = b""
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
@@ -106,10 +127,21 @@ class HttpConnection(TrackedConnection):
 
     # -- the transport's calls ----------------------------------------------------------------------
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
     def data_received(self, data: bytes) -> None:
         if self._closing:
+            if self._lingering:
+                self._lingering -= len(data)
+                if self._lingering <= 0:
+                    self.close()
             return
         self.last_activity = self._loop.time()
+        self._began = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -119,9 +151,18 @@ class HttpConnection(TrackedConnection):
             if not self._closing:
                 reason = str(error) or type(error).__name__
                 self._answer_and_close(json_response({"error": f"malformed HTTP request: {reason}"}, status=400))
+        else:
+            if self._in_head:
+                # A head the parser has not finished: all of this read is part of it, unless it began here (then
+                # some is the requests before it; what the parser holds is at most this read).
+                self._head_read = 0 if self._began else self._head_read + len(data)
+                if self._head_read > MAX_HEAD_BYTES:
+                    self._refuse_head()
 
     def eof_received(self) -> bool:
         self._eof = True
+        if self._lingering:
+            return False  # the client is done sending: close
         # Something to answer: keep the transport open to write it, and close after the last answer.
         return self._answering is not None or bool(self._pending)
 
@@ -133,6 +174,9 @@ class HttpConnection(TrackedConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._closing = True
+        self._drop_pending()  # nobody to answer: not computed (the one being answered finishes)
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         self._writable.set()
 
     def pause_writing(self) -> None:
@@ -146,6 +190,9 @@ class HttpConnection(TrackedConnection):
     def on_message_begin(self) -> None:
         if self._closing:
             return  # a request after the last one this connection answers
+        self._in_head = True
+        self._began = True
+        self._head_bytes = 0
         self.request_arriving = True
         self._url = b""
         self._headers = {}
@@ -153,15 +200,28 @@ class HttpConnection(TrackedConnection):
         self._size = 0
 
     def on_url(self, url: bytes) -> None:
+        if self._closing:
+            return
         self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse_head()
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head or self._closing:
+            return  # a chunked body's trailer: the request's headers were settled before its body
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse_head()
+            return
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         previous = self._headers.get(key)
         self._headers[key] = text if previous is None else f"{previous}, {text}"
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_read = 0
         if self._closing:
             return
         expects_continue = self._headers.get("expect", "").lower() == "100-continue"
@@ -169,12 +229,13 @@ class HttpConnection(TrackedConnection):
         if length is not None and length.isdigit() and int(length) > self._limit:
             self._refuse_too_large()
         elif expects_continue:
-            if self._answering is None and not self._pending:
+            if not self.in_flight:
                 self._send_continue()
             else:
-                self._continue_owed = True
+                self._continue_owed = True  # after the answers owed before it (in_flight counts them)
 
     def on_body(self, body: bytes) -> None:
+        self._continue_owed = False  # the client sends without waiting for it
         if self._closing:
             return
         self._size += len(body)
@@ -184,9 +245,14 @@ class HttpConnection(TrackedConnection):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_head = True  # what follows is the next request's head
+        self._continue_owed = False
         if self._closing:
             return
         target = self._url.decode("latin-1")
+        if not target.startswith("/"):  # absolute-form (http://host/path), which servers must accept too
+            parts = urlsplit(target)
+            target = f"{parts.path or '/'}?{parts.query}" if parts.query else parts.path or "/"
         path, _, query = target.partition("?")
         if "%" in path:
             path = unquote(path)
@@ -210,7 +276,8 @@ class HttpConnection(TrackedConnection):
     def _enqueue(self, item: Request | Response) -> None:
         self.request_received()
         self._pending.append(item)
-        if len(self._pending) >= MAX_PENDING:
+        self._pending_bytes += len(item.body)
+        if len(self._pending) >= MAX_PENDING or self._pending_bytes > self._limit:
             self._pause_reading()
         if self._answering is None:
             self._answering = self._loop.create_task(self._answer_pending())
@@ -219,28 +286,38 @@ class HttpConnection(TrackedConnection):
         try:
             while self._pending:
                 item = self._pending.popleft()
-                if isinstance(item, Response):  # made by the protocol: the connection closes after it
+                self._pending_bytes -= len(item.body)
+                if isinstance(item, Response):  # a refusal made here: the connection closes after it
                     self._write(item, None, keep_alive=False)
                     self.request_answered()
-                    self._close()
+                    self._close_gently()
                     return
                 response = await self._app.handle(item)
-                # The last answer on a connection the client half-closed, or that a draining server ends.
-                last = not self._pending and (self._eof or (self._app.draining and not self.request_arriving))
+                # The last answer on a connection the client half-closed, or that a draining server ends
+                # (unless more has arrived on it, read or still in the kernel).
+                last = not self._pending and (
+                    self._eof or (self._app.draining and not self.request_arriving and not self.unread_bytes())
+                )
                 keep_alive = item.keep_alive and not last
                 self._write(response, item, keep_alive)
                 self.request_answered()
                 if not keep_alive:
                     self._close()
                     return
-                if self._continue_owed and not self._pending:
+                if self._continue_owed and not self.in_flight:
                     self._send_continue()
-                if not self._reading and len(self._pending) < MAX_PENDING // 2 and not self._closing:
+                caught_up = len(self._pending) < MAX_PENDING // 2 and self._pending_bytes <= self._limit // 2
+                if not self._reading and not self._closing and caught_up:
                     self._resume_reading()
                 if not self._writable.is_set():
                     await self._writable.wait()
             if self._eof:
                 self._close()
+        except Exception:  # a fault of this protocol's (the application answers its own): nothing more is answered
+            log.exception("answering failed", extra={"event": "connection_failed"})
+            self._close()
+            if self.transport is not None:
+                self.transport.abort()
         finally:
             self._answering = None
 
@@ -259,6 +336,10 @@ class HttpConnection(TrackedConnection):
             transport.writelines((data, body))
 
     # -- refusing and closing -----------------------------------------------------------------------
+
+    def _refuse_head(self) -> None:
+        message = f"the request line and headers exceed {MAX_HEAD_BYTES} bytes"
+        self._answer_and_close(json_response({"error": message}, status=431))
 
     def _send_continue(self) -> None:
         self._continue_owed = False
@@ -291,10 +372,26 @@ class HttpConnection(TrackedConnection):
             self._reading = True
             self.transport.resume_reading()
 
+    def _close_gently(self) -> None:
+        """Close after a refusal, when the client may still be sending: end this side, read on for a while."""
+        self._closing = True
+        self._drop_pending()
+        transport = self.transport
+        if transport is None or transport.is_closing() or not transport.can_write_eof():
+            self.close()
+            return
+        transport.write_eof()
+        self._lingering = LINGER_BYTES
+        self._linger_timer = self._loop.call_later(LINGER_SECONDS, self.close)
+        self._resume_reading()
+
     def _close(self) -> None:
         self._closing = True
-        # Sent after the client or the server said close: never answered.
+        self._drop_pending()  # sent after the client or the server said close: never answered
+        self.close()
+
+    def _drop_pending(self) -> None:
         self.in_flight -= len(self._pending)
         self._app.dropped(sum(isinstance(item, Request) for item in self._pending))
         self._pending.clear()
-        self.close()
+        self._pending_bytes = 0

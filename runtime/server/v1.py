@@ -17,7 +17,7 @@ async def model_status(state: ServerState, request: Request) -> Response:
 async def predict(state: ServerState, request: Request) -> Response:
     async with Exchange(state, request) as exchange:
         loaded = state.model_for(request)
-        body = exchange.read_body()
+        body = await exchange.read_body()
         feeds = decode_instances(body, loaded.model.signature)
         exchange.deserialized()
         outputs = await exchange.compute(loaded.batcher, feeds)

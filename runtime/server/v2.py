@@ -105,7 +105,7 @@ async def model_statistics(state: ServerState, request: Request) -> Response:
 async def infer(state: ServerState, request: Request) -> Response:
     async with Exchange(state, request) as exchange:
         loaded = state.model_for(request)
-        body = exchange.read_body()
+        body = await exchange.read_body()
         signature = loaded.model.signature
         decoded = decode_request(body, request.headers.get(HEADER_LENGTH_KEY), signature)
         exchange.deserialized()

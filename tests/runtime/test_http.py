@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import socket
+import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -581,3 +583,119 @@ async def test_no_access_log_unless_asked(serve_in_process, caplog):
         assert (await client.answer()).status == 200
     await client.close()
     assert not [record for record in caplog.records if record.name == "kubeserve.access"]
+
+
+# -- found in review ------------------------------------------------------------------------------
+
+
+async def test_a_head_past_its_limit_is_431_then_closed(serve_in_process):
+    """Request line and headers are bounded (``MAX_HEAD_BYTES``): a client cannot grow the server's memory, or its
+    time spent joining repeated headers, without end."""
+    from kubeserve.runtime.server.http import MAX_HEAD_BYTES
+
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    client.send(get("/v2/health/live"))
+    assert (await client.answer()).status == 200
+    padding = {f"X-Pad-{i}": "y" * 1000 for i in range(MAX_HEAD_BYTES // 1000 + 1)}
+    client.send(request("GET", "/v2/health/live", headers=padding))
+    assert_error(await client.answer(), 431, f"the request line and headers exceed {MAX_HEAD_BYTES} bytes")
+    assert await client.closed_by_server()
+    await client.close()
+
+
+async def test_no_100_continue_once_the_body_came_without_waiting(serve_in_process, reference):
+    """A client that sent its body at once is owed no interim answer, least of all after its final one."""
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    x1, x2 = features(21), features(22)
+    server.gate.close()
+    client.send(infer(x1))
+    await server.gate.wait_entered()
+    client.send(infer(x2, Expect="100-continue"))
+    (connection,) = server.state.connections
+    await until(lambda: connection.in_flight == 2)  # the second has arrived whole behind the first
+    server.gate.open()
+    first, second = await client.answer("POST"), await client.answer("POST")
+    assert_inferred(first, x1, reference)
+    assert_inferred(second, x2, reference)
+    client.send(get("/v2/health/live"))
+    third = await client.answer()
+    assert (first.informational, second.informational, third.informational) == ([], [], [])
+    await client.close()
+
+
+async def test_requests_behind_one_whose_client_left_are_not_computed(serve_in_process):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    server.gate.close()
+    client.send(infer(features(31)) + infer(features(32)) + infer(features(33)))
+    await server.gate.wait_entered()
+    (connection,) = server.state.connections
+    await until(lambda: connection.in_flight == 3)
+    # Gone for good (a reset), not half-closed: a client that only ends its side still gets every answer.
+    client.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.writer.transport.abort()
+    await until(lambda: len(server.state.connections) == 0)
+    server.gate.open()
+    await until(lambda: server.state.in_flight == 0)
+    assert len(server.gate.batches) == 1  # the one computing when the client left; the two behind it dropped
+    assert (server.state.accepted, server.state.arriving) == (1, 0)
+
+
+async def test_a_chunked_bodys_trailer_does_not_change_the_request(serve_in_process, reference):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    x = features(41)
+    body = infer_body(x)
+    trailer = b"%x\r\n%s\r\n0\r\nContent-Encoding: gzip\r\n\r\n" % (len(body), body)
+    client.send(request("POST", INFER, headers={"Transfer-Encoding": "chunked", "Trailer": "Content-Encoding"}))
+    client.send(trailer)
+    assert_inferred(await client.answer("POST"), x, reference)
+    await client.close()
+
+
+async def test_an_absolute_form_target_is_served_as_its_path(serve_in_process):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    client.send(b"GET http://test/v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+    answer = await client.answer()
+    assert (answer.status, answer.json()) == (200, {"live": True})
+    await client.close()
+
+
+async def test_data_after_a_compressed_body_is_400(serve_in_process):
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    body = gzip.compress(infer_body(features(51))) + b"more"
+    client.send(request("POST", INFER, body, headers={"Content-Encoding": "gzip", "Content-Length": str(len(body))}))
+    assert_error(await client.answer("POST"), 400, "the request body has 4 bytes after its compressed data")
+    await client.close()
+
+
+async def test_after_a_refusal_the_server_reads_on_until_the_client_closes(serve_in_process):
+    """Closing at once, with the client's bytes unread, would reset the connection: the server ends its side and
+    reads on (throwing the bytes away) until the client is done."""
+    server = await serve_in_process("mlp", max_request_bytes=LIMIT)
+    client = await Client.connect(server)
+    client.send(request("POST", INFER, headers={"Content-Length": str(LIMIT * 4)}) + b"x" * LIMIT)
+    assert_error(await client.answer("POST"), 413, "request body exceeds max_request_bytes")
+    assert await client.closed_by_server()  # its side: the connection is still open for the client's bytes
+    (connection,) = server.state.connections
+    client.send(b"x" * LIMIT)  # read and thrown away
+    client.writer.write_eof()
+    await until(lambda: len(server.state.connections) == 0)
+    assert connection.in_flight == 0
+    await client.close()
+
+
+async def test_after_a_refusal_a_silent_client_is_closed_after_the_linger(serve_in_process):
+    """On a real loop and real time: the linger's timer is armed, and closes a client that neither sends nor
+    closes (LINGER_SECONDS)."""
+    server = await serve_in_process("mlp", max_request_bytes=LIMIT)
+    client = await Client.connect(server)
+    client.send(request("POST", INFER, headers={"Content-Length": str(LIMIT * 4)}))
+    assert_error(await client.answer("POST"), 413, "request body exceeds max_request_bytes")
+    assert await client.closed_by_server()
+    await until(lambda: len(server.state.connections) == 0)
+    await client.close()

@@ -115,6 +115,7 @@ def test_workers_metrics_merge_into_the_pods():
         metrics.track(metrics.in_flight, lambda index=index: index)
     merged = merge_expositions([generate_latest(metrics.registry).decode() for metrics in workers])
     text = generate_latest(merged).decode()
+    assert generate_latest(merged).decode() == text  # collected again, the same
 
     samples = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
