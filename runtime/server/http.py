@@ -2,7 +2,7 @@
 answered in the order they came (pipelining included), keep-alive by default.
 
 Why not aiohttp's server: on the bench's tiny model aiohttp alone cost 65-170 µs of CPU per request, more
-than the runtime's whole request path; this protocol costs 15-30 (``bench/http_layer.py``, README).
+than the runtime's whole request path; this protocol costs 22-41 (``bench/http_layer.py``, README).
 
 What it does beside parsing:
 
@@ -102,7 +102,7 @@ class HttpConnection(TrackedConnection):
         self._limit = app.max_request_bytes
         self._parser = httptools.HttpRequestParser(self)
         self._loop = tracker.loop
-        # What to answer, in order: a request for the application, or an answer already made (400, 413).
+        # What to answer, in order: a request for the application, or a refusal made here (400, 413, 431).
         self._pending: deque[Request | Response] = deque()
         self._answering: asyncio.Task[None] | None = None
         self._writable = asyncio.Event()
