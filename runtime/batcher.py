@@ -151,7 +151,7 @@ class DynamicBatcher:
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(policy.instance_count, thread_name_prefix="inference")
         self._costs = costs or ComputeCosts()
-        metrics.track(metrics.queue_depth, lambda: self._queued)
+        metrics.queue_depth.set_function(lambda: self._queued)  # read when scraped
 
     # -- admission ---------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from kubeserve.runtime.termination import DEFAULT_PATH
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "KUBESERVE_"
@@ -124,7 +125,7 @@ class RuntimeSettings(BaseModel):
         default=5.0, ge=0, description="after a failed model load, how long to report why before exiting"
     )
     termination_message_path: Path | None = Field(
-        default=Path("/dev/termination-log"),
+        default=DEFAULT_PATH,
         description="file a fatal error is written to for Kubernetes (only if it exists)",
     )
 

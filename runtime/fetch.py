@@ -35,7 +35,7 @@ from urllib.parse import SplitResult, unquote, urlsplit
 from kubeserve.runtime import __version__
 from kubeserve.runtime.arguments import non_negative_float, non_negative_int, positive_int
 from kubeserve.runtime.logs import json_handler
-from kubeserve.runtime.termination import write_termination_message
+from kubeserve.runtime.termination import add_termination_message_argument, write_termination_message
 
 EXIT_OK = 0
 EXIT_FETCH_FAILED = 1
@@ -436,13 +436,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where claims are mounted: pvc://CLAIM/PATH reads DIR/CLAIM/PATH (default %(default)s)",
     )
-    parser.add_argument(
-        "--termination-message-path",
-        type=Path,
-        default=Path("/dev/termination-log"),
-        metavar="FILE",
-        help="on failure, write the reason here if the file exists (Kubernetes creates it; default %(default)s)",
-    )
+    add_termination_message_argument(parser)
 
 
 @contextlib.contextmanager

@@ -109,11 +109,6 @@ class ServerMetrics:
         self._codes: dict[int, Counter] = {}
         self.rejected = {reason: self._rejected.labels(**labels, reason=reason) for reason in Rejection}
 
-    @staticmethod
-    def track(gauge: Gauge, read: Callable[[], float]) -> None:
-        """``gauge`` reads ``read()``, a count the server keeps anyway, when scraped: a change costs nothing."""
-        gauge.set_function(read)
-
     def answered(self, status: int) -> None:
         counter = self._codes.get(status)
         if counter is None:

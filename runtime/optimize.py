@@ -42,7 +42,7 @@ from kubeserve.runtime.model_metadata import (
     ModelOptimization,
     read_metadata_props,
 )
-from kubeserve.runtime.termination import write_termination_message
+from kubeserve.runtime.termination import add_termination_message_argument, write_termination_message
 
 if TYPE_CHECKING:
     import numpy as np
@@ -453,13 +453,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="compare the original and the optimized model and print the report (default: yes)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    parser.add_argument(
-        "--termination-message-path",
-        type=Path,
-        default=Path("/dev/termination-log"),
-        metavar="FILE",
-        help="on failure, write the reason here if the file exists (Kubernetes creates it; default %(default)s)",
-    )
+    add_termination_message_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

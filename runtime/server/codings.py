@@ -18,8 +18,8 @@ CODINGS = ("gzip", "deflate")
 # zlib's window bits: a gzip wrapper, a zlib wrapper (HTTP's "deflate"), or none (what some clients send).
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 RAW_DEFLATE_WBITS = -zlib.MAX_WBITS
-# Below this many bytes compressing on the event loop costs less than the trip to a thread.
-COMPRESS_IN_THREAD_BYTES = 64 * 1024
+# Below this many bytes (in), coding on the event loop costs less than the trip to a thread.
+OFF_LOOP_BYTES = 64 * 1024
 
 
 def accepted_coding(accept_encoding: str) -> str | None:
@@ -44,7 +44,7 @@ def accepted_coding(accept_encoding: str) -> str | None:
 async def inflate(body: bytes, coding: str, limit: int) -> bytes:
     """``body`` decoded from ``coding`` (gzip, deflate, identity), at most ``limit`` bytes of it; a large one in a
     thread, off the event loop."""
-    if len(body) < COMPRESS_IN_THREAD_BYTES:
+    if len(body) < OFF_LOOP_BYTES:
         return _inflate(body, coding, limit)
     return await asyncio.to_thread(_inflate, body, coding, limit)
 
@@ -79,6 +79,6 @@ def _compress(body: bytes, coding: str) -> bytes:
 
 
 async def compress(body: bytes, coding: str) -> bytes:
-    if len(body) < COMPRESS_IN_THREAD_BYTES:
+    if len(body) < OFF_LOOP_BYTES:
         return _compress(body, coding)
     return await asyncio.to_thread(_compress, body, coding)

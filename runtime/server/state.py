@@ -44,7 +44,8 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self._quiet.set()
-        self.metrics.track(self.metrics.in_flight, lambda: self.in_flight)
+        # Read when scraped: a count kept anyway costs nothing to change.
+        self.metrics.in_flight.set_function(lambda: self.in_flight)
 
     @property
     def serving(self) -> bool:

@@ -112,7 +112,7 @@ def test_workers_metrics_merge_into_the_pods():
         metrics.answered(503)
         metrics.model_ready.set(0 if index == 2 else 1)
         metrics.model_load_seconds.set(1.5 + index)
-        metrics.track(metrics.in_flight, lambda index=index: index)
+        metrics.in_flight.set_function(lambda index=index: index)
     merged = merge_expositions([generate_latest(metrics.registry).decode() for metrics in workers])
     text = generate_latest(merged).decode()
     assert generate_latest(merged).decode() == text  # collected again, the same
