@@ -119,7 +119,7 @@ class HttpConnection(TrackedConnection):
         self._in_head = True
         self._head_bytes = 0
         self._head_read = 0
-        self._began = False
+        self._boundary = False
         self._url = b""
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
@@ -141,7 +141,7 @@ class HttpConnection(TrackedConnection):
                     self.close()
             return
         self.last_activity = self._loop.time()
-        self._began = False
+        self._boundary = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -153,9 +153,9 @@ class HttpConnection(TrackedConnection):
                 self._answer_and_close(json_response({"error": f"malformed HTTP request: {reason}"}, status=400))
         else:
             if self._in_head:
-                # A head the parser has not finished: all of this read is part of it, unless it began here (then
-                # some is the requests before it; what the parser holds is at most this read).
-                self._head_read = 0 if self._began else self._head_read + len(data)
+                # A head the parser has not finished: all of this read is part of it, unless a request ended or
+                # began in it (then some is the requests before it; what the parser holds is at most this read).
+                self._head_read = 0 if self._boundary else self._head_read + len(data)
                 if self._head_read > MAX_HEAD_BYTES:
                     self._refuse_head()
 
@@ -191,7 +191,7 @@ class HttpConnection(TrackedConnection):
         if self._closing:
             return  # a request after the last one this connection answers
         self._in_head = True
-        self._began = True
+        self._boundary = True
         self._head_bytes = 0
         self.request_arriving = True
         self._url = b""
@@ -246,6 +246,7 @@ class HttpConnection(TrackedConnection):
 
     def on_message_complete(self) -> None:
         self._in_head = True  # what follows is the next request's head
+        self._boundary = True
         self._continue_owed = False
         if self._closing:
             return

@@ -604,6 +604,28 @@ async def test_a_head_past_its_limit_is_431_then_closed(serve_in_process):
     await client.close()
 
 
+async def test_bodies_larger_than_the_head_limit_on_one_connection(serve_in_process, reference):
+    """Only the head is bounded by ``MAX_HEAD_BYTES``: the read that ends a large body is no part of the next head
+    (counting it so once refused the third 245 KB request on a connection with a 431)."""
+    from kubeserve.runtime.server.http import MAX_HEAD_BYTES
+
+    server = await serve_in_process("mlp", max_request_bytes=4 * MAX_HEAD_BYTES)
+    client = await Client.connect(server)
+    for seed in range(5):
+        x = features(seed)
+        body = infer_body(x)
+        padded = body[:-1] + b" " * (2 * MAX_HEAD_BYTES) + body[-1:]  # JSON's whitespace: the same request
+        # The head first (read alone: the 100 says so), then the whole body, which the server reads at once.
+        client.send(request("POST", INFER, headers={"Expect": "100-continue", "Content-Length": str(len(padded))}))
+        client.told("POST")
+        interim = await client.event()
+        assert isinstance(interim, h11.InformationalResponse) and interim.status_code == 100
+        client.send(padded)
+        assert_inferred(await client.answer("POST"), x, reference)
+        assert client.kept_alive
+    await client.close()
+
+
 async def test_no_100_continue_once_the_body_came_without_waiting(serve_in_process, reference):
     """A client that sent its body at once is owed no interim answer, least of all after its final one."""
     server = await serve_in_process("mlp")
