@@ -22,7 +22,9 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 # PYTHONSAFEPATH keeps the script's folder off sys.path (the repository root holds `operator/`); add bench/ only.
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models as comparison_models
 import onnxruntime
 from inprocess import samples_per_second
+from kubeserve.runtime.cpus import available_cpus, workers_for_cores
 from kubeserve.runtime.samples import write_sample
 from optimization import measure_optimization, measure_startup, render_optimization, render_startup
 from payloads import Payload, binary_payload, json_payload
@@ -84,8 +87,18 @@ POINTS = (
     Point("cnn, c=32, JSON, req/s", "cnn", "json", 32, "requests_per_second"),
     Point("cnn, c=32, binary, req/s", "cnn", "binary", 32, "requests_per_second"),
 )
+# kubeserve as the operator runs it in a pod that asks for the cores this bench may use (one worker per whole core,
+# ONNX Runtime's threads shared between them), and as one process. The floors are checked on the first.
+DEPLOYED_WORKERS = workers_for_cores(available_cpus())
+DEPLOYED = f"kubeserve, {DEPLOYED_WORKERS} worker{'s' if DEPLOYED_WORKERS > 1 else ''}"
+ONE_WORKER = "kubeserve, 1 worker"
 # Started one at a time: on a small machine two servers would share the cores the other is measured on.
-SERVERS: dict[str, type[RunningServer]] = {"kubeserve": RunningServer, "plain": PlainServer}
+SERVERS: dict[str, Callable[[Path, str], RunningServer]] = {
+    DEPLOYED: partial(RunningServer, workers=DEPLOYED_WORKERS),
+    **({ONE_WORKER: RunningServer} if DEPLOYED_WORKERS > 1 else {}),
+    "plain": PlainServer,
+}
+KUBESERVE = [name for name in SERVERS if name != "plain"]
 
 
 def drive(
@@ -140,15 +153,15 @@ def compare(work: Path, seconds: float) -> tuple[dict[str, dict[str, dict]], dic
     write = comparison_models.write_model
     paths = {name: write(name, work / f"compare-{name}.onnx") for name in comparison_models.BUILDERS}
     for model, path in paths.items():
-        for server_name, server_class in SERVERS.items():
-            with server_class(path, model) as server:
+        for server_name, start in SERVERS.items():
+            with start(path, model) as server:
                 for point in (p for p in POINTS if p.model == model):
                     make = binary_payload if point.encoding == "binary" else json_payload
                     payload = make(model, 1, inputs=comparison_models.INPUTS)
                     result = drive(server, payload, point.concurrency, seconds, work / "body")
                     results[point.label][server_name] = result
                     print(
-                        f"compare {point.label:26} {server_name:9} {result['requests_per_second']:9,.0f} req/s "
+                        f"compare {point.label:26} {server_name:21} {result['requests_per_second']:9,.0f} req/s "
                         f"p50 {result['p50_ms']:7.2f} ms p99 {result['p99_ms']:7.2f} ms "
                         f"cpu {result['server_cpu_us_per_request']:7,.0f} µs/req ({server_cores(result):.2f} cores)",
                         flush=True,
@@ -165,13 +178,13 @@ def compare_floors(
 
     def ratio(label: str) -> tuple[float, float, float]:
         point = next(p for p in POINTS if p.label == label)
-        ours, plain = results[label]["kubeserve"][point.metric], results[label]["plain"][point.metric]
+        ours, plain = results[label][DEPLOYED][point.metric], results[label]["plain"][point.metric]
         return ours, plain, ours / plain
 
     p50, plain_p50, _ = ratio("tiny, c=1, p50 ms")
     tiny, plain_tiny, tiny_gain = ratio("tiny, c=32, req/s")
     mlp, plain_mlp, mlp_gain = ratio("mlp, c=32, JSON, req/s")
-    cnn = results["cnn, c=32, binary, req/s"]["kubeserve"]["requests_per_second"]
+    cnn = results["cnn, c=32, binary, req/s"][DEPLOYED]["requests_per_second"]
     best_batch, best = max(inprocess_cnn.items(), key=lambda item: item[1])
     return [
         ("tiny, concurrency 1: p50 no worse than plain's", p50 <= plain_p50,
@@ -181,7 +194,9 @@ def compare_floors(
         ("mlp, c=32, JSON: at least 2.5x plain's req/s", mlp_gain >= 2.5,
          f"{mlp_gain:.2f}x ({mlp:,.0f} vs {plain_mlp:,.0f} req/s)"),
         ("cnn, c=32, one binary image per request: at least 0.45x in-process ORT's best samples/s",
-         cnn / best >= 0.45, f"{cnn / best:.2f}x ({cnn:,.0f} vs {best:,.0f} samples/s at batch {best_batch})"),
+         cnn / best >= 0.45, f"{cnn / best:.2f}x ({cnn:,.0f} vs {best:,.0f} samples/s at batch {best_batch})"
+         + "".join(f"; {name}: {results['cnn, c=32, binary, req/s'][name]['requests_per_second'] / best:.2f}x"
+                   for name in KUBESERVE if name != DEPLOYED)),
         *(scaling_floor(model, rows) for model, rows in scaling.items()),
     ]  # fmt: skip
 
@@ -202,26 +217,29 @@ def scale(work: Path, seconds: float) -> dict[str, list[dict]]:
 
 
 def render_comparison(results: dict[str, dict[str, dict]], inprocess_cnn: dict[int, float]) -> str:
+    """Each point on each server, the ratios to plain, and each server's CPU per request and cores kept busy."""
+    short = [name.removeprefix("kubeserve, ") for name in SERVERS]  # the headers after the first group
     lines = [
-        "| point | kubeserve | plain | kubeserve ÷ plain | server CPU µs/req: kubeserve | plain "
-        "| server cores: kubeserve | plain |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+        "| point | " + " | ".join(SERVERS) + " | ÷ plain: " + " | ".join(short[: len(KUBESERVE)])
+        + " | server CPU µs/req: " + " | ".join(short) + " | server cores: " + " | ".join(short) + " |",
+        "|---|" + "---:|" * (3 * len(SERVERS) + len(KUBESERVE)),
+    ]  # fmt: skip
     for point in POINTS:
-        ours, plain = results[point.label]["kubeserve"], results[point.label]["plain"]
+        measured = results[point.label]
         shown = "{:.2f}" if point.metric == "p50_ms" else "{:,.0f}"
-        lines.append(
-            f"| {point.label} | {shown.format(ours[point.metric])} | {shown.format(plain[point.metric])} "
-            f"| {ours[point.metric] / plain[point.metric]:.2f}x "
-            f"| {ours['server_cpu_us_per_request']:,.0f} | {plain['server_cpu_us_per_request']:,.0f} "
-            f"| {server_cores(ours):.2f} | {server_cores(plain):.2f} |"
-        )
+        plain = measured["plain"][point.metric]
+        cells = [shown.format(measured[name][point.metric]) for name in SERVERS]
+        cells += [f"{measured[name][point.metric] / plain:.2f}x" for name in KUBESERVE]
+        cells += [f"{measured[name]['server_cpu_us_per_request']:,.0f}" for name in SERVERS]
+        cells += [f"{server_cores(measured[name]):.2f}" for name in SERVERS]
+        lines.append(f"| {point.label} | " + " | ".join(cells) + " |")
     best_batch, best = max(inprocess_cnn.items(), key=lambda item: item[1])
-    cnn = results["cnn, c=32, binary, req/s"]["kubeserve"]["requests_per_second"]
+    cnn = results["cnn, c=32, binary, req/s"]
+    shares = ", ".join(f"{name} {cnn[name]['requests_per_second'] / best:.2f}x" for name in KUBESERVE)
     lines += [
         "",
-        f"In-process ONNX Runtime on the same cnn, with the server's session settings: best {best:,.0f} samples/s "
-        f"(batch {best_batch}); kubeserve's binary c=32 point is {cnn / best:.2f}x of it.",
+        f"In-process ONNX Runtime on the same cnn, one session with the server's settings for one process: best "
+        f"{best:,.0f} samples/s (batch {best_batch}); the binary c=32 point is, of it: {shares}.",
     ]
     return "\n".join(lines)
 
@@ -350,10 +368,12 @@ def main() -> None:
         text += (
             "\n\nAgainst a plain server (bench/plain_server.py: aiohttp on uvloop, `json`, `session.run` in the "
             "handler, 2 intra-op threads) on the models of bench/models.py, one sample per request, same load "
-            "generator, one server at a time:\n\n"
+            f"generator, one server at a time. {DEPLOYED} is the runtime as the operator runs it in a pod that asks "
+            f"for the {available_cpus()} cores this bench may use (one worker per whole core, ONNX "
+            "Runtime's threads shared between them); the floors are checked on it:\n\n"
             + render_comparison(results, inprocess_cnn)
-            + "\n\nPast one core, `workers` (one sample per request; pinned: the server and the load generator on "
-            "CPUs of their own, where the machine has enough; shared: on all of them, as above):\n\n"
+            + "\n\nPast one core, `workers`: N workers pinned to N CPUs, the load generator to CPUs of its own, 32 "
+            "connections per worker, one sample per request (only where the machine has twice the CPUs):\n\n"
             + "\n\n".join(render_scaling(model, rows) for model, rows in scaling.items())
             + "\n\nFloors against the plain server and in-process ORT:\n\n"
             + "\n".join(render_floors(floors))

@@ -4,9 +4,9 @@ The runtime runs with 1, 2, 4, ... workers, pinned to as many CPUs, while the lo
 of its own (in as many processes as there are workers, up to its CPUs), so that the server's share is what grows.
 Each worker gets the load one worker gets alone: 32 connections per worker, so that N workers' batchers fill as one
 worker's does. That needs at least twice the CPUs of the largest point:
-on a 2-core machine only the one-worker point fits, and the floor is reported as not measured. Beside it, the
-runtime with 1 and with 2 workers on all the cores, shared with the load generator, as ``make bench`` runs
-everything else.
+on a 2-core machine only the one-worker point fits, and the floor is reported as not measured. (The comparison
+with the plain server shows the runtime with one worker per core and with one, on cores shared with the load
+generator.)
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def measure_scaling(
     work: Path,
     drive: Callable[..., dict],
 ) -> list[dict]:
-    """Rows of workers, placement (pinned or shared), req/s, p50, server CPU per request."""
+    """Rows of workers, placement (CPUs pinned, connections), req/s, p50, server CPU per request."""
     rows = []
     available = cpus()
     for workers in pinned_points(len(available)):
@@ -53,13 +53,8 @@ def measure_scaling(
         concurrency, processes = CONCURRENCY * workers, min(workers, len(loadgen_cpus))
         with RunningServer(path, model, workers=workers, cpus=server_cpus) as server:
             result = drive(server, payload, concurrency, seconds, work / "body", loadgen_cpus, processes)
-        placement = f"pinned: {workers} server, {len(loadgen_cpus)} client, c={concurrency}"
+        placement = f"{workers} server, {len(loadgen_cpus)} client, c={concurrency}"
         rows.append({"workers": workers, "placement": placement, **result})
-        _print(model, rows[-1])
-    for workers in (1, 2):
-        with RunningServer(path, model, workers=workers) as server:
-            result = drive(server, payload, CONCURRENCY, seconds, work / "body")
-        rows.append({"workers": workers, "placement": f"shared: all {len(available)} CPUs, c={CONCURRENCY}", **result})
         _print(model, rows[-1])
     return rows
 
@@ -77,15 +72,14 @@ def scaling_floor(model: str, rows: list[dict]) -> tuple[str, bool | None, str]:
         f"{model}: a pod with more cores serves proportionally more "
         f"(N workers on N cores, {CONCURRENCY} connections each: at least {SCALING_FLOOR:.0%} of N x one's req/s)"
     )
-    pinned = [row for row in rows if row["placement"].startswith("pinned")]
-    if len(pinned) < 2:
+    if len(rows) < 2:
         return (
             name,
             None,
             f"not measurable here: {len(cpus())} CPUs leave no second core for a second worker beside the client",
         )
-    one = pinned[0]["requests_per_second"]
-    last = pinned[-1]
+    one = rows[0]["requests_per_second"]
+    last = rows[-1]
     scaling = last["requests_per_second"] / (one * last["workers"])
     return (
         name,
@@ -99,7 +93,7 @@ def scaling_floor(model: str, rows: list[dict]) -> tuple[str, bool | None, str]:
 
 def render_scaling(model: str, rows: list[dict]) -> str:
     lines = [
-        f"| {model} | placement, connections | req/s | p50 ms | server CPU µs/req |",
+        f"| {model} | CPUs pinned, connections | req/s | p50 ms | server CPU µs/req |",
         "|---:|---|---:|---:|---:|",
     ]
     for row in rows:

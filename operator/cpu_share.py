@@ -14,8 +14,7 @@ from decimal import Decimal
 
 from kubernetes.utils import parse_quantity
 from kubeserve.operator.spec import InferenceService
-
-MAX_WORKERS = 64  # the CRD's maximum, and the runtime's
+from kubeserve.runtime.cpus import workers_for_cores
 
 
 def requested_cores(isvc: InferenceService) -> Decimal | None:
@@ -32,7 +31,7 @@ def wanted_workers(isvc: InferenceService) -> int:
     cores = requested_cores(isvc)
     if isvc.wants_gpu or cores is None:
         return 1
-    return max(1, min(MAX_WORKERS, math.floor(cores)))
+    return workers_for_cores(cores)
 
 
 def intra_op_threads(isvc: InferenceService, workers: int) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from kubeserve.runtime.cpus import MAX_WORKERS
 from kubeserve.runtime.termination import DEFAULT_PATH
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -54,7 +55,7 @@ class RuntimeSettings(BaseModel):
     workers: int = Field(
         default=1,
         ge=1,
-        le=64,
+        le=MAX_WORKERS,
         description="server processes sharing the port (SO_REUSEPORT), each with its own batcher and ONNX Runtime "
         "session and an equal share of the CPUs; CPU only",
     )

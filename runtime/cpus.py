@@ -7,9 +7,17 @@ from __future__ import annotations
 
 import math
 import os
+from decimal import Decimal
 from pathlib import Path
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+MAX_WORKERS = 64  # the setting's bound, and the CRD's
+
+
+def workers_for_cores(cores: Decimal | float) -> int:
+    """Workers for ``cores`` CPUs: one per whole core, since one server process keeps about one busy (its event loop,
+    under one GIL), and at least one. What the operator runs in a CPU pod by default, for its CPU request."""
+    return max(1, min(MAX_WORKERS, math.floor(cores)))
 
 
 def available_cpus(cgroup_cpu_max: Path = CGROUP_CPU_MAX) -> int:
