@@ -52,6 +52,12 @@ class RuntimeSettings(BaseModel):
     port: int = Field(default=8080, ge=0, le=65535, description="port to listen on (0 picks a free one)")
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="largest request body")
     access_log: bool = Field(default=False, description="log one line per request")
+    idle_timeout_seconds: float = Field(
+        default=75.0,
+        ge=0,
+        description="close a connection idle this long: nothing being answered, nothing received (a request that "
+        "stopped arriving halfway is answered 408 first); 0: never",
+    )
     workers: int = Field(
         default=1,
         ge=1,

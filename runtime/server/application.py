@@ -76,7 +76,9 @@ class Application:
     async def listen(self, host: str, port: int, reuse_port: bool = False) -> asyncio.Server:
         """Serve on ``host:port``; ``reuse_port`` lets the pod's other workers listen on the same port."""
         loop = asyncio.get_running_loop()
-        return await loop.create_server(self.connection, host, port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
+        listener = await loop.create_server(self.connection, host, port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
+        self.connections.expire_idle(self.state.settings.idle_timeout_seconds)
+        return listener
 
     async def listen_unix(self, path: str) -> asyncio.Server:
         return await asyncio.get_running_loop().create_unix_server(self.connection, path)

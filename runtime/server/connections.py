@@ -9,6 +9,11 @@ HTTP/1.1 keep-alive has one unavoidable race: a client may send on an idle conne
 server closes it. The drain makes that window as small as it can: it closes an idle connection only after
 it has been quiet for ``drain_grace_seconds`` since the signal, and never while the kernel holds bytes for
 it that the server has not read yet.
+
+Outside a drain, a connection idle for ``idle_timeout_seconds`` (nothing being answered, nothing read) is closed
+too, by the same rule, so that clients that went quiet, or stalled halfway through a request, do not hold
+connections forever. One timer looks for them, not one per connection: re-arming a timer on every read would
+cost every request.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from collections.abc import Iterator
 # While the kernel holds unread bytes for an otherwise idle connection, look again this soon: the loop is
 # about to read them, and then the connection has a request on its way.
 UNREAD_RECHECK_SECONDS = 0.01
+# Idle connections are looked for every half idle timeout, and at least this often: one closes at most this much
+# after its timeout.
+IDLE_LOOK_SECONDS = 1.0
 
 
 class TrackedConnection(asyncio.Protocol):
@@ -75,6 +83,12 @@ class TrackedConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def time_out(self, idle_timeout: float) -> bool:
+        """Idle for ``idle_timeout`` seconds: close (the HTTP protocol answers a request left halfway first); False
+        if it was closing already."""
+        self.close()
+        return True
+
 
 class ConnectionTracker:
     """The server's open connections, and the drain's rule for closing them."""
@@ -85,6 +99,9 @@ class ConnectionTracker:
         self._changed = asyncio.Event()
         self.closed_idle = 0  # closed by the drain after the grace period, with nothing on its way
         self.closed_with_request_unread = 0  # closed at the drain timeout with a request arriving
+        self.timed_out = 0  # closed after idle_timeout_seconds with nothing being answered or read
+        self._idle_timeout = 0.0
+        self._idle_look: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self._open)
@@ -134,8 +151,30 @@ class ConnectionTracker:
                 self.closed_idle += 1
         return next_look
 
+    def expire_idle(self, idle_timeout: float) -> None:
+        """From now on close each connection idle for ``idle_timeout`` seconds (0: never): nothing being answered,
+        nothing read, and nothing the kernel holds for it unread."""
+        if idle_timeout <= 0 or self._idle_look is not None:
+            return
+        self._idle_timeout = idle_timeout
+        self._idle_look = self.loop.call_later(self._idle_interval, self._close_expired)
+
+    @property
+    def _idle_interval(self) -> float:
+        return min(self._idle_timeout / 2, IDLE_LOOK_SECONDS)
+
+    def _close_expired(self) -> None:
+        expired = self.loop.time() - self._idle_timeout
+        for connection in list(self._open):
+            idle = not connection.in_flight and connection.last_activity <= expired
+            if idle and not connection.unread_bytes() and connection.time_out(self._idle_timeout):
+                self.timed_out += 1
+        self._idle_look = self.loop.call_later(self._idle_interval, self._close_expired)
+
     def close_all(self) -> None:
         """At the drain timeout: close what is left, counting connections that had a request arriving."""
+        if self._idle_look is not None:
+            self._idle_look.cancel()
         for connection in list(self._open):
             if connection.request_arriving or connection.unread_bytes():
                 self.closed_with_request_unread += 1

@@ -21,6 +21,8 @@ What it does beside parsing:
   connection, and answering pauses while the transport's buffer is full;
 - a client that half-closes its side still gets the answers to what it sent; requests waiting behind the one
   being answered when a client goes away are dropped, not computed;
+- a connection idle for ``idle_timeout_seconds`` is closed (``server.connections``); one whose request stopped
+  arriving halfway is answered 408 first;
 - TCP keep-alive probes find peers that vanished without closing.
 """
 
@@ -352,6 +354,16 @@ class HttpConnection(TrackedConnection):
         self._continue_owed = False
         message = f"request body exceeds max_request_bytes ({self._limit} bytes)"
         self._answer_and_close(json_response({"error": message}, status=413))
+
+    def time_out(self, idle_timeout: float) -> bool:
+        if self._closing:
+            return False  # closing already: after its last answer, or on the linger's own timer
+        if self.request_arriving:
+            message = f"the request did not arrive whole: nothing came for {idle_timeout:g} s"
+            self._answer_and_close(json_response({"error": message}, status=408))
+        else:
+            self.close()
+        return True
 
     def _answer_and_close(self, response: Response) -> None:
         """Answer ``response`` after what is pending, then close; read nothing more."""

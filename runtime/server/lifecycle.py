@@ -114,6 +114,7 @@ async def _serve(settings: RuntimeSettings, worker: WorkerContext | None) -> int
             "refused": state.refused,
             "unanswered": state.in_flight,
             "connections_closed_idle": state.connections.closed_idle,
+            "connections_timed_out": state.connections.timed_out,
             "connections_closed_with_request_unread": state.connections.closed_with_request_unread,
         },
     )

@@ -721,3 +721,36 @@ async def test_after_a_refusal_a_silent_client_is_closed_after_the_linger(serve_
     assert await client.closed_by_server()
     await until(lambda: len(server.state.connections) == 0)
     await client.close()
+
+
+async def test_idle_connections_are_closed_after_the_idle_timeout(serve_in_process, reference):
+    """On a real loop and real time: a connection with nothing being answered and nothing received for
+    ``idle_timeout_seconds`` is closed, one whose request stopped arriving halfway after a 408; one whose request
+    computes for longer stays open, and answers."""
+    server = await serve_in_process("mlp", idle_timeout_seconds=0.2)
+    server.gate.close()
+    computing = await Client.connect(server)
+    x = features(7)
+    computing.send(infer(x))
+    await server.gate.wait_entered()
+
+    idle = await Client.connect(server)
+    idle.send(get("/v2/health/live"))
+    assert (await idle.answer()).status == 200
+    stalled = await Client.connect(server)
+    stalled.send(request("POST", INFER, headers={"Content-Length": "100"}) + b'{"inputs": ')
+    assert_error(await stalled.answer("POST"), 408, "the request did not arrive whole: nothing came for 0.2 s")
+    assert await stalled.closed_by_server()
+    await stalled.close()  # the server reads on after a refusal until the client is done
+    assert await idle.closed_by_server()
+
+    # Both timed out after the request being computed was read: only what it waits for keeps it open.
+    assert server.state.connections.timed_out == 2
+    await until(lambda: len(server.state.connections) == 1)
+    server.gate.open()
+    assert_inferred(await computing.answer("POST"), x, reference)
+    assert computing.kept_alive
+    assert await computing.closed_by_server()  # and once answered, it is idle too
+    assert server.state.connections.timed_out == 3
+    for client in (computing, idle):
+        await client.close()
