@@ -67,6 +67,16 @@ class TrackedConnection(asyncio.Protocol):
         """A request is being answered, or its first bytes have arrived."""
         return self.in_flight > 0 or self.request_arriving
 
+    @property
+    def closing(self) -> bool:
+        """The server has closed it already: it goes once what it was writing is sent."""
+        return self.transport is None or self.transport.is_closing()
+
+    @property
+    def writing(self) -> bool:
+        """An answer is still on its way out: the transport holds bytes the client has not taken yet."""
+        return self.transport is not None and self.transport.get_write_buffer_size() > 0
+
     def unread_bytes(self) -> int:
         """Bytes the kernel received for this connection that the server has not read yet."""
         if self.transport is None:
@@ -86,6 +96,8 @@ class TrackedConnection(asyncio.Protocol):
     def time_out(self, idle_timeout: float) -> bool:
         """Idle for ``idle_timeout`` seconds: close (the HTTP protocol answers a request left halfway first); False
         if it was closing already."""
+        if self.closing:
+            return False
         self.close()
         return True
 
@@ -139,7 +151,7 @@ class ConnectionTracker:
         now = self.loop.time()
         next_look = math.inf
         for connection in list(self._open):
-            if connection.busy:
+            if connection.busy or connection.closing:
                 continue
             quiet_from = max(connection.last_activity, since)
             if now < quiet_from + grace:
@@ -152,8 +164,8 @@ class ConnectionTracker:
         return next_look
 
     def expire_idle(self, idle_timeout: float) -> None:
-        """From now on close each connection idle for ``idle_timeout`` seconds (0: never): nothing being answered,
-        nothing read, and nothing the kernel holds for it unread."""
+        """From now on close each connection idle for ``idle_timeout`` seconds (0: never): nothing being answered or
+        still being written, nothing read, and nothing the kernel holds for it unread."""
         if idle_timeout <= 0 or self._idle_look is not None:
             return
         self._idle_timeout = idle_timeout
@@ -164,12 +176,14 @@ class ConnectionTracker:
         return min(self._idle_timeout / 2, IDLE_LOOK_SECONDS)
 
     def _close_expired(self) -> None:
+        # Armed first: whatever happens below, the next look comes.
+        self._idle_look = self.loop.call_later(self._idle_interval, self._close_expired)
         expired = self.loop.time() - self._idle_timeout
         for connection in list(self._open):
-            idle = not connection.in_flight and connection.last_activity <= expired
-            if idle and not connection.unread_bytes() and connection.time_out(self._idle_timeout):
+            if connection.in_flight or connection.writing or connection.last_activity > expired:
+                continue
+            if not connection.unread_bytes() and connection.time_out(self._idle_timeout):
                 self.timed_out += 1
-        self._idle_look = self.loop.call_later(self._idle_interval, self._close_expired)
 
     def close_all(self) -> None:
         """At the drain timeout: close what is left, counting connections that had a request arriving."""

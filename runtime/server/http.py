@@ -185,6 +185,7 @@ class HttpConnection(TrackedConnection):
         self._writable.clear()
 
     def resume_writing(self) -> None:
+        self.last_activity = self._loop.time()  # the client is taking its answer: not idle
         self._writable.set()
 
     # -- httptools' callbacks -----------------------------------------------------------------------
@@ -356,13 +357,13 @@ class HttpConnection(TrackedConnection):
         self._answer_and_close(json_response({"error": message}, status=413))
 
     def time_out(self, idle_timeout: float) -> bool:
-        if self._closing:
+        if self._closing or self.closing:
             return False  # closing already: after its last answer, or on the linger's own timer
         if self.request_arriving:
             message = f"the request did not arrive whole: nothing came for {idle_timeout:g} s"
             self._answer_and_close(json_response({"error": message}, status=408))
         else:
-            self.close()
+            self._close()
         return True
 
     def _answer_and_close(self, response: Response) -> None:

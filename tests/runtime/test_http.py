@@ -754,3 +754,33 @@ async def test_idle_connections_are_closed_after_the_idle_timeout(serve_in_proce
     assert server.state.connections.timed_out == 3
     for client in (computing, idle):
         await client.close()
+
+
+async def test_an_answer_the_client_is_slow_to_take_keeps_its_connection(serve_in_process, reference):
+    """On a real loop and real time: a connection whose answer still waits in the server's buffers is not idle,
+    however long the client takes to read it; once taken, the connection is idle, and closed in its turn."""
+    server = await serve_in_process("mlp", idle_timeout_seconds=0.2, max_batch_size=2048)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window from the start
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+    slow = Client(*await asyncio.open_connection(sock=sock))
+    await until(lambda: len(server.state.connections) == 1)
+    (connection,) = server.state.connections
+    assert connection.transport is not None
+    connection.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    x = features(8, rows=2048)  # an answer of about 400 KB, past the kernel's buffers (both made small)
+    slow.send(infer(x))
+    await until(lambda: connection.in_flight == 0 and connection.writing)
+
+    other = await Client.connect(server)  # idle from now: once it is closed, the slow one has waited as long
+    assert await other.closed_by_server()
+    assert server.state.connections.timed_out == 1
+    assert connection in list(server.state.connections)
+
+    assert_inferred(await slow.answer("POST"), x, reference)
+    assert slow.kept_alive
+    assert await slow.closed_by_server()
+    assert server.state.connections.timed_out == 2
+    for client in (slow, other):
+        await client.close()
