@@ -13,8 +13,9 @@ What it does beside parsing:
   the connection, and the reset can reach the client before the refusal does);
 - ``Expect: 100-continue`` is answered ``100 Continue`` when the request is next in line, or 413 (and the
   client sends no body);
-- a malformed request is answered 400 and the connection closed; so is a request line and headers over
-  ``MAX_HEAD_BYTES`` (431); an ``Upgrade`` request is answered as HTTP/1.1 and the connection closed;
+- a malformed request is answered 400 and the connection closed; so is a request line and headers (with a chunked
+  body's trailer) over ``MAX_HEAD_BYTES`` (431); an ``Upgrade`` request is answered as HTTP/1.1 and the connection
+  closed;
 - an answer carries ``Connection: close`` when the client asked for it, or when the server is draining and
   nothing more has arrived on the connection; the connection closes once it is written;
 - reading pauses while ``MAX_PENDING`` requests (or ``max_request_bytes`` of their bodies) wait on one
@@ -116,9 +117,11 @@ class HttpConnection(TrackedConnection):
         self._lingering = 0  # bytes still to be read and thrown away before closing, after a refusal
         self._linger_timer: asyncio.TimerHandle | None = None
         self._pending_bytes = 0  # of the waiting requests' bodies
-        # The request being parsed: its head (request line and headers) is read while _in_head; _head_bytes
-        # counts what the parser gave of it, _head_read the reads it has not finished in (the parser buffers them).
+        # The request being parsed: its head (request line and headers) is read while _in_head, a chunked body's
+        # trailer (after its last chunk) while _in_trailer; _head_bytes counts what the parser gave of both,
+        # _head_read the reads it has not finished them in (the parser buffers those).
         self._in_head = True
+        self._in_trailer = False
         self._head_bytes = 0
         self._head_read = 0
         self._boundary = False
@@ -154,9 +157,9 @@ class HttpConnection(TrackedConnection):
                 reason = str(error) or type(error).__name__
                 self._answer_and_close(json_response({"error": f"malformed HTTP request: {reason}"}, status=400))
         else:
-            if self._in_head:
-                # A head the parser has not finished: all of this read is part of it, unless a request ended or
-                # began in it (then some is the requests before it; what the parser holds is at most this read).
+            if self._in_head or self._in_trailer:
+                # A head (or trailer) the parser has not finished: all of this read is part of it, unless it began
+                # in it, or a request ended there (then what the parser holds is at most this read).
                 self._head_read = 0 if self._boundary else self._head_read + len(data)
                 if self._head_read > MAX_HEAD_BYTES:
                     self._refuse_head()
@@ -211,12 +214,14 @@ class HttpConnection(TrackedConnection):
             self._refuse_head()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head or self._closing:
-            return  # a chunked body's trailer: the request's headers were settled before its body
+        if self._closing:
+            return
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > MAX_HEAD_BYTES:
             self._refuse_head()
             return
+        if not self._in_head:
+            return  # a chunked body's trailer, bounded with the head: the request's headers were settled before
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         previous = self._headers.get(key)
@@ -237,7 +242,16 @@ class HttpConnection(TrackedConnection):
             else:
                 self._continue_owed = True  # after the answers owed before it (in_flight counts them)
 
+    def on_chunk_header(self) -> None:
+        # The last chunk (size 0) has no body: a trailer may follow it. Any other chunk's body clears this.
+        self._in_trailer = True
+        self._boundary = True
+
+    def on_chunk_complete(self) -> None:
+        self._in_trailer = False
+
     def on_body(self, body: bytes) -> None:
+        self._in_trailer = False
         self._continue_owed = False  # the client sends without waiting for it
         if self._closing:
             return

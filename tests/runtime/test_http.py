@@ -677,6 +677,21 @@ async def test_a_chunked_bodys_trailer_does_not_change_the_request(serve_in_proc
     await client.close()
 
 
+async def test_a_trailer_without_end_is_431_then_closed(serve_in_process):
+    """A chunked body's trailer counts with the head (``MAX_HEAD_BYTES``), also while it is still arriving: the
+    parser holds an unfinished trailer line, which must not grow without end."""
+    from kubeserve.runtime.server.http import MAX_HEAD_BYTES
+
+    server = await serve_in_process("mlp")
+    client = await Client.connect(server)
+    client.send(request("POST", INFER, headers={"Transfer-Encoding": "chunked"}) + b"2\r\n{}\r\n0\r\nX-Pad: ")
+    await until(lambda: any(connection.request_arriving for connection in server.state.connections))
+    client.send(b"y" * (MAX_HEAD_BYTES + 1))  # read after the last chunk: all of it trailer, with no end
+    assert_error(await client.answer("POST"), 431, f"the request line and headers exceed {MAX_HEAD_BYTES} bytes")
+    assert await client.closed_by_server()
+    await client.close()
+
+
 async def test_an_absolute_form_target_is_served_as_its_path(serve_in_process):
     server = await serve_in_process("mlp")
     client = await Client.connect(server)
