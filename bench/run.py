@@ -31,6 +31,7 @@ from pathlib import Path
 # PYTHONSAFEPATH keeps the script's folder off sys.path (the repository root holds `operator/`); add bench/ only.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import http_attacks
 import models as comparison_models
 import onnxruntime
 from inprocess import samples_per_second
@@ -381,9 +382,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="rounds of the comparison (medians reported)")
     parser.add_argument("--readme", action="store_true", help="write the tables into README.md")
     parser.add_argument(
-        "--part", choices=("all", "comparison", "self", "optimization"), default="all",
+        "--part", choices=("all", "comparison", "self", "optimization", "attacks"), default="all",
         help="comparison: the runtime against the plain server; self: the runtime against itself (samples); "
-        "optimization: FP32 against precompiled and dynamicInt8 (its own README table)",
+        "optimization: FP32 against precompiled and dynamicInt8 (its own README table); attacks: hostile clients "
+        "against the HTTP layer, a normal client beside each (bench/http_attacks.py)",
     )  # fmt: skip
     args = parser.parse_args()
     if args.readme and args.part not in ("all", "optimization"):
@@ -427,6 +429,12 @@ def main() -> None:
             rows, inprocess, check_floors(rows, inprocess)
         )
         saved.update(rows=rows, inprocess=inprocess)
+    if args.part in ("all", "attacks"):
+        for workers in sorted({1, DEPLOYED_WORKERS}):
+            attack_rows = http_attacks.run(workers, args.seconds, list(http_attacks.ATTACKS))
+            text += "\n\n" + http_attacks.render(attack_rows, workers) + "\n\n"
+            text += "\n".join(render_floors([http_attacks.floor(attack_rows, workers)]))
+            saved.setdefault("attacks", {})[workers] = [vars(row) for row in attack_rows]
     if args.part in ("all", "optimization"):
         optimization_rows = measure_optimization(work, args.seconds, drive)
         startup_rows = measure_startup(work)

@@ -1,7 +1,8 @@
 """How much memory a runtime pod needs, planned before it is scheduled: a pure formula, calibrated on the real
 runtime (``bench/memory_calibration.py``; its numbers are in the README).
 
-    serve    = workers x (BASE + size x WEIGHTS[quantization] + instanceCount x max(maxBatchSize, 1) x PER_ROW)
+    serve    = workers x (BASE + size x WEIGHTS[quantization] + instanceCount x max(maxBatchSize, 1) x PER_ROW
+                          + BUFFERED)
                + SUPERVISOR                                                     (only with workers above 1)
     optimize = OPTIMIZE_BASE + size x OPTIMIZING[quantization]            (only with an optimize init container)
     estimate = max(serve, optimize)
@@ -14,6 +15,8 @@ runtime (``bench/memory_calibration.py``; its numbers are in the README).
 - ``PER_ROW``: each row of a batch in flight: the decoded request, the intermediate tensors, the answer. It depends
   on the model's inputs, which the operator cannot see either; the constant covers the bundled CNN's 3x64x64 images
   sent as JSON, the heaviest of the bundled models, and over-counts small inputs.
+- ``BUFFERED``: request bodies arriving, or read and waiting their turn, which the runtime bounds per process at
+  ``max_buffered_request_bytes`` (its default: the operator leaves it as it is), however many clients send at once.
 - ``workers``: each server process holds its own session, so all of the above once per worker; with more than one,
   the supervisor process and multiprocessing's resource tracker besides.
 - ``optimize``: the init container's ``kubeserve-runtime optimize`` imports more (onnx, the quantizer), parses the
@@ -29,6 +32,7 @@ from dataclasses import dataclass, replace
 from kubernetes.utils import parse_quantity
 from kubeserve.operator.cpu_share import wanted_workers
 from kubeserve.operator.spec import InferenceService, Quantization
+from kubeserve.runtime.config import RuntimeSettings
 
 MIB = 1024 * 1024
 # Calibrated on CPU (README, "Memory, planned before scheduling"): the runtime's peak was 92 MiB with the sample MLP,
@@ -38,6 +42,8 @@ BASE_BYTES = 120 * MIB
 WEIGHTS: dict[str, float] = {"none": 2.0, "dynamicInt8": 0.5}
 # Up to 2.3 MiB measured per row of the CNNs' 3x64x64 images at batch 32.
 PER_ROW_BYTES = math.ceil(2.5 * MIB)
+# Request bodies held by one server process at most: the runtime's bound, which pods keep at its default.
+BUFFERED_BYTES: int = RuntimeSettings.model_fields["max_buffered_request_bytes"].default
 # With workers: the supervisor (38 MiB measured: it imports neither ONNX Runtime nor aiohttp) and multiprocessing's
 # resource tracker (13 MiB), with some margin.
 SUPERVISOR_BYTES = 56 * MIB
@@ -59,12 +65,13 @@ class MemoryInputs:
     instance_count: int = 1
     optimizes: bool = False  # an init container writes the optimized model (quantization or precompile)
     workers: int = 1  # server processes in the pod, each with its own session
+    buffered_bytes: int = BUFFERED_BYTES  # request bodies one process may hold (max_buffered_request_bytes)
 
 
 def estimate_bytes(inputs: MemoryInputs) -> int:
     """The pod's peak memory in bytes: its runtime container's, or its optimize init container's if larger."""
     rows = inputs.instance_count * max(inputs.max_batch_size, 1)
-    one = BASE_BYTES + inputs.model_bytes * WEIGHTS[inputs.quantization] + rows * PER_ROW_BYTES
+    one = BASE_BYTES + inputs.model_bytes * WEIGHTS[inputs.quantization] + rows * PER_ROW_BYTES + inputs.buffered_bytes
     serve = inputs.workers * one + (SUPERVISOR_BYTES if inputs.workers > 1 else 0)
     optimize = OPTIMIZE_BASE_BYTES + inputs.model_bytes * OPTIMIZING[inputs.quantization]
     return math.ceil(max(serve, optimize) if inputs.optimizes else serve)

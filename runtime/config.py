@@ -50,7 +50,28 @@ class RuntimeSettings(BaseModel):
     # HTTP.
     host: str = Field(default="0.0.0.0", description="address to listen on")
     port: int = Field(default=8080, ge=0, le=65535, description="port to listen on (0 picks a free one)")
-    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="largest request body")
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="largest request body (413)")
+    max_buffered_request_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="request bodies one server process holds at once, arriving or waiting their turn on their "
+        "connections; the body that would pass it gets 503 with Retry-After (at least max_request_bytes)",
+    )
+    request_head_timeout_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="a request's line and headers must arrive within this long from their first byte, else 408; "
+        "0: no limit",
+    )
+    min_request_body_bytes_per_second: float = Field(
+        default=240.0,
+        ge=0,
+        description="a request body must arrive at this rate at least, over each span of "
+        "request_body_rate_window_seconds, else 408; 0: no limit",
+    )
+    request_body_rate_window_seconds: float = Field(
+        default=5.0, gt=0, description="the span over which min_request_body_bytes_per_second is measured"
+    )
     access_log: bool = Field(default=False, description="log one line per request")
     idle_timeout_seconds: float = Field(
         default=75.0,
@@ -148,6 +169,15 @@ class RuntimeSettings(BaseModel):
                 raise ValueError(
                     f"preferred_batch_size {size} must be between 1 and max_batch_size ({self.max_batch_size})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _check_buffers(self) -> RuntimeSettings:
+        if self.max_buffered_request_bytes < self.max_request_bytes:
+            raise ValueError(
+                f"max_buffered_request_bytes ({self.max_buffered_request_bytes}) must be at least max_request_bytes "
+                f"({self.max_request_bytes}): a body of the largest size must fit"
+            )
         return self
 
     @model_validator(mode="after")

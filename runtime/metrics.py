@@ -32,6 +32,7 @@ STAGES = ("deserialize", "queue", "compute", "serialize", "total")
 GAUGE_MERGE: dict[str, Callable[[Sequence[float]], float]] = {
     "kubeserve_queue_depth": sum,
     "kubeserve_requests_in_flight": sum,
+    "kubeserve_http_buffered_request_bytes": sum,
     "kubeserve_model_ready": min,
     "kubeserve_model_load_seconds": max,
 }
@@ -55,6 +56,21 @@ class ServerMetrics:
             [*names, "reason"],
             registry=self.registry,
         )
+        self._http_refusals = Counter(
+            "kubeserve_http_refusals",
+            "Requests the HTTP layer answered itself before any handler (400, 408, 413, 431, 503), by reason: "
+            "malformed, missing_host, chunk_framing, head_too_large, body_too_large, buffers_full, head_timeout, "
+            "body_too_slow, stalled.",
+            [*names, "reason"],
+            registry=self.registry,
+        )
+        self.body_bytes_held = Gauge(
+            "kubeserve_http_buffered_request_bytes",
+            "Bytes of request bodies arriving, or read and waiting their turn on their connections; "
+            "max_buffered_request_bytes bounds them.",
+            names,
+            registry=self.registry,
+        ).labels(**labels)
         duration = Histogram(
             "kubeserve_request_duration_seconds",
             "Time an inference request spent in each stage: deserialize (body read and decoded), queue "
@@ -108,6 +124,9 @@ class ServerMetrics:
         self._labels = labels
         self._codes: dict[int, Counter] = {}
         self.rejected = {reason: self._rejected.labels(**labels, reason=reason) for reason in Rejection}
+
+    def http_refused(self, reason: str) -> None:
+        self._http_refusals.labels(**self._labels, reason=reason).inc()
 
     def answered(self, status: int) -> None:
         counter = self._codes.get(status)

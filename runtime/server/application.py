@@ -10,8 +10,8 @@ import time
 
 from kubeserve.runtime.protocol.errors import InferenceError
 from kubeserve.runtime.server.codings import compress
-from kubeserve.runtime.server.connections import ConnectionTracker
-from kubeserve.runtime.server.http import HttpConnection
+from kubeserve.runtime.server.connections import ConnectionTracker, Deadlines
+from kubeserve.runtime.server.http import HttpConnection, Refusal
 from kubeserve.runtime.server.messages import Request, Response
 from kubeserve.runtime.server.responses import error_response, json_response
 from kubeserve.runtime.server.router import Router
@@ -31,6 +31,7 @@ class Application:
         self.router = router
         self.connections = connections
         self.max_request_bytes = state.settings.max_request_bytes
+        self.max_buffered_bytes = state.settings.max_buffered_request_bytes
         self.access_log = access_log
 
     @property
@@ -45,6 +46,22 @@ class Application:
     def dropped(self, count: int) -> None:
         """``count`` requests read whole will never be handled: their connection closed first."""
         self.state.arriving -= count
+
+    def hold(self, size: int) -> bool:
+        """Count ``size`` bytes of a request body arriving against ``max_buffered_request_bytes``; False (nothing
+        counted) past it."""
+        if self.state.body_bytes_held + size > self.max_buffered_bytes:
+            return False
+        self.state.body_bytes_held += size
+        return True
+
+    def release(self, size: int) -> None:
+        """``size`` bytes of bodies counted by ``hold`` are handled, or dropped."""
+        self.state.body_bytes_held -= size
+
+    def refused(self, reason: Refusal) -> None:
+        """The HTTP layer answered a request itself, for ``reason``."""
+        self.state.metrics.http_refused(reason)
 
     async def handle(self, request: Request) -> Response:
         self.state.arriving -= 1
@@ -77,7 +94,15 @@ class Application:
         """Serve on ``host:port``; ``reuse_port`` lets the pod's other workers listen on the same port."""
         loop = asyncio.get_running_loop()
         listener = await loop.create_server(self.connection, host, port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
-        self.connections.expire_idle(self.state.settings.idle_timeout_seconds)
+        settings = self.state.settings
+        self.connections.expire(
+            Deadlines(
+                idle_seconds=settings.idle_timeout_seconds,
+                head_seconds=settings.request_head_timeout_seconds,
+                body_bytes_per_second=settings.min_request_body_bytes_per_second,
+                body_window_seconds=settings.request_body_rate_window_seconds,
+            )
+        )
         return listener
 
     async def listen_unix(self, path: str) -> asyncio.Server:

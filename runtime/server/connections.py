@@ -12,8 +12,9 @@ it that the server has not read yet.
 
 Outside a drain, a connection idle for ``idle_timeout_seconds`` (nothing being answered, nothing read) is closed
 too, by the same rule, so that clients that went quiet, or stalled halfway through a request, do not hold
-connections forever. One timer looks for them, not one per connection: re-arming a timer on every read would
-cost every request.
+connections forever; so is one whose request arrives too slowly (``Deadlines``: its head, its body's rate), after a
+408. One timer looks for them all, not one per connection: re-arming a timer on every read would cost every
+request.
 """
 
 from __future__ import annotations
@@ -25,13 +26,32 @@ import fcntl
 import math
 import termios
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 # While the kernel holds unread bytes for an otherwise idle connection, look again this soon: the loop is
 # about to read them, and then the connection has a request on its way.
 UNREAD_RECHECK_SECONDS = 0.01
-# Idle connections are looked for every half idle timeout, and at least this often: one closes at most this much
-# after its timeout.
-IDLE_LOOK_SECONDS = 1.0
+# Connections past a deadline are looked for every half of the shortest deadline, and at least this often: one
+# closes at most this much after its deadline.
+DEADLINE_LOOK_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """How long a client may take, on the loop's clock (0: no limit); the settings of the same names."""
+
+    idle_seconds: float = 0.0  # idle_timeout_seconds: nothing being answered, nothing received
+    head_seconds: float = 0.0  # request_head_timeout_seconds: a request's line and headers, from their first byte
+    body_bytes_per_second: float = 0.0  # min_request_body_bytes_per_second, measured over spans of...
+    body_window_seconds: float = 0.0  # ...this long each (request_body_rate_window_seconds)
+
+    @property
+    def look_seconds(self) -> float | None:
+        """How often to look for connections past a deadline; None: never."""
+        spans = [s for s in (self.idle_seconds, self.head_seconds, self.body_window_seconds) if s > 0]
+        if not spans and not self.body_bytes_per_second:
+            return None
+        return min([DEADLINE_LOOK_SECONDS, *(span / 2 for span in spans)])
 
 
 class TrackedConnection(asyncio.Protocol):
@@ -93,10 +113,12 @@ class TrackedConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def time_out(self, idle_timeout: float) -> bool:
-        """Idle for ``idle_timeout`` seconds: close (the HTTP protocol answers a request left halfway first); False
-        if it was closing already."""
-        if self.closing:
+    def expire(self, now: float, deadlines: Deadlines) -> bool:
+        """Close this connection if it is past a deadline (the HTTP protocol answers a request arriving too slowly
+        with a 408 first); whether it did. Here: idle for ``deadlines.idle_seconds``, with nothing the kernel holds
+        for it unread."""
+        idle = deadlines.idle_seconds
+        if self.closing or not idle or now - self.last_activity <= idle or self.unread_bytes():
             return False
         self.close()
         return True
@@ -111,9 +133,9 @@ class ConnectionTracker:
         self._changed = asyncio.Event()
         self.closed_idle = 0  # closed by the drain after the grace period, with nothing on its way
         self.closed_with_request_unread = 0  # closed at the drain timeout with a request arriving
-        self.timed_out = 0  # closed after idle_timeout_seconds with nothing being answered or read
-        self._idle_timeout = 0.0
-        self._idle_look: asyncio.TimerHandle | None = None
+        self.timed_out = 0  # closed past a deadline (Deadlines) with nothing being answered
+        self._deadlines = Deadlines()
+        self._look: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self._open)
@@ -163,32 +185,29 @@ class ConnectionTracker:
                 self.closed_idle += 1
         return next_look
 
-    def expire_idle(self, idle_timeout: float) -> None:
-        """From now on close each connection idle for ``idle_timeout`` seconds (0: never): nothing being answered or
-        still being written, nothing read, and nothing the kernel holds for it unread."""
-        if idle_timeout <= 0 or self._idle_look is not None:
+    def expire(self, deadlines: Deadlines) -> None:
+        """From now on close each connection past one of ``deadlines`` (``TrackedConnection.expire``), unless a
+        request is being answered on it or its answer is still being written."""
+        look = deadlines.look_seconds
+        if look is None or self._look is not None:
             return
-        self._idle_timeout = idle_timeout
-        self._idle_look = self.loop.call_later(self._idle_interval, self._close_expired)
+        self._deadlines = deadlines
+        self._look = self.loop.call_later(look, self._close_expired, look)
 
-    @property
-    def _idle_interval(self) -> float:
-        return min(self._idle_timeout / 2, IDLE_LOOK_SECONDS)
-
-    def _close_expired(self) -> None:
+    def _close_expired(self, look: float) -> None:
         # Armed first: whatever happens below, the next look comes.
-        self._idle_look = self.loop.call_later(self._idle_interval, self._close_expired)
-        expired = self.loop.time() - self._idle_timeout
+        self._look = self.loop.call_later(look, self._close_expired, look)
+        now = self.loop.time()
         for connection in list(self._open):
-            if connection.in_flight or connection.writing or connection.last_activity > expired:
+            if connection.in_flight or connection.writing:
                 continue
-            if not connection.unread_bytes() and connection.time_out(self._idle_timeout):
+            if connection.expire(now, self._deadlines):
                 self.timed_out += 1
 
     def close_all(self) -> None:
         """At the drain timeout: close what is left, counting connections that had a request arriving."""
-        if self._idle_look is not None:
-            self._idle_look.cancel()
+        if self._look is not None:
+            self._look.cancel()
         for connection in list(self._open):
             if connection.request_arriving or connection.unread_bytes():
                 self.closed_with_request_unread += 1

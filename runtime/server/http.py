@@ -6,13 +6,26 @@ than the runtime's whole request path; this protocol costs 22-41 (``bench/http_l
 
 What it does beside parsing:
 
-- bodies are read whole before the handler runs, up to ``max_request_bytes``: a larger one (by its
-  ``Content-Length``, or as chunks arrive) is answered 413 at once;
+- bodies are read whole before the handler runs, into one buffer the size of the body, up to
+  ``max_request_bytes``: a larger one (by its ``Content-Length``, or as chunks arrive) is answered 413 at once;
+- the bodies held by the process's connections (arriving, or read and waiting their turn) are bounded together by
+  ``max_buffered_request_bytes``: the body that would pass it is answered 503 with ``Retry-After``, so that the
+  pod's memory is never at its clients' mercy;
+- a chunked body's framing (chunk-size lines, extensions, trailer) may outweigh the data it carries by at most
+  ``CHUNK_FRAMING_ALLOWANCE``: past it, 400 (tiny chunks cost the server far more than they carry, and a chunk-size
+  line without end would be read forever);
+- a request's head must arrive whole within ``request_head_timeout_seconds``, and its body at
+  ``min_request_body_bytes_per_second`` at least over each span of ``request_body_rate_window_seconds``: else 408
+  (``server.connections`` looks);
+- an HTTP/1.1 request without ``Host``, or with two, is answered 400 (RFC 9112 §3.2); an HTTP/1.0 request with
+  ``Transfer-Encoding`` is served, then the connection closed, since its framing cannot be trusted (§6.1);
+- percent-encoding in the path is decoded before routing, except an encoded slash (``%2F``), which never
+  separates segments (a path-based rule in front of the server sees the segments the server routes on);
 - after a refusal the connection is closed gently: the server ends its side and reads on, throwing away, for up
   to ``LINGER_SECONDS`` or ``LINGER_BYTES`` or until the client closes (closing with its bytes unread would reset
   the connection, and the reset can reach the client before the refusal does);
 - ``Expect: 100-continue`` is answered ``100 Continue`` when the request is next in line, or 413 (and the
-  client sends no body);
+  client sends no body); an HTTP/1.0 request's expectation is ignored (RFC 9110 §10.1.1);
 - a malformed request is answered 400 and the connection closed; so is a request line and headers (with a chunked
   body's trailer) over ``MAX_HEAD_BYTES`` (431); an ``Upgrade`` request is answered as HTTP/1.1 and the connection
   closed;
@@ -30,7 +43,9 @@ What it does beside parsing:
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
+import re
 import socket
 import time
 from collections import deque
@@ -40,8 +55,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import httptools
-from kubeserve.runtime.server.connections import ConnectionTracker, TrackedConnection
+from kubeserve.runtime.server.connections import ConnectionTracker, Deadlines, TrackedConnection
 from kubeserve.runtime.server.messages import Request, Response
+from kubeserve.runtime.server.rejections import RETRY_AFTER_SECONDS
 from kubeserve.runtime.server.responses import json_response
 
 if TYPE_CHECKING:
@@ -53,6 +69,9 @@ log = logging.getLogger(__name__)
 MAX_PENDING = 32
 # A request line and headers together (aiohttp allowed 8190 bytes a line): past it, 431 and the connection closed.
 MAX_HEAD_BYTES = 64 * 1024
+# A chunked body's framing (chunk-size lines, their extensions, CRLFs, trailer) may exceed the data it carries by
+# this much (Node.js bounds chunk extensions at 16 KiB, CVE-2024-22019): past it, 400.
+CHUNK_FRAMING_ALLOWANCE = 64 * 1024
 # After a refusal, how long and how much the server reads on before it closes (aiohttp lingered 10 s).
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
@@ -61,6 +80,27 @@ JOIN_BODY_BYTES = 16 * 1024
 SERVER = "kubeserve"
 _STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n" for status in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_ENCODED_SLASH = re.compile("%2f", re.IGNORECASE)
+
+
+class Refusal(enum.StrEnum):
+    """Why the HTTP layer answered a request itself, before any handler: ``kubeserve_http_refusals_total``'s
+    reasons."""
+
+    MALFORMED = "malformed"  # 400: not HTTP/1.x as RFC 9112 frames it
+    MISSING_HOST = "missing_host"  # 400: an HTTP/1.1 request without exactly one Host
+    CHUNK_FRAMING = "chunk_framing"  # 400: chunk framing outweighs the data past CHUNK_FRAMING_ALLOWANCE
+    HEAD_TOO_LARGE = "head_too_large"  # 431: past MAX_HEAD_BYTES
+    BODY_TOO_LARGE = "body_too_large"  # 413: past max_request_bytes
+    BUFFERS_FULL = "buffers_full"  # 503: past max_buffered_request_bytes, across the process
+    HEAD_TIMEOUT = "head_timeout"  # 408: the head took longer than request_head_timeout_seconds
+    BODY_TOO_SLOW = "body_too_slow"  # 408: the body came slower than min_request_body_bytes_per_second
+    STALLED = "stalled"  # 408: nothing came for idle_timeout_seconds, halfway through a request
+
+
+def decode_path(path: str) -> str:
+    """``path`` percent-decoded, but for encoded slashes: ``%2F`` stays as it is, inside its segment."""
+    return "%2F".join(unquote(part) for part in _ENCODED_SLASH.split(path))
 
 
 class _Date:
@@ -105,13 +145,14 @@ class HttpConnection(TrackedConnection):
         self._limit = app.max_request_bytes
         self._parser = httptools.HttpRequestParser(self)
         self._loop = tracker.loop
-        # What to answer, in order: a request for the application, or a refusal made here (400, 413, 431).
+        # What to answer, in order: a request for the application, or a refusal made here (400, 408, 413, 431, 503).
         self._pending: deque[Request | Response] = deque()
         self._answering: asyncio.Task[None] | None = None
         self._writable = asyncio.Event()
         self._writable.set()
         self._reading = True
         self._closing = False  # no more requests: the connection closes after what is pending
+        self._close_after = False  # the request being read is the last: its framing cannot be trusted
         self._continue_owed = False  # a request waits for "100 Continue" until those before it are answered
         self._eof = False
         self._lingering = 0  # bytes still to be read and thrown away before closing, after a refusal
@@ -125,10 +166,22 @@ class HttpConnection(TrackedConnection):
         self._head_bytes = 0
         self._head_read = 0
         self._boundary = False
+        # A read holding none of a message's edges (its start, the end of its head, its end) is all body: what of it
+        # is not data is framing (_framing), which CHUNK_FRAMING_ALLOWANCE bounds.
+        self._edge_in_read = False
+        self._data_in_read = 0
+        self._framing = 0
+        # When the head began to arrive, and since when (with how much of it then) the body's rate is measured, on
+        # the loop's clock: request_head_timeout_seconds and min_request_body_bytes_per_second.
+        self._head_since = 0.0
+        self._body_since = 0.0
+        self._body_base = 0
         self._url = b""
+        self._fields: list[tuple[bytes, bytes]] = []  # the head's header lines, as the parser gives them
         self._headers: dict[str, str] = {}
-        self._body: list[bytes] = []
+        self._body: bytes | bytearray = b""
         self._size = 0
+        self._held = 0  # of the body being read, counted in the process's buffered bytes
 
     # -- the transport's calls ----------------------------------------------------------------------
 
@@ -147,6 +200,8 @@ class HttpConnection(TrackedConnection):
             return
         self.last_activity = self._loop.time()
         self._boundary = False
+        self._edge_in_read = False
+        self._data_in_read = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -155,14 +210,25 @@ class HttpConnection(TrackedConnection):
         except httptools.HttpParserError as error:
             if not self._closing:
                 reason = str(error) or type(error).__name__
-                self._answer_and_close(json_response({"error": f"malformed HTTP request: {reason}"}, status=400))
+                self._refuse(Refusal.MALFORMED, 400, f"malformed HTTP request: {reason}")
         else:
+            if self._closing:
+                return
             if self._in_head or self._in_trailer:
                 # A head (or trailer) the parser has not finished: all of this read is part of it, unless it began
                 # in it, or a request ended there (then what the parser holds is at most this read).
                 self._head_read = 0 if self._boundary else self._head_read + len(data)
                 if self._head_read > MAX_HEAD_BYTES:
                     self._refuse_head()
+                    return
+            if not self._in_head and not self._edge_in_read:
+                self._framing += len(data) - self._data_in_read
+                if self._framing > self._size + CHUNK_FRAMING_ALLOWANCE:
+                    message = (
+                        f"the chunked body's framing (chunk sizes, extensions, trailer) exceeds its data by more "
+                        f"than {CHUNK_FRAMING_ALLOWANCE} bytes: send fewer, larger chunks"
+                    )
+                    self._refuse(Refusal.CHUNK_FRAMING, 400, message)
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -179,6 +245,7 @@ class HttpConnection(TrackedConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._closing = True
+        self._drop_body()
         self._drop_pending()  # nobody to answer: not computed (the one being answered finishes)
         if self._linger_timer is not None:
             self._linger_timer.cancel()
@@ -194,16 +261,19 @@ class HttpConnection(TrackedConnection):
     # -- httptools' callbacks -----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._edge_in_read = True
         if self._closing:
             return  # a request after the last one this connection answers
         self._in_head = True
         self._boundary = True
         self._head_bytes = 0
+        self._head_since = self.last_activity
         self.request_arriving = True
         self._url = b""
-        self._headers = {}
-        self._body = []
+        self._fields = []
+        self._body = b""
         self._size = 0
+        self._framing = 0
 
     def on_url(self, url: bytes) -> None:
         if self._closing:
@@ -219,24 +289,42 @@ class HttpConnection(TrackedConnection):
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > MAX_HEAD_BYTES:
             self._refuse_head()
-            return
-        if not self._in_head:
-            return  # a chunked body's trailer, bounded with the head: the request's headers were settled before
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        previous = self._headers.get(key)
-        self._headers[key] = text if previous is None else f"{previous}, {text}"
+        elif self._in_head:  # not a chunked body's trailer, bounded with the head and otherwise ignored
+            self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_read = 0
+        self._edge_in_read = True
+        self._body_since = self.last_activity
+        self._body_base = 0
         if self._closing:
             return
-        expects_continue = self._headers.get("expect", "").lower() == "100-continue"
-        length = self._headers.get("content-length")
+        # Decoded and joined once, here: a value per line joined by concatenation is quadratic in repeated lines.
+        headers: dict[str, str] = {}
+        repeated: dict[str, list[str]] = {}
+        for name, value in self._fields:
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            previous = headers.setdefault(key, text)
+            if previous is not text:  # the name came before
+                repeated.setdefault(key, [previous]).append(text)
+        for key, values in repeated.items():
+            headers[key] = ", ".join(values)
+        self._headers = headers
+        hosts = len(repeated["host"]) if "host" in repeated else int("host" in headers)
+        http10 = self._parser.get_http_version() == "1.0"
+        if hosts != 1 and not http10:
+            message = "an HTTP/1.1 request needs exactly one Host header" + (f", not {hosts}" if hosts else "")
+            self._refuse(Refusal.MISSING_HOST, 400, message)
+            return
+        if http10 and "transfer-encoding" in headers:
+            self._close_after = True  # RFC 9112 §6.1: served, then closed
+        length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self._limit:
             self._refuse_too_large()
-        elif expects_continue:
+            return
+        if headers.get("expect", "").lower() == "100-continue" and not http10:
             if not self.in_flight:
                 self._send_continue()
             else:
@@ -253,17 +341,31 @@ class HttpConnection(TrackedConnection):
     def on_body(self, body: bytes) -> None:
         self._in_trailer = False
         self._continue_owed = False  # the client sends without waiting for it
+        size = len(body)
+        self._data_in_read += size
         if self._closing:
             return
-        self._size += len(body)
+        self._size += size
         if self._size > self._limit:
             self._refuse_too_large()
             return
-        self._body.append(body)
+        if not self._app.hold(size):
+            self._refuse_buffers_full()
+            return
+        self._held += size
+        # One buffer the body's size: a bytes object per chunk would cost ~50 bytes each beside the data.
+        if not self._body:
+            self._body = body
+        elif isinstance(self._body, bytearray):
+            self._body += body
+        else:
+            self._body = bytearray(self._body)
+            self._body += body
 
     def on_message_complete(self) -> None:
         self._in_head = True  # what follows is the next request's head
         self._boundary = True
+        self._edge_in_read = True
         self._continue_owed = False
         if self._closing:
             return
@@ -273,21 +375,23 @@ class HttpConnection(TrackedConnection):
             target = f"{parts.path or '/'}?{parts.query}" if parts.query else parts.path or "/"
         path, _, query = target.partition("?")
         if "%" in path:
-            path = unquote(path)
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+            path = decode_path(path)
         parser = self._parser
         request = Request(
             parser.get_method().decode("latin-1"),
             path,
             query,
             self._headers,
-            body,
-            keep_alive=parser.should_keep_alive() and not parser.should_upgrade(),
+            self._body,
+            keep_alive=parser.should_keep_alive() and not parser.should_upgrade() and not self._close_after,
             version=parser.get_http_version(),
         )
-        self._body = []
+        self._body = b""
+        self._held = 0  # the waiting request's now, until it is handled
         self._app.received()
         self._enqueue(request)
+        if self._close_after:
+            self._stop_reading()
 
     # -- answering ----------------------------------------------------------------------------------
 
@@ -310,6 +414,7 @@ class HttpConnection(TrackedConnection):
                     self.request_answered()
                     self._close_gently()
                     return
+                self._app.release(len(item.body))  # the handler's from here on
                 response = await self._app.handle(item)
                 # The last answer on a connection the client half-closed, or that a draining server ends
                 # (unless more has arrived on it, read or still in the kernel).
@@ -353,37 +458,74 @@ class HttpConnection(TrackedConnection):
         else:
             transport.writelines((data, body))
 
+    # -- deadlines ----------------------------------------------------------------------------------
+
+    def expire(self, now: float, deadlines: Deadlines) -> bool:
+        if self._closing or self.closing:
+            return False  # closing already: after its last answer, or on the linger's own timer
+        if not self.request_arriving:
+            return super().expire(now, deadlines)
+        late = self._late(now, deadlines)
+        if late is None or self.unread_bytes():
+            return False  # on time, or the server has not read what the client sent
+        reason, message = late
+        self._refuse(reason, 408, message)
+        return True
+
+    def _late(self, now: float, deadlines: Deadlines) -> tuple[Refusal, str] | None:
+        """Why the request arriving is too late (its 408's reason and message), or None while it is on time (and
+        a span of the body's rate that has passed is followed by the next)."""
+        if deadlines.idle_seconds and now - self.last_activity > deadlines.idle_seconds:
+            return Refusal.STALLED, f"the request did not arrive whole: nothing came for {deadlines.idle_seconds:g} s"
+        if not self._reading or self._continue_owed:
+            return None  # the server holds it up, not the client
+        if self._in_head:
+            if deadlines.head_seconds and now - self._head_since > deadlines.head_seconds:
+                return Refusal.HEAD_TIMEOUT, f"the request's head did not arrive within {deadlines.head_seconds:g} s"
+            return None
+        # The body's rate over spans of body_window_seconds: a fast start buys no time for a stall after it.
+        rate = deadlines.body_bytes_per_second
+        elapsed = now - self._body_since
+        if rate and elapsed >= deadlines.body_window_seconds:
+            if self._size - self._body_base < rate * elapsed:
+                return Refusal.BODY_TOO_SLOW, (
+                    f"the request's body arrived slower than {rate:g} bytes/s over {elapsed:.1f} s"
+                )
+            self._body_since, self._body_base = now, self._size  # the next span
+        return None
+
     # -- refusing and closing -----------------------------------------------------------------------
 
+    def _refuse(self, reason: Refusal, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        """Answer ``status`` after what is pending, then close; read nothing more."""
+        self._app.refused(reason)
+        response = json_response({"error": message}, status=status)
+        if headers:
+            response.headers.update(headers)
+        self._drop_body()
+        self._continue_owed = False
+        self._stop_reading()
+        self._enqueue(response)
+
     def _refuse_head(self) -> None:
-        message = f"the request line and headers exceed {MAX_HEAD_BYTES} bytes"
-        self._answer_and_close(json_response({"error": message}, status=431))
+        self._refuse(Refusal.HEAD_TOO_LARGE, 431, f"the request line and headers exceed {MAX_HEAD_BYTES} bytes")
+
+    def _refuse_too_large(self) -> None:
+        message = f"request body exceeds max_request_bytes ({self._limit} bytes)"
+        self._refuse(Refusal.BODY_TOO_LARGE, 413, message)
+
+    def _refuse_buffers_full(self) -> None:
+        message = (
+            f"the server holds max_buffered_request_bytes ({self._app.max_buffered_bytes} bytes) of request bodies "
+            "already; retry later"
+        )
+        self._refuse(Refusal.BUFFERS_FULL, 503, message, {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     def _send_continue(self) -> None:
         self._continue_owed = False
+        self._body_since = self._loop.time()  # the client was waiting for this: its body is measured from now
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(_CONTINUE)
-
-    def _refuse_too_large(self) -> None:
-        self._body = []
-        self._continue_owed = False
-        message = f"request body exceeds max_request_bytes ({self._limit} bytes)"
-        self._answer_and_close(json_response({"error": message}, status=413))
-
-    def time_out(self, idle_timeout: float) -> bool:
-        if self._closing or self.closing:
-            return False  # closing already: after its last answer, or on the linger's own timer
-        if self.request_arriving:
-            message = f"the request did not arrive whole: nothing came for {idle_timeout:g} s"
-            self._answer_and_close(json_response({"error": message}, status=408))
-        else:
-            self._close()
-        return True
-
-    def _answer_and_close(self, response: Response) -> None:
-        """Answer ``response`` after what is pending, then close; read nothing more."""
-        self._stop_reading()
-        self._enqueue(response)
 
     def _stop_reading(self) -> None:
         self._closing = True
@@ -399,6 +541,9 @@ class HttpConnection(TrackedConnection):
         if not self._reading and self.transport is not None and not self.transport.is_closing():
             self._reading = True
             self.transport.resume_reading()
+            # The client could not send while the server did not read: its clocks start again.
+            self._head_since = self._body_since = self._loop.time()
+            self._body_base = self._size
 
     def _close_gently(self) -> None:
         """Close after a refusal, when the client may still be sending: end this side, read on for a while."""
@@ -418,8 +563,16 @@ class HttpConnection(TrackedConnection):
         self._drop_pending()  # sent after the client or the server said close: never answered
         self.close()
 
+    def _drop_body(self) -> None:
+        """Forget the body being read (refused, or its client gone)."""
+        self._app.release(self._held)
+        self._held = 0
+        self._body = b""
+
     def _drop_pending(self) -> None:
         self.in_flight -= len(self._pending)
-        self._app.dropped(sum(isinstance(item, Request) for item in self._pending))
+        requests = [item for item in self._pending if isinstance(item, Request)]
+        self._app.dropped(len(requests))
+        self._app.release(sum(len(item.body) for item in requests))
         self._pending.clear()
         self._pending_bytes = 0

@@ -38,6 +38,8 @@ class ServerState:
     refused: int = 0
     # Requests read whole from their connections whose handling has not begun: what could still join a batch.
     arriving: int = 0
+    # Bytes of request bodies arriving, or read whole and waiting on their connections: max_buffered_request_bytes.
+    body_bytes_held: int = 0
     connections: ConnectionTracker = field(default_factory=ConnectionTracker)
     worker: WorkerContext | None = None  # one of several server processes in the pod; None when alone
     _quiet: asyncio.Event = field(default_factory=asyncio.Event)
@@ -46,6 +48,7 @@ class ServerState:
         self._quiet.set()
         # Read when scraped: a count kept anyway costs nothing to change.
         self.metrics.in_flight.set_function(lambda: self.in_flight)
+        self.metrics.body_bytes_held.set_function(lambda: self.body_bytes_held)
 
     @property
     def serving(self) -> bool:

@@ -94,7 +94,7 @@ def test_the_metrics_reference_lists_every_metric_the_runtime_serves():
 def test_the_readme_links_the_references():
     readme = (REPO / "README.md").read_text()
 
-    for target in ("docs/crd-reference.md", "docs/metrics.md"):
+    for target in ("docs/crd-reference.md", "docs/metrics.md", "docs/http-limits.md"):
         assert f"]({target})" in readme
         assert (REPO / target).exists()
 
@@ -112,3 +112,38 @@ def test_the_readme_table_of_contents_links_existing_headings():
     assert not [link for link in links if link not in anchors]
     # The two commands stay first.
     assert readme.index("make demo") < readme.index("](#")
+
+
+def test_the_http_limits_page_lists_every_limit_with_its_default():
+    """Every setting the HTTP layer reads, every fixed limit it keeps, and every reason it refuses for, on the
+    operators' page, with the value the code has."""
+    from kubeserve.runtime.config import RuntimeSettings
+    from kubeserve.runtime.server import http
+    from kubeserve.runtime.server.connections import Deadlines
+
+    page = (REPO / "docs" / "http-limits.md").read_text()
+    fields = RuntimeSettings.model_fields
+
+    def shown(value: float) -> str:
+        mib, kib = value / 2**20, value / 2**10
+        return f"{mib:g} MiB" if mib >= 1 and mib.is_integer() else f"{kib:g} KiB" if kib.is_integer() else f"{value:g}"
+
+    settings = [
+        "max_request_bytes",
+        "max_buffered_request_bytes",
+        "request_head_timeout_seconds",
+        "min_request_body_bytes_per_second",
+        "request_body_rate_window_seconds",
+        "idle_timeout_seconds",
+    ]
+    # The deadlines are those settings: none the page could miss.
+    assert len(Deadlines.__dataclass_fields__) == 4
+    for name in settings:
+        assert f"`{name}`" in page, name
+        default = fields[name].default
+        assert shown(default) in page, (name, shown(default))
+    for constant in (http.MAX_HEAD_BYTES, http.CHUNK_FRAMING_ALLOWANCE, http.LINGER_BYTES):
+        assert shown(constant) in page, constant
+    assert f"{http.MAX_PENDING} " in page and f"{http.LINGER_SECONDS:g} s" in page
+    for reason in http.Refusal:
+        assert f"`{reason}`" in page, reason

@@ -4,6 +4,7 @@ killed for memory explained in status in the kubelet's words."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 import kmock
@@ -12,6 +13,7 @@ import pytest
 from kubeserve.operator import manifests, naming, pod_diagnosis, status
 from kubeserve.operator.memory_estimate import (
     BASE_BYTES,
+    BUFFERED_BYTES,
     MIB,
     OPTIMIZE_BASE_BYTES,
     OPTIMIZING,
@@ -54,9 +56,21 @@ def pod_spec(made: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_estimate_is_the_documented_formula():
     inputs = MemoryInputs(model_bytes=100 * MIB, quantization="none", max_batch_size=8, instance_count=2)
-    assert estimate_bytes(inputs) == BASE_BYTES + 100 * MIB * WEIGHTS["none"] + 2 * 8 * PER_ROW_BYTES
+    assert estimate_bytes(inputs) == (BASE_BYTES + 100 * MIB * WEIGHTS["none"] + 2 * 8 * PER_ROW_BYTES + BUFFERED_BYTES)
     # maxBatchSize 0 runs each request alone: one row at a time.
-    assert estimate_bytes(MemoryInputs(model_bytes=0, max_batch_size=0)) == BASE_BYTES + PER_ROW_BYTES
+    assert estimate_bytes(MemoryInputs(model_bytes=0, max_batch_size=0)) == BASE_BYTES + PER_ROW_BYTES + BUFFERED_BYTES
+
+
+def test_the_estimate_holds_the_runtimes_bound_on_buffered_request_bodies():
+    from kubeserve.runtime.config import RuntimeSettings
+
+    assert RuntimeSettings.model_fields["max_buffered_request_bytes"].default == BUFFERED_BYTES
+    one = MemoryInputs(model_bytes=MIB, max_batch_size=1)
+    two = MemoryInputs(model_bytes=MIB, max_batch_size=1, workers=2)
+    unbuffered = MemoryInputs(model_bytes=MIB, max_batch_size=1, buffered_bytes=0)
+    assert estimate_bytes(one) - estimate_bytes(unbuffered) == BUFFERED_BYTES
+    # Each worker holds its own: the bound is per process.
+    assert estimate_bytes(two) - estimate_bytes(replace(two, buffered_bytes=0)) == 2 * BUFFERED_BYTES
 
 
 def test_quantized_weights_need_a_quarter_of_the_memory():

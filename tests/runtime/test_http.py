@@ -7,147 +7,35 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import json
 import socket
 import struct
+import sys
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 import h11
 import numpy as np
 import pytest
 import requests
 
-INFER = "/v2/models/mlp/infer"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from wire import (  # bench/, put on sys.path above
+    INFER,
+    Answer,
+    Client,
+    assert_error,
+    chunked,
+    features,
+    get,
+    infer,
+    infer_body,
+    request,
+    until,
+)
+
 # The smallest max_request_bytes the settings take: a one-row mlp request fits, two rows do not.
 LIMIT = 1024
-# Only against a hang: no test waits on a clock for anything to happen.
-READ_TIMEOUT = 30
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]  # names lower-case
-    body: bytes
-    informational: list[int] = field(default_factory=list)  # 1xx statuses that came before it
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-class Client:
-    """One connection to the server. Requests are written as raw bytes; h11 is told of each (its method, and
-    whether the client asked to close) only so that it knows how to frame the answer it then parses."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.h11 = h11.Connection(h11.CLIENT)
-        self._told = False
-
-    @classmethod
-    async def connect(cls, server: Any) -> Client:
-        reader, writer = await asyncio.open_connection("127.0.0.1", int(server.url.rsplit(":", 1)[1]))
-        return cls(reader, writer)
-
-    def send(self, data: bytes) -> None:
-        self.writer.write(data)
-
-    def told(self, method: str = "GET", close: bool = False) -> None:
-        """Tell h11 that a request went out (once per answer, before reading it)."""
-        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
-            self.h11.start_next_cycle()
-        headers = [("Host", "test"), *([("Connection", "close")] if close else [])]
-        self.h11.send(h11.Request(method=method, target="/", headers=headers))
-        self.h11.send(h11.EndOfMessage())
-        self._told = True
-
-    async def event(self) -> Any:
-        """h11's next event, reading from the socket as it needs."""
-        async with asyncio.timeout(READ_TIMEOUT):
-            while True:
-                event = self.h11.next_event()
-                if event is not h11.NEED_DATA:
-                    return event
-                self.h11.receive_data(await self.reader.read(65536))  # b"" is the end of the stream
-
-    async def answer(self, method: str = "GET", close: bool = False) -> Answer:
-        """The next whole answer, any 1xx before it included."""
-        if not self._told:
-            self.told(method, close)
-        self._told = False
-        informational: list[int] = []
-        event = await self.event()
-        while isinstance(event, h11.InformationalResponse):
-            informational.append(event.status_code)
-            event = await self.event()
-        assert isinstance(event, h11.Response), event
-        body = b""
-        while not isinstance(chunk := await self.event(), h11.EndOfMessage):
-            assert isinstance(chunk, h11.Data), chunk
-            body += chunk.data
-        headers = {name.decode(): value.decode() for name, value in event.headers}
-        return Answer(event.status_code, headers, body, informational)
-
-    async def closed_by_server(self) -> bool:
-        """Whether the server closed the connection after its last answer, with nothing more sent."""
-        return isinstance(await self.event(), h11.ConnectionClosed)
-
-    @property
-    def kept_alive(self) -> bool:
-        """h11 read the last answer as one that keeps the connection open."""
-        return self.h11.their_state is h11.DONE and self.h11.our_state is h11.DONE
-
-    async def close(self) -> None:
-        self.writer.close()
-        await self.writer.wait_closed()
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Yield to the event loop until ``condition`` holds (the server's side has got that far)."""
-    give_up = asyncio.get_running_loop().time() + READ_TIMEOUT
-    while not condition():
-        assert asyncio.get_running_loop().time() < give_up, "the server never got there"
-        await asyncio.sleep(0)
-
-
-def request(
-    method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None, version: str = "1.1"
-) -> bytes:
-    """A raw request: Host, then ``headers``, then Content-Length when there is a body."""
-    lines = [f"{method} {path} HTTP/{version}", "Host: test"]
-    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-    if body and not any(name.lower() in ("content-length", "transfer-encoding") for name in headers or {}):
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def get(path: str, **headers: str) -> bytes:
-    return request("GET", path, headers=headers)
-
-
-def features(seed: int, rows: int = 1) -> np.ndarray:
-    """Inputs for the mlp (``features`` FP32 [rows, 32]) exact in JSON, different for each seed."""
-    return (np.random.default_rng(seed).integers(-64, 64, size=(rows, 32)) / 8).astype(np.float32)
-
-
-def infer_body(x: np.ndarray) -> bytes:
-    document = {
-        "inputs": [{"name": "features", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]
-    }
-    return json.dumps(document, separators=(",", ":")).encode()
-
-
-def infer(x: np.ndarray, **headers: str) -> bytes:
-    return request("POST", INFER, infer_body(x), headers)
-
-
-def chunked(*chunks: bytes) -> bytes:
-    """A chunked body, its last chunk included."""
-    return b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks) + b"0\r\n\r\n"
 
 
 def probabilities(answer: Answer) -> np.ndarray:
@@ -164,18 +52,12 @@ def assert_inferred(answer: Answer, x: np.ndarray, reference: Reference) -> None
     np.testing.assert_allclose(probabilities(answer), reference("mlp", {"features": x})[0], rtol=1e-5, atol=1e-7)
 
 
-def assert_error(answer: Answer, status: int, starts: str) -> None:
-    assert answer.status == status
-    assert answer.headers["content-type"] == "application/json"
-    assert answer.json()["error"].startswith(starts), answer.json()
-
-
 # -- connections ----------------------------------------------------------------------------------
 
 
 async def test_keep_alive_answers_every_request_on_one_connection(serve_in_process, reference):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     x = features(1)
     client.send(infer(x))
     first = await client.answer("POST")
@@ -198,7 +80,7 @@ async def test_keep_alive_answers_every_request_on_one_connection(serve_in_proce
 
 async def test_pipelined_requests_are_answered_in_order(serve_in_process, reference):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     x1, x2 = features(1), features(2)
     client.send(infer(x1) + get("/v2/health/ready") + infer(x2))  # one write, before reading anything
 
@@ -212,7 +94,7 @@ async def test_pipelined_requests_are_answered_in_order(serve_in_process, refere
 
 async def test_connection_close_from_the_client_is_honoured(serve_in_process):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     client.send(get("/v2/health/live", Connection="close"))
     answer = await client.answer(close=True)
     assert (answer.status, answer.headers["connection"]) == (200, "close")
@@ -224,7 +106,7 @@ async def test_requests_sent_after_a_close_are_dropped_and_forgotten(serve_in_pr
     """A request pipelined behind ``Connection: close`` is never answered; nor may the server go on counting
     it as on its way (a lone request would then never be computed at once: ``DynamicBatcher.infer``)."""
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     x = features(3)
     client.send(get("/v2/health/live", Connection="close") + infer(x))
     answer = await client.answer(close=True)
@@ -235,7 +117,7 @@ async def test_requests_sent_after_a_close_are_dropped_and_forgotten(serve_in_pr
     assert server.state.arriving == 0
     assert server.state.accepted == 0  # the inference request never started
 
-    again = await Client.connect(server)
+    again = await Client.connect(server.url)
     again.send(infer(x))
     assert_inferred(await again.answer("POST"), x, reference)
     await again.close()
@@ -243,14 +125,14 @@ async def test_requests_sent_after_a_close_are_dropped_and_forgotten(serve_in_pr
 
 async def test_http10_closes_unless_asked_to_keep_alive(serve_in_process):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     client.send(request("GET", "/v2/health/live", version="1.0"))
     answer = await client.answer(close=True)
     assert (answer.status, answer.json(), answer.headers["connection"]) == (200, {"live": True}, "close")
     assert await client.closed_by_server()
     await client.close()
 
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     client.send(request("GET", "/v2/health/live", headers={"Connection": "keep-alive"}, version="1.0"))
     answer = await client.answer()
     assert (answer.status, answer.headers["connection"]) == (200, "keep-alive")
@@ -264,7 +146,7 @@ async def test_http10_closes_unless_asked_to_keep_alive(serve_in_process):
 
 async def test_a_chunked_body_arriving_in_pieces(serve_in_process, reference):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     x = features(3)
     body = infer_body(x)
     client.send(request("POST", INFER, headers={"Transfer-Encoding": "chunked"}))
@@ -279,7 +161,7 @@ async def test_a_chunked_body_arriving_in_pieces(serve_in_process, reference):
 
 async def test_expect_100_continue(serve_in_process, reference):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     x = features(4)
     body = infer_body(x)
     client.send(request("POST", INFER, headers={"Expect": "100-continue", "Content-Length": str(len(body))}))
@@ -295,7 +177,7 @@ async def test_expect_100_continue(serve_in_process, reference):
 
 async def test_expect_100_continue_with_a_body_too_large_is_413_without_continue(serve_in_process):
     server = await serve_in_process("mlp", max_request_bytes=LIMIT)
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     client.send(request("POST", INFER, headers={"Expect": "100-continue", "Content-Length": str(LIMIT + 1)}))
     answer = await client.answer("POST")
     assert answer.informational == []
@@ -308,7 +190,7 @@ async def test_expect_100_continue_with_a_body_too_large_is_413_without_continue
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 async def test_a_body_too_large_is_413_and_closes_after_earlier_answers(serve_in_process, reference, framing):
     server = await serve_in_process("mlp", max_request_bytes=LIMIT)
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     x = features(5)
     if framing == "content-length":
         too_large = request("POST", INFER, b"x" * (LIMIT + 1))
@@ -352,7 +234,7 @@ async def test_a_stock_client_sending_a_body_too_large_reads_the_413(serve_in_pr
 )
 async def test_a_malformed_request_is_400_then_closed(serve_in_process, malformed):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     client.send(get("/v2/health/live") + malformed)
     assert (await client.answer()).status == 200
     answer = await client.answer()
@@ -364,7 +246,7 @@ async def test_a_malformed_request_is_400_then_closed(serve_in_process, malforme
 
 async def test_an_upgrade_is_answered_as_http11_then_closed(serve_in_process):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     client.send(get("/v2/health/live", Connection="Upgrade", Upgrade="websocket") + b"another protocol")
     answer = await client.answer(close=True)
     assert (answer.status, answer.json(), answer.headers["connection"]) == (200, {"live": True}, "close")
@@ -374,7 +256,7 @@ async def test_an_upgrade_is_answered_as_http11_then_closed(serve_in_process):
 
 async def test_100_continue_for_a_pipelined_request_waits_its_turn(serve_in_process, reference):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     x1, x2 = features(12), features(13)
     server.gate.close()
     client.send(infer(x1))
@@ -398,7 +280,7 @@ async def test_100_continue_for_a_pipelined_request_waits_its_turn(serve_in_proc
 
 async def test_head_is_get_without_the_body(serve_in_process):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     client.send(get("/v2/health/ready"))
     got = await client.answer()
     client.send(request("HEAD", "/v2/health/ready"))
@@ -412,7 +294,7 @@ async def test_head_is_get_without_the_body(serve_in_process):
 
 async def test_unknown_paths_wrong_methods_and_percent_encoding(serve_in_process):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     client.send(get("/v2/nowhere") + request("POST", "/v2/health/ready", b"{}") + get("/v2/models/ml%70/ready"))
 
     assert_error(await client.answer(), 404, "no such endpoint: GET /v2/nowhere")
@@ -438,7 +320,7 @@ async def test_unknown_paths_wrong_methods_and_percent_encoding(serve_in_process
 )
 async def test_answers_compressed_as_the_client_accepts(serve_in_process, reference, accept, coding, decode):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     x = features(6)
     client.send(infer(x, **{"Accept-Encoding": accept}))
     answer = await client.answer("POST")
@@ -452,7 +334,7 @@ async def test_answers_compressed_as_the_client_accepts(serve_in_process, refere
 
 async def test_a_request_body_inflating_past_the_limit_is_413(serve_in_process):
     server = await serve_in_process("mlp", max_request_bytes=LIMIT)
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     bomb = gzip.compress(infer_body(features(7)) + b" " * 10 * LIMIT)
     assert len(bomb) < LIMIT
     client.send(request("POST", INFER, bomb, {"Content-Encoding": "gzip"}))
@@ -464,7 +346,7 @@ async def test_a_request_body_inflating_past_the_limit_is_413(serve_in_process):
 
 async def test_an_unknown_content_encoding_is_400(serve_in_process):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     client.send(request("POST", INFER, infer_body(features(8)), {"Content-Encoding": "br"}))
     assert_error(await client.answer("POST"), 400, "unsupported Content-Encoding: br")
     await client.close()
@@ -475,7 +357,7 @@ async def test_an_unknown_content_encoding_is_400(serve_in_process):
 
 async def test_a_half_closed_client_still_gets_its_answer(serve_in_process, reference):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     x = features(9)
     client.send(infer(x))
     client.writer.write_eof()  # shutdown(SHUT_WR)
@@ -488,7 +370,7 @@ async def test_a_half_closed_client_still_gets_its_answer(serve_in_process, refe
 
 async def test_a_half_closed_client_gets_every_pipelined_answer(serve_in_process, reference):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     x1, x2 = features(14), features(15)
     server.gate.close()
     client.send(infer(x1) + infer(x2))
@@ -511,14 +393,14 @@ async def test_a_half_closed_client_gets_every_pipelined_answer(serve_in_process
 
 async def test_a_client_gone_while_its_request_computes_costs_nobody_else(serve_in_process, reference):
     server = await serve_in_process("mlp")
-    gone = await Client.connect(server)
+    gone = await Client.connect(server.url)
     server.gate.close()
     gone.send(infer(features(10)))
     await server.gate.wait_entered()
     await gone.close()
     server.gate.open()
 
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     x = features(11)
     client.send(infer(x))
     assert_inferred(await client.answer("POST"), x, reference)
@@ -532,7 +414,7 @@ async def test_a_client_gone_while_its_request_computes_costs_nobody_else(serve_
 
 async def test_draining_closes_after_what_has_arrived(serve_in_process):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     server.state.draining = True  # what the drain does first
     client.send(get("/v2/health/live") + get("/"))
     first = await client.answer()
@@ -548,7 +430,7 @@ async def test_many_pipelined_requests_are_all_answered_in_order(serve_in_proces
     """More than MAX_PENDING (32) requests, and more bytes than one read takes (asyncio reads 256 KiB at a
     time): reading pauses and resumes, and nothing is lost or reordered."""
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     paths = {"/v2/health/live": {"live": True}, "/v2/health/ready": {"ready": True}, "/": {"status": "alive"}}
     order = [list(paths)[index % 3] for index in range(100)]
     client.send(b"".join(get(path, Padding="p" * 4000) for path in order))
@@ -561,7 +443,7 @@ async def test_many_pipelined_requests_are_all_answered_in_order(serve_in_proces
 
 async def test_the_access_log_has_one_line_per_request_when_asked(serve_in_process, caplog):
     server = await serve_in_process("mlp", access_log=True)
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     with caplog.at_level("INFO", logger="kubeserve.access"):
         client.send(get("/v2/health/live") + get("/nowhere"))
         assert (await client.answer()).status == 200
@@ -577,7 +459,7 @@ async def test_the_access_log_has_one_line_per_request_when_asked(serve_in_proce
 
 async def test_no_access_log_unless_asked(serve_in_process, caplog):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     with caplog.at_level("INFO", logger="kubeserve.access"):
         client.send(get("/v2/health/live"))
         assert (await client.answer()).status == 200
@@ -594,7 +476,7 @@ async def test_a_head_past_its_limit_is_431_then_closed(serve_in_process):
     from kubeserve.runtime.server.http import MAX_HEAD_BYTES
 
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     client.send(get("/v2/health/live"))
     assert (await client.answer()).status == 200
     padding = {f"X-Pad-{i}": "y" * 1000 for i in range(MAX_HEAD_BYTES // 1000 + 1)}
@@ -610,7 +492,7 @@ async def test_bodies_larger_than_the_head_limit_on_one_connection(serve_in_proc
     from kubeserve.runtime.server.http import MAX_HEAD_BYTES
 
     server = await serve_in_process("mlp", max_request_bytes=4 * MAX_HEAD_BYTES)
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     for seed in range(5):
         x = features(seed)
         body = infer_body(x)
@@ -629,7 +511,7 @@ async def test_bodies_larger_than_the_head_limit_on_one_connection(serve_in_proc
 async def test_no_100_continue_once_the_body_came_without_waiting(serve_in_process, reference):
     """A client that sent its body at once is owed no interim answer, least of all after its final one."""
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     x1, x2 = features(21), features(22)
     server.gate.close()
     client.send(infer(x1))
@@ -649,7 +531,7 @@ async def test_no_100_continue_once_the_body_came_without_waiting(serve_in_proce
 
 async def test_requests_behind_one_whose_client_left_are_not_computed(serve_in_process):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     server.gate.close()
     client.send(infer(features(31)) + infer(features(32)) + infer(features(33)))
     await server.gate.wait_entered()
@@ -667,7 +549,7 @@ async def test_requests_behind_one_whose_client_left_are_not_computed(serve_in_p
 
 async def test_a_chunked_bodys_trailer_does_not_change_the_request(serve_in_process, reference):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     x = features(41)
     body = infer_body(x)
     trailer = b"%x\r\n%s\r\n0\r\nContent-Encoding: gzip\r\n\r\n" % (len(body), body)
@@ -683,7 +565,7 @@ async def test_a_trailer_without_end_is_431_then_closed(serve_in_process):
     from kubeserve.runtime.server.http import MAX_HEAD_BYTES
 
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     client.send(request("POST", INFER, headers={"Transfer-Encoding": "chunked"}) + b"2\r\n{}\r\n0\r\nX-Pad: ")
     await until(lambda: any(connection.request_arriving for connection in server.state.connections))
     client.send(b"y" * (MAX_HEAD_BYTES + 1))  # read after the last chunk: all of it trailer, with no end
@@ -694,7 +576,7 @@ async def test_a_trailer_without_end_is_431_then_closed(serve_in_process):
 
 async def test_an_absolute_form_target_is_served_as_its_path(serve_in_process):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     client.send(b"GET http://test/v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
     answer = await client.answer()
     assert (answer.status, answer.json()) == (200, {"live": True})
@@ -703,7 +585,7 @@ async def test_an_absolute_form_target_is_served_as_its_path(serve_in_process):
 
 async def test_data_after_a_compressed_body_is_400(serve_in_process):
     server = await serve_in_process("mlp")
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     body = gzip.compress(infer_body(features(51))) + b"more"
     client.send(request("POST", INFER, body, headers={"Content-Encoding": "gzip", "Content-Length": str(len(body))}))
     assert_error(await client.answer("POST"), 400, "the request body has 4 bytes after its compressed data")
@@ -714,7 +596,7 @@ async def test_after_a_refusal_the_server_reads_on_until_the_client_closes(serve
     """Closing at once, with the client's bytes unread, would reset the connection: the server ends its side and
     reads on (throwing the bytes away) until the client is done."""
     server = await serve_in_process("mlp", max_request_bytes=LIMIT)
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     client.send(request("POST", INFER, headers={"Content-Length": str(LIMIT * 4)}) + b"x" * LIMIT)
     assert_error(await client.answer("POST"), 413, "request body exceeds max_request_bytes")
     assert await client.closed_by_server()  # its side: the connection is still open for the client's bytes
@@ -730,7 +612,7 @@ async def test_after_a_refusal_a_silent_client_is_closed_after_the_linger(serve_
     """On a real loop and real time: the linger's timer is armed, and closes a client that neither sends nor
     closes (LINGER_SECONDS)."""
     server = await serve_in_process("mlp", max_request_bytes=LIMIT)
-    client = await Client.connect(server)
+    client = await Client.connect(server.url)
     client.send(request("POST", INFER, headers={"Content-Length": str(LIMIT * 4)}))
     assert_error(await client.answer("POST"), 413, "request body exceeds max_request_bytes")
     assert await client.closed_by_server()
@@ -744,15 +626,15 @@ async def test_idle_connections_are_closed_after_the_idle_timeout(serve_in_proce
     computes for longer stays open, and answers."""
     server = await serve_in_process("mlp", idle_timeout_seconds=0.2)
     server.gate.close()
-    computing = await Client.connect(server)
+    computing = await Client.connect(server.url)
     x = features(7)
     computing.send(infer(x))
     await server.gate.wait_entered()
 
-    idle = await Client.connect(server)
+    idle = await Client.connect(server.url)
     idle.send(get("/v2/health/live"))
     assert (await idle.answer()).status == 200
-    stalled = await Client.connect(server)
+    stalled = await Client.connect(server.url)
     stalled.send(request("POST", INFER, headers={"Content-Length": "100"}) + b'{"inputs": ')
     assert_error(await stalled.answer("POST"), 408, "the request did not arrive whole: nothing came for 0.2 s")
     assert await stalled.closed_by_server()
@@ -788,7 +670,7 @@ async def test_an_answer_the_client_is_slow_to_take_keeps_its_connection(serve_i
     slow.send(infer(x))
     await until(lambda: connection.in_flight == 0 and connection.writing)
 
-    other = await Client.connect(server)  # idle from now: once it is closed, the slow one has waited as long
+    other = await Client.connect(server.url)  # idle from now: once it is closed, the slow one has waited as long
     assert await other.closed_by_server()
     assert server.state.connections.timed_out == 1
     assert connection in list(server.state.connections)
