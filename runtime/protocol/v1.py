@@ -18,7 +18,7 @@ from kubeserve.runtime.protocol.v2_request import parse_json
 from kubeserve.runtime.signature import ModelSignature, TensorSpec
 
 
-def decode_instances(body: bytes, signature: ModelSignature) -> dict[str, np.ndarray]:
+def decode_instances(body: bytes | memoryview, signature: ModelSignature) -> dict[str, np.ndarray]:
     instances = parse_json(body).get("instances")
     if not isinstance(instances, list) or not instances:
         raise BadRequest('V1 requests need a non-empty "instances" list')

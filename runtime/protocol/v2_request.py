@@ -44,7 +44,7 @@ class InferenceRequest:
         return {k: v for k, v in self.parameters.items() if k not in RESERVED_PARAMETERS}
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[memoryview, memoryview]:
+def split_body(body: bytes | memoryview, header_length: str | None) -> tuple[memoryview, memoryview]:
     """The JSON header and the binary tensors that follow it (``Inference-Header-Content-Length``)."""
     view = memoryview(body)
     if header_length is None:
@@ -68,7 +68,7 @@ def parse_json(header: memoryview | bytes) -> dict[str, Any]:
     return document
 
 
-def decode_request(body: bytes, header_length: str | None, signature: ModelSignature) -> InferenceRequest:
+def decode_request(body: bytes | memoryview, header_length: str | None, signature: ModelSignature) -> InferenceRequest:
     header, binary = split_body(body, header_length)
     document = parse_json(header)
     parameters = _parameters(document.get("parameters"), "request")

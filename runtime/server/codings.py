@@ -10,6 +10,7 @@ thread, off the event loop.
 from __future__ import annotations
 
 import asyncio
+import mmap
 import zlib
 
 from kubeserve.runtime.protocol.errors import BadRequest, PayloadTooLarge
@@ -18,6 +19,8 @@ CODINGS = ("gzip", "deflate")
 # zlib's window bits: a gzip wrapper, a zlib wrapper (HTTP's "deflate"), or none (what some clients send).
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 RAW_DEFLATE_WBITS = -zlib.MAX_WBITS
+# Inflated this much at a time.
+INFLATE_PIECE_BYTES = 1024 * 1024
 # Below this many bytes (in), coding on the event loop costs less than the trip to a thread.
 OFF_LOOP_BYTES = 64 * 1024
 
@@ -41,7 +44,7 @@ def accepted_coding(accept_encoding: str) -> str | None:
     return None
 
 
-async def inflate(body: bytes, coding: str, limit: int) -> bytes:
+async def inflate(body: bytes | memoryview, coding: str, limit: int) -> bytes | memoryview:
     """``body`` decoded from ``coding`` (gzip, deflate, identity), at most ``limit`` bytes of it; a large one in a
     thread, off the event loop."""
     if len(body) < OFF_LOOP_BYTES:
@@ -49,7 +52,7 @@ async def inflate(body: bytes, coding: str, limit: int) -> bytes:
     return await asyncio.to_thread(_inflate, body, coding, limit)
 
 
-def _inflate(body: bytes, coding: str, limit: int) -> bytes:
+def _inflate(body: bytes | memoryview, coding: str, limit: int) -> bytes | memoryview:
     coding = coding.strip().lower()
     if coding in ("", "identity"):
         return body
@@ -57,19 +60,28 @@ def _inflate(body: bytes, coding: str, limit: int) -> bytes:
         raise BadRequest(f"unsupported Content-Encoding: {coding} (accepted: gzip, deflate, identity)")
     for wbits in (_WBITS[coding], RAW_DEFLATE_WBITS) if coding == "deflate" else (_WBITS[coding],):
         decoder = zlib.decompressobj(wbits)
+        # Inflated in pieces into one buffer that never moves (the kernel gives it memory only as it is written):
+        # at most ``limit`` bytes at any moment, where zlib's own output would be joined from blocks at the end.
+        out = mmap.mmap(-1, limit)
+        data = body
         try:
-            out = decoder.decompress(body, limit + 1)
+            while not decoder.eof:
+                piece = decoder.decompress(data, INFLATE_PIECE_BYTES)
+                if not piece and not decoder.unconsumed_tail:
+                    break  # the input ended before the compressed data did
+                if out.tell() + len(piece) > limit:
+                    raise PayloadTooLarge(f"request body exceeds max_request_bytes ({limit} bytes) once inflated")
+                out.write(piece)
+                data = decoder.unconsumed_tail
         except zlib.error:
             continue
-        if len(out) > limit:
-            raise PayloadTooLarge(f"request body exceeds max_request_bytes ({limit} bytes) once inflated")
         if decoder.eof and decoder.unused_data:
             raise BadRequest(
                 f"the request body has {len(decoder.unused_data)} bytes after its compressed data "
                 f"(Content-Encoding: {coding}, one member only)"
             )
         if decoder.eof:
-            return out
+            return memoryview(out)[: out.tell()]
     raise BadRequest(f"cannot read the request body (Content-Encoding: {coding}): it is malformed")
 
 

@@ -62,7 +62,7 @@ class Exchange:
             metrics.statistics.request_failed(time.perf_counter() - self.arrived)
         self._state.request_finished(answered=not isinstance(error, asyncio.CancelledError), refused=refused)
 
-    async def read_body(self) -> bytes:
+    async def read_body(self) -> bytes | memoryview:
         """The request's body, inflated when it came compressed."""
         request = self._request
         coding = request.headers.get("content-encoding")

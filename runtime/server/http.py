@@ -6,7 +6,7 @@ than the runtime's whole request path; this protocol costs 22-41 (``bench/http_l
 
 What it does beside parsing:
 
-- bodies are read whole before the handler runs, into one buffer the size of the body, up to
+- bodies are read whole before the handler runs, into one buffer that never moves, up to
   ``max_request_bytes``: a larger one (by its ``Content-Length``, or as chunks arrive) is answered 413 at once;
 - the bodies held by the process's connections (arriving, or read and waiting their turn) are bounded together by
   ``max_buffered_request_bytes``: the body that would pass it is answered 503 with ``Retry-After``, so that the
@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import mmap
 import re
 import socket
 import time
@@ -179,7 +180,9 @@ class HttpConnection(TrackedConnection):
         self._url = b""
         self._fields: list[tuple[bytes, bytes]] = []  # the head's header lines, as the parser gives them
         self._headers: dict[str, str] = {}
-        self._body: bytes | bytearray = b""
+        self._body = b""  # the body's first piece
+        self._buffer: mmap.mmap | None = None  # the whole body, once a second piece came
+        self._expected = 0  # the body's Content-Length, 0 when chunked
         self._size = 0
         self._held = 0  # of the body being read, counted in the process's buffered bytes
 
@@ -271,7 +274,7 @@ class HttpConnection(TrackedConnection):
         self.request_arriving = True
         self._url = b""
         self._fields = []
-        self._body = b""
+        self._body, self._buffer = b"", None
         self._size = 0
         self._framing = 0
 
@@ -321,7 +324,8 @@ class HttpConnection(TrackedConnection):
         if http10 and "transfer-encoding" in headers:
             self._close_after = True  # RFC 9112 §6.1: served, then closed
         length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self._limit:
+        self._expected = int(length) if length is not None and length.isdigit() else 0
+        if self._expected > self._limit:
             self._refuse_too_large()
             return
         if headers.get("expect", "").lower() == "100-continue" and not http10:
@@ -353,14 +357,17 @@ class HttpConnection(TrackedConnection):
             self._refuse_buffers_full()
             return
         self._held += size
-        # One buffer the body's size: a bytes object per chunk would cost ~50 bytes each beside the data.
-        if not self._body:
-            self._body = body
-        elif isinstance(self._body, bytearray):
-            self._body += body
+        if self._buffer is not None:
+            self._buffer.write(body)
+        elif not self._body:
+            self._body = body  # most bodies come in one piece: kept as they are
         else:
-            self._body = bytearray(self._body)
-            self._body += body
+            # One buffer for the whole body (a bytes object per chunk would cost ~50 bytes each beside the data),
+            # reserved at its largest and filled in place: the kernel gives it memory only as it is written, and it
+            # never moves (a buffer that grows can be copied, twice the body at once).
+            self._buffer = mmap.mmap(-1, self._expected or self._limit)
+            self._buffer.write(self._body)
+            self._buffer.write(body)
 
     def on_message_complete(self) -> None:
         self._in_head = True  # what follows is the next request's head
@@ -382,11 +389,11 @@ class HttpConnection(TrackedConnection):
             path,
             query,
             self._headers,
-            self._body,
+            self._body if self._buffer is None else memoryview(self._buffer)[: self._size],
             keep_alive=parser.should_keep_alive() and not parser.should_upgrade() and not self._close_after,
             version=parser.get_http_version(),
         )
-        self._body = b""
+        self._body, self._buffer = b"", None
         self._held = 0  # the waiting request's now, until it is handled
         self._app.received()
         self._enqueue(request)
@@ -567,7 +574,7 @@ class HttpConnection(TrackedConnection):
         """Forget the body being read (refused, or its client gone)."""
         self._app.release(self._held)
         self._held = 0
-        self._body = b""
+        self._body, self._buffer = b"", None
 
     def _drop_pending(self) -> None:
         self.in_flight -= len(self._pending)

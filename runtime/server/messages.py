@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 class Request:
-    """One request, its body read whole. Header names are lower-case."""
+    """One request, its body read whole (a memoryview when it came in pieces). Header names are lower-case."""
 
     __slots__ = ("body", "headers", "keep_alive", "match_info", "method", "path", "query", "version")
 
@@ -15,7 +15,7 @@ class Request:
         path: str,
         query: str,
         headers: dict[str, str],
-        body: bytes,
+        body: bytes | memoryview,
         keep_alive: bool = True,
         version: str = "1.1",
     ) -> None:
