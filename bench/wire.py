@@ -166,3 +166,19 @@ async def until(condition: Callable[[], bool]) -> None:
     while not condition():
         assert asyncio.get_running_loop().time() < give_up, "the server never got there"
         await asyncio.sleep(0)
+
+
+def probabilities(answer: Answer) -> np.ndarray:
+    """The sample mlp's output in a 200 answer."""
+    assert answer.status == 200, answer.body
+    (output,) = answer.json()["outputs"]
+    assert output["name"] == "probabilities"
+    return np.array(output["data"], dtype=np.float32).reshape(output["shape"])
+
+
+Reference = Callable[[str, dict[str, np.ndarray]], list[np.ndarray]]
+
+
+def assert_inferred(answer: Answer, x: np.ndarray, reference: Reference) -> None:
+    """``answer`` is the sample mlp's 200 for ``x``, as in-process ONNX Runtime (``reference``) computes it."""
+    np.testing.assert_allclose(probabilities(answer), reference("mlp", {"features": x})[0], rtol=1e-5, atol=1e-7)

@@ -11,7 +11,6 @@ import socket
 import struct
 import sys
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import h11
@@ -25,31 +24,19 @@ from wire import (  # bench/, put on sys.path above
     Answer,
     Client,
     assert_error,
+    assert_inferred,
     chunked,
     features,
     get,
     infer,
     infer_body,
+    probabilities,
     request,
     until,
 )
 
 # The smallest max_request_bytes the settings take: a one-row mlp request fits, two rows do not.
 LIMIT = 1024
-
-
-def probabilities(answer: Answer) -> np.ndarray:
-    assert answer.status == 200, answer.body
-    (output,) = answer.json()["outputs"]
-    assert output["name"] == "probabilities"
-    return np.array(output["data"], dtype=np.float32).reshape(output["shape"])
-
-
-Reference = Callable[[str, dict[str, np.ndarray]], list[np.ndarray]]
-
-
-def assert_inferred(answer: Answer, x: np.ndarray, reference: Reference) -> None:
-    np.testing.assert_allclose(probabilities(answer), reference("mlp", {"features": x})[0], rtol=1e-5, atol=1e-7)
 
 
 # -- connections ----------------------------------------------------------------------------------

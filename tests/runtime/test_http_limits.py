@@ -22,6 +22,7 @@ from wire import (  # bench/, put on sys.path above
     INFER,
     Client,
     assert_error,
+    assert_inferred,
     chunked,
     features,
     get,
@@ -40,19 +41,6 @@ def chunked_head(path: str = INFER, version: str = "1.1", **headers: str) -> byt
 
 def pieces(body: bytes, size: int) -> list[bytes]:
     return [body[i : i + size] for i in range(0, len(body), size)]
-
-
-async def inferred(answer, x, reference) -> None:
-    assert answer.status == 200, answer.body
-    (output,) = answer.json()["outputs"]
-    import numpy as np
-
-    np.testing.assert_allclose(
-        np.array(output["data"], dtype=np.float32).reshape(output["shape"]),
-        reference("mlp", {"features": x})[0],
-        rtol=1e-5,
-        atol=1e-7,
-    )
 
 
 # -- chunked framing ------------------------------------------------------------------------------
@@ -81,7 +69,7 @@ async def test_many_small_chunks_carrying_more_than_their_framing_are_served(ser
     body = infer_body(x)
     padded = body[:-1] + b" " * (4 * 64 * 1024) + body[-1:]  # JSON's whitespace: the same request, 16k chunks
     client.send(chunked_head() + chunked(*pieces(padded, 16)))
-    await inferred(await client.answer("POST"), x, reference)
+    assert_inferred(await client.answer("POST"), x, reference)
     assert client.kept_alive
     await client.close()
 
@@ -106,7 +94,7 @@ async def test_a_short_chunk_extension_is_ignored(serve_in_process, reference):
     x = features(2)
     body = infer_body(x)
     client.send(chunked_head() + b"%x;name=value;flag\r\n%s\r\n0\r\n\r\n" % (len(body), body))
-    await inferred(await client.answer("POST"), x, reference)
+    assert_inferred(await client.answer("POST"), x, reference)
     await client.close()
 
 
@@ -118,7 +106,7 @@ async def test_http10_with_transfer_encoding_is_served_then_closed(serve_in_proc
     x = features(3)
     client.send(chunked_head(version="1.0", Connection="keep-alive") + chunked(infer_body(x)) + get("/v2/health/live"))
     answer = await client.answer("POST", close=True)
-    await inferred(answer, x, reference)
+    assert_inferred(answer, x, reference)
     assert answer.headers["connection"] == "close"
     assert await client.closed_by_server()
     await client.close()
@@ -181,7 +169,7 @@ async def test_100_continue_is_not_sent_to_http10(serve_in_process, reference):
     client.send(body)
     answer = await client.answer("POST", close=True)
     assert answer.informational == []
-    await inferred(answer, x, reference)
+    assert_inferred(answer, x, reference)
     await client.close()
 
 
@@ -231,12 +219,12 @@ async def test_bodies_past_the_process_wide_bound_get_503_and_the_rest_are_serve
 
     for client in held:  # the bodies held are whole requests, answered as any
         client.send(padded[-100:])
-        await inferred(await client.answer("POST"), x, reference)
+        assert_inferred(await client.answer("POST"), x, reference)
         await client.close()
     assert server.state.body_bytes_held == 0
     again = await Client.connect(server.url)
     again.send(infer(features(9)))
-    await inferred(await again.answer("POST"), features(9), reference)
+    assert_inferred(await again.answer("POST"), features(9), reference)
     await again.close()
     exposition = (await asyncio.to_thread(__import__("requests").get, server.url + "/metrics")).text
     assert 'kubeserve_http_refusals_total{model="mlp",reason="buffers_full",version="1"} 1.0' in exposition
@@ -280,7 +268,7 @@ async def test_a_head_that_does_not_arrive_in_time_is_408(serve_in_process, refe
     normal = await Client.connect(server.url)
     x = features(10)
     normal.send(infer(x))
-    await inferred(await normal.answer("POST"), x, reference)
+    assert_inferred(await normal.answer("POST"), x, reference)
 
     answer = await slow.answer()
     sending.cancel()
@@ -318,12 +306,12 @@ async def test_a_body_the_server_holds_up_is_not_timed(serve_in_process, referen
     client.send(request("POST", INFER, headers={"Expect": "100-continue", "Content-Length": str(len(body))}))
     await asyncio.sleep(1.5)  # three windows, and three head deadlines
     server.gate.open()
-    await inferred(await client.answer("POST"), x1, reference)
+    assert_inferred(await client.answer("POST"), x1, reference)
     client.told("POST")
     interim = await client.event()
     assert interim.status_code == 100
     client.send(body)
-    await inferred(await client.answer("POST"), x2, reference)
+    assert_inferred(await client.answer("POST"), x2, reference)
     assert server.state.connections.timed_out == 0
     await client.close()
 
