@@ -21,22 +21,30 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/python bench/demo.py
 
+# Dead code (vulture; settings in pyproject.toml's [tool.vulture]): over the whole tree, then over the product code
+# alone, where a name that only tests or harnesses use is dead.
+define vulture
+$(BIN)/vulture
+$(BIN)/vulture operator runtime vulture_whitelist.py
+endef
+
 test: $(STAMP) tools
 	$(BIN)/ruff check .
+	$(vulture)
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --readme
 
-# The operator against a small in-memory API server (bench/apiserver.py: kmock, the tests' emulator, is quadratic at
-# this scale) holding many InferenceServices. OPERATOR_BENCH_ARGS adds flags, e.g. --throttle-rps 100 for 429s.
+# The operator against the in-memory API server (bench/apiserver.py, the operator tests' emulator too) holding many
+# InferenceServices. OPERATOR_BENCH_ARGS adds flags, e.g. --throttle-rps 100 for 429s.
 OPERATOR_BENCH_OBJECTS ?= 1000
 OPERATOR_BENCH_ARGS    ?=
 bench-operator: $(STAMP)
 	$(BIN)/python bench/operator_load.py --objects $(OPERATOR_BENCH_OBJECTS) $(OPERATOR_BENCH_ARGS)
 
 # The autoscaling loop closed on this machine (~2 minutes): real runtimes, the adapter rule's per-pod queue delay,
-# the HPA's algorithm (tests/autoscaling), SIGTERM drains. Writes docs/autoscale.csv and docs/autoscale.png.
+# the HPA's algorithm (bench/hpa_model.py), SIGTERM drains. Writes docs/autoscale.csv and docs/autoscale.png.
 .PHONY: demo-autoscale
 PLOTS_STAMP := $(VENV)/.installed-plots
 $(PLOTS_STAMP): $(STAMP)
@@ -55,6 +63,7 @@ docs: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(vulture)
 	$(BIN)/ruff format --check .
 
 # The kind end-to-end test: builds the images, needs Docker and a registry. `make test` collects it and skips it.

@@ -1,9 +1,9 @@
-"""A small, fast, in-memory Kubernetes API server for ``make bench-operator`` (aiohttp, 127.0.0.1, any free port).
+"""An in-memory Kubernetes API server (aiohttp, 127.0.0.1, any free port): the one emulator of the project, for the
+operator's tests (tests/operator/conftest.py) and for ``make bench-operator`` (bench/operator_load.py).
 
-Why not kmock, the operator tests' emulator: kmock keeps every request and rescans the whole log once per
-registered reaction for each new request, which is right for asserting on requests and quadratic at the scale of a
-benchmark (a thousand InferenceServices are several thousand requests). Here every request costs O(1), or
-O(log n) to replay a watch from a resource version; a list or a watch's initial events cost O(objects).
+It is built to stay fast at a benchmark's scale (a thousand InferenceServices are several thousand requests):
+every request costs O(1), or O(log n) to replay a watch from a resource version; a list or a watch's initial events
+cost O(objects).
 
 It implements what the operator and kopf use, with a real API server's semantics where they matter:
 
@@ -33,9 +33,16 @@ defaulting (a CRD only adds its resource); no namespace existence check; no garb
 kube-controller-manager's, not the API server's) and no other controller, so nothing sets a Deployment's status;
 a paged list is not one snapshot across its pages; no authentication (any token is accepted).
 
+For tests: with ``record=True`` the server keeps every request it receives, in order, as a ``Request`` (its verb,
+resource, name, headers and body); ``requests()`` lists them, filtered by method, resource, name or user agent.
+``inject(Reply(...), times=N, ...)`` answers the next N requests that match such a filter (every one, without N)
+with a given status, headers and body, after an optional delay, instead of serving them; they are counted and
+recorded all the same. It serves in the event loop it is started in: under a fake clock (looptime), watch timeouts,
+bookmarks and delays run on that clock.
+
 Stored objects are never mutated (a write stores a new dict): what ``get`` returns may be kept, not changed.
 Counters by verb, ``received`` and ``throttled`` say what clients asked; ``changed`` (an ``asyncio.Condition``) is
-notified after every write, to wait on predicates without sleeps.
+notified after every request answered but a watch, to wait on predicates without sleeps.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import orjson
 import yaml
 from aiohttp import web
@@ -318,88 +326,14 @@ def selector(query: Mapping[str, str]) -> Selector:
 
 
 def json_patch(target: Any, operations: Any) -> Any:
-    """RFC 6902 on a copy of ``target``; a failed ``test`` or a missing path is 422, as the API server says."""
+    """RFC 6902 on a copy of ``target``; an operation that fails (a ``test``, a missing path) is 422, as the API server
+    answers."""
     if not isinstance(operations, list):
         raise ApiError(400, "a JSON patch is a list of operations")
-    document = copy(target)
-    for operation in operations:
-        op, path = operation.get("op"), _pointer(operation.get("path", ""))
-        if op == "test":
-            if _resolve(document, path) != operation.get("value"):
-                raise ApiError(
-                    422,
-                    f"the server rejected our request due to an error in our request: test of "
-                    f"{operation.get('path')} failed",
-                )
-        elif op == "add":
-            document = _add(document, path, copy(operation["value"]))
-        elif op == "remove":
-            document = _remove(document, path)
-        elif op == "replace":
-            document = _add(_remove(document, path), path, copy(operation["value"]))
-        elif op in ("move", "copy"):
-            source = _pointer(operation["from"])
-            value = copy(_resolve(document, source))
-            if op == "move":
-                document = _remove(document, source)
-            document = _add(document, path, value)
-        else:
-            raise ApiError(422, f"unknown JSON patch operation {op!r}")
-    return document
-
-
-_MISSING = object()
-
-
-def _pointer(text: str) -> list[str]:
-    if text == "":
-        return []
-    if not text.startswith("/"):
-        raise ApiError(422, f"invalid JSON pointer {text!r}")
-    return [part.replace("~1", "/").replace("~0", "~") for part in text[1:].split("/")]
-
-
-def _resolve(document: Any, path: list[str]) -> Any:
-    for part in path:
-        if isinstance(document, dict):
-            document = document.get(part, _MISSING)
-        elif isinstance(document, list) and part.isdigit() and int(part) < len(document):
-            document = document[int(part)]
-        else:
-            return _MISSING
-        if document is _MISSING:
-            return _MISSING
-    return document
-
-
-def _parent(document: Any, path: list[str]) -> Any:
-    parent = _resolve(document, path[:-1])
-    if not isinstance(parent, (dict, list)):
-        raise ApiError(422, f"no such path: /{'/'.join(path)}")
-    return parent
-
-
-def _add(document: Any, path: list[str], value: Any) -> Any:
-    if not path:
-        return value
-    parent, last = _parent(document, path), path[-1]
-    if isinstance(parent, dict):
-        parent[last] = value
-    elif last == "-":
-        parent.append(value)
-    elif last.isdigit() and int(last) <= len(parent):
-        parent.insert(int(last), value)
-    else:
-        raise ApiError(422, f"no such index: /{'/'.join(path)}")
-    return document
-
-
-def _remove(document: Any, path: list[str]) -> Any:
-    if _resolve(document, path) is _MISSING or not path:
-        raise ApiError(422, f"no such path: /{'/'.join(path)}")
-    parent, last = _parent(document, path), path[-1]
-    del parent[int(last) if isinstance(parent, list) else last]
-    return document
+    try:
+        return jsonpatch.JsonPatch(operations).apply(copy(target), in_place=True)
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as error:
+        raise ApiError(422, f"the server rejected our request due to an error in our request: {error}") from None
 
 
 def copy(value: Any) -> Any:
@@ -447,8 +381,78 @@ class TokenBucket:
         return True
 
 
+# --- For tests: the request log and injected replies -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Request:
+    """A request as received. ``verb`` is the API server's (``get``, ``list``, ``watch``, ``create``, ``update``,
+    ``patch``, ``delete``, ``deletecollection``), or ``discovery``, or ``unknown`` for what is not served."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]  # case-insensitive
+    content: bytes
+    verb: str
+    resource: Resource | None
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+
+    @property
+    def body(self) -> Any:
+        """The body, parsed anew on each access (JSON, or YAML as an apply may be); None when empty."""
+        return _parse(self.content, yaml_too=True) if self.content else None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Requests whose method, resource (as ``apps/v1/deployments``, any subresource of it too), name and user agent
+    are those given; None matches any."""
+
+    method: str | None = None
+    resource: str | None = None
+    name: str | None = None
+    user_agent: str | None = None
+
+    def __call__(self, request: Request) -> bool:
+        return (
+            self.method in (None, request.method)
+            and self.resource in (None, request.resource.key if request.resource else None)
+            and self.name in (None, request.name)
+            and self.user_agent in (None, request.headers.get("User-Agent"))
+        )
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An injected answer: ``status`` with ``headers`` and ``body`` (sent as JSON; no body when None), after ``delay``
+    seconds on the loop's clock."""
+
+    status: int
+    body: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+    async def response(self) -> web.Response:
+        await asyncio.sleep(self.delay)
+        if self.body is None:
+            return web.Response(status=self.status, headers=self.headers)
+        headers = {"Content-Type": "application/json", **self.headers}
+        return web.Response(body=orjson.dumps(self.body), status=self.status, headers=headers)
+
+
+@dataclass(eq=False)
+class Injection:
+    reply: Reply
+    match: Match
+    left: int | None  # requests it still answers; None: every one
+
+
 class ApiServer:
-    """``async with ApiServer(crds=[...]) as api:`` serves on ``api.url`` until the block ends."""
+    """``async with ApiServer(crds=[...]) as api:`` serves on ``api.url`` until the block ends; ``record`` keeps every
+    request, for ``requests()``."""
 
     def __init__(
         self,
@@ -456,11 +460,13 @@ class ApiServer:
         crds: Iterable[Mapping[str, Any]] = (),
         throttle_rps: float | None = None,
         bookmark_seconds: float = 60.0,
+        record: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         self.host, self.port = host, port
         self.bookmark_seconds = bookmark_seconds
+        self.record = record
         self.url = ""
         self.counts: collections.Counter[str] = collections.Counter()  # requests received, by verb
         self.throttled = 0  # of them, answered 429
@@ -474,6 +480,8 @@ class ApiServer:
         self._stores: dict[tuple[str, str, str], Store] = {}
         self._closing = False
         self._runner: web.AppRunner | None = None
+        self._log: list[Request] = []
+        self._injections: list[Injection] = []
         for resource in BUILTIN:
             self.serve(resource)
         for crd in crds:
@@ -498,6 +506,18 @@ class ApiServer:
         store = self._store_by_key(resource)
         keys = store.labelled.get((label, value), ())
         return [store.objects[key] for key in keys if namespace is None or key[0] == namespace]
+
+    def requests(self, **match: str | None) -> list[Request]:
+        """The requests received, in order, those matching ``Match(**match)`` (``record`` only)."""
+        if not self.record:
+            raise RuntimeError("requests are kept with ApiServer(record=True) only")
+        matches = Match(**match)
+        return [request for request in self._log if matches(request)]
+
+    def inject(self, reply: Reply, *, times: int | None = None, **match: str | None) -> None:
+        """Answer the next ``times`` requests matching ``Match(**match)`` (every one when None) with ``reply``, not as
+        served; a request that several injections match gets the earliest one's."""
+        self._injections.append(Injection(reply, Match(**match), times))
 
     def serve(self, resource: Resource) -> None:
         self._stores.setdefault((resource.group, resource.version, resource.plural), Store(resource))
@@ -547,15 +567,20 @@ class ApiServer:
         return bucket
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        route: Route | None = None
+        unserved: ApiError | None = None
         try:
             route = self._route(request.path)
         except ApiError as error:
-            self.counts["unknown"] += 1
-            self.errors[f"{request.method} {error.code} {request.path}"] += 1
-            return _status(error.code, error.message, reason=error.reason)
-        verb = "discovery" if route is None else self._verb(request, route)
+            unserved = error
+        verb = "unknown" if unserved else "discovery" if route is None else self._verb(request, route)
         self.counts[verb] += 1
         try:
+            reply = await self._note(request, route, verb)
+            if reply is not None:
+                return await reply.response()
+            if unserved is not None:
+                raise unserved
             if self.throttle_rps and verb != "watch" and not self._bucket(request).take():
                 self.throttled += 1
                 self.throttled_users[request.headers.get("Authorization", "")] += 1
@@ -564,14 +589,44 @@ class ApiServer:
                 return _json(self._discovery(request.path))
             if verb == "watch":
                 return await self._watch(request, route)
-            response, wrote = await self._serve(request, route, verb)
-            if wrote:
-                async with self.changed:
-                    self.changed.notify_all()
-            return response
+            return await self._serve(request, route, verb)
         except ApiError as error:
             self.errors[f"{verb} {error.code} {_where(request, route)}"] += 1
             return _status(error.code, error.message, reason=error.reason)
+        finally:
+            if verb != "watch":
+                async with self.changed:
+                    self.changed.notify_all()
+
+    async def _note(self, request: web.Request, route: Route | None, verb: str) -> Reply | None:
+        """Keep the request (``record``); the reply injected for it, if any."""
+        if not (self.record or self._injections):
+            return None
+        resource, namespace, name, subresource = (
+            (route.resource, route.namespace, route.name, route.subresource) if route else (None, None, None, None)
+        )
+        received = Request(
+            request.method,
+            request.path,
+            request.query,
+            request.headers,
+            await request.read(),
+            verb,
+            resource,
+            namespace,
+            name,
+            subresource,
+        )
+        if self.record:
+            self._log.append(received)
+        for injection in self._injections:
+            if injection.match(received):
+                if injection.left is not None:
+                    injection.left -= 1
+                    if injection.left == 0:
+                        self._injections.remove(injection)
+                return injection.reply
+        return None
 
     def _route(self, path: str) -> Route | None:
         """None for discovery; ApiError 404 for what is not served."""
@@ -607,15 +662,14 @@ class ApiServer:
             return {"POST": "create", "DELETE": "deletecollection"}.get(method, method.lower())
         return {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, method.lower())
 
-    async def _serve(self, request: web.Request, route: Route, verb: str) -> tuple[web.StreamResponse, bool]:
-        """The response, and whether something was written."""
+    async def _serve(self, request: web.Request, route: Route, verb: str) -> web.StreamResponse:
         store = self._stores[route.resource.group, route.resource.version, route.resource.plural]
         if route.resource.namespaced and route.name is not None and route.namespace is None:
             raise ApiError(404, "the server could not find the requested resource")
         if verb == "list":
-            return self._list(store, route, request.query), False
+            return self._list(store, route, request.query)
         if verb == "create":
-            return _json(self._create(store, route.namespace, await _body(request)), 201), True
+            return _json(self._create(store, route.namespace, await _body(request)), 201)
         if route.name is None:
             raise ApiError(405, f"{request.method} is not supported on a collection")
         key = (route.namespace or "", route.name)
@@ -623,11 +677,11 @@ class ApiServer:
         if verb == "get":
             if current is None:
                 raise _not_found(route)
-            return _json(self._scale_view(route, current) if route.subresource == "scale" else current), False
+            return _json(self._scale_view(route, current) if route.subresource == "scale" else current)
         if verb == "delete":
             if current is None:
                 raise _not_found(route)
-            return _json(self._delete(store, key, current)), True
+            return _json(self._delete(store, key, current))
         if verb not in ("update", "patch"):
             raise ApiError(405, f"{request.method} is not supported")
         content_type = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
@@ -636,7 +690,7 @@ class ApiServer:
             if verb == "patch" and content_type == APPLY_PATCH and route.subresource is None:
                 obj = _parse(body, yaml_too=True)
                 obj.setdefault("metadata", {})["name"] = route.name
-                return _json(self._create(store, route.namespace, obj), 201), True
+                return _json(self._create(store, route.namespace, obj), 201)
             raise _not_found(route)
         if route.subresource == "scale":
             wanted = self._scale_view(route, current)
@@ -646,7 +700,7 @@ class ApiServer:
             new = copy(current)
             _set(new, route.resource.scale.spec_replicas, replicas)
             written = self._update(store, key, current, new, subresource=None)
-            return _json(self._scale_view(route, written)), written is not current
+            return _json(self._scale_view(route, written))
         new = self._changed(current, verb, content_type, body)
         if verb == "update" and (new.get("metadata") or {}).get("resourceVersion") not in (
             None,
@@ -657,8 +711,7 @@ class ApiServer:
                 f'Operation cannot be fulfilled on {route.resource.plural} "{route.name}": the '
                 "object has been modified; please apply your changes to the latest version and try again",
             )
-        written = self._update(store, key, current, new, subresource=route.subresource)
-        return _json(written), written is not current
+        return _json(self._update(store, key, current, new, subresource=route.subresource))
 
     @staticmethod
     def _changed(current: Mapping[str, Any], verb: str, content_type: str, body: bytes) -> dict[str, Any]:
@@ -1005,6 +1058,21 @@ def _status(code: int, message: str, *, reason: str | None = None, retry_after: 
         body["details"] = {"retryAfterSeconds": retry_after}
         headers["Retry-After"] = str(retry_after)
     return web.Response(body=orjson.dumps(body), status=code, content_type="application/json", headers=headers)
+
+
+def write_kubeconfig(path: Path, server: str, token: str) -> Path:
+    """A kubeconfig whose only context is ``server``, as the user ``token`` (any token is accepted; throttling tells
+    users apart by it)."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "emulator",
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "emulator"}}],
+        "clusters": [{"name": "emulator", "cluster": {"server": server}}],
+        "users": [{"name": "emulator", "user": {"token": token}}],
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 async def _serve_forever(crds: list[dict[str, Any]], throttle_rps: float | None, port: int) -> None:

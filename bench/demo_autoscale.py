@@ -2,13 +2,13 @@
 windows, written to ``docs/autoscale.csv`` and plotted to ``docs/autoscale.png``.
 
 Real runtime processes serve the sample ``tiny`` model with each batch taking 20 ms plus 7.5 ms per row off the CPU
-(as an accelerator's compute does: test tooling, see ``tests/autoscaling/fixed_latency_runtime.py``); with batches
+(as an accelerator's compute does: harness tooling, see ``bench/fixed_latency_runtime.py``); with batches
 of at most 4 rows, one replica serves at most 80 requests/s. The load is idle, then a step to 2.5 times that for a
 minute, then nothing. Every
 1 s (the HPA's sync period, 15 s on a real controller) each replica's ``/metrics`` is scraped, the per-pod value is
 computed as the adapter rule does (``rate(_sum[4s]) / rate(_count[4s])``, 0 when idle), the HPA's algorithm
-(``tests/autoscaling/hpa.py``) decides, and replicas are started or drained with SIGTERM. Scale-down stabilization
-is 10 s (300 s by default). The harness is ``tests/autoscaling/closed_loop.py``.
+(``bench/hpa_model.py``) decides, and replicas are started or drained with SIGTERM. Scale-down stabilization
+is 10 s (300 s by default). The harness is ``bench/autoscaling_loop.py``.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "autoscaling"))
+# PYTHONSAFEPATH keeps the script's folder off sys.path (the repository root holds `operator/`); add bench/ only.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from closed_loop import LoopConfig, LoopResult, Phase, ReplicaConfig, run_loop  # noqa: E402
-from kubeserve.runtime.samples import write_sample  # noqa: E402
+from autoscaling_loop import LoopConfig, LoopResult, Phase, ReplicaConfig, run_loop
+from kubeserve.runtime.samples import write_sample
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def plot(result: LoopResult, path: Path) -> None:

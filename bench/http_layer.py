@@ -99,7 +99,7 @@ async def _serve(kind: str, model_path: Path) -> None:
     elif kind == "uvicorn + ASGI, fixed answer":
         import uvicorn
 
-        async def asgi(scope: dict, receive: Callable, send: Callable) -> None:
+        async def asgi(_scope: dict, receive: Callable, send: Callable) -> None:
             while (await receive()).get("more_body"):
                 pass
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(FIXED)).encode())]

@@ -91,12 +91,6 @@ def optimize(source: Path, dest: Path, quantization: str = "dynamicInt8", *, pre
     return int(result.stdout.split()[-1]) * 1024
 
 
-def quantize(source: Path, dest: Path) -> Path:
-    """The model with INT8 weights, as ``quantization: dynamicInt8`` has the init container make it."""
-    optimize(source, dest)
-    return dest
-
-
 @dataclass(frozen=True)
 class Measurement:
     model: str

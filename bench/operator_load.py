@@ -1,6 +1,5 @@
 """``make bench-operator``: the real operator (``kubeserve-operator run``, a subprocess) against an in-memory
-Kubernetes API (``bench/apiserver.py``: kmock, the tests' emulator, is quadratic at this scale) holding many
-InferenceServices.
+Kubernetes API (``bench/apiserver.py``, the emulator the operator's tests use too) holding many InferenceServices.
 
 It measures what a platform team pays for the operator: how long N InferenceServices created at once take to be
 reconciled (children applied, ``status.observedGeneration`` current), what the operator asks of the API server and
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp
 import yaml
-from apiserver import ApiServer
+from apiserver import ApiServer, write_kubeconfig
 from kubeserve.operator.naming import LABEL_ISVC
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,21 +51,6 @@ def isvc(name: str) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {"model": {"version": "1", "uri": "file:///opt/kubeserve/samples/mlp.onnx"}},
     }
-
-
-def write_kubeconfig(path: Path, server: str) -> Path:
-    """A kubeconfig whose only context is ``server`` (any token will do)."""
-    cluster, user = {"server": server}, {"token": "bench"}
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "current-context": "bench",
-        "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": "bench"}}],
-        "clusters": [{"name": "bench", "cluster": cluster}],
-        "users": [{"name": "bench", "user": user}],
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def operator_env(kubeconfig: Path, home: str) -> dict[str, str]:
@@ -136,7 +120,7 @@ class Bench:
         return check
 
     async def until(self, predicate: Any, within: float) -> float:
-        """Seconds until ``predicate()`` holds (checked after every write the API server serves)."""
+        """Seconds until ``predicate()`` holds (checked after every request the API server answers)."""
         started = time.perf_counter()
         async with asyncio.timeout(within), self.api.changed:
             await self.api.changed.wait_for(predicate)
@@ -150,7 +134,7 @@ async def run(args: argparse.Namespace) -> bool:
     async with ApiServer(crds=[crd], throttle_rps=args.throttle_rps) as api:
         bench = Bench(api)
         with tempfile.TemporaryDirectory() as home:
-            env = operator_env(write_kubeconfig(Path(home) / "kubeconfig", api.url), home)
+            env = operator_env(write_kubeconfig(Path(home) / "kubeconfig", api.url, token="bench"), home)
             log_path = Path(args.operator_log) if args.operator_log else Path(home) / "operator.log"
             with log_path.open("wb") as log:
                 operator = await asyncio.create_subprocess_exec(OPERATOR, "run", env=env, stdout=log, stderr=log)

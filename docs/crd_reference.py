@@ -46,10 +46,6 @@ class Field:
     schema: dict[str, Any]
     required: bool
 
-    @property
-    def is_leaf(self) -> bool:
-        return not children(self.schema)
-
 
 def children(schema: dict[str, Any]) -> list[tuple[str, dict[str, Any], bool]]:
     """(path suffix, schema, required) of what a schema node contains: properties, list items, map values."""

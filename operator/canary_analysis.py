@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aiohttp
+from kubeserve.operator.analysis import AnalysisResult, judge
 from kubeserve.operator.canary_metrics import measure, scrape
-from kubeserve.operator.rollout import AnalysisPolicy, AnalysisResult, judge
+from kubeserve.operator.spec import Analysis
 
 Key = tuple[str, str]  # namespace, name
 # The metrics URLs of a revision's ready pods, read when a scrape starts (pods come and go during an interval).
@@ -43,13 +44,13 @@ class CanaryAnalysis:
         self._results: dict[Key, AnalysisResult] = {}
         self._session: aiohttp.ClientSession | None = None
 
-    def want(self, key: Key, policy: AnalysisPolicy, canary: str, stable: str | None, pod_urls: PodUrls) -> None:
+    def want(self, key: Key, analysis: Analysis, canary: str, stable: str | None, pod_urls: PodUrls) -> None:
         """Keep an interval of ``canary`` running (against ``stable``): start one unless one already runs."""
         run = self._runs.get(key)
         if run is not None and not run.task.done() and (run.canary, run.stable) == (canary, stable):
             return
         self.stop(key)
-        task = asyncio.create_task(self._interval(key, policy, canary, stable, pod_urls), name=f"analysis {key}")
+        task = asyncio.create_task(self._interval(key, analysis, canary, stable, pod_urls), name=f"analysis {key}")
         self._runs[key] = _Run(canary, stable, task)
 
     def result(self, key: Key) -> AnalysisResult | None:
@@ -77,23 +78,21 @@ class CanaryAnalysis:
         if self._session is not None:
             await self._session.close()
 
-    async def _interval(
-        self, key: Key, policy: AnalysisPolicy, canary: str, stable: str | None, pod_urls: PodUrls
-    ) -> None:
+    async def _interval(self, key: Key, analysis: Analysis, canary: str, stable: str | None, pod_urls: PodUrls) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         session = self._session
         started = self._now()
         canary_start = await scrape(pod_urls(canary), session=session)
         stable_start = await scrape(pod_urls(stable), session=session) if stable else None
-        await asyncio.sleep(policy.interval_seconds)
+        await asyncio.sleep(analysis.interval_seconds)
         canary_end = await scrape(pod_urls(canary), session=session)
         stable_end = await scrape(pod_urls(stable), session=session) if stable else None
         ended = self._now()
         both = stable_start is not None and stable_end is not None
         stable_measurement = measure(stable_start, stable_end) if both else None
         result = judge(
-            policy,
+            analysis,
             measure(canary_start, canary_end),
             stable_measurement,
             revision=canary,

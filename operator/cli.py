@@ -118,7 +118,7 @@ async def _close(connecting: Awaitable[Any]) -> None:
 
 def _render(args: argparse.Namespace) -> int:
     from kubeserve.operator import manifests
-    from kubeserve.operator.reconcile import assess
+    from kubeserve.operator.plan import assess
 
     try:
         settings = load_settings(os.environ)

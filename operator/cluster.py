@@ -50,7 +50,7 @@ class ClusterError(Exception):
 
 
 class Cluster:
-    """The operator's own requests; kopf does its watching, status patches and events itself."""
+    """The operator's own requests; kopf does its watching and posts the Events itself."""
 
     def __init__(self, api_client: client.ApiClient, *, timeout: float) -> None:
         self._api_client = api_client

@@ -9,6 +9,7 @@ count ``1`` as ``"1"``): otherwise every status update of an HPA or a Deployment
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import Enum
 from typing import Any
 
 from kubernetes.utils import parse_quantity
@@ -50,6 +51,28 @@ def _same_quantity(live: Any, desired: Any) -> bool:
         return bool(parse_quantity(live) == parse_quantity(desired))
     except (ValueError, TypeError):
         return False
+
+
+class Repair(Enum):
+    ROUTE = "route"  # apply the HTTPRoute again
+    CHILDREN = "children"  # apply every child again
+
+
+def repair(
+    event_type: str | None,
+    kind: str,
+    child: Mapping[str, Any],
+    children: Children | None,
+    route: Mapping[str, Any] | None,
+) -> Repair | None:
+    """What a child's watch event asks of the operator, if anything. ``children``: the owner's, None while its spec
+    is invalid (nothing is applied, so nothing is repaired); ``route``: the HTTPRoute as last applied, if any."""
+    if kind == "HTTPRoute" and route is not None:
+        # Its weights are the rollout's, not the spec's: compared with the one last applied.
+        return Repair.ROUTE if event_type == DELETED or not contains(child, route) else None
+    if children is None:
+        return None
+    return Repair.CHILDREN if needs_repair(event_type, kind, child, children) else None
 
 
 def needs_repair(event_type: str | None, kind: str, child: Mapping[str, Any], plan: Children) -> bool:

@@ -1,13 +1,16 @@
 """The kopf handlers: small, one concern each. Importing this module registers them with kopf.
 
+kopf watches, indexes, peers and logs in; everything else (applying, retrying, the status) is the controller's
+(``controller``), which the handlers only tell what happened:
+
 - startup/cleanup: settings, the API client, peering, the controller; login: a service account in a pod, a
   kubeconfig elsewhere;
 - four indexes keep InferenceServices, runtime Deployments, pods and HPAs in memory, trimmed to what rendering
   and status read (watched, never polled);
 - create/update/resume hand an InferenceService to the controller, which applies its children;
-- watch events of the children (ConfigMaps, Services, HPAs, Deployments, KEDA's ScaledObjects and InterceptorRoutes
-  with the operator's labels) repair drift,
-  and those of Deployments, HPAs and pods refresh the status. Event handlers store nothing on the objects they watch.
+- watch events of the children (``CHILDREN``: ConfigMaps, Services, HPAs, Deployments, KEDA's ScaledObjects and
+  InterceptorRoutes, HTTPRoutes, with the operator's labels) repair drift, and those of Deployments, HPAs and pods
+  refresh the status. Event handlers store nothing on the objects they watch.
 
 No timers, so no finalizer: deleting an InferenceService needs nothing from the operator, its children's owner
 references let Kubernetes' garbage collector delete them.
@@ -21,8 +24,9 @@ from typing import Any
 
 import kopf
 from kubeserve.operator import drift, metrics, naming, peering, summaries
+from kubeserve.operator.apply import backoff
 from kubeserve.operator.cluster import Cluster, ClusterError
-from kubeserve.operator.controller import Controller, Key, backoff
+from kubeserve.operator.controller import Controller, Key
 from kubeserve.operator.settings import OperatorSettings, load_settings
 
 RESOURCE = (naming.GROUP, naming.VERSION, naming.PLURAL)
@@ -168,7 +172,7 @@ async def runtime_autoscalers(
 @kopf.on.update(*RESOURCE)
 async def reconcile(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     # The controller applies, retries and reports in the status; kopf's part ends here.
-    memo.controller.reconcile((namespace, name))
+    memo.controller.spec_changed((namespace, name))
 
 
 @kopf.on.event(*RESOURCE, when=lambda type, **_: type == drift.DELETED)

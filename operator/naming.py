@@ -1,6 +1,8 @@
-"""Names the operator, the chart and later issues share: the API, labels, child object names."""
+"""Names the operator and the chart share: the API, labels, child object names, revision names."""
 
 from __future__ import annotations
+
+import re
 
 GROUP = "serving.kubeserve.io"
 VERSION = "v1alpha1"
@@ -75,6 +77,39 @@ def legacy_deployment_name(isvc_name: str) -> str:
 def revision_object_name(isvc_name: str, revision: str) -> str:
     """A revision's Deployment, its Service and its ConfigMap: ``NAME-<revision>``."""
     return f"{isvc_name}-{revision}"
+
+
+# ``NAME-<revision>`` names the revision's Service, whose name is a DNS-1035 label.
+MAX_OBJECT_NAME = MAX_SERVICE_NAME
+# The digest part of a revision name: 6 hex digits tell 16 M configurations apart, and a collision needs the same
+# sanitised version too.
+DIGEST_LENGTH = 6
+# The version part's length when the InferenceService's name leaves room for it: an InferenceService name of up to
+# 40 characters (63 - 1 - 15 - 1 - 6) keeps the whole budget. Longer names shrink the version part, down to none
+# (then the revision is the digest alone), which fits names of up to 56 characters.
+VERSION_BUDGET = 15
+MAX_ISVC_NAME = MAX_OBJECT_NAME - 1 - DIGEST_LENGTH
+_NOT_LABEL = re.compile(r"[^a-z0-9]+")
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+
+def revision_name(version: str, digest: str, *, isvc_name: str = "") -> str:
+    """``<version>-<digest[:6]>``: the version lowercased, every run of other characters as one '-', cut to what
+    ``NAME-<revision>`` leaves (``VERSION_BUDGET`` at most); a DNS-1123 label, the same for the same inputs.
+
+    ``digest``: a lowercase hex digest of everything that makes the revision (``runtime_config.config_hash`` of the
+    rendered pod template, say). ``isvc_name``: the InferenceService's, to fit ``NAME-<revision>`` in 63 characters.
+    """
+    if len(digest) < DIGEST_LENGTH or not _HEX.match(digest):
+        raise ValueError(f"digest must be at least {DIGEST_LENGTH} lowercase hex digits, not {digest!r}")
+    if len(isvc_name) > MAX_ISVC_NAME:
+        raise ValueError(f"an InferenceService name of {len(isvc_name)} characters leaves no room for a revision")
+    room = (
+        min(VERSION_BUDGET, MAX_OBJECT_NAME - len(isvc_name) - 1 - DIGEST_LENGTH - 1) if isvc_name else VERSION_BUDGET
+    )
+    readable = _NOT_LABEL.sub("-", version.lower())[:room].strip("-") if room > 0 else ""
+    short = digest[:DIGEST_LENGTH]
+    return f"{readable}-{short}" if readable else short
 
 
 def service_name(isvc_name: str) -> str:

@@ -1,20 +1,21 @@
-"""The rollout of a new revision: a pure state machine over the spec's policy, the cluster and a clock.
+"""The rollout of a new revision: a pure state machine over ``spec.rollout`` (as ``spec`` parsed it, defaults
+included: it has none of its own), the cluster and a clock.
 
 ``decide`` takes what the operator reads (the wanted revision, the revision Deployments with their replicas, the
 replica total, the last analysis of the canary, ``status.rollout`` as the API server holds it, the time) and
 answers what to do: replicas per revision, revisions to delete, the new ``status.rollout`` and ``status.revisions``,
-the ``RolloutComplete`` condition, Events for what changed, and when to look again. It keeps nothing in memory:
-``status.rollout`` is its whole state, so an operator that restarts mid-rollout resumes where it was.
+what ``RolloutComplete`` says of the rollout, Events for what changed, and when to look again. It keeps nothing in
+memory: ``status.rollout`` is its whole state, so an operator that restarts mid-rollout resumes where it was.
 
 How it goes:
 
 - No ready stable revision (the first one, or none serving): ``Immediate``, the wanted revision at the full total.
 - A new revision with a ready stable one: ``Canary`` (unless the policy says ``Immediate``): through the steps, then
-  100%. The replicas split by weight (``revisions.split_replicas``); the stable side shrinks only as canary pods
+  100%. The replicas split by weight (``canary_split.split_replicas``); the stable side shrinks only as canary pods
   become ready. A step advances when the canary's pods are all ready, its pause has passed and the last analysis
   of the step passed (when the policy has an analysis). Inconclusive analyses never pass a step: after
-  ``inconclusive_timeout_seconds`` the condition and a Warning Event say so, and the step keeps waiting for data.
-- ``failure_limit`` failed analyses, or canary pods not all ready within ``progress_deadline_seconds``: Failed.
+  ``inconclusiveTimeoutSeconds`` the condition and a Warning Event say so, and the step keeps waiting for data.
+- ``failureLimit`` failed analyses, or canary pods not all ready within ``progressDeadlineSeconds``: Failed.
   The stable revision goes back to the full total, the canary to 0, until the wanted revision changes. A revision
   with nothing to go back to (the first) has no deadline here: its Deployment's own progress deadline reports it
   (so an InferenceService whose pods cannot start costs no timer).
@@ -34,18 +35,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from kubeserve.operator.revisions import canary_replicas, split_replicas
-from kubeserve.operator.status import Condition, Reason
-
-if TYPE_CHECKING:  # measurements come from the scraping client; the state machine only reads them
-    from kubeserve.operator.canary_metrics import Measurement
-
-CONDITION = "RolloutComplete"
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # as the status's other times (``status.next_status``)
+from kubeserve.operator.analysis import AnalysisResult, Verdict
+from kubeserve.operator.canary_split import canary_replicas, split_replicas
+from kubeserve.operator.spec import Rollout, RolloutStep, Strategy
+from kubeserve.operator.status import Reason, RolloutProgress
+from kubeserve.operator.timestamps import format_time, parse_time, whole_seconds
 
 
 class RolloutReason(StrEnum):
@@ -58,11 +56,6 @@ class RolloutReason(StrEnum):
     STEP_ADVANCED = "StepAdvanced"
 
 
-class Strategy(StrEnum):
-    CANARY = "Canary"
-    IMMEDIATE = "Immediate"
-
-
 class Phase(StrEnum):
     PROGRESSING = "Progressing"
     PAUSED = "Paused"
@@ -70,61 +63,12 @@ class Phase(StrEnum):
     FAILED = "Failed"
 
 
-class Verdict(StrEnum):
-    PASS = "Pass"
-    FAIL = "Fail"
-    INCONCLUSIVE = "Inconclusive"
-
-
-# -- the policy (``spec.rollout``, once the spec has it) ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Step:
-    weight: int  # percent of the total for the canary, 1..99 (100 is the implicit last step)
-    pause_seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class Threshold:
-    """A limit on a measured value: ``limit`` itself, or with ``relative``, ``limit`` times the stable revision's
-    value measured over the same interval."""
-
-    limit: float
-    relative: bool = False
-
-
-@dataclass(frozen=True)
-class AnalysisPolicy:
-    interval_seconds: float = 60.0
-    failure_limit: int = 1
-    max_error_ratio: Threshold | None = None
-    max_p99_seconds: Threshold | None = None
-    max_mean_queue_delay_seconds: Threshold | None = None
-    min_requests: int = 20  # fewer answers over an interval: inconclusive
-    inconclusive_timeout_seconds: float = 600.0
-
-
-@dataclass(frozen=True)
-class Policy:
-    """``strategy`` None: Canary when a ready stable revision exists (the issue's default), else Immediate."""
-
-    strategy: Strategy | None = None
-    steps: tuple[Step, ...] = (Step(10, 60.0), Step(50, 120.0))
-    analysis: AnalysisPolicy | None = None
-    progress_deadline_seconds: float = 600.0
-    paused: bool = False
-    revision_history_limit: int = 2
-    # A traffic router (Gateway API) splits the requests by weight: ``Decision.route`` says how.
-    routed: bool = False
-
-
 # -- what the operator reads ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Wanted:
-    """The revision the spec asks for (``revisions.revision_name``) and its model version."""
+    """The revision the spec asks for (``naming.revision_name``) and its model version."""
 
     name: str
     version: str
@@ -139,98 +83,6 @@ class Revision:
     replicas: int
     ready: int
     created: datetime  # its creationTimestamp: the newest revisions are kept, the oldest pruned
-
-
-@dataclass(frozen=True)
-class AnalysisResult:
-    """One analysis interval of ``revision`` (the canary), judged: ``judge`` makes it from the measurements."""
-
-    revision: str
-    verdict: Verdict
-    started: datetime
-    ended: datetime
-    measured: Mapping[str, float] = field(default_factory=dict)
-    message: str = ""
-
-    def to_status(self) -> dict[str, Any]:
-        return {
-            "revision": self.revision,
-            "verdict": str(self.verdict),
-            "startedAt": _stamp(self.started),
-            "endedAt": _stamp(self.ended),
-            "measured": dict(self.measured),
-            "message": self.message,
-        }
-
-    @classmethod
-    def from_status(cls, data: Mapping[str, Any]) -> AnalysisResult:
-        return cls(
-            revision=data["revision"],
-            verdict=Verdict(data["verdict"]),
-            started=_parse_time(data["startedAt"]),
-            ended=_parse_time(data["endedAt"]),
-            measured=dict(data.get("measured") or {}),
-            message=data.get("message") or "",
-        )
-
-
-@dataclass(frozen=True)
-class _NoMeasurement:
-    error_ratio: None = None
-    p99_seconds: None = None
-    mean_queue_delay_seconds: None = None
-
-
-_NOTHING = _NoMeasurement()
-
-
-def judge(
-    policy: AnalysisPolicy,
-    canary: Measurement,
-    stable: Measurement | None,
-    *,
-    revision: str,
-    started: datetime,
-    ended: datetime,
-) -> AnalysisResult:
-    """The canary's interval against the thresholds: inconclusive below ``min_requests`` answers (or when a
-    relative threshold has no stable value to compare with), failed when any measured value is over its limit.
-
-    A value the canary has none of (no answer was timed, none queued) is not judged: the error ratio covers a
-    canary that only fails.
-    """
-    measured = canary.values()
-    result = AnalysisResult(revision, Verdict.PASS, started, ended, measured)
-    if canary.answers < policy.min_requests:
-        message = f"too little traffic to judge: {canary.answers} answers, fewer than minRequests {policy.min_requests}"
-        return replace(result, verdict=Verdict.INCONCLUSIVE, message=message)
-    base = stable or _NOTHING
-    checks = (
-        ("error ratio", policy.max_error_ratio, canary.error_ratio, base.error_ratio),
-        ("p99", policy.max_p99_seconds, canary.p99_seconds, base.p99_seconds),
-        (
-            "mean queue delay",
-            policy.max_mean_queue_delay_seconds,
-            canary.mean_queue_delay_seconds,
-            base.mean_queue_delay_seconds,
-        ),
-    )
-    over, unknown = [], []
-    for what, threshold, value, baseline in checks:
-        if threshold is None or value is None:
-            continue
-        if threshold.relative and baseline is None:
-            unknown.append(f"{what} {value:.4g} (no stable value to compare with)")
-            continue
-        limit = threshold.limit * baseline if threshold.relative and baseline is not None else threshold.limit
-        if value > limit:
-            relative = f" ({threshold.limit:g} x stable {baseline:.4g})" if threshold.relative else ""
-            over.append(f"{what} {value:.4g} > {limit:.4g}{relative}")
-    if over:
-        return replace(result, verdict=Verdict.FAIL, message=f"{canary.answers} answers; " + "; ".join(over))
-    if unknown:
-        return replace(result, verdict=Verdict.INCONCLUSIVE, message="; ".join(unknown))
-    return replace(result, message=f"{canary.answers} answers; within every threshold")
 
 
 # -- what the operator does -----------------------------------------------------------------------------------------
@@ -249,13 +101,13 @@ class Decision:
     delete: tuple[str, ...]  # revisions to delete: beyond the history limit, and without ready pods
     rollout: dict[str, Any]  # ``status.rollout``: the whole state; ``decide`` reads it back next time
     revisions: list[dict[str, Any]]  # ``status.revisions``
-    condition: Condition  # ``RolloutComplete``
+    condition: RolloutProgress  # what ``RolloutComplete`` says of the rollout (``status`` writes the condition)
     events: tuple[Event, ...]
     requeue_after: float | None  # seconds until something is due (end of a pause, a deadline, an analysis)
     analyze: str | None  # the canary revision whose analysis is wanted now (None: scrape nothing)
     stable: str | None  # the revision the canary is measured against (for relative thresholds)
-    # With a traffic router (``Policy.routed``): each revision's share of the requests in percent (adds up to 100);
-    # empty without one.
+    # With a traffic router (``spec.rollout.trafficRouting``): each revision's share of the requests in percent (adds
+    # up to 100); empty without one.
     route: Mapping[str, int] = field(default_factory=dict)
 
 
@@ -291,16 +143,16 @@ class State:
             "phase": str(self.phase),
             "step": self.step,
             "weight": weight,
-            "stepStartedAt": _stamp(self.step_started),
+            "stepStartedAt": format_time(self.step_started),
             "failedAnalyses": self.failed_analyses,
-            "waitingSince": _stamp(self.waiting_since) if self.waiting_since else None,
-            "pausedAt": _stamp(self.paused_at) if self.paused_at else None,
+            "waitingSince": format_time(self.waiting_since) if self.waiting_since else None,
+            "pausedAt": format_time(self.paused_at) if self.paused_at else None,
             "lastAnalysis": self.last_analysis.to_status() if self.last_analysis else None,
             "inconclusiveReported": self.inconclusive_reported,
             "provenRevisions": list(self.proven),
             "reason": self.reason,
             "message": self.message,
-            "startedAt": _stamp(self.started) if self.started else None,
+            "startedAt": format_time(self.started) if self.started else None,
         }
 
     @classmethod
@@ -316,39 +168,26 @@ class State:
                 strategy=Strategy(data["strategy"]),
                 phase=Phase(data["phase"]),
                 step=int(data.get("step") or 0),
-                step_started=_parse_time(data["stepStartedAt"]),
+                step_started=parse_time(data["stepStartedAt"]),
                 failed_analyses=int(data.get("failedAnalyses") or 0),
-                waiting_since=_parse_time(data["waitingSince"]) if data.get("waitingSince") else None,
-                paused_at=_parse_time(data["pausedAt"]) if data.get("pausedAt") else None,
+                waiting_since=parse_time(data["waitingSince"]) if data.get("waitingSince") else None,
+                paused_at=parse_time(data["pausedAt"]) if data.get("pausedAt") else None,
                 last_analysis=AnalysisResult.from_status(data["lastAnalysis"]) if data.get("lastAnalysis") else None,
                 inconclusive_reported=bool(data.get("inconclusiveReported")),
                 proven=tuple(data.get("provenRevisions") or ()),
                 reason=data.get("reason") or "",
                 message=data.get("message") or "",
-                started=_parse_time(data["startedAt"]) if data.get("startedAt") else None,
+                started=parse_time(data["startedAt"]) if data.get("startedAt") else None,
             )
         except (KeyError, ValueError, TypeError):
             return None  # written by someone else, or by a later version: start over from the cluster
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime(TIME_FORMAT)
-
-
-def _parse_time(text: str) -> datetime:
-    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
-
-
-def _truncate(moment: datetime) -> datetime:
-    """``now`` as status will hold it (whole seconds), so a state read back decides as the one written did."""
-    return moment.astimezone(UTC).replace(microsecond=0)
 
 
 # -- the machine ----------------------------------------------------------------------------------------------------
 
 
 def decide(
-    policy: Policy,
+    policy: Rollout,
     wanted: Wanted,
     revisions: Sequence[Revision],
     *,
@@ -360,9 +199,9 @@ def decide(
     """What to do now. ``revisions``: every revision Deployment of the InferenceService (the wanted one may not
     exist yet); ``total``: the replica total (``spec.replicas``); ``previous``: ``status.rollout`` as read;
     ``analysis``: the latest judged analysis interval, or None (one already counted is ignored)."""
-    now = _truncate(now)
+    now = whole_seconds(now)
     if analysis is not None:  # as status will hold it, so that one result read back is the same result
-        analysis = replace(analysis, started=_truncate(analysis.started), ended=_truncate(analysis.ended))
+        analysis = replace(analysis, started=whole_seconds(analysis.started), ended=whole_seconds(analysis.ended))
     by_name = {revision.name: revision for revision in revisions}
     events: list[Event] = []
     state = State.from_status(previous)
@@ -373,13 +212,13 @@ def decide(
     replicas = _replicas(policy, state, by_name, total)
     delete = _prune(policy, state, by_name)
     weight = _weight(policy, state)
-    route = _route(policy, state, by_name, total) if policy.routed else {}
+    route = _route(policy, state, by_name, total) if policy.traffic_routing is not None else {}
     return Decision(
         replicas=replicas,
         delete=delete,
         rollout=state.to_status(weight),
         revisions=_revision_status(state, by_name, replicas, delete, route),
-        condition=_condition(policy, state, by_name, replicas, now),
+        condition=_report(policy, state, by_name, replicas, now),
         events=tuple(events),
         requeue_after=_requeue_after(policy, state, now),
         analyze=state.revision if _analysing(policy, state) else None,
@@ -388,7 +227,7 @@ def decide(
     )
 
 
-def _route(policy: Policy, state: State, by_name: Mapping[str, Revision], total: int) -> dict[str, int]:
+def _route(policy: Rollout, state: State, by_name: Mapping[str, Revision], total: int) -> dict[str, int]:
     """The router's split: the canary gets the step's weight, but never more than the share of the total its ready
     pods can carry (so the router never sends it more than it has ready); the stable revision the rest. A failed
     canary gets nothing at once (its errors stop there, its pods are only kept as spare capacity)."""
@@ -409,7 +248,7 @@ def _ready(by_name: Mapping[str, Revision], name: str | None) -> int:
 
 
 def _start(
-    policy: Policy,
+    policy: Rollout,
     wanted: Wanted,
     by_name: Mapping[str, Revision],
     state: State | None,
@@ -449,7 +288,7 @@ def _start(
         if state is not None:  # not for a new InferenceService: an Event each would be noise (a thousand at once)
             events.append(Event("Normal", RolloutReason.ROLLOUT_STARTED, f"{what}: no ready revision to compare with"))
         return replace(fresh, stable=stable, waiting_since=now)
-    strategy = policy.strategy or Strategy.CANARY
+    strategy = policy.strategy
     first = f"step 1 of {len(policy.steps) + 1}" if strategy is Strategy.CANARY and policy.steps else "100%"
     events.append(Event("Normal", RolloutReason.ROLLOUT_STARTED, f"{what} replacing {stable}: {strategy}, {first}"))
     return replace(fresh, strategy=strategy, waiting_since=now)
@@ -461,24 +300,24 @@ def _serving(by_name: Mapping[str, Revision], *, exclude: str) -> str | None:
     return max(candidates, key=lambda r: (r.ready, r.created)).name if candidates else None
 
 
-def _steps(policy: Policy, state: State) -> tuple[Step, ...]:
+def _steps(policy: Rollout, state: State) -> Sequence[RolloutStep]:
     """The steps of this rollout; the final 100% is the one after them."""
     return policy.steps if state.strategy is Strategy.CANARY else ()
 
 
-def _weight(policy: Policy, state: State) -> int:
+def _weight(policy: Rollout, state: State) -> int:
     if state.phase is Phase.FAILED:
         return 0
     steps = _steps(policy, state)
     return steps[state.step].weight if state.step < len(steps) else 100
 
 
-def _canary_wanted(policy: Policy, state: State, total: int) -> int:
+def _canary_wanted(policy: Rollout, state: State, total: int) -> int:
     return canary_replicas(total, _weight(policy, state))
 
 
 def _progress(
-    policy: Policy,
+    policy: Rollout,
     state: State,
     by_name: Mapping[str, Revision],
     total: int,
@@ -540,7 +379,7 @@ def _progress(
     return state
 
 
-def _count_analysis(policy: Policy, state: State, analysis: AnalysisResult | None, events: list[Event]) -> State:
+def _count_analysis(policy: Rollout, state: State, analysis: AnalysisResult | None, events: list[Event]) -> State:
     """A new analysis of this canary (one not counted yet) into the state; failures up to the limit fail it."""
     if policy.analysis is None or analysis is None or analysis.revision != state.revision:
         return state
@@ -562,7 +401,7 @@ def _count_analysis(policy: Policy, state: State, analysis: AnalysisResult | Non
     return state
 
 
-def _past_deadline(policy: Policy, state: State, now: datetime) -> bool:
+def _past_deadline(policy: Rollout, state: State, now: datetime) -> bool:
     since = state.waiting_since
     return since is not None and _seconds(now - since) >= policy.progress_deadline_seconds
 
@@ -573,7 +412,7 @@ def _fail(state: State, reason: str, message: str, events: list[Event]) -> State
     return replace(state, phase=Phase.FAILED, paused_at=None, waiting_since=None, reason=reason, message=message)
 
 
-def _step_done(policy: Policy, state: State, step: Step, now: datetime) -> bool:
+def _step_done(policy: Rollout, state: State, step: RolloutStep, now: datetime) -> bool:
     if _seconds(now - state.step_started) < step.pause_seconds:
         return False
     if policy.analysis is None:
@@ -583,7 +422,7 @@ def _step_done(policy: Policy, state: State, step: Step, now: datetime) -> bool:
     return last is not None and last.verdict is Verdict.PASS and last.started >= state.step_started
 
 
-def _inconclusive(policy: Policy, state: State, now: datetime, events: list[Event]) -> State:
+def _inconclusive(policy: Rollout, state: State, now: datetime, events: list[Event]) -> State:
     """Reported once per step, when the step has waited ``inconclusive_timeout_seconds`` on inconclusive data."""
     if policy.analysis is None or state.inconclusive_reported or not _is_inconclusive(policy, state, now):
         return state
@@ -594,7 +433,7 @@ def _inconclusive(policy: Policy, state: State, now: datetime, events: list[Even
     return replace(state, inconclusive_reported=True)
 
 
-def _is_inconclusive(policy: Policy, state: State, now: datetime) -> bool:
+def _is_inconclusive(policy: Rollout, state: State, now: datetime) -> bool:
     analysis = policy.analysis
     if analysis is None or state.phase is not Phase.PROGRESSING or state.step >= len(_steps(policy, state)):
         return False
@@ -607,7 +446,7 @@ def _seconds(delta: timedelta) -> float:
     return delta.total_seconds()
 
 
-def _replicas(policy: Policy, state: State, by_name: Mapping[str, Revision], total: int) -> dict[str, int]:
+def _replicas(policy: Rollout, state: State, by_name: Mapping[str, Revision], total: int) -> dict[str, int]:
     staying = _staying(policy, state, by_name, total)
     replicas = {name: 0 for name in by_name} | staying
     # Capacity never dips: a revision on its way out (a superseded or failed canary, the stable one of a rollback)
@@ -620,7 +459,7 @@ def _replicas(policy: Policy, state: State, by_name: Mapping[str, Revision], tot
     return replicas
 
 
-def _staying(policy: Policy, state: State, by_name: Mapping[str, Revision], total: int) -> dict[str, int]:
+def _staying(policy: Rollout, state: State, by_name: Mapping[str, Revision], total: int) -> dict[str, int]:
     """The revisions that serve on, with their replicas."""
     if state.phase is Phase.SUCCEEDED or (state.phase is not Phase.FAILED and state.stable in (None, state.revision)):
         return {state.revision: total}
@@ -632,7 +471,7 @@ def _staying(policy: Policy, state: State, by_name: Mapping[str, Revision], tota
     return {state.revision: split.canary, state.stable: split.stable}
 
 
-def _prune(policy: Policy, state: State, by_name: Mapping[str, Revision]) -> tuple[str, ...]:
+def _prune(policy: Rollout, state: State, by_name: Mapping[str, Revision]) -> tuple[str, ...]:
     """Older revisions beyond the history limit, newest kept; one still with ready pods waits for them to go."""
     live = {state.revision, state.stable}
     older = sorted((r for r in by_name.values() if r.name not in live), key=lambda r: r.created, reverse=True)
@@ -678,32 +517,32 @@ def _revision_status(
     return entries
 
 
-def _condition(
-    policy: Policy, state: State, by_name: Mapping[str, Revision], replicas: Mapping[str, int], now: datetime
-) -> Condition:
+def _report(
+    policy: Rollout, state: State, by_name: Mapping[str, Revision], replicas: Mapping[str, int], now: datetime
+) -> RolloutProgress:
     revision = state.revision
     if state.phase is Phase.SUCCEEDED:
         message = f"all {replicas.get(revision, 0)} pods run revision {revision} (version {state.version})"
-        return Condition(CONDITION, True, Reason.ROLLOUT_COMPLETE, message)
+        return RolloutProgress(True, Reason.ROLLOUT_COMPLETE, message)
     if state.phase is Phase.FAILED:
         back = f"; {state.stable} serves at the full total" if state.stable else ""
-        return Condition(CONDITION, False, state.reason, state.message + back)
+        return RolloutProgress(False, state.reason, state.message + back, failed=True)
     steps = _steps(policy, state)
     wanted, ready = replicas.get(revision, 0), _ready(by_name, revision)
     where = f"step {state.step + 1} of {len(steps) + 1}" if steps else "replacing every pod"
     progress = f"revision {revision} at {_weight(policy, state)}% ({where}): {ready} of {wanted} pods ready"
     if state.phase is Phase.PAUSED:
-        return Condition(CONDITION, False, Reason.ROLLOUT_PAUSED, f"paused (spec.rollout.paused); {progress}")
+        return RolloutProgress(False, Reason.ROLLOUT_PAUSED, f"paused (spec.rollout.paused); {progress}")
     if _is_inconclusive(policy, state, now):
         last = state.last_analysis
         detail = last.message if last is not None else "no analysis yet"
         message = f"{progress}; analysis inconclusive for {_seconds(now - state.step_started):g}s: {detail}"
-        return Condition(CONDITION, False, Reason.ANALYSIS_INCONCLUSIVE, message)
+        return RolloutProgress(False, Reason.ANALYSIS_INCONCLUSIVE, message)
     waiting = _waiting_for(policy, state, steps, now, ready >= wanted)
-    return Condition(CONDITION, False, Reason.ROLLOUT_IN_PROGRESS, f"{progress}{waiting}")
+    return RolloutProgress(False, Reason.ROLLOUT_IN_PROGRESS, f"{progress}{waiting}")
 
 
-def _waiting_for(policy: Policy, state: State, steps: Sequence[Step], now: datetime, all_ready: bool) -> str:
+def _waiting_for(policy: Rollout, state: State, steps: Sequence[RolloutStep], now: datetime, all_ready: bool) -> str:
     if not all_ready or state.step >= len(steps):
         return ""
     left = steps[state.step].pause_seconds - _seconds(now - state.step_started)
@@ -716,12 +555,12 @@ def _waiting_for(policy: Policy, state: State, steps: Sequence[Step], now: datet
     return ""
 
 
-def _analysing(policy: Policy, state: State) -> bool:
+def _analysing(policy: Rollout, state: State) -> bool:
     """Analysis runs through a canary's steps (the final 100% included), not while paused or once done."""
     return policy.analysis is not None and state.phase is Phase.PROGRESSING and state.strategy is Strategy.CANARY
 
 
-def _requeue_after(policy: Policy, state: State, now: datetime) -> float | None:
+def _requeue_after(policy: Rollout, state: State, now: datetime) -> float | None:
     if state.phase is not Phase.PROGRESSING:
         return None
     due: list[datetime] = []

@@ -12,10 +12,10 @@ import itertools
 import re
 from collections.abc import Mapping
 from decimal import Decimal
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from kubeserve.operator import naming
-from kubeserve.operator.revisions import MAX_NAME
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -77,7 +77,8 @@ SPEC_CONTROLLED_ENV = (
 # The CRD restricts metadata.name with a pattern; the operator says the same in words.
 MSG_NAME = (
     "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter, "
-    f"at most {MAX_NAME} characters): it names the Service, and NAME-REVISION each revision's Deployment and Service"
+    f"at most {naming.MAX_ISVC_NAME} characters): it names the Service, and NAME-REVISION each revision's "
+    "Deployment and Service"
 )
 # The messages of the CRD's CEL rules, word for word.
 MSG_URI = (
@@ -348,8 +349,18 @@ class TrafficRouting(_Fields):
     gateway_api: GatewayAPI = Field(alias="gatewayAPI")
 
 
+class Strategy(StrEnum):
+    """How a new revision replaces the serving one: through the canary steps, or at once. A rollout with no ready
+    revision to compare with (the first) is Immediate whatever the spec says."""
+
+    CANARY = "Canary"
+    IMMEDIATE = "Immediate"
+
+
 class Rollout(_Fields):
-    strategy: Literal["Canary", "Immediate"] = "Canary"
+    """``spec.rollout``: the rollout state machine's (``rollout``) whole policy, defaults included."""
+
+    strategy: Strategy = Strategy.CANARY
     steps: list[RolloutStep] = Field(
         default_factory=lambda: [RolloutStep(weight=10, pause_seconds=60), RolloutStep(weight=50, pause_seconds=60)],
         max_length=10,
@@ -401,7 +412,7 @@ class Metadata(BaseModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, name: str) -> str:
-        if len(name) > MAX_NAME or not re.match(DNS1035_LABEL, name):
+        if len(name) > naming.MAX_ISVC_NAME or not re.match(DNS1035_LABEL, name):
             raise ValueError(MSG_NAME)
         return name
 

@@ -1,10 +1,12 @@
-"""Cluster state (the Deployment and its pods) into the InferenceService's status: pure functions.
+"""Cluster state (the Deployments and their pods, the rollout's decision) into the InferenceService's status: pure
+functions, the one author of every status field the operator writes (``OWNED_FIELDS``).
 
 Three conditions, each with a reason a user can act on and the pods' own message:
 
 - ``Ready``: the Service answers V2 requests (at least one pod is ready), whichever version it serves.
 - ``ModelLoaded``: a pod of the wanted model version has loaded and warmed up the model.
-- ``RolloutComplete``: every pod runs the wanted version and configuration.
+- ``RolloutComplete``: every pod runs the wanted version and configuration. The rollout (``rollout.decide``) says
+  where it is (``RolloutProgress``); the wanted revision's Deployment and pods say what holds them up.
 
 And, when the spec gives the model's size (``memory_estimate``), ``MemoryLimitSufficient``: whether the pods'
 memory limit covers the estimate. It only warns: the pods are created all the same.
@@ -22,9 +24,28 @@ from kubeserve.operator import naming
 from kubeserve.operator.manifests.autoscaler import QUEUE_DELAY_METRIC, seconds_from_value
 from kubeserve.operator.manifests.keda import QUEUE_DELAY_TRIGGER_METRIC
 from kubeserve.operator.memory_estimate import MemoryCheck, as_quantity
+from kubeserve.operator.merge_patch import merge_patch, patch_to
 from kubeserve.operator.pod_diagnosis import PodProblem, is_ready, worst
+from kubeserve.operator.timestamps import format_time
 
 MEMORY_CONDITION = "MemoryLimitSufficient"
+ROLLOUT_CONDITION = "RolloutComplete"
+
+# Every status field the operator writes (``owned_status``); the InferenceService index keeps these to compare with.
+OWNED_FIELDS = (
+    "url",
+    "replicas",
+    "readyReplicas",
+    "selector",
+    "autoscaler",
+    "rollout",
+    "revisions",
+    "servingVersion",
+    "precision",
+    "observedGeneration",
+    "conditions",
+    "lastFailure",
+)
 
 
 class Reason(StrEnum):
@@ -62,6 +83,17 @@ class ApplyFailure:
     @property
     def message(self) -> str:
         return f"{self.error} (attempt {self.attempt} failed; retrying in {self.retry_in:g}s)"
+
+
+@dataclass(frozen=True)
+class RolloutProgress:
+    """What the rollout says of itself (``rollout.decide``), for ``RolloutComplete``: complete (``status``) or not,
+    why, and whether it failed (a failed rollout is the rollout's to report, whatever the pods say)."""
+
+    status: bool
+    reason: str
+    message: str
+    failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,12 +138,14 @@ def observe(
     pods: Sequence[Mapping[str, Any]],
     apply_failure: ApplyFailure | None = None,
     deployments: Sequence[Mapping[str, Any]] | None = None,
+    rollout: RolloutProgress | None = None,
 ) -> Observation:
     """The conditions for the cluster as it is; ``desired`` is None when the spec is invalid.
 
     ``deployment``: the wanted revision's; ``deployments``: every revision's (the pods that exist and are ready are
     counted over all of them), just ``deployment`` when not given.
     ``apply_failure``: the last apply failed, refused (RBAC, an admission policy) or for now (a 500, a timeout).
+    ``rollout``: what the rollout says of itself, when one was decided.
     """
     counted = deployments if deployments is not None else [deployment] if deployment else []
     statuses = [(d.get("status") or {}) for d in counted]
@@ -125,34 +159,46 @@ def observe(
         conditions = (
             Condition("Ready", False, Reason.INVALID_SPEC, message),
             Condition("ModelLoaded", False, Reason.INVALID_SPEC, kept),
-            Condition("RolloutComplete", False, Reason.INVALID_SPEC, kept),
+            Condition(ROLLOUT_CONDITION, False, Reason.INVALID_SPEC, kept),
         )
         return Observation(conditions, replicas, ready, None)
 
     current = [pod for pod in live if _runs(pod, desired)]
     problem = worst(current)
     ready_condition = _ready(desired, deployment, ready, problem or worst(live))
-    rollout = _rollout(desired, deployment, problem)
+    rollout_condition = _rollout_complete(_deployment_rollout(desired, deployment, problem), rollout)
     if apply_failure is not None:
-        rollout = Condition("RolloutComplete", False, Reason.APPLY_FAILED, apply_failure.message)
+        rollout_condition = Condition(ROLLOUT_CONDITION, False, Reason.APPLY_FAILED, apply_failure.message)
         if not ready_condition.status:
             ready_condition = Condition("Ready", False, Reason.APPLY_FAILED, apply_failure.message)
-    conditions = (ready_condition, _model_loaded(desired, deployment, current, problem), rollout)
+    conditions = (ready_condition, _model_loaded(desired, deployment, current, problem), rollout_condition)
     if desired.memory is not None:
         conditions += (_memory(desired.memory),)
     return Observation(conditions, replicas, ready, problem or worst(live), desired.precision)
 
 
-def next_status(
+def owned_status(
     current: Mapping[str, Any],
     observation: Observation,
     *,
     generation: int | None,
     url: str,
     now: datetime,
+    selector: str | None = None,
+    autoscaler: Mapping[str, Any] | None = None,
+    rollout: Mapping[str, Any] | None = None,
+    revisions: list[dict[str, Any]] | None = None,
+    serving_version: str | None = None,
+    observed_generation: int | None = None,
 ) -> dict[str, Any]:
-    """The status fields the operator owns, keeping transition times and the last failure's first sighting."""
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The status fields the operator owns (``OWNED_FIELDS``), keeping transition times and the last failure's first
+    sighting. A field left out is left as it is; one that is None is removed (a merge patch's null).
+
+    ``selector``: the scale subresource's; ``autoscaler``: the HPA's view (``autoscaler_view``, None without one);
+    ``rollout``, ``revisions`` and ``serving_version``: the rollout's decision (left out without one: an invalid
+    spec); ``observed_generation``: the generation last applied or judged invalid, once nothing of it failed.
+    """
+    stamp = format_time(now)
     previous = {c.get("type"): c for c in current.get("conditions") or []}
     conditions = []
     for condition in observation.conditions:
@@ -186,7 +232,48 @@ def next_status(
         }
     elif last:
         result["lastFailure"] = last
+    if selector is not None:
+        result["selector"] = selector
+        result["autoscaler"] = autoscaler
+    if rollout is not None:
+        result["rollout"], result["revisions"], result["servingVersion"] = rollout, revisions, serving_version
+    if observed_generation is not None:
+        result["observedGeneration"] = observed_generation
     return result
+
+
+def changes(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch that turns ``current`` (the status as the API server holds it) into ``new``, field by field:
+    empty when nothing changed. Compared as the API server will hold it (a merge patch's nulls remove keys), or a
+    field with a null in it would differ for ever."""
+    return {
+        name: patch_to(current.get(name), value)
+        for name, value in new.items()
+        if current.get(name) != merge_patch(None, value)
+    }
+
+
+def news(current: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(reason, message) of each problem the new status shows and the current one does not: each is posted as a
+    Warning Event, once. A failed apply is announced where it happens, once per distinct error, not once per retry.
+    """
+    found = []
+    before, after = _condition_of(current, "Ready"), _condition_of(new, "Ready")
+    seen = (before.get("reason"), before.get("message")) == (after.get("reason"), after.get("message"))
+    if after.get("reason") == Reason.INVALID_SPEC and not seen:
+        found.append((after["reason"], after["message"]))
+    failure, previous = new.get("lastFailure"), current.get("lastFailure")
+    if failure and failure != previous:
+        found.append((failure["reason"], failure["message"]))
+    # A memory limit below the estimate: announced once, when it appears (or its numbers change).
+    memory, memory_before = _condition_of(new, MEMORY_CONDITION), _condition_of(current, MEMORY_CONDITION)
+    if memory.get("reason") == Reason.MEMORY_LIMIT_TOO_LOW and memory.get("message") != memory_before.get("message"):
+        found.append((memory["reason"], memory["message"]))
+    return found
+
+
+def _condition_of(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == kind), {})
 
 
 def autoscaler_view(hpa: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -235,11 +322,6 @@ _METRIC_NOT_AVAILABLE = {
     "FailedGetPodsMetric": METRIC_NOT_AVAILABLE,
     "FailedGetExternalMetric": KEDA_METRIC_NOT_AVAILABLE,
 }
-
-
-def changes(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """Only what differs: a status patch that is empty when nothing happened."""
-    return {key: value for key, value in new.items() if current.get(key) != value}
 
 
 def _runs(pod: Mapping[str, Any], desired: Desired) -> bool:
@@ -324,34 +406,51 @@ def _memory(check: MemoryCheck) -> Condition:
     )
 
 
-def _rollout(desired: Desired, deployment: Mapping[str, Any] | None, problem: PodProblem | None) -> Condition:
+# What the wanted revision's Deployment alone says of a rollout under way, when no pod has a problem to report.
+_GENERIC_ROLLOUT_REASONS = frozenset({Reason.ROLLOUT_IN_PROGRESS, Reason.ROLLOUT_PENDING, Reason.PENDING})
+
+
+def _rollout_complete(deployment_says: Condition, rollout: RolloutProgress | None) -> Condition:
+    """``RolloutComplete``: the rollout's word while it is under way or failed (a step, its analysis, a rollback),
+    unless the wanted revision's pods have a problem of their own to report (a failed fetch tells a user more);
+    the Deployment's once the rollout is complete (whether every pod runs the wanted version)."""
+    if rollout is None or rollout.status:
+        return deployment_says
+    if rollout.failed or deployment_says.status or deployment_says.reason in _GENERIC_ROLLOUT_REASONS:
+        return Condition(ROLLOUT_CONDITION, False, rollout.reason, rollout.message)
+    return deployment_says
+
+
+def _deployment_rollout(
+    desired: Desired, deployment: Mapping[str, Any] | None, problem: PodProblem | None
+) -> Condition:
     if deployment is None:
-        return Condition("RolloutComplete", False, Reason.PENDING, "creating the runtime Deployment")
+        return Condition(ROLLOUT_CONDITION, False, Reason.PENDING, "creating the runtime Deployment")
     if not _template_matches(deployment, desired):
-        return Condition("RolloutComplete", False, Reason.ROLLOUT_PENDING, f"applying version {desired.shown_version}")
+        return Condition(ROLLOUT_CONDITION, False, Reason.ROLLOUT_PENDING, f"applying version {desired.shown_version}")
     status = deployment.get("status") or {}
     generation = (deployment.get("metadata") or {}).get("generation")
     if generation is not None and (status.get("observedGeneration") or 0) < generation:
         return Condition(
-            "RolloutComplete", False, Reason.ROLLOUT_IN_PROGRESS, "the Deployment controller has yet to act"
+            ROLLOUT_CONDITION, False, Reason.ROLLOUT_IN_PROGRESS, "the Deployment controller has yet to act"
         )
     if problem is not None:
-        return Condition("RolloutComplete", False, problem.reason, problem.message)
+        return Condition(ROLLOUT_CONDITION, False, problem.reason, problem.message)
     for condition in status.get("conditions") or []:
         if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
             return Condition(
-                "RolloutComplete", False, Reason.PROGRESS_DEADLINE_EXCEEDED, condition.get("message") or ""
+                ROLLOUT_CONDITION, False, Reason.PROGRESS_DEADLINE_EXCEEDED, condition.get("message") or ""
             )
     wanted = _wanted_replicas(deployment)
     updated, available = status.get("updatedReplicas") or 0, status.get("availableReplicas") or 0
     total = status.get("replicas") or 0
     if updated < wanted or total > updated or available < updated:
         return Condition(
-            "RolloutComplete",
+            ROLLOUT_CONDITION,
             False,
             Reason.ROLLOUT_IN_PROGRESS,
             f"{min(updated, available)} of {wanted} pods run version {desired.shown_version} and are ready",
         )
     return Condition(
-        "RolloutComplete", True, Reason.ROLLOUT_COMPLETE, f"all {wanted} pods run version {desired.shown_version}"
+        ROLLOUT_CONDITION, True, Reason.ROLLOUT_COMPLETE, f"all {wanted} pods run version {desired.shown_version}"
     )

@@ -10,22 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubeserve.operator import naming
+from kubeserve.operator.status import OWNED_FIELDS
 
-# The status fields the operator writes (status.next_status and observedGeneration): kept to compare against.
-OWNED_STATUS_FIELDS = (
-    "url",
-    "replicas",
-    "readyReplicas",
-    "selector",
-    "autoscaler",
-    "rollout",
-    "revisions",
-    "servingVersion",
-    "precision",
-    "observedGeneration",
-    "conditions",
-    "lastFailure",
-)
 _POD_CONDITIONS = ("Ready", "PodScheduled")
 _CONTAINER_FIELDS = ("name", "state", "lastState")
 _HPA_CONDITIONS = ("AbleToScale", "ScalingActive")
@@ -41,7 +27,7 @@ def owner(body: Mapping[str, Any]) -> dict[str, Any]:
         "kind": body.get("kind"),
         "metadata": {key: metadata.get(key) for key in ("name", "namespace", "uid", "generation", "deletionTimestamp")},
         "spec": plain(body.get("spec") or {}),
-        "status": {key: plain(status[key]) for key in OWNED_STATUS_FIELDS if key in status},
+        "status": {key: plain(status[key]) for key in OWNED_FIELDS if key in status},
     }
 
 

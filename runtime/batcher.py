@@ -22,14 +22,14 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from kubeserve.runtime.admission import Rejected, Rejection
 from kubeserve.runtime.metrics import ServerMetrics
 from kubeserve.runtime.protocol.errors import BadRequest, InternalError
-from kubeserve.runtime.rejection import Rejected, Rejection
 
 log = logging.getLogger(__name__)
 
@@ -460,10 +460,6 @@ class DynamicBatcher:
     @property
     def queued(self) -> int:
         return self._queued
-
-    def waiting(self) -> Iterator[Job]:
-        """The queued jobs, in the order they will be served."""
-        return self._in_order()
 
     @property
     def saturated(self) -> bool:

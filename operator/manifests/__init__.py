@@ -22,7 +22,6 @@ from kubeserve.operator.manifests.keda import (
 )
 from kubeserve.operator.manifests.service import revision_service, service
 from kubeserve.operator.object_ref import ObjectRef
-from kubeserve.operator.revisions import revision_name
 from kubeserve.operator.runtime_config import config_file, config_hash, runtime_settings
 from kubeserve.operator.settings import OperatorSettings
 from kubeserve.operator.spec import InferenceService
@@ -31,7 +30,7 @@ from kubeserve.operator.spec import InferenceService
 @dataclass(frozen=True)
 class Children:
     """What the spec asks for: the objects to apply, in order (config before the pods that mount it), and what
-    must not exist. ``revision`` names the revision the spec describes (``revisions.revision_name``): its ConfigMap,
+    must not exist. ``revision`` names the revision the spec describes (``naming.revision_name``): its ConfigMap,
     Service and Deployment are ``NAME-<revision>``, and the rollout gives that Deployment its replicas (rendered
     here with the whole total). ``config_hash`` is the runtime config file's, which the revision's pods carry;
     ``url`` is where callers reach the model."""
@@ -87,7 +86,7 @@ def children(isvc: InferenceService, settings: OperatorSettings) -> Children:
     config_text = config_file(runtime_settings(isvc))
     digest = config_hash(config_text)
     version = isvc.spec.model.version
-    revision = revision_name(version, revision_digest(isvc, settings, digest), isvc_name=isvc.name)
+    revision = naming.revision_name(version, revision_digest(isvc, settings, digest), isvc_name=isvc.name)
     manifests = [
         config_map(isvc, config_text, revision),
         service(isvc),

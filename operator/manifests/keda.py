@@ -33,8 +33,6 @@ QUEUE_DELAY_HISTOGRAM = "kubeserve_queue_delay_seconds"
 PROMETHEUS_ISVC_LABEL = re.sub(r"[^A-Za-z0-9_]", "_", naming.LABEL_ISVC)
 # KEDA names a trigger's metric s<index>-<type>: the queue delay is the first trigger.
 QUEUE_DELAY_TRIGGER_METRIC = "s0-prometheus"
-# KEDA's HPA, created by KEDA with the ScaledObject's labels (so the operator's index sees it).
-KEDA_HPA_PREFIX = "keda-hpa-"
 
 
 def queue_delay_query(isvc: InferenceService, window: str) -> str:

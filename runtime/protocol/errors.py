@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kubeserve.runtime.rejection import Rejection
+from kubeserve.runtime.admission import Rejection
 
 
 class InferenceError(Exception):
@@ -42,7 +42,7 @@ class PayloadTooLarge(InferenceError):
 
 
 class Unavailable(InferenceError):
-    """503: retry later (or elsewhere). Made from a rejection by ``server.rejections`` alone."""
+    """503: retry later (or elsewhere). Made from a rejection by ``server.unavailable`` alone."""
 
     status = 503
 

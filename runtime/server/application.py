@@ -1,6 +1,6 @@
 """An application: the state its handlers share, its routes, and the rule every answer follows (a failure
 becomes ``{"error": ...}`` with its status); ``listen`` serves it (``server.http`` speaks HTTP). The model
-server is one (``server.app``), each worker's statistics socket another (``server.peers``)."""
+server is one (``server.inference_app``), each worker's statistics socket another (``server.peers``)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,6 @@ import zlib
 
 from kubeserve.runtime.protocol.errors import BadRequest, PayloadTooLarge
 
-CODINGS = ("gzip", "deflate")
 # zlib's window bits: a gzip wrapper, a zlib wrapper (HTTP's "deflate"), or none (what some clients send).
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 RAW_DEFLATE_WBITS = -zlib.MAX_WBITS

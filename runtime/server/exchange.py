@@ -17,14 +17,14 @@ from collections.abc import Sequence
 from types import TracebackType
 
 import numpy as np
+from kubeserve.runtime.admission import Rejected, Rejection
 from kubeserve.runtime.batcher import DynamicBatcher, Job, Outputs
 from kubeserve.runtime.metrics import STAGES
 from kubeserve.runtime.protocol.errors import InferenceError, NotFound, Unavailable
-from kubeserve.runtime.rejection import Rejected, Rejection
 from kubeserve.runtime.server.codings import accepted_coding, inflate
 from kubeserve.runtime.server.messages import Request, Response
-from kubeserve.runtime.server.rejections import unavailable
 from kubeserve.runtime.server.state import ServerState
+from kubeserve.runtime.server.unavailable import unavailable
 
 SERVER_TIMING = ", ".join(f"{stage};dur={{:.3f}}" for stage in STAGES)  # milliseconds, as the header has them
 
@@ -46,7 +46,7 @@ class Exchange:
         return self
 
     async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+        self, kind: type[BaseException] | None, error: BaseException | None, _trace: TracebackType | None
     ) -> None:
         metrics = self._state.metrics
         refused = False

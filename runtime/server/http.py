@@ -58,8 +58,8 @@ from urllib.parse import unquote, urlsplit
 import httptools
 from kubeserve.runtime.server.connections import ConnectionTracker, Deadlines, TrackedConnection
 from kubeserve.runtime.server.messages import Request, Response
-from kubeserve.runtime.server.rejections import RETRY_AFTER_SECONDS
 from kubeserve.runtime.server.responses import json_response
+from kubeserve.runtime.server.unavailable import RETRY_AFTER_SECONDS
 
 if TYPE_CHECKING:
     from kubeserve.runtime.server.application import Application
@@ -239,11 +239,6 @@ class HttpConnection(TrackedConnection):
             return False  # the client is done sending: close
         # Something to answer: keep the transport open to write it, and close after the last answer.
         return self._answering is not None or bool(self._pending)
-
-    @property
-    def client_done_sending(self) -> bool:
-        """The client half-closed its side: it sends nothing more, and waits for its answers."""
-        return self._eof
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

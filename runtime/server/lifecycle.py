@@ -28,8 +28,8 @@ from kubeserve.runtime.config import MSG_GPU_WORKERS, RuntimeSettings
 from kubeserve.runtime.logs import configure_logging
 from kubeserve.runtime.metrics import ServerMetrics
 from kubeserve.runtime.model import GPU_PROVIDERS, ModelLoadError, OnnxModel
-from kubeserve.runtime.server.app import create_app
 from kubeserve.runtime.server.exits import EXIT_MODEL_LOAD_FAILED, EXIT_OK, listen_failed
+from kubeserve.runtime.server.inference_app import create_app
 from kubeserve.runtime.server.peers import answer_peers
 from kubeserve.runtime.server.state import LoadedModel, ServerState
 from kubeserve.runtime.termination import write_termination_message

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from kubeserve.runtime.admission import Rejected, Rejection
 from kubeserve.runtime.batcher import BatchPolicy, DynamicBatcher
 from kubeserve.runtime.config import RuntimeSettings
 from kubeserve.runtime.metrics import ServerMetrics
 from kubeserve.runtime.model import OnnxModel
 from kubeserve.runtime.protocol.errors import NotFound
-from kubeserve.runtime.rejection import Rejected, Rejection
 from kubeserve.runtime.server.connections import ConnectionTracker
 from kubeserve.runtime.server.messages import Request
-from kubeserve.runtime.server.rejections import unavailable
+from kubeserve.runtime.server.unavailable import unavailable
 from kubeserve.runtime.workers import WorkerContext, WorkerState
 
 

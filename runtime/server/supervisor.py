@@ -146,7 +146,7 @@ class Supervisor:
     def _stalled(self, heartbeat: float) -> bool:
         return heartbeat > 0 and time.monotonic() - heartbeat > self.settings.worker_stall_seconds
 
-    def _signalled(self, signum: int, frame: FrameType | None) -> None:
+    def _signalled(self, signum: int, _frame: FrameType | None) -> None:
         first, self.stopping = not self.stopping, True  # before logging: a second signal may interrupt this handler
         if first:
             log.info("stopping workers", extra={"event": "stopping_workers", "signal": signal.Signals(signum).name})

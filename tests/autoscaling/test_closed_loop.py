@@ -1,12 +1,17 @@
-"""The autoscaling loop closed on this machine (``closed_loop.py``): real runtime processes whose batches take a
-set time off the CPU, a step of load to 2.5 times one replica's capacity and back down, the adapter rule's per-pod
-queue delay from each replica's ``/metrics``, the HPA's algorithm, SIGTERM drains. About 40 s;
+"""The autoscaling loop closed on this machine (``bench/autoscaling_loop.py``): real runtime processes whose batches
+take a set time off the CPU, a step of load to 2.5 times one replica's capacity and back down, the adapter rule's
+per-pod queue delay from each replica's ``/metrics``, the HPA's algorithm, SIGTERM drains. About 40 s;
 ``make demo-autoscale`` runs the long version and plots it."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
-from closed_loop import (
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from autoscaling_loop import (  # bench/, put on sys.path above
     LoopConfig,
     Phase,
     ReplicaConfig,

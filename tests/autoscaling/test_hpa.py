@@ -1,4 +1,5 @@
-"""The HPA model (hpa.py) against the worked examples of the Kubernetes documentation and of the controller's own tests.
+"""The HPA model (bench/hpa_model.py) against the worked examples of the Kubernetes documentation and of the
+controller's own tests.
 
 Sources: https://kubernetes.io/docs/concepts/workloads/autoscaling/horizontal-pod-autoscale/ ("Algorithm details",
 "Scaling policies", "Stabilization window", "Default behavior", the "Example: ..." sections), and
@@ -10,10 +11,14 @@ from __future__ import annotations
 
 import itertools
 import random
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
-from hpa import (
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from hpa_model import (  # bench/, put on sys.path above
     DEFAULT_SCALE_DOWN_RULES,
     DEFAULT_SCALE_UP_RULES,
     HorizontalController,

@@ -174,7 +174,7 @@ def test_the_chart_installs_the_inference_service_and_kopf_peering_crds(manifest
 def test_the_rbac_table_covers_what_the_operator_code_does():
     """Cross-check the table with the operator: its resource, every child it applies or deletes, its peering check."""
     from kubeserve.operator import handlers, manifests, peering
-    from kubeserve.operator.reconcile import assess
+    from kubeserve.operator.plan import assess
     from kubeserve.operator.settings import OperatorSettings
 
     group, _, plural = handlers.RESOURCE
@@ -603,7 +603,7 @@ def test_kedas_query_reads_what_the_adapter_rule_reads_over_the_same_window(helm
     """Engine keda queries Prometheus itself: the same series a live runtime exports, and the chart hands the
     operator the adapter rule's window, so the two signals cannot drift apart."""
     from kubeserve.operator.manifests.keda import queue_delay_query
-    from kubeserve.operator.reconcile import assess
+    from kubeserve.operator.plan import assess
     from kubeserve.operator.settings import load_settings
 
     (operator,) = of_kind(render(helm, "monitoring.adapterRule.window=3m"), "Deployment")
@@ -626,7 +626,7 @@ def test_kedas_query_reads_what_the_adapter_rule_reads_over_the_same_window(helm
 def runtime_pod_template() -> dict:
     """The pod template of the runtime Deployment the operator renders for the CPU sample."""
     from kubeserve.operator import manifests
-    from kubeserve.operator.reconcile import assess
+    from kubeserve.operator.plan import assess
     from kubeserve.operator.settings import OperatorSettings
 
     isvc = assess(yaml.safe_load((REPO / "samples" / "isvc-cpu.yaml").read_text())).isvc

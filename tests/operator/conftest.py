@@ -1,9 +1,9 @@
 """Fixtures for the operator's tests: the CRD as a validator, sample objects, and an in-memory cluster.
 
-The cluster is kmock's Kubernetes emulator on 127.0.0.1, extended with the one API server behaviour the
-operator relies on and kmock lacks: a server-side apply (PATCH application/apply-patch+yaml) creates the object
-when it does not exist. The real kopf operator (the package's handlers) runs against it, with looptime's fake
-clock, so that retries, back-offs and idle periods take no real time.
+The cluster is the project's in-memory Kubernetes API server (bench/apiserver.py, which ``make bench-operator``
+runs too) on 127.0.0.1, in the test's event loop, keeping every request for the tests to inspect. The real kopf
+operator (the package's handlers) runs against it, with looptime's fake clock, so that retries, back-offs and idle
+periods take no real time.
 """
 
 from __future__ import annotations
@@ -13,28 +13,29 @@ import contextlib
 import copy
 import itertools
 import re
-import warnings
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import attrs
 import celpy
-import jsonpointer
 import jsonschema
-import kmock
 import kopf
 import pytest
 import yaml
-from kubeserve.operator.merge_patch import merge_patch
-from kubeserve.operator.summaries import plain
+
+# bench/ only (never the repository root, which holds a folder named `operator`).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from apiserver import ApiServer, write_kubeconfig
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "crds" / "inferenceservices.yaml"
+KOPF_PEERING_CRDS_PATH = REPO / "crds" / "kopf-peering.yaml"
 SAMPLES = REPO / "samples"
 SCHEMAS = Path(__file__).parent / "schemas"
 ISVC_RESOURCE = "serving.kubeserve.io/v1alpha1/inferenceservices"
+DEPLOYMENTS = "apps/v1/deployments"
 LABEL_ISVC = "serving.kubeserve.io/inferenceservice"
 LABEL_REVISION = "serving.kubeserve.io/revision"
 
@@ -144,17 +145,23 @@ def crd_validator(crd: dict[str, Any]) -> CrdValidator:
 
 
 @pytest.fixture(scope="session")
-def crd_schemas() -> dict[str, CrdValidator]:
+def vendored_crds() -> dict[str, dict[str, Any]]:
     """Other projects' CRDs the operator renders objects of (vendored in schemas/, from KEDA's, its HTTP add-on's and
-    Gateway API's repositories) as validators, by kind."""
+    Gateway API's repositories), by kind."""
     return {
-        kind: CrdValidator(yaml.safe_load((SCHEMAS / filename).read_text()))
+        kind: yaml.safe_load((SCHEMAS / filename).read_text())
         for kind, filename in [
             ("ScaledObject", "keda.sh_scaledobjects.yaml"),
             ("InterceptorRoute", "http.keda.sh_interceptorroutes.yaml"),
             ("HTTPRoute", "gateway.networking.k8s.io_httproutes.yaml"),
         ]
     }
+
+
+@pytest.fixture(scope="session")
+def crd_schemas(vendored_crds: dict[str, dict[str, Any]]) -> dict[str, CrdValidator]:
+    """The vendored CRDs as validators, by kind."""
+    return {kind: CrdValidator(crd) for kind, crd in vendored_crds.items()}
 
 
 @pytest.fixture(scope="session")
@@ -183,129 +190,29 @@ def isvc_factory() -> Callable[..., dict[str, Any]]:
 # --- The in-memory cluster ---------------------------------------------------------------------------------
 
 
-@attrs.define(kw_only=True)
-class ApplyingEmulator(kmock.KubernetesEmulator):
-    """kmock's emulator with three API server behaviours the operator (and kopf) rely on.
-
-    - A server-side apply (PATCH application/apply-patch+yaml) creates the object when it does not exist
-      (applied fields merge like kmock's patches do; the real server would also drop fields no longer applied).
-    - Every write bumps ``metadata.resourceVersion``, which kopf uses to tell fresh events from stale ones.
-    - A change of ``spec`` bumps ``metadata.generation``, through the scale subresource too (a Scale's
-      ``spec.replicas`` is the InferenceService's ``spec.replicas``, its ``specReplicasPath``, so kmock's merge of
-      the patch into the stored object is what the API server does).
-    - A JSON patch whose ``test`` fails (kopf's optimistic concurrency) is answered 422, not 500.
-
-    ``changed`` is notified after every write, for tests to wait on.
-    """
-
-    changed: asyncio.Condition = attrs.field(factory=asyncio.Condition, init=False)
-    _versions: itertools.count = attrs.field(factory=lambda: itertools.count(100), init=False)
-
-    async def _handle(self, request: kmock.Request) -> Any:
-        if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
-            version = str(next(self._versions))
-            if isinstance(request.data, dict):
-                metadata = request.data.setdefault("metadata", {})
-                metadata["resourceVersion"] = version
-                stored = self._stored(request)
-                if request.action == kmock.action.CREATE:
-                    metadata.setdefault("generation", 1)
-                elif stored is not None and request.subresource in (None, "scale") and "spec" in request.data:
-                    old_spec = plain(stored.get("spec") or {})
-                    if merge_patch(old_spec, request.data["spec"]) != old_spec:
-                        metadata["generation"] = (stored.get("metadata", {}).get("generation") or 0) + 1
-            elif isinstance(request.data, list):  # a JSON patch
-                self._check_tests(request)
-                request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
-            applying = "apply-patch" in request.headers.get("Content-Type", "")
-            if request.action == kmock.action.UPDATE and applying and self._stored(request) is None:
-                self.objects[request.resource, request.namespace, request.name] = {}
-        try:
-            return await super()._handle(request)
-        finally:
-            if request.action in (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE):
-                async with self.changed:
-                    self.changed.notify_all()
-
-    def _check_tests(self, request: kmock.Request) -> None:
-        stored = plain(self._stored(request) or {})
-        for op in request.data:
-            if op.get("op") == "test" and jsonpointer.resolve_pointer(stored, op["path"], None) != op.get("value"):
-                raise kmock.KubernetesError(status=422, reason="Invalid", message=f"test of {op['path']} failed")
-
-    def _stored(self, request: kmock.Request) -> Mapping[str, Any] | None:
-        try:
-            stored = self.objects[request.resource, request.namespace, request.name]
-        except KeyError:
-            return None
-        return None if stored.deleted else stored
+@pytest.fixture
+async def cluster(
+    crd: dict[str, Any], vendored_crds: dict[str, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[ApiServer]:
+    """The API server, serving the resources the operator uses (the built-in ones, the InferenceService CRD, KEDA's
+    two and Gateway API's HTTPRoute) and keeping every request; $KUBECONFIG points at it."""
+    async with ApiServer(crds=[crd, *vendored_crds.values()], record=True) as server:
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url, token="test-token")
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))  # wins over any in-cluster service account
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        yield server
 
 
 @pytest.fixture
-def kmock_options() -> dict[str, Any]:
-    return {"cls": ApplyingEmulator}
-
-
-def serve_operator_resources(emulator: kmock.KubernetesEmulator) -> None:
-    """kmock's bundled resources, the InferenceService CRD, KEDA's two CRDs and Gateway API's HTTPRoute."""
-    with warnings.catch_warnings():  # kmock's own use of a deprecated importlib call
-        warnings.simplefilter("ignore", DeprecationWarning)
-        emulator.resources.load_bundled()
-    emulator.resources[ISVC_RESOURCE] = kmock.ResourceInfo(
-        kind="InferenceService",
-        singular="inferenceservice",
-        namespaced=True,
-        shortnames={"isvc"},
-        subresources={"status", "scale"},
-        verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
-    )
-    # KEDA's, for autoscaling engine keda, and Gateway API's, for rollouts with a traffic router.
-    for resource, kind in [
-        ("keda.sh/v1alpha1/scaledobjects", "ScaledObject"),
-        ("http.keda.sh/v1beta1/interceptorroutes", "InterceptorRoute"),
-        ("gateway.networking.k8s.io/v1/httproutes", "HTTPRoute"),
-    ]:
-        emulator.resources[resource] = kmock.ResourceInfo(
-            kind=kind,
-            singular=kind.lower(),
-            namespaced=True,
-            subresources={"status"},
-            verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
-        )
-
-
-def write_kubeconfig(path: Path, server: str) -> Path:
-    """A kubeconfig whose only context is ``server`` (with a token kmock accepts)."""
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "current-context": "kmock",
-                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
-                "clusters": [{"name": "kmock", "cluster": {"server": server}}],
-                "users": [{"name": "kmock", "user": {"token": "test-token"}}],
-            }
-        )
-    )
-    return path
+def kopf_peering_crds(cluster: ApiServer) -> None:
+    """What ``kubectl apply -f crds/kopf-peering.yaml`` does: kopf's peering resources served, no objects."""
+    for peering_crd in yaml.safe_load_all(KOPF_PEERING_CRDS_PATH.read_text()):
+        cluster.add_crd(peering_crd)
 
 
 @pytest.fixture
-def cluster(
-    kmock: kmock.KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> kmock.KubernetesEmulator:
-    """kmock serving the resources the operator uses; $KUBECONFIG points at it."""
-    serve_operator_resources(kmock)
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(kmock.url).rstrip("/"))
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))  # wins over any in-cluster service account
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    return kmock
-
-
-@pytest.fixture
-def eventually(cluster: ApplyingEmulator) -> Callable[..., Any]:
-    """``await eventually(predicate)``: re-checked after every write to the cluster, never after a fixed sleep;
+def eventually(cluster: ApiServer) -> Callable[..., Any]:
+    """``await eventually(predicate)``: re-checked after every request to the cluster, never after a fixed sleep;
     fails after ``within`` seconds of (fake) loop time."""
 
     async def wait(predicate: Callable[[], Any], within: float = 600) -> None:
@@ -323,7 +230,7 @@ def _safely(predicate: Callable[[], Any]) -> bool:
 
 
 @pytest.fixture
-def run_operator(cluster: kmock.KubernetesEmulator) -> Callable[..., contextlib.AbstractAsyncContextManager[None]]:
+def run_operator(cluster: ApiServer) -> Callable[..., contextlib.AbstractAsyncContextManager[None]]:
     """``async with run_operator():`` runs the real operator (all handlers) against the in-memory cluster."""
     from kubeserve.operator import handlers  # noqa: F401  (registers the handlers with kopf)
     from kubeserve.operator.settings import OperatorSettings
@@ -360,15 +267,12 @@ def run_operator(cluster: kmock.KubernetesEmulator) -> Callable[..., contextlib.
 
 
 @pytest.fixture
-def objects(cluster: kmock.KubernetesEmulator) -> Callable[[str, str, str], dict[str, Any] | None]:
-    """The stored object as a plain dict, or None when absent (or deleted)."""
+def objects(cluster: ApiServer) -> Callable[[str, str, str], dict[str, Any] | None]:
+    """A copy of the stored object, or None when absent (or deleted)."""
 
     def get(resource: str, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            stored = cluster.objects[resource, namespace, name]
-        except KeyError:
-            return None
-        return None if stored.deleted else copy.deepcopy(plain(stored))
+        stored = cluster.get(resource, namespace, name)
+        return None if stored is None else copy.deepcopy(dict(stored))
 
     return get
 
@@ -394,13 +298,13 @@ class Api:
     """Requests a user (kubectl) or a built-in controller would send, over HTTP.
 
     Each request gets a session of its own: kopf, when it stops, cancels every task started while it ran,
-    which would leave a long-lived session (kmock's own) with a broken connection pool.
+    which would leave a long-lived session with a broken connection pool.
     """
 
     USER_AGENT = "kubectl/test"
 
-    def __init__(self, cluster: kmock.KubernetesEmulator) -> None:
-        self._base = str(cluster.url).rstrip("/")
+    def __init__(self, cluster: ApiServer) -> None:
+        self._base = cluster.url
 
     async def _send(self, method: str, path: str, body: Any = None, **headers: str) -> dict[str, Any]:
         headers = {"User-Agent": self.USER_AGENT, **headers}
@@ -432,7 +336,7 @@ class Api:
 
 
 @pytest.fixture
-def api(cluster: kmock.KubernetesEmulator) -> Api:
+def api(cluster: ApiServer) -> Api:
     return Api(cluster)
 
 
@@ -440,17 +344,11 @@ RevisionDeployments = Callable[[str, str], list[dict[str, Any]]]
 
 
 @pytest.fixture
-def revision_deployments(cluster: kmock.KubernetesEmulator) -> RevisionDeployments:
-    """Every revision Deployment of an InferenceService, as plain dicts, by name."""
+def revision_deployments(cluster: ApiServer) -> RevisionDeployments:
+    """Every revision Deployment of an InferenceService, as copies, by name."""
 
     def found(namespace: str, isvc: str) -> list[dict[str, Any]]:
-        deployments = []
-        for (resource, where, _), stored in list(cluster.objects.items()):
-            if getattr(resource, "plural", None) != "deployments" or where != namespace or stored.deleted:
-                continue
-            body = copy.deepcopy(plain(stored))
-            if ((body.get("metadata") or {}).get("labels") or {}).get(LABEL_ISVC) == isvc:
-                deployments.append(body)
+        deployments = [copy.deepcopy(dict(d)) for d in cluster.labelled(DEPLOYMENTS, namespace, LABEL_ISVC, isvc)]
         return sorted(deployments, key=lambda deployment: deployment["metadata"]["name"])
 
     return found
@@ -487,6 +385,7 @@ class DeploymentController:
         self._serial = itertools.count()
 
     async def run_pod(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+        """The pod, created, then its status reported (a create ignores the status, as the API server does)."""
         deployment = self._deployment_of(namespace, name)
         assert deployment is not None, "no Deployment to make a pod from"
         template = deployment["spec"]["template"]
@@ -500,9 +399,10 @@ class DeploymentController:
                 "annotations": template["metadata"]["annotations"],
             },
             "spec": template["spec"],
-            "status": dict(status),
         }
-        return await self._api.create(f"/api/v1/namespaces/{namespace}/pods", pod)
+        pods = f"/api/v1/namespaces/{namespace}/pods"
+        created = await self._api.create(pods, pod)
+        return await self._api.patch(f"{pods}/{created['metadata']['name']}/status", {"status": dict(status)})
 
     async def report(self, namespace: str, name: str, *, replicas: int, ready: int, updated: int | None = None) -> None:
         """The wanted revision's Deployment status, as its controller reports it."""

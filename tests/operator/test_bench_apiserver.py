@@ -1,8 +1,8 @@
-"""``make bench-operator``'s in-memory API server (``bench/apiserver.py``) with the real operator, a subprocess: it
-reconciles InferenceServices there and repairs a deleted child, throttled (429, Retry-After) or not.
+"""The in-memory API server (``bench/apiserver.py``) with the real operator, a subprocess, as ``make bench-operator``
+runs them: it reconciles InferenceServices there and repairs a deleted child, throttled (429, Retry-After) or not.
 
 Real time (no looptime: the operator is another process); every wait is on the server's ``changed`` condition,
-notified after each write, with a generous limit that only a failure reaches.
+notified after each request, with a generous limit that only a failure reaches.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import yaml
 
 # bench/ only (never the repository root, which holds a folder named `operator`).
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from apiserver import ApiServer
+from apiserver import ApiServer, Reply, write_kubeconfig
 from operator_load import (
     CRD_PATH,
     ISVC_PATH,
@@ -31,7 +31,6 @@ from operator_load import (
     isvc,
     operator_env,
     send,
-    write_kubeconfig,
 )
 
 NAMES = [f"model-{i}" for i in range(5)]
@@ -44,7 +43,7 @@ async def operator_against(tmp_path: Path, **server: float) -> AsyncIterator[tup
     requests; the operator's log is shown when the block fails."""
     crd = yaml.safe_load(CRD_PATH.read_text())
     async with ApiServer(crds=[crd], **server) as api, aiohttp.ClientSession(api.url) as session:
-        env = operator_env(write_kubeconfig(tmp_path / "kubeconfig", api.url), str(tmp_path))
+        env = operator_env(write_kubeconfig(tmp_path / "kubeconfig", api.url, token="bench"), str(tmp_path))
         log_path = tmp_path / "operator.log"
         with log_path.open("wb") as log:
             operator = await asyncio.create_subprocess_exec(OPERATOR, "run", env=env, stdout=log, stderr=log)
@@ -154,6 +153,30 @@ async def test_server_semantics_the_operator_relies_on() -> None:
         async with session.get(f"/api/v1/services?{query}") as response:
             events = [json.loads(await response.content.readline()) for _ in range(2)]
         assert [event["type"] for event in events] == ["ADDED", "DELETED"]
+
+
+async def test_the_tests_tooling_keeps_requests_and_answers_injected_replies() -> None:
+    """What the operator's tests use: the requests kept, filtered; replies injected for the next matching requests,
+    the earliest injection first, then served as usual."""
+    async with ApiServer(record=True) as api, aiohttp.ClientSession(api.url) as session:
+        services = f"/api/v1/namespaces/{NAMESPACE}/services"
+        api.inject(Reply(500), times=1, method="POST", resource=SERVICES)
+        throttled = Reply(429, body={"kind": "Status"}, headers={"Retry-After": "7"})
+        api.inject(throttled, times=1, method="POST", resource=SERVICES)
+        answers = []
+        for user in ("a", "b", "a"):
+            body = {"metadata": {"name": "s"}}
+            async with session.post(services, json=body, headers={"User-Agent": user}) as response:
+                answers.append((response.status, response.headers.get("Retry-After"), await response.read()))
+        async with session.get(f"{services}/s") as response:
+            assert response.status == 200
+
+        assert answers[:2] == [(500, None, b""), (429, "7", b'{"kind":"Status"}')]
+        assert answers[2][0] == 201
+        posts = api.requests(method="POST", resource=SERVICES)
+        assert [(r.verb, r.namespace, r.body["metadata"]["name"]) for r in posts] == [("create", NAMESPACE, "s")] * 3
+        assert [r.method for r in api.requests(user_agent="a")] == ["POST", "POST"]
+        assert [r.verb for r in api.requests(name="s")] == ["get"]
 
 
 async def test_a_canary_steps_on_when_its_pause_ends_on_the_operators_own_timer(tmp_path: Path) -> None:

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aiohttp import web
+from kubeserve.operator.analysis import Verdict
 from kubeserve.operator.canary_analysis import CanaryAnalysis
-from kubeserve.operator.rollout import AnalysisPolicy, Threshold, Verdict
+from kubeserve.operator.spec import Analysis, Threshold
 from kubeserve.runtime.metrics import ServerMetrics
 from prometheus_client import generate_latest
 
@@ -60,7 +61,8 @@ async def pods() -> AsyncIterator[dict[str, str]]:
 async def test_an_interval_reads_both_revisions_judges_and_reports(pods):
     reported = asyncio.Event()
     analysis = CanaryAnalysis(on_result=lambda key: reported.set())
-    policy = AnalysisPolicy(interval_seconds=0.3, min_requests=5, max_error_ratio=Threshold(0.1))
+    # The shortest interval the CRD allows.
+    policy = Analysis(interval_seconds=5, min_requests=5, error_ratio=Threshold(max=0.1))
     try:
         analysis.want(KEY, policy, "canary", "stable", lambda revision: [pods[revision]])
         await asyncio.wait_for(reported.wait(), timeout=30)
@@ -79,7 +81,7 @@ async def test_an_interval_reads_both_revisions_judges_and_reports(pods):
 async def test_wanting_the_same_canary_again_does_not_restart_its_interval_and_stop_cancels_it(pods):
     reported = asyncio.Event()
     analysis = CanaryAnalysis(on_result=lambda key: reported.set())
-    policy = AnalysisPolicy(interval_seconds=3600, min_requests=5)
+    policy = Analysis(interval_seconds=3600, min_requests=5)
     try:
         analysis.want(KEY, policy, "canary", None, lambda revision: [pods[revision]])
         analysis.want(KEY, policy, "canary", None, lambda revision: [pods[revision]])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import kubernetes_validate
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -177,13 +178,12 @@ def test_bad_operator_settings_are_named_and_exit_2():
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.usefixtures("kopf_peering_crds")
 async def test_run_reconciles_with_peering_serves_liveness_and_stops_cleanly_on_sigterm(
-    api, cluster, objects, deployment_of, eventually, isvc_factory
+    api, objects, deployment_of, eventually, isvc_factory
 ):
-    # Real time here: a separate process cannot share the test's fake clock. $KUBECONFIG points at kmock.
-    cluster.resources["kopf.dev/v1/clusterkopfpeerings"] = cluster.ResourceInfo(
-        kind="ClusterKopfPeering", namespaced=False, verbs={"get", "list", "watch", "patch"}
-    )
+    # Real time here: a separate process cannot share the test's fake clock. $KUBECONFIG points at the in-memory
+    # API server.
     await api.create("/apis/kopf.dev/v1/clusterkopfpeerings", {"metadata": {"name": "kubeserve"}})
     health_port, metrics_port = free_port(), free_port()
     process = await asyncio.create_subprocess_exec(
@@ -239,13 +239,11 @@ async def test_run_reconciles_with_peering_serves_liveness_and_stops_cleanly_on_
     assert not [line for line in lines if line.get("event") == "peering_off"]
 
 
+@pytest.mark.usefixtures("kopf_peering_crds")
 async def test_run_without_its_peering_object_works_alone_and_says_so(
-    api, cluster, objects, deployment_of, eventually, isvc_factory
+    api, objects, deployment_of, eventually, isvc_factory
 ):
     # kopf's peering CRDs are installed (crds/kopf-peering.yaml), the peering object is not: kopf alone would idle.
-    cluster.resources["kopf.dev/v1/clusterkopfpeerings"] = cluster.ResourceInfo(
-        kind="ClusterKopfPeering", namespaced=False, verbs={"get", "list", "watch", "patch"}
-    )
     process = await asyncio.create_subprocess_exec(
         SCRIPT,
         "run",

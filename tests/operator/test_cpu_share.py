@@ -12,7 +12,7 @@ from kubeserve.operator import manifests, naming
 from kubeserve.operator import spec as spec_module
 from kubeserve.operator.cpu_share import intra_op_threads
 from kubeserve.operator.memory_estimate import MIB, estimate_bytes, memory_inputs, planned_workers
-from kubeserve.operator.reconcile import assess
+from kubeserve.operator.plan import assess
 from kubeserve.operator.settings import OperatorSettings
 from kubeserve.operator.spec import parse
 from kubeserve.runtime.config import RuntimeSettings

@@ -11,7 +11,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 from kubeserve.operator import spec as spec_module
-from kubeserve.operator.reconcile import assess
+from kubeserve.operator.plan import assess
 from kubeserve.operator.runtime_config import runtime_settings
 from kubeserve.operator.spec import SpecError, parse
 from kubeserve.runtime.config import RuntimeSettings

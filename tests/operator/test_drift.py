@@ -8,12 +8,19 @@ from datetime import UTC, datetime
 
 import pytest
 from kubeserve.operator import drift, manifests, status, summaries
-from kubeserve.operator.reconcile import assess, status_fields
+from kubeserve.operator import plan as planning
+from kubeserve.operator.plan import Observed, assess, render
 from kubeserve.operator.settings import OperatorSettings
 from kubeserve.operator.workqueue import WorkQueue
 
 SETTINGS = OperatorSettings(cpu_image="runtime:1", cuda_image="runtime-cuda:1")
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def status_of(owner: dict, **observed: list[dict]) -> dict:
+    """The status the operator would write for ``owner`` in the cluster ``observed``, its apply having gone well."""
+    seen = Observed(**observed, status=owner.get("status") or {}, present=lambda ref: False)
+    return planning.plan(owner, seen, None, NOW, render=lambda body: render(body, SETTINGS)).status(None, None)
 
 
 @pytest.fixture
@@ -168,14 +175,12 @@ def test_the_summaries_keep_what_the_status_reads(pod_statuses, isvc_factory):
             "spec": template["spec"]["template"]["spec"],
             "status": pod_status,
         }
-        whole = status_fields(body, assess(body), deployments=[deployment], pods=[pod], autoscalers=[hpa], now=NOW)
-        summarised = status_fields(
+        whole = status_of(body, deployments=[deployment], pods=[pod], autoscalers=[hpa])
+        summarised = status_of(
             summaries.owner(body),
-            assess(summaries.owner(body)),
             deployments=[summaries.deployment(deployment)],
             pods=[summaries.pod(pod)],
             autoscalers=[summaries.autoscaler(hpa)],
-            now=NOW,
         )
         assert summarised == whole, name
         assert whole["autoscaler"] == {

@@ -1,4 +1,5 @@
-"""The real operator (every kopf handler) against an in-memory Kubernetes API (kmock), on looptime's fake clock.
+"""The real operator (every kopf handler) against an in-memory Kubernetes API (bench/apiserver.py), on looptime's
+fake clock.
 
 Each test drives the cluster the way users and built-in controllers would (POST/PATCH/DELETE over HTTP) and
 waits for the state it expects, re-checked after every API request, never for a fixed time.
@@ -7,11 +8,15 @@ waits for the state it expects, re-checked after every API request, never for a 
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
+import sys
+from pathlib import Path
 
-import kmock
 import pytest
+
+# bench/ only (never the repository root, which holds a folder named `operator`).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from apiserver import Reply
 from kubeserve.operator import peering
 from kubeserve.operator.cluster import Cluster
 from kubeserve.operator.settings import OperatorSettings
@@ -29,22 +34,14 @@ DEPLOYMENT_PATH = f"/apis/apps/v1/namespaces/{NS}/deployments"
 
 
 def applies(cluster, resource: str, name: str | None = None) -> list[dict]:
-    """The bodies of the server-side applies the operator sent for one object, or for any of that resource (less
-    what the emulator stamps)."""
-    bodies = []
-    criteria = (kmock.method.PATCH, kmock.resource(resource), *([kmock.name(name)] if name else []))
-    for request in cluster[criteria]:
-        if "apply-patch" in request.headers.get("Content-Type", ""):
-            body = copy.deepcopy(request.data)
-            body["metadata"].pop("resourceVersion", None)
-            body["metadata"].pop("generation", None)
-            bodies.append(body)
-    return bodies
+    """The bodies of the server-side applies the operator sent for one object, or for any of that resource."""
+    patches = cluster.requests(method="PATCH", resource=resource, name=name)
+    return [request.body for request in patches if "apply-patch" in request.headers.get("Content-Type", "")]
 
 
 def events(cluster, reason: str) -> list[dict]:
-    posted = cluster[kmock.method.POST, kmock.resource("v1/events")]
-    return [request.data for request in posted if request.data.get("reason") == reason]
+    posted = cluster.requests(method="POST", resource="v1/events")
+    return [request.body for request in posted if request.body.get("reason") == reason]
 
 
 async def test_create_applies_children_owned_by_the_inference_service(
@@ -53,6 +50,7 @@ async def test_create_applies_children_owned_by_the_inference_service(
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory())
         await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 1)
+    uid = objects(ISVCS, NS, "mlp")["metadata"]["uid"]
 
     # The revision's ConfigMap, Service and Deployment (NAME-<revision>), and the InferenceService's Service.
     revision = deployment_of(NS, "mlp")["metadata"]["name"]
@@ -65,7 +63,7 @@ async def test_create_applies_children_owned_by_the_inference_service(
             "apiVersion": "serving.kubeserve.io/v1alpha1",
             "kind": "InferenceService",
             "name": "mlp",
-            "uid": "uid-mlp",
+            "uid": uid,
             "controller": True,
             "blockOwnerDeletion": True,
         }
@@ -224,32 +222,32 @@ async def test_deleting_leaves_the_children_to_the_garbage_collector(
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory(autoscaling={"maxReplicas": 3}))
         await eventually(lambda: objects(HPAS, NS, "mlp") and deployment_of(NS, "mlp"))
+        uid = objects(ISVCS, NS, "mlp")["metadata"]["uid"]
 
         await api.delete(f"{ISVC_PATH}/mlp")
         assert objects(ISVCS, NS, "mlp") is None  # no finalizer: gone at once, the operator has no say
 
-    # Their owner references make them the garbage collector's (which kmock lacks): the operator deletes nothing.
-    operator_deletes = [r for r in cluster[kmock.method.DELETE] if r.headers.get("User-Agent") != api.USER_AGENT]
+    # Their owner references make them the garbage collector's (which the in-memory API server lacks): the operator
+    # deletes nothing.
+    operator_deletes = [r for r in cluster.requests(method="DELETE") if r.headers.get("User-Agent") != api.USER_AGENT]
     assert operator_deletes == []
     revision = deployment_of(NS, "mlp")["metadata"]["name"]
     for resource, name in [(HPAS, "mlp"), (DEPLOYMENTS, revision), (SERVICES, "mlp"), (CONFIGMAPS, revision)]:
         (owner,) = objects(resource, NS, name)["metadata"]["ownerReferences"]
-        assert (owner["uid"], owner["controller"]) == ("uid-mlp", True)
+        assert (owner["uid"], owner["controller"]) == (uid, True)
 
 
 async def test_conflicts_server_errors_and_timeouts_are_retried(
     api, cluster, run_operator, eventually, objects, deployment_of, isvc_factory, condition
 ):
     # The first three applies of the Deployment fail: 409, 500, then no answer within the timeout.
-    deployment_patches = cluster[kmock.method.PATCH, kmock.resource(DEPLOYMENTS)]
-    deployment_patches[0:1] << 409
-    deployment_patches[1:2] << 500
-    deployment_patches[2:3] << (lambda: asyncio.sleep(3600))
+    for reply in (Reply(409), Reply(500), Reply(504, delay=3600)):
+        cluster.inject(reply, times=1, method="PATCH", resource=DEPLOYMENTS)
 
     async with run_operator(api_timeout_seconds=10):
         await api.create(ISVC_PATH, isvc_factory())
         await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 1)
-        # Checked while the operator runs: a timer that fires as it stops may find kmock gone.
+        # Checked while the operator runs: a timer that fires as it stops may find the API server gone.
         recovered = objects(ISVCS, NS, "mlp")["status"]
 
     assert len(applies(cluster, DEPLOYMENTS, deployment_of(NS, "mlp")["metadata"]["name"])) >= 4
@@ -267,9 +265,9 @@ async def test_conflicts_server_errors_and_timeouts_are_retried(
 async def test_an_apply_that_keeps_failing_shows_in_the_status_with_its_attempts_then_recovers(
     api, cluster, run_operator, eventually, objects, isvc_factory, condition
 ):
-    range_full = kmock.Response(
-        status=500,
-        payload={
+    range_full = Reply(
+        500,
+        body={
             "kind": "Status",
             "apiVersion": "v1",
             "status": "Failure",
@@ -278,7 +276,7 @@ async def test_an_apply_that_keeps_failing_shows_in_the_status_with_its_attempts
             "message": "Internal error occurred: failed to allocate a serviceIP: range is full",
         },
     )
-    cluster[kmock.method.PATCH, kmock.resource(SERVICES)][0:3] << range_full
+    cluster.inject(range_full, times=3, method="PATCH", resource=SERVICES)
 
     def ready() -> dict:
         return condition(objects(ISVCS, NS, "mlp")["status"], "Ready")
@@ -307,9 +305,9 @@ async def test_an_apply_that_keeps_failing_shows_in_the_status_with_its_attempts
 async def test_a_refused_apply_is_reported_with_the_api_servers_message(
     api, cluster, run_operator, eventually, objects, isvc_factory, condition
 ):
-    refusal = kmock.Response(
-        status=403,
-        payload={
+    refusal = Reply(
+        403,
+        body={
             "kind": "Status",
             "apiVersion": "v1",
             "status": "Failure",
@@ -318,7 +316,7 @@ async def test_a_refused_apply_is_reported_with_the_api_servers_message(
             "message": 'deployments.apps "mlp" is forbidden: User "system:serviceaccount:x:y" cannot patch',
         },
     )
-    cluster[kmock.method.PATCH, kmock.resource(DEPLOYMENTS)] << refusal
+    cluster.inject(refusal, method="PATCH", resource=DEPLOYMENTS)
 
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory())
@@ -556,19 +554,17 @@ OPERATOR_VERBS = {
 def used_verbs(cluster, but: set[int]) -> set[tuple[str, str]]:
     """(verb, resource) of every request sent, but those with the given ids (the test's own)."""
     used = set()
-    for request in cluster:
-        if request.resource is None or request.resource.plural is None or id(request) in but:
+    for request in cluster.requests():
+        if request.resource is None or id(request) in but:
             continue  # discovery (/api, /apis/GROUP/VERSION) is open to every authenticated client
-        verb = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "UPDATE": "patch"}.get(
-            request.action.name if request.action else "", "delete" if request.method == "DELETE" else "?"
-        )
         group = f"{request.resource.group}/" if request.resource.group else ""
-        used.add((verb, f"{group}{request.resource.plural}{'/' + request.subresource if request.subresource else ''}"))
+        subresource = f"/{request.subresource}" if request.subresource else ""
+        used.add((request.verb, f"{group}{request.resource.plural}{subresource}"))
     return used
 
 
 def requests_of(cluster, user_agent: str) -> set[int]:
-    return {id(request) for request in cluster if request.headers.get("User-Agent") == user_agent}
+    return {id(request) for request in cluster.requests(user_agent=user_agent)}
 
 
 async def test_the_operator_uses_only_the_documented_api_verbs(
@@ -597,20 +593,10 @@ async def test_the_operator_uses_only_the_documented_api_verbs(
 PEERING_VERBS = {"get", "list", "watch", "patch"}  # kopf's RBAC documentation, and the operator's check (get)
 
 
-def serve_kopf_peering_crds(cluster) -> None:
-    """What `kubectl apply -f crds/kopf-peering.yaml` does: kopf's peering resources, no objects."""
-    cluster.resources["kopf.dev/v1/clusterkopfpeerings"] = kmock.ResourceInfo(
-        kind="ClusterKopfPeering", namespaced=False, verbs=PEERING_VERBS
-    )
-    cluster.resources["kopf.dev/v1/kopfpeerings"] = kmock.ResourceInfo(
-        kind="KopfPeering", namespaced=True, verbs=PEERING_VERBS
-    )
-
-
+@pytest.mark.usefixtures("kopf_peering_crds")
 async def test_without_its_peering_object_the_operator_works_alone_and_says_how_to_enable_peering(
-    api, cluster, run_operator, eventually, objects, deployment_of, isvc_factory, caplog
+    api, run_operator, eventually, objects, deployment_of, isvc_factory, caplog
 ):
-    serve_kopf_peering_crds(cluster)
     with caplog.at_level(logging.WARNING, logger="kubeserve.operator"):
         async with run_operator(standalone=False):
             await api.create(ISVC_PATH, isvc_factory())
@@ -626,9 +612,9 @@ async def test_without_its_peering_object_the_operator_works_alone_and_says_how_
     )
 
 
-async def test_peering_needs_its_object_in_every_watched_namespace(api, cluster):
-    # kopf's namespace listing is beyond kmock, so this checks the operator's own check, without kopf.
-    serve_kopf_peering_crds(cluster)
+@pytest.mark.usefixtures("kopf_peering_crds")
+async def test_peering_needs_its_object_in_every_watched_namespace(api):
+    # This checks the operator's own check, without kopf (and its namespace listing).
     await api.create(
         "/apis/kopf.dev/v1/namespaces/team-a/kopfpeerings", {"metadata": {"name": "kubeserve", "namespace": "team-a"}}
     )
@@ -659,10 +645,10 @@ async def test_without_kopfs_peering_crds_the_operator_works_alone_too(api, clus
     assert "no ClusterKopfPeering 'kubeserve' (kopf.dev/v1)" in why
 
 
+@pytest.mark.usefixtures("kopf_peering_crds")
 async def test_with_its_peering_object_the_operator_peers(
     api, cluster, run_operator, eventually, objects, isvc_factory, caplog
 ):
-    serve_kopf_peering_crds(cluster)
     await api.create("/apis/kopf.dev/v1/clusterkopfpeerings", {"metadata": {"name": "kubeserve"}})
     with caplog.at_level(logging.WARNING, logger="kubeserve.operator"):
         async with run_operator(standalone=False, peering_priority=7):
@@ -685,14 +671,14 @@ def operator_requests(cluster, api) -> list:
     status patches, events."""
     return [
         request
-        for request in cluster
-        if request.headers.get("User-Agent") != api.USER_AGENT and request.action != kmock.action.WATCH
+        for request in cluster.requests()
+        if request.headers.get("User-Agent") != api.USER_AGENT and request.verb != "watch"
     ]
 
 
 def status_patches(cluster, name: str) -> list[dict]:
-    patches = cluster[kmock.method.PATCH, kmock.resource(ISVCS), kmock.name(name)]
-    return [request.data["status"] for request in patches if request.subresource == "status"]
+    patches = cluster.requests(method="PATCH", resource=ISVCS, name=name)
+    return [request.body["status"] for request in patches if request.subresource == "status"]
 
 
 async def test_with_nothing_changing_the_operator_makes_no_api_requests(
@@ -714,12 +700,12 @@ async def test_with_nothing_changing_the_operator_makes_no_api_requests(
             assert objects(SERVICES, NS, name) and objects(CONFIGMAPS, NS, revision)
 
         before = len(operator_requests(cluster, api))
-        # Ten idle minutes on the fake clock (each costs real time: kmock sends no watch bookmarks, so kopf re-opens
-        # its watches every 70 s). Timers of any period up to minutes, per object or not, would show.
+        # Ten idle minutes on the fake clock, kopf's watches open throughout (none re-opened). Timers of any period
+        # up to minutes, per object or not, would show.
         await asyncio.sleep(600)
         during = operator_requests(cluster, api)[before:]
 
-    assert [(request.method, str(request.url)) for request in during] == []
+    assert [(request.method, request.path, dict(request.query)) for request in during] == []
 
 
 async def test_the_status_is_written_only_when_it_changes(
@@ -765,10 +751,10 @@ async def test_the_finalizer_of_earlier_versions_is_removed(
 async def test_throttling_is_retried_no_sooner_than_the_api_server_asks(
     api, cluster, run_operator, eventually, objects, isvc_factory, condition
 ):
-    throttled = kmock.Response(
-        status=429,
+    throttled = Reply(
+        429,
         headers={"Retry-After": "30"},
-        payload={
+        body={
             "kind": "Status",
             "apiVersion": "v1",
             "status": "Failure",
@@ -777,7 +763,7 @@ async def test_throttling_is_retried_no_sooner_than_the_api_server_asks(
             "message": "Too many requests, please try again later.",
         },
     )
-    cluster[kmock.method.PATCH, kmock.resource(SERVICES)][0:1] << throttled
+    cluster.inject(throttled, times=1, method="PATCH", resource=SERVICES)
 
     async with run_operator():
         await api.create(ISVC_PATH, isvc_factory())
@@ -805,12 +791,11 @@ async def test_an_inference_service_created_again_under_the_same_name_gets_a_sta
         await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 1)
         await api.delete(f"{ISVC_PATH}/mlp")
 
-        again = isvc_factory()
-        again["metadata"]["uid"] = "uid-mlp-2"
-        await api.create(ISVC_PATH, again)
+        await api.create(ISVC_PATH, isvc_factory())  # the API server gives it a uid of its own
         await eventually(lambda: objects(ISVCS, NS, "mlp")["status"]["observedGeneration"] == 1)
+    again = objects(ISVCS, NS, "mlp")["metadata"]["uid"]
 
     status = objects(ISVCS, NS, "mlp")["status"]
     assert status["url"] == "http://mlp.ml.svc.cluster.local"
     assert condition(status, "Ready")["reason"] in ("Pending", "ModelLoading")
-    assert deployment_of(NS, "mlp")["metadata"]["ownerReferences"][-1]["uid"] == "uid-mlp-2"
+    assert deployment_of(NS, "mlp")["metadata"]["ownerReferences"][-1]["uid"] == again

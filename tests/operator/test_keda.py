@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 from kubeserve.operator import manifests
 from kubeserve.operator.manifests.keda import PROMETHEUS_ISVC_LABEL
-from kubeserve.operator.reconcile import assess
+from kubeserve.operator.plan import assess
 from kubeserve.operator.settings import OperatorSettings
 from kubeserve.operator.status import KEDA_METRIC_NOT_AVAILABLE, autoscaler_view
 
@@ -189,8 +189,8 @@ async def test_switching_engines_swaps_the_autoscaling_objects(api, run_operator
 
 async def test_objects_no_longer_wanted_go_before_the_new_ones_are_applied():
     # KEDA's admission webhook refuses a ScaledObject for a target an HPA still scales: the HPA must go first.
+    from kubeserve.operator.apply import apply_children
     from kubeserve.operator.object_ref import ObjectRef
-    from kubeserve.operator.reconcile import apply_children
 
     calls: list[tuple[str, str]] = []
 

@@ -7,7 +7,6 @@ import copy
 from dataclasses import replace
 from typing import Any
 
-import kmock
 import kubernetes_validate
 import pytest
 from kubeserve.operator import manifests, naming, pod_diagnosis, status
@@ -342,8 +341,8 @@ async def test_the_operator_warns_of_a_low_memory_limit_and_still_rolls_out(
     assert current["precision"] == "INT8"
     assert condition(current, "Ready")["reason"] != "MemoryLimitTooLow"
     # And a Warning event says so once, as `kubectl describe` shows it.
-    posted = cluster[kmock.method.POST, kmock.resource("v1/events")]
-    (event,) = [request.data for request in posted if request.data.get("reason") == "MemoryLimitTooLow"]
+    posted = cluster.requests(method="POST", resource="v1/events")
+    (event,) = [request.body for request in posted if request.body.get("reason") == "MemoryLimitTooLow"]
     assert (event["type"], event["message"]) == ("Warning", memory["message"])
 
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from kubeserve.operator import manifests, naming
 from kubeserve.operator import spec as spec_module
-from kubeserve.operator.reconcile import assess
+from kubeserve.operator.plan import assess
 from kubeserve.operator.runtime_config import served_precision
 from kubeserve.operator.settings import OperatorSettings
 from kubeserve.operator.spec import SpecError, parse

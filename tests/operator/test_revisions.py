@@ -1,29 +1,31 @@
-"""Revision names and the replica split of a canary step (``revisions``)."""
+"""Revision names (``naming.revision_name``) and the replica split of a canary step (``canary_split``)."""
 
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 import pytest
 import yaml
-from kubeserve.operator import manifests
-from kubeserve.operator.naming import revision_object_name
-from kubeserve.operator.revisions import (
-    DNS1123_LABEL,
-    MAX_NAME,
-    MAX_NAME_WITH_FULL_VERSION,
+from kubeserve.operator import manifests, spec
+from kubeserve.operator.canary_split import Split, canary_replicas, split_replicas
+from kubeserve.operator.naming import (
+    DIGEST_LENGTH,
+    MAX_ISVC_NAME,
     MAX_OBJECT_NAME,
-    Split,
-    canary_replicas,
+    VERSION_BUDGET,
     revision_name,
-    split_replicas,
+    revision_object_name,
 )
 from kubeserve.operator.runtime_config import config_hash
 from kubeserve.operator.settings import OperatorSettings
 from kubeserve.operator.spec import parse
 
 DIGEST = config_hash("model_version: v1\n")
+DNS1123_LABEL = re.compile(spec.DNS1123_LABEL)
+# The longest InferenceService name that leaves the version part its whole budget.
+MAX_ISVC_NAME_WITH_FULL_VERSION = MAX_OBJECT_NAME - 1 - VERSION_BUDGET - 1 - DIGEST_LENGTH
 
 
 @pytest.mark.parametrize(
@@ -50,19 +52,21 @@ def test_the_same_inputs_give_the_same_name_and_another_digest_another_name():
     assert revision_name("v1", DIGEST) != revision_name("v1", other)
 
 
-@pytest.mark.parametrize("length", [1, 20, MAX_NAME_WITH_FULL_VERSION, MAX_NAME_WITH_FULL_VERSION + 1, 50, MAX_NAME])
+@pytest.mark.parametrize(
+    "length", [1, 20, MAX_ISVC_NAME_WITH_FULL_VERSION, MAX_ISVC_NAME_WITH_FULL_VERSION + 1, 50, MAX_ISVC_NAME]
+)
 def test_name_and_revision_fit_a_service_name(length):
     isvc = "m" * length
     name = revision_object_name(isvc, revision_name("Version_With.Odd-Characters", DIGEST, isvc_name=isvc))
     assert len(name) <= MAX_OBJECT_NAME
     assert DNS1123_LABEL.match(name)
-    if length <= MAX_NAME_WITH_FULL_VERSION:
+    if length <= MAX_ISVC_NAME_WITH_FULL_VERSION:
         assert "version-with-o" in name
 
 
 def test_a_name_too_long_for_any_revision_and_a_bad_digest_are_refused():
     with pytest.raises(ValueError, match="no room"):
-        revision_name("v1", DIGEST, isvc_name="m" * (MAX_NAME + 1))
+        revision_name("v1", DIGEST, isvc_name="m" * (MAX_ISVC_NAME + 1))
     with pytest.raises(ValueError, match="hex"):
         revision_name("v1", "XYZ123")
 

@@ -13,26 +13,25 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from kubeserve.operator.analysis import AnalysisResult, Verdict, judge
 from kubeserve.operator.canary_metrics import Measurement
-from kubeserve.operator.rollout import (
-    AnalysisPolicy,
-    AnalysisResult,
-    Decision,
-    Policy,
-    Revision,
-    State,
-    Step,
+from kubeserve.operator.rollout import Decision, Revision, State, Wanted, decide
+from kubeserve.operator.spec import (
+    Analysis,
+    GatewayAPI,
+    ParentRef,
+    Rollout,
+    RolloutStep,
     Strategy,
     Threshold,
-    Verdict,
-    Wanted,
-    decide,
-    judge,
+    TrafficRouting,
 )
 
 T0 = datetime(2026, 1, 2, 3, 0, 0, tzinfo=UTC)
-STEPS = (Step(10, 60), Step(50, 120))
-ANALYSIS = AnalysisPolicy(interval_seconds=30, failure_limit=2, max_error_ratio=Threshold(0.01), min_requests=10)
+STEPS = [RolloutStep(weight=10, pause_seconds=60), RolloutStep(weight=50, pause_seconds=120)]
+ANALYSIS = Analysis(interval_seconds=30, failure_limit=2, error_ratio=Threshold(max=0.01), min_requests=10)
+# Gateway API routing: the router splits the requests by the rollout's weights.
+ROUTED = TrafficRouting(gateway_api=GatewayAPI(parent_ref=ParentRef(name="gateway")))
 
 
 @dataclass
@@ -45,7 +44,7 @@ class Deployment:
 
 @dataclass
 class Sim:
-    policy: Policy = field(default_factory=lambda: Policy(steps=STEPS, analysis=ANALYSIS))
+    policy: Rollout = field(default_factory=lambda: Rollout(steps=STEPS, analysis=ANALYSIS))
     total: int = 10
     now: datetime = T0
     wanted: Wanted = field(default_factory=lambda: Wanted("v1-aaaaaa", "v1"))
@@ -188,7 +187,7 @@ def test_a_canary_goes_through_its_steps_after_pauses_and_passing_analyses():
 
 
 def test_without_analysis_the_pauses_alone_pace_the_steps():
-    sim = serving(policy=Policy(steps=(Step(20, 10),)))
+    sim = serving(policy=Rollout(steps=[RolloutStep(weight=20, pause_seconds=10)]))
     sim.release("v2")
     sim.settle()
     assert sim.tick(seconds=9).rollout["step"] == 0
@@ -197,7 +196,7 @@ def test_without_analysis_the_pauses_alone_pace_the_steps():
 
 
 def test_a_step_waits_for_its_canary_pods_to_be_ready():
-    sim = serving(policy=Policy(steps=(Step(20, 10),)), auto_ready=False)
+    sim = serving(policy=Rollout(steps=[RolloutStep(weight=20, pause_seconds=10)]), auto_ready=False)
     sim.release("v2")
     sim.tick()
     waiting = sim.tick(seconds=30)
@@ -237,7 +236,7 @@ def test_failed_analyses_up_to_the_limit_roll_back():
 
 
 def test_inconclusive_analysis_never_passes_a_step_and_is_reported_after_its_timeout():
-    policy = Policy(steps=STEPS, analysis=replace(ANALYSIS, inconclusive_timeout_seconds=300))
+    policy = Rollout(steps=STEPS, analysis=ANALYSIS.model_copy(update={"inconclusive_timeout_seconds": 300}))
     sim = serving(policy=policy)
     sim.release("v2")
     sim.settle()
@@ -260,7 +259,7 @@ def test_inconclusive_analysis_never_passes_a_step_and_is_reported_after_its_tim
 def test_the_split_follows_the_total_when_the_hpa_changes_it_mid_step(
     new_total, canary, stable_at_once, stable_settled
 ):
-    sim = serving(policy=Policy(steps=(Step(10, 600),)))
+    sim = serving(policy=Rollout(steps=[RolloutStep(weight=10, pause_seconds=600)]))
     sim.release("v2")
     assert sim.settle().replicas == {"v1-111111": 9, "v2-222222": 1}
     sim.total = new_total
@@ -274,7 +273,7 @@ def test_the_split_follows_the_total_when_the_hpa_changes_it_mid_step(
 
 
 def test_the_total_going_down_in_the_final_step_keeps_capacity():
-    sim = serving(policy=Policy(steps=(Step(50, 0),)), auto_ready=False)
+    sim = serving(policy=Rollout(steps=[RolloutStep(weight=50, pause_seconds=0)]), auto_ready=False)
     sim.release("v2")
     sim.tick()
     sim.ready("v2-222222")
@@ -288,7 +287,7 @@ def test_the_total_going_down_in_the_final_step_keeps_capacity():
 
 
 def test_a_canary_not_ready_within_the_progress_deadline_rolls_back():
-    sim = serving(policy=Policy(steps=STEPS, progress_deadline_seconds=300), auto_ready=False)
+    sim = serving(policy=Rollout(steps=STEPS, progress_deadline_seconds=300), auto_ready=False)
     sim.release("v2")
     first = sim.tick()
     assert first.requeue_after == 60  # the pause ends before the deadline
@@ -303,7 +302,7 @@ def test_a_canary_not_ready_within_the_progress_deadline_rolls_back():
 
 
 def test_the_deadline_counts_only_while_canary_pods_are_missing():
-    sim = serving(policy=Policy(steps=(Step(10, 1000),), progress_deadline_seconds=300))
+    sim = serving(policy=Rollout(steps=[RolloutStep(weight=10, pause_seconds=1000)], progress_deadline_seconds=300))
     sim.release("v2")
     sim.settle()
     assert sim.tick(seconds=900).rollout["phase"] == "Progressing"  # all ready: no deadline running
@@ -311,7 +310,7 @@ def test_the_deadline_counts_only_while_canary_pods_are_missing():
 
 def test_a_first_revision_that_never_gets_ready_keeps_its_pods_and_sets_no_timer():
     # Nothing to roll back to: its Deployment's own progress deadline says it; the rollout waits, timer-free.
-    sim = Sim(policy=Policy(progress_deadline_seconds=300), auto_ready=False)
+    sim = Sim(policy=Rollout(steps=STEPS, progress_deadline_seconds=300), auto_ready=False)
     first = sim.tick()
     late = sim.tick(seconds=300)
     assert late.rollout["phase"] == "Progressing" and late.replicas == {"v1-aaaaaa": 10}
@@ -324,7 +323,7 @@ def test_pause_holds_the_step_and_stops_its_clock():
     sim.release("v2")
     sim.settle()
     sim.tick(seconds=40)
-    sim.policy = replace(sim.policy, paused=True)
+    sim.policy = sim.policy.model_copy(update={"paused": True})
     paused = sim.tick()
     assert paused.rollout["phase"] == "Paused"
     assert paused.condition.reason == "RolloutPaused" and paused.requeue_after is None and paused.analyze is None
@@ -333,7 +332,7 @@ def test_pause_holds_the_step_and_stops_its_clock():
     sim.total = 20
     held = sim.tick(sim.result(Verdict.PASS), seconds=3600)
     assert held.rollout["step"] == 0 and held.replicas["v2-222222"] == 2
-    sim.policy = replace(sim.policy, paused=False)
+    sim.policy = sim.policy.model_copy(update={"paused": False})
     resumed = sim.tick()
     assert resumed.rollout["phase"] == "Progressing"
     assert [(e.type, e.reason) for e in resumed.events] == [("Normal", "RolloutResumed")]
@@ -343,7 +342,7 @@ def test_pause_holds_the_step_and_stops_its_clock():
 
 
 def test_a_new_version_while_paused_starts_and_holds_at_step_one():
-    sim = serving(policy=Policy(steps=STEPS, paused=True))
+    sim = serving(policy=Rollout(steps=STEPS, paused=True))
     sim.release("v2")
     decision = sim.settle()
     assert decision.rollout["phase"] == "Paused" and decision.replicas == {"v1-111111": 9, "v2-222222": 1}
@@ -372,7 +371,7 @@ def test_a_new_version_supersedes_the_canary():
 
 
 def test_superseding_a_canary_that_has_taken_every_pod_keeps_it_serving_until_the_new_one_is_ready():
-    sim = serving(policy=Policy(steps=(Step(50, 0),)))
+    sim = serving(policy=Rollout(steps=[RolloutStep(weight=50, pause_seconds=0)]))
     sim.release("v2")
     sim.tick()
     sim.tick()
@@ -399,7 +398,7 @@ def test_going_back_to_the_stable_version_abandons_the_canary_at_once():
 
 
 def test_going_back_to_a_kept_revision_rolls_back_without_canary_steps():
-    sim = serving(policy=Policy(steps=(Step(50, 0),)))
+    sim = serving(policy=Rollout(steps=[RolloutStep(weight=50, pause_seconds=0)]))
     sim.release("v2")
     assert sim.settle().rollout["phase"] == "Succeeded"
     sim.auto_ready = False
@@ -416,7 +415,7 @@ def test_going_back_to_a_kept_revision_rolls_back_without_canary_steps():
 
 
 def test_a_revision_that_failed_its_canary_gets_a_canary_again():
-    sim = serving(policy=Policy(steps=STEPS, analysis=replace(ANALYSIS, failure_limit=1)))
+    sim = serving(policy=Rollout(steps=STEPS, analysis=ANALYSIS.model_copy(update={"failure_limit": 1})))
     sim.release("v2")
     sim.settle()
     assert sim.tick(sim.result(Verdict.FAIL), seconds=30).rollout["phase"] == "Failed"
@@ -427,7 +426,7 @@ def test_a_revision_that_failed_its_canary_gets_a_canary_again():
 
 
 def test_an_immediate_policy_replaces_every_pod_without_steps():
-    sim = serving(policy=Policy(strategy=Strategy.IMMEDIATE, steps=STEPS, analysis=ANALYSIS), auto_ready=False)
+    sim = serving(policy=Rollout(strategy=Strategy.IMMEDIATE, steps=STEPS, analysis=ANALYSIS), auto_ready=False)
     sim.release("v2")
     first = sim.tick()
     assert first.rollout["strategy"] == "Immediate" and first.analyze is None
@@ -439,7 +438,7 @@ def test_an_immediate_policy_replaces_every_pod_without_steps():
 
 
 def test_history_beyond_the_limit_is_pruned_oldest_first_once_scaled_down():
-    sim = serving(policy=Policy(strategy=Strategy.IMMEDIATE, revision_history_limit=1))
+    sim = serving(policy=Rollout(strategy=Strategy.IMMEDIATE, revision_history_limit=1))
     for version in ("v2", "v3", "v4"):
         sim.release(version)
         sim.tick(seconds=10)
@@ -450,7 +449,7 @@ def test_history_beyond_the_limit_is_pruned_oldest_first_once_scaled_down():
 
 
 def test_a_revision_still_with_ready_pods_is_not_deleted_yet():
-    sim = serving(policy=Policy(strategy=Strategy.IMMEDIATE, revision_history_limit=0), auto_ready=False)
+    sim = serving(policy=Rollout(strategy=Strategy.IMMEDIATE, revision_history_limit=0), auto_ready=False)
     sim.release("v2")
     sim.tick()
     sim.ready("v2-222222")
@@ -511,38 +510,38 @@ def measured(answers: int = 100, errors: int = 0, p99: float | None = 0.02, queu
 @pytest.mark.parametrize(
     ("policy", "canary", "stable", "verdict", "said"),
     [
-        (AnalysisPolicy(max_error_ratio=Threshold(0.05)), measured(errors=2), None, Verdict.PASS, "within"),
+        (Analysis(error_ratio=Threshold(max=0.05)), measured(errors=2), None, Verdict.PASS, "within"),
         (
-            AnalysisPolicy(max_error_ratio=Threshold(0.05)),
+            Analysis(error_ratio=Threshold(max=0.05)),
             measured(errors=10),
             None,
             Verdict.FAIL,
             "error ratio 0.1 > 0.05",
         ),
-        (AnalysisPolicy(max_p99_seconds=Threshold(0.01)), measured(p99=0.2), None, Verdict.FAIL, "p99 0.2 > 0.01"),
+        (Analysis(p99_seconds=Threshold(max=0.01)), measured(p99=0.2), None, Verdict.FAIL, "p99 0.2 > 0.01"),
         (
-            AnalysisPolicy(max_p99_seconds=Threshold(1.5, relative=True)),
+            Analysis(p99_seconds=Threshold(max=1.5, relative_to_stable=True)),
             measured(p99=0.04),
             measured(p99=0.02),
             Verdict.FAIL,
             "p99 0.04 > 0.03 (1.5 x stable 0.02)",
         ),
         (
-            AnalysisPolicy(max_mean_queue_delay_seconds=Threshold(2, relative=True)),
+            Analysis(mean_queue_delay_seconds=Threshold(max=2, relative_to_stable=True)),
             measured(queue=0.003),
             measured(queue=0.002),
             Verdict.PASS,
             "within",
         ),
         (
-            AnalysisPolicy(max_p99_seconds=Threshold(2, relative=True)),
+            Analysis(p99_seconds=Threshold(max=2, relative_to_stable=True)),
             measured(),
             None,
             Verdict.INCONCLUSIVE,
             "no stable value",
         ),
-        (AnalysisPolicy(min_requests=20), measured(answers=19), None, Verdict.INCONCLUSIVE, "19 answers, fewer than"),
-        (AnalysisPolicy(max_p99_seconds=Threshold(0.01)), measured(p99=None), None, Verdict.PASS, "within"),
+        (Analysis(min_requests=20), measured(answers=19), None, Verdict.INCONCLUSIVE, "19 answers, fewer than"),
+        (Analysis(p99_seconds=Threshold(max=0.01)), measured(p99=None), None, Verdict.PASS, "within"),
     ],
 )
 def test_judge(policy, canary, stable, verdict, said):
@@ -553,7 +552,7 @@ def test_judge(policy, canary, stable, verdict, said):
 
 
 def test_with_a_router_the_canary_gets_the_steps_weight_once_its_pods_can_carry_it():
-    sim = serving(auto_ready=False, policy=Policy(steps=STEPS, routed=True))
+    sim = serving(auto_ready=False, policy=Rollout(steps=STEPS, traffic_routing=ROUTED))
     assert sim.history == [] and sim.tick().route == {"v1-111111": 100}
     sim.release("v2")
     first = sim.tick()
@@ -575,7 +574,7 @@ def test_with_a_router_the_canary_gets_the_steps_weight_once_its_pods_can_carry_
 
 
 def test_with_a_router_a_failed_canary_gets_no_request_at_once():
-    sim = serving(policy=Policy(steps=STEPS, analysis=ANALYSIS, routed=True))
+    sim = serving(policy=Rollout(steps=STEPS, analysis=ANALYSIS, traffic_routing=ROUTED))
     sim.release("v2")
     sim.settle()
     sim.tick(sim.result(Verdict.FAIL), seconds=30)
@@ -586,7 +585,7 @@ def test_with_a_router_a_failed_canary_gets_no_request_at_once():
 
 def test_an_analysis_of_an_earlier_rollout_of_the_same_revision_does_not_count():
     # v2 failed its canary once; back to v1, then v2 again: its old result is still the latest the operator holds.
-    sim = serving(policy=Policy(steps=STEPS, analysis=replace(ANALYSIS, failure_limit=1)))
+    sim = serving(policy=Rollout(steps=STEPS, analysis=ANALYSIS.model_copy(update={"failure_limit": 1})))
     sim.release("v2")
     sim.settle()
     old = sim.result(Verdict.FAIL)

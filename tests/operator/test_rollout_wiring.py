@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from kubeserve.operator import manifests
-from kubeserve.operator.reconcile import assess
+from kubeserve.operator.plan import assess
 from kubeserve.operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.looptime
@@ -27,10 +27,8 @@ DEPLOYMENT_PATH = f"/apis/apps/v1/namespaces/{NS}/deployments"
 
 
 def posted(cluster: Any, reason: str) -> list[str]:
-    import kmock
-
-    requests = cluster[kmock.method.POST, kmock.resource("v1/events")]
-    return [request.data["message"] for request in requests if request.data.get("reason") == reason]
+    requests = cluster.requests(method="POST", resource="v1/events")
+    return [request.body["message"] for request in requests if request.body.get("reason") == reason]
 
 
 @pytest.fixture

@@ -250,14 +250,14 @@ def test_transition_times_move_only_when_a_condition_flips(pod_statuses):
     loading = status.observe(
         desired=DESIRED, spec_problems=[], deployment=deployment(ready=0), pods=[pod("a", pod_statuses["loading"])]
     )
-    first = status.next_status({}, loading, generation=4, url=DESIRED.url, now=NOW)
-    again = status.next_status(first, loading, generation=4, url=DESIRED.url, now=NOW + timedelta(minutes=5))
+    first = status.owned_status({}, loading, generation=4, url=DESIRED.url, now=NOW)
+    again = status.owned_status(first, loading, generation=4, url=DESIRED.url, now=NOW + timedelta(minutes=5))
     assert status.changes(first, again) == {}
 
     serving = status.observe(
         desired=DESIRED, spec_problems=[], deployment=deployment(ready=2), pods=[pod("a", pod_statuses["serving"])]
     )
-    later = status.next_status(again, serving, generation=4, url=DESIRED.url, now=NOW + timedelta(minutes=9))
+    later = status.owned_status(again, serving, generation=4, url=DESIRED.url, now=NOW + timedelta(minutes=9))
     times = {c["type"]: c["lastTransitionTime"] for c in later["conditions"]}
     assert times["Ready"] == "2026-01-02T03:13:05Z"
     assert {c["observedGeneration"] for c in later["conditions"]} == {4}
@@ -271,17 +271,17 @@ def test_the_last_failure_keeps_its_first_sighting_and_outlives_the_recovery(pod
         deployment=deployment(ready=0),
         pods=[pod("a", pod_statuses["load_failed"])],
     )
-    first = status.next_status({}, failing, generation=4, url=DESIRED.url, now=NOW)
+    first = status.owned_status({}, failing, generation=4, url=DESIRED.url, now=NOW)
     assert first["lastFailure"]["reason"] == "ModelLoadFailed"
     assert first["lastFailure"]["time"] == "2026-01-02T03:04:05Z"
 
-    still = status.next_status(first, failing, generation=4, url=DESIRED.url, now=NOW + timedelta(minutes=1))
+    still = status.owned_status(first, failing, generation=4, url=DESIRED.url, now=NOW + timedelta(minutes=1))
     assert still["lastFailure"] == first["lastFailure"]
 
     recovered = status.observe(
         desired=DESIRED, spec_problems=[], deployment=deployment(ready=1), pods=[pod("b", pod_statuses["serving"])]
     )
-    after = status.next_status(still, recovered, generation=4, url=DESIRED.url, now=NOW + timedelta(minutes=2))
+    after = status.owned_status(still, recovered, generation=4, url=DESIRED.url, now=NOW + timedelta(minutes=2))
     assert after["lastFailure"] == first["lastFailure"]
 
 

@@ -1,5 +1,5 @@
 """No failed request through a versioned rollout (issue 9's proof), with real runtime processes on this machine
-(``canary_loop.py``): a stable revision of 3 pods under open-loop load, a canary to model version 2 driven by
+(``bench/canary_rollout.py``): a stable revision of 3 pods under open-loop load, a canary to model version 2 driven by
 ``rollout.decide`` through 25% and 50% to 100%, analysed on its own ``/metrics`` every interval, old pods sent SIGTERM
 as their revision is scaled down. Then a canary that answers 500 for half its batches: rolled back on its own.
 
@@ -9,15 +9,16 @@ assertions count requests and read the state machine's outcome; none of them is 
 
 from __future__ import annotations
 
-from dataclasses import replace
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from canary_loop import RevisionSpec, RolloutConfig, RolloutResult, run_rollout
-from kubeserve.operator.revision_set import policy
-from kubeserve.operator.rollout import Policy, Verdict
-from kubeserve.operator.spec import parse
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from canary_rollout import RevisionSpec, RolloutConfig, RolloutResult, run_rollout  # bench/, put on sys.path above
+from kubeserve.operator.analysis import Verdict
+from kubeserve.operator.spec import Rollout, parse
 from kubeserve.runtime.samples import write_sample
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "isvc-canary.yaml"
@@ -27,24 +28,30 @@ CANARY = RevisionSpec("2-bbbbbb", "2")
 SPEED_UP = 20
 
 
-def compressed(given: Policy, factor: float) -> Policy:
-    """The policy with every duration divided by ``factor``: the same steps, weights and thresholds."""
+def compressed(given: Rollout, factor: float) -> Rollout:
+    """The policy with every duration divided by ``factor``: the same steps, weights and thresholds. (Copied without
+    validation: a compressed duration is below what the CRD lets a user write.)"""
     analysis = given.analysis
     if analysis is not None:
-        analysis = replace(
-            analysis,
-            interval_seconds=analysis.interval_seconds / factor,
-            inconclusive_timeout_seconds=analysis.inconclusive_timeout_seconds / factor,
+        analysis = analysis.model_copy(
+            update={
+                "interval_seconds": analysis.interval_seconds / factor,
+                "inconclusive_timeout_seconds": analysis.inconclusive_timeout_seconds / factor,
+            }
         )
-    steps = tuple(replace(step, pause_seconds=step.pause_seconds / factor) for step in given.steps)
-    return replace(
-        given, steps=steps, analysis=analysis, progress_deadline_seconds=given.progress_deadline_seconds / factor
+    steps = [step.model_copy(update={"pause_seconds": step.pause_seconds / factor}) for step in given.steps]
+    return given.model_copy(
+        update={
+            "steps": steps,
+            "analysis": analysis,
+            "progress_deadline_seconds": given.progress_deadline_seconds / factor,
+        }
     )
 
 
 # The settings a user copies: the canary sample's steps, analysis and thresholds (its error ratio, and its p99
 # relative to the stable revision's over the same interval), in compressed time.
-POLICY = compressed(policy(parse(yaml.safe_load(SAMPLE.read_text())).spec.rollout), SPEED_UP)
+POLICY = compressed(parse(yaml.safe_load(SAMPLE.read_text())).spec.rollout, SPEED_UP)
 assert POLICY.analysis is not None
 TOTAL = 3
 

@@ -24,7 +24,7 @@ from kubeserve.runtime.config import RuntimeSettings
 from kubeserve.runtime.metrics import ServerMetrics
 from kubeserve.runtime.model import OnnxModel
 from kubeserve.runtime.samples import write_sample
-from kubeserve.runtime.server.app import create_app
+from kubeserve.runtime.server.inference_app import create_app
 from kubeserve.runtime.server.state import LoadedModel, ServerState
 from onnx import TensorProto, helper, numpy_helper
 

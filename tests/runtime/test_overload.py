@@ -9,12 +9,12 @@ import json
 import aiohttp
 import numpy as np
 import pytest
+from kubeserve.runtime.admission import Rejected, Rejection
 from kubeserve.runtime.config import RuntimeSettings
 from kubeserve.runtime.metrics import ServerMetrics
-from kubeserve.runtime.rejection import Rejected, Rejection
-from kubeserve.runtime.server.app import create_app
-from kubeserve.runtime.server.rejections import unavailable
+from kubeserve.runtime.server.inference_app import create_app
 from kubeserve.runtime.server.state import ServerState
+from kubeserve.runtime.server.unavailable import unavailable
 from prometheus_client.parser import text_string_to_metric_families
 
 

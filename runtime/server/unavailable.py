@@ -7,8 +7,8 @@ expired"), without the retry hint.
 
 from __future__ import annotations
 
+from kubeserve.runtime.admission import Rejected, Rejection
 from kubeserve.runtime.protocol.errors import Unavailable
-from kubeserve.runtime.rejection import Rejected, Rejection
 
 RETRY_AFTER_SECONDS = 1
 

@@ -1,7 +1,7 @@
-"""The autoscaling loop, closed on this machine: real runtime processes, a client-side balancer, an open-loop load
-profile, a Prometheus-style scrape, the adapter rule's per-pod value, the HPA's algorithm (``hpa.py``), and a
-"kubelet" that starts replicas and drains them with SIGTERM. Test tooling (``test_closed_loop.py``,
-``bench/demo_autoscale.py``); traffic goes to 127.0.0.1 only.
+"""The autoscaling loop, closed on this machine: real runtime processes, a client-side balancer (``balancer.py``),
+an open-loop load profile, a Prometheus-style scrape, the adapter rule's per-pod value, the HPA's algorithm
+(``hpa_model.py``), and a "kubelet" that starts replicas and drains them with SIGTERM. Used by
+``tests/autoscaling/test_closed_loop.py`` and ``demo_autoscale.py``; traffic goes to 127.0.0.1 only.
 
 Every ``period`` (the HPA's sync period and the scrape interval, shortened from 15 s) the loop:
 
@@ -22,11 +22,7 @@ spent off the CPU (fixed, plus optionally a fixed time per row, as an accelerato
 so one replica's capacity is known (:attr:`ReplicaConfig.capacity`) and more replicas add capacity even on a 2-core
 machine.
 
-The balancer sends each request to the in-rotation replica with the fewest outstanding requests (ties in turn):
-Envoy's ``LEAST_REQUEST``, which an ingress in front of the pods typically runs. A request whose connection is
-refused (nothing was sent: a replica that stopped listening between the pick and the connect) is sent again
-elsewhere and counted as retried, as a proxy's ``connect-failure`` retry does; every other error, and every answer
-but 200, counts as failed.
+A request counts as failed unless a replica answered it 200 (the balancer's retries of refused connections aside).
 """
 
 from __future__ import annotations
@@ -44,10 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from hpa import HorizontalController, HPABehavior, HPAScalingRules, HPASpec, PodSample, ReconcileResult
+from balancer import Balancer, Delivery
+from hpa_model import HorizontalController, HPABehavior, HPAScalingRules, HPASpec, PodSample, ReconcileResult
+from kubeserve.operator.canary_metrics import QUEUE_DELAY
+from kubeserve.operator.canary_metrics import parse as parse_metrics
 
 LAUNCHER = Path(__file__).resolve().with_name("fixed_latency_runtime.py")
-QUEUE_DELAY = "kubeserve_queue_delay_seconds"
+INFER_PATH = "/v2/models/tiny/infer"
 REQUEST = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
 
 
@@ -95,14 +94,10 @@ def per_pod_queue_delay(
 
 
 def parse_queue_delay(text: str) -> tuple[float, float]:
-    """``kubeserve_queue_delay_seconds_sum`` and ``_count`` from a ``/metrics`` page (summed over label sets)."""
-    total = count = 0.0
-    for line in text.splitlines():
-        if line.startswith(QUEUE_DELAY + "_sum"):
-            total += float(line.rsplit(" ", 1)[1])
-        elif line.startswith(QUEUE_DELAY + "_count"):
-            count += float(line.rsplit(" ", 1)[1])
-    return total, count
+    """``kubeserve_queue_delay_seconds_sum`` and ``_count`` from a ``/metrics`` page (summed over label sets), read
+    as the canary analysis reads them."""
+    counters = parse_metrics(text)
+    return counters.queue_delay_sum, counters.queue_delay_count
 
 
 # --- Replicas -------------------------------------------------------------------------------------------------------
@@ -208,58 +203,12 @@ class Outcome:
     retries: int
     error: str = ""
 
-
-class Balancer:
-    """Least outstanding requests over the replicas in rotation, ties broken in turn; one retry budget for refused
-    connections."""
-
-    MAX_CONNECT_RETRIES = 3
-
-    def __init__(self, replicas: list[Replica], session: aiohttp.ClientSession, url_path: str) -> None:
-        self.replicas = replicas
-        self.session = session
-        self.path = url_path
-        self.turn = 0
-        self.t0 = 0.0  # outcomes carry times from here
-        self.outcomes: list[Outcome] = []
-
-    def pick(self, avoid: set[str]) -> Replica | None:
-        candidates = [r for r in self.replicas if r.in_rotation and r.name not in avoid]
-        if not candidates:
-            return None
-        self.turn += 1
-        least = min(r.outstanding for r in candidates)
-        tied = [r for r in candidates if r.outstanding == least]
-        return tied[self.turn % len(tied)]
-
-    async def send(self, loop: asyncio.AbstractEventLoop) -> None:
-        sent = loop.time()
-        refused: set[str] = set()
-        error = ""
-        ok = False
-        while len(refused) <= self.MAX_CONNECT_RETRIES:
-            replica = self.pick(refused)
-            if replica is None:
-                error = error or "no replica in rotation"
-                break
-            replica.outstanding += 1
-            try:
-                async with self.session.post(
-                    replica.url + self.path, data=REQUEST, headers={"Content-Type": "application/json"}
-                ) as response:
-                    await response.read()
-                    ok = response.status == 200
-                    error = "" if ok else f"HTTP {response.status}"
-                break
-            except aiohttp.ClientConnectorError as exc:  # refused before anything was sent: safe to send again
-                refused.add(replica.name)
-                error = f"connect: {exc}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                break
-            finally:
-                replica.outstanding -= 1
-        self.outcomes.append(Outcome(sent - self.t0, loop.time() - sent, ok, len(refused), "" if ok else error))
+    @classmethod
+    def of(cls, delivery: Delivery[Replica], t0: float) -> Outcome:
+        """The request as the loop counts it, from ``t0`` on: failed unless answered 200."""
+        ok = delivery.status == 200
+        error = "" if ok else delivery.error or f"HTTP {delivery.status}"
+        return cls(delivery.sent - t0, delivery.latency, ok, delivery.retries, error)
 
 
 # --- The loop -------------------------------------------------------------------------------------------------------
@@ -403,6 +352,7 @@ class ClosedLoop:
         self.spec_replicas = config.min_replicas
         self.rows: list[PeriodRow] = []
         self.decisions: list[ReconcileResult] = []
+        self.outcomes: list[Outcome] = []
         self.log = log or (lambda _: None)
         self._serial = 0
         self._tasks: set[asyncio.Task] = set()
@@ -446,7 +396,7 @@ class ClosedLoop:
             replica.sums.append((now, total))
             replica.counts.append((now, count))
 
-    async def sync(self, session: aiohttp.ClientSession, balancer: Balancer, t0: float, now: float) -> None:
+    async def sync(self, session: aiohttp.ClientSession, t0: float, now: float) -> None:
         config = self.config
         await asyncio.gather(*(self.scrape(session, r, now) for r in self.replicas))
         pods = [r.sample(now, config.window, config.unit) for r in self.replicas if r.exit_code is None]
@@ -460,7 +410,7 @@ class ClosedLoop:
             if p.value is not None and not p.deleting and p.phase == "Running"
         ]
         since = now - t0 - config.period
-        recent = [o for o in balancer.outcomes if since <= o.sent + o.latency < now - t0]
+        recent = [o for o in self.outcomes if since <= o.sent + o.latency < now - t0]
         row = PeriodRow(
             t=round(now - t0, 3),
             offered_rps=offered_rate(config.profile, now - t0),
@@ -492,7 +442,7 @@ class ClosedLoop:
         connector = aiohttp.TCPConnector(limit=0, force_close=False)
         timeout = aiohttp.ClientTimeout(total=120)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            balancer = Balancer(self.replicas, session, "/v2/models/tiny/infer")
+            balancer = Balancer(self.replicas, session, INFER_PATH, REQUEST)
             try:
                 first = await self.start_replica(loop.time())
                 for _ in range(self.spec_replicas - 1):
@@ -500,12 +450,12 @@ class ClosedLoop:
                 await asyncio.gather(*(r.settled.wait() for r in self.replicas))
                 if first.exit_code is not None:
                     raise RuntimeError(f"the first replica exited with {first.exit_code}")
-                t0 = balancer.t0 = loop.time()
+                t0 = loop.time()
                 generator = asyncio.create_task(self._generate(balancer, loop, t0))
                 next_sync = t0 + config.period
                 while next_sync <= t0 + config.duration + 1e-9:
                     await asyncio.sleep(max(0.0, next_sync - loop.time()))
-                    await self.sync(session, balancer, t0, loop.time())
+                    await self.sync(session, t0, loop.time())
                     next_sync = max(next_sync + config.period, loop.time() + config.period / 2)  # never bunch up
                 await generator
                 await asyncio.gather(*self._tasks)
@@ -513,9 +463,9 @@ class ClosedLoop:
                 for replica in self.replicas:
                     self.drain(replica)
                 await asyncio.gather(*(r.watcher for r in self.replicas if r.watcher is not None))
-        return LoopResult(config, self.rows, balancer.outcomes, self.replicas, self.decisions)
+        return LoopResult(config, self.rows, self.outcomes, self.replicas, self.decisions)
 
-    async def _generate(self, balancer: Balancer, loop: asyncio.AbstractEventLoop, t0: float) -> None:
+    async def _generate(self, balancer: Balancer[Replica], loop: asyncio.AbstractEventLoop, t0: float) -> None:
         """Open loop: arrivals at a fixed interval for each phase's rate, sent whatever the answers do."""
         start = t0
         for phase in self.config.profile:
@@ -523,21 +473,17 @@ class ClosedLoop:
                 delay = start + index / phase.rate - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                task = asyncio.create_task(balancer.send(loop))
+                task = asyncio.create_task(self._request(balancer, loop, t0))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             start += phase.seconds
 
+    async def _request(self, balancer: Balancer[Replica], loop: asyncio.AbstractEventLoop, t0: float) -> None:
+        self.outcomes.append(Outcome.of(await balancer.send(loop), t0))
+
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:7.1f}"
-
-
-def step_profile(
-    capacity: float, *, idle: float, step: float, after: float, multiple: float = 3.0
-) -> tuple[Phase, ...]:
-    """Idle, a step to ``multiple`` times one replica's capacity, then no load."""
-    return (Phase(idle, 0.0), Phase(step, multiple * capacity), Phase(after, 0.0))
 
 
 def run_loop(config: LoopConfig, log: Callable[[str], None] | None = None) -> LoopResult:

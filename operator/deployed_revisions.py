@@ -1,4 +1,4 @@
-"""The revisions of one InferenceService as the cluster shows them, and the rollout's decision over them: pure.
+"""The revisions of one InferenceService as its Deployments show them: pure.
 
 Each revision Deployment (``NAME-<revision>``) carries its revision and version on its pod template. A Deployment
 named like the InferenceService is one an operator before revisions created: it is a revision too (named by the
@@ -16,8 +16,7 @@ from typing import Any
 
 from kubeserve.operator import naming, rollout
 from kubeserve.operator.manifests import Children
-from kubeserve.operator.spec import Rollout as RolloutSpec
-from kubeserve.operator.spec import Threshold
+from kubeserve.operator.timestamps import parse_time
 
 # An unknown creation time sorts as the oldest.
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -57,18 +56,16 @@ def live_revisions(isvc_name: str, deployments: Iterable[Mapping[str, Any]]) -> 
                 legacy=metadata.get("name") == naming.legacy_deployment_name(isvc_name),
                 replicas=1 if replicas is None else replicas,
                 ready=((deployment.get("status") or {}).get("readyReplicas")) or 0,
-                created=_parse_time(metadata.get("creationTimestamp")),
+                created=_created(metadata.get("creationTimestamp")),
                 config_hash=annotations.get(naming.ANNOTATION_CONFIG_HASH),
             )
         )
     return found
 
 
-def _parse_time(text: str | None) -> datetime:
-    if not text:
-        return _EPOCH
+def _created(text: str | None) -> datetime:
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_time(text) if text else _EPOCH
     except ValueError:
         return _EPOCH
 
@@ -82,35 +79,6 @@ def wanted_revision(plan: Children, revisions: Iterable[LiveRevision]) -> tuple[
         if revision.legacy and (revision.version, revision.config_hash) == (plan.version, plan.config_hash):
             return revision.name, revision
     return plan.revision, None
-
-
-def policy(spec: RolloutSpec) -> rollout.Policy:
-    """The spec's ``rollout`` as the state machine's policy."""
-    analysis = None
-    if spec.analysis is not None:
-        given = spec.analysis
-        analysis = rollout.AnalysisPolicy(
-            interval_seconds=given.interval_seconds,
-            failure_limit=given.failure_limit,
-            max_error_ratio=_threshold(given.error_ratio),
-            max_p99_seconds=_threshold(given.p99_seconds),
-            max_mean_queue_delay_seconds=_threshold(given.mean_queue_delay_seconds),
-            min_requests=given.min_requests,
-            inconclusive_timeout_seconds=given.inconclusive_timeout_seconds,
-        )
-    return rollout.Policy(
-        strategy=rollout.Strategy(spec.strategy),
-        steps=tuple(rollout.Step(step.weight, step.pause_seconds) for step in spec.steps),
-        analysis=analysis,
-        progress_deadline_seconds=spec.progress_deadline_seconds,
-        paused=spec.paused,
-        revision_history_limit=spec.revision_history_limit,
-        routed=spec.traffic_routing is not None,
-    )
-
-
-def _threshold(given: Threshold | None) -> rollout.Threshold | None:
-    return None if given is None else rollout.Threshold(given.max, given.relative_to_stable)
 
 
 def serving_version(decision: rollout.Decision) -> str | None:

@@ -1,7 +1,7 @@
 """A versioned rollout closed on this machine: real runtime processes for two revisions, the rollout state machine
 (``kubeserve.operator.rollout.decide``) choosing their replicas, the canary analysis scraping the processes'
 ``/metrics`` (``kubeserve.operator.canary_metrics``), and open-loop load through a client-side balancer the whole
-time. Test tooling (``test_canary_rollout.py``); traffic goes to 127.0.0.1 only.
+time. Used by ``tests/rollout/test_canary_rollout.py``; traffic goes to 127.0.0.1 only.
 
 It plays the operator, the Deployment controller, the kubelet and the main Service:
 
@@ -15,11 +15,10 @@ It plays the operator, the Deployment controller, the kubelet and the main Servi
   revision's) at the start and the end of each ``interval_seconds``, and ``measure``s and ``judge``s the interval.
 
 The processes run ``faulty_runtime.py``: the sample ``tiny`` model with a fixed per-batch latency spent off the CPU
-(``tests/autoscaling/fixed_latency_runtime.py``), and for a bad revision a failure in one batch in N (answered 500).
+(``fixed_latency_runtime.py``), and for a bad revision a failure in one batch in N (answered 500).
 
-The balancer is ``closed_loop.Balancer``'s least-outstanding-requests pick over every process in rotation, whatever
-its revision (the InferenceService's Service spans every ready revision), recording which process and which model
-version answered each request.
+The balancer (``balancer.py``) picks among every process in rotation, whatever its revision (the InferenceService's
+Service spans every ready revision); each answer is recorded with the process and the model version that gave it.
 """
 
 from __future__ import annotations
@@ -38,12 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from closed_loop import REQUEST, Balancer, Replica
+from autoscaling_loop import INFER_PATH, REQUEST, Replica
+from balancer import Balancer, Delivery
+from kubeserve.operator.analysis import AnalysisResult, judge
 from kubeserve.operator.canary_metrics import Scrape, measure, metrics_url, scrape
-from kubeserve.operator.rollout import AnalysisResult, Decision, Event, Policy, Revision, Wanted, decide, judge
+from kubeserve.operator.rollout import Decision, Event, Revision, Wanted, decide
+from kubeserve.operator.spec import Rollout
 
 LAUNCHER = Path(__file__).resolve().with_name("faulty_runtime.py")
-INFER_PATH = "/v2/models/tiny/infer"
 FINAL_PHASES = ("Succeeded", "Failed")
 
 
@@ -59,7 +60,7 @@ class RevisionSpec:
 @dataclass(frozen=True)
 class RolloutConfig:
     model_path: Path
-    policy: Policy
+    policy: Rollout
     stable: RevisionSpec
     canary: RevisionSpec
     total: int = 3  # the replica total (spec.replicas)
@@ -89,7 +90,6 @@ class Pod(Replica):
     """One runtime process of one revision."""
 
     revision: str = ""
-    terminated_at: float | None = None  # loop time of its SIGTERM
     by_rollout: bool = False  # SIGTERMed because a decision scaled its revision down (not at the harness's end)
 
 
@@ -110,57 +110,22 @@ class Answer:
     def ok(self) -> bool:
         return self.status == 200
 
-
-class TracingBalancer(Balancer):
-    """``closed_loop.Balancer`` (its pick and its retry of refused connections), recording each answer's origin."""
-
-    def __init__(self, pods: list[Pod], session: aiohttp.ClientSession) -> None:
-        super().__init__(pods, session, INFER_PATH)  # type: ignore[arg-type]
-        self.answers: list[Answer] = []
-
-    async def send(self, loop: asyncio.AbstractEventLoop) -> None:
-        sent = loop.time()
-        refused: set[str] = set()
-        status: int | None = None
-        pod: Replica | None = None
-        version = error = ""
-        while len(refused) <= self.MAX_CONNECT_RETRIES:
-            pod = self.pick(refused)
-            if pod is None:
-                error = error or "no pod in rotation"
-                break
-            pod.outstanding += 1
-            try:
-                async with self.session.post(
-                    pod.url + self.path, data=REQUEST, headers={"Content-Type": "application/json"}
-                ) as response:
-                    body = await response.read()
-                    status = response.status
-                if status == 200:
-                    version = json.loads(body).get("model_version", "")
-                else:
-                    error = body.decode(errors="replace")[:200]
-                break
-            except aiohttp.ClientConnectorError as exc:  # refused before anything was sent: safe to send again
-                refused.add(pod.name)
-                error = f"connect: {exc}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                break
-            finally:
-                pod.outstanding -= 1
-        answered = pod if isinstance(pod, Pod) and status is not None else None
-        self.answers.append(
-            Answer(
-                sent - self.t0,
-                loop.time() - sent,
-                status,
-                answered.name if answered else "",
-                answered.revision if answered else "",
-                version,
-                len(refused),
-                "" if status == 200 else error,
-            )
+    @classmethod
+    def of(cls, delivery: Delivery[Pod], t0: float) -> Answer:
+        """The request as the rollout records it, from ``t0`` on: a failed answer keeps the start of its body."""
+        pod, status, error = delivery.replica, delivery.status, delivery.error
+        version = json.loads(delivery.body).get("model_version", "") if status == 200 else ""
+        if status is not None and status != 200:
+            error = delivery.body.decode(errors="replace")[:200]
+        return cls(
+            delivery.sent - t0,
+            delivery.latency,
+            status,
+            pod.name if pod else "",
+            pod.revision if pod else "",
+            version,
+            delivery.retries,
+            error,
         )
 
 
@@ -246,6 +211,7 @@ class CanaryLoop:
         self.finished: AnalysisResult | None = None  # judged, not yet fed to decide
         self.last_decision: Decision | None = None
         self.wanted = Wanted(config.stable.name, config.stable.version)
+        self.answers: list[Answer] = []
         self.t0 = 0.0
         self._serial = 0
 
@@ -267,7 +233,6 @@ class CanaryLoop:
             return
         pod.draining = True
         pod.by_rollout = by_rollout
-        pod.terminated_at = asyncio.get_running_loop().time()
         if pod.exit_code is None:
             pod.process.send_signal(signal.SIGTERM)
 
@@ -413,7 +378,7 @@ class CanaryLoop:
         stop = asyncio.Event()
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
-            balancer = TracingBalancer(self.pods, session)
+            balancer = Balancer(self.pods, session, INFER_PATH, REQUEST)
             try:
                 # The first revision: an Immediate rollout to the full total, before any load.
                 self.t0 = loop.time()
@@ -421,7 +386,7 @@ class CanaryLoop:
                 if not self.settled(first):
                     raise RuntimeError(f"the stable revision never became ready: {first.condition}")
                 first_periods, self.periods = self.periods, []
-                self.t0 = balancer.t0 = loop.time()
+                self.t0 = loop.time()
                 generator = asyncio.create_task(self.generate(balancer, stop, tasks))
                 await asyncio.sleep(config.warm_seconds)  # the load's schedule, not a synchronisation
                 self.wanted = Wanted(config.canary.name, config.canary.version)
@@ -440,7 +405,7 @@ class CanaryLoop:
                 await self.shut_down()
         return RolloutResult(
             config,
-            balancer.answers,
+            self.answers,
             sent,
             self.pods,
             first_periods,
@@ -453,7 +418,7 @@ class CanaryLoop:
             time.perf_counter() - started,
         )
 
-    async def generate(self, balancer: TracingBalancer, stop: asyncio.Event, tasks: set[asyncio.Task[None]]) -> int:
+    async def generate(self, balancer: Balancer[Pod], stop: asyncio.Event, tasks: set[asyncio.Task[None]]) -> int:
         """Open loop: a request every ``1 / rate`` seconds, sent whatever the answers do, until ``stop``; the count
         is bounded by the deadline's worth."""
         loop = asyncio.get_running_loop()
@@ -467,11 +432,14 @@ class CanaryLoop:
                     await asyncio.wait_for(stop.wait(), delay)
                 if stop.is_set():
                     break
-            task = asyncio.create_task(balancer.send(loop))
+            task = asyncio.create_task(self.request(balancer, loop))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             sent += 1
         return sent
+
+    async def request(self, balancer: Balancer[Pod], loop: asyncio.AbstractEventLoop) -> None:
+        self.answers.append(Answer.of(await balancer.send(loop), self.t0))
 
     async def shut_down(self) -> None:
         """Every pod left gets SIGTERM (drains, as at the end of a test); one that hangs is killed."""

@@ -1,4 +1,4 @@
-"""Test tooling, not a product feature: ``kubeserve-runtime`` serving a model whose compute is a fixed per-batch
+"""Harness tooling, not a product feature: ``kubeserve-runtime`` serving a model whose compute is a fixed per-batch
 latency spent off the CPU, as an accelerator's is.
 
 A 2-core machine gains no compute from more processes, so the closed-loop autoscaling harness needs a model whose
@@ -7,7 +7,7 @@ real (tiny) ONNX compute is a negligible part and the rest is ``time.sleep`` in 
 releases the GIL: the event loop keeps serving). Everything else (HTTP, batching, metrics, drain) is the runtime's
 own code, unmodified: this only wraps ``OnnxModel.load``'s result from outside.
 
-    python tests/autoscaling/fixed_latency_runtime.py --fixed-latency-seconds 0.02 serve --model-path ...
+    python bench/fixed_latency_runtime.py --fixed-latency-seconds 0.02 serve --model-path ...
 """
 
 from __future__ import annotations
@@ -38,19 +38,24 @@ def fixed_latency(run: Callable[..., Any], seconds: float, per_row: float = 0.0)
     return run_fixed
 
 
-def install(seconds: float, per_row: float = 0.0) -> None:
-    """Make every model the runtime loads in this process take ``seconds + per_row * rows`` per batch (after its
-    warm-up)."""
+def wrap_models(wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Make every model the runtime loads in this process run through ``wrap(model.run)`` (after its warm-up)."""
     from kubeserve.runtime.model import OnnxModel
 
     original = OnnxModel.load.__func__  # type: ignore[attr-defined]
 
     def load(cls: type[OnnxModel], path: Path, settings: Any) -> OnnxModel:
         model = original(cls, path, settings)
-        model.run = fixed_latency(model.run, seconds, per_row)  # type: ignore[method-assign]
+        model.run = wrap(model.run)  # type: ignore[method-assign]
         return model
 
     OnnxModel.load = classmethod(load)  # type: ignore[method-assign, assignment]
+
+
+def install(seconds: float, per_row: float = 0.0) -> None:
+    """Make every model the runtime loads in this process take ``seconds + per_row * rows`` per batch (after its
+    warm-up)."""
+    wrap_models(lambda run: fixed_latency(run, seconds, per_row))
 
 
 def split_args(argv: Sequence[str]) -> tuple[float, float, list[str]]:

@@ -1,12 +1,12 @@
-"""Test tooling, not a product feature: ``kubeserve-runtime`` serving a model that fails every Nth batch (a bad model
-version, for the canary that must be rolled back), on top of ``tests/autoscaling/fixed_latency_runtime.py``'s fixed
-per-batch latency.
+"""Harness tooling, not a product feature: ``kubeserve-runtime`` serving a model that fails every Nth batch (a bad
+model version, for the canary that must be rolled back), on top of ``fixed_latency_runtime.py``'s fixed per-batch
+latency.
 
 A failed batch is an exception out of the model's ``run``, so the runtime's own code answers it (500, counted in
 ``kubeserve_requests_total{code="500"}``), as it would a model that breaks at run time. The warm-up at load is not
 affected: the failure wraps ``OnnxModel.load``'s result, as the latency does.
 
-    python tests/rollout/faulty_runtime.py --fail-every 2 --fixed-latency-seconds 0.02 serve --model-path ...
+    python bench/faulty_runtime.py --fail-every 2 --fixed-latency-seconds 0.02 serve --model-path ...
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 FLAG = "--fail-every"
-# The script runs with PYTHONSAFEPATH=1 (as ``make test`` sets it): no folder of its own on sys.path.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "autoscaling"))
+# PYTHONSAFEPATH keeps the script's folder off sys.path (the repository root holds `operator/`); add bench/ only.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fixed_latency_runtime  # noqa: E402  (needs the path above)
 
@@ -38,16 +38,7 @@ def failing(run: Callable[..., Any], every: int) -> Callable[..., Any]:
 
 def install(every: int) -> None:
     """Make every model the runtime loads in this process fail one batch in ``every`` (after its warm-up)."""
-    from kubeserve.runtime.model import OnnxModel
-
-    original = OnnxModel.load.__func__  # type: ignore[attr-defined]
-
-    def load(cls: type[OnnxModel], path: Path, settings: Any) -> OnnxModel:
-        model = original(cls, path, settings)
-        model.run = failing(model.run, every)  # type: ignore[method-assign]
-        return model
-
-    OnnxModel.load = classmethod(load)  # type: ignore[method-assign, assignment]
+    fixed_latency_runtime.wrap_models(lambda run: failing(run, every))
 
 
 def split_args(argv: Sequence[str]) -> tuple[int, list[str]]:

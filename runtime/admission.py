@@ -1,8 +1,9 @@
-"""Why a request is turned away without compute: one list of reasons for the batcher, metrics and server.
+"""Admission: why a request is turned away without compute, one list of reasons for the batcher, the metrics
+and the server.
 
 The batcher and the server's state raise ``Rejected`` with a reason and the facts behind it; they know no
 HTTP. The metrics label ``kubeserve_rejected_requests_total`` with these values. The HTTP layer alone
-turns a rejection into a status code, a ``Retry-After`` and a message (``server/rejections.py``).
+turns a rejection into a status code, a ``Retry-After`` and a message (``server/unavailable.py``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Kubernetes HorizontalPodAutoscaler controller's algorithm as test tooling: pure, no I/O, the clock passed in.
+"""The Kubernetes HorizontalPodAutoscaler controller's algorithm as a model: pure, no I/O, the clock passed in.
 
 Scope: one ``Pods`` metric with an ``AverageValue`` target (what kubeserve's HPA uses), ``autoscaling/v2`` behavior.
 It is a transcription of kube-controller-manager's code, kept close enough to read side by side:
@@ -39,8 +39,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Decimal
 from typing import Any, Literal
+
+from kubernetes.utils import parse_quantity as parse_kubernetes_quantity
 
 DEFAULT_TOLERANCE = 0.1  # --horizontal-pod-autoscaler-tolerance
 DEFAULT_DOWNSCALE_STABILIZATION_SECONDS = 300  # --horizontal-pod-autoscaler-downscale-stabilization (5m)
@@ -56,48 +58,18 @@ SelectPolicy = Literal["Max", "Min", "Disabled"]
 
 # --- Quantities ---------------------------------------------------------------------------------------------------
 
-_SUFFIXES: dict[str, Decimal] = {
-    "n": Decimal("1e-9"),
-    "u": Decimal("1e-6"),
-    "m": Decimal("1e-3"),
-    "": Decimal(1),
-    "k": Decimal("1e3"),
-    "M": Decimal("1e6"),
-    "G": Decimal("1e9"),
-    "T": Decimal("1e12"),
-    "P": Decimal("1e15"),
-    "E": Decimal("1e18"),
-    "Ki": Decimal(2**10),
-    "Mi": Decimal(2**20),
-    "Gi": Decimal(2**30),
-    "Ti": Decimal(2**40),
-    "Pi": Decimal(2**50),
-    "Ei": Decimal(2**60),
-}
-
 
 def parse_quantity(value: Quantity) -> Decimal:
-    """A Kubernetes quantity ("200m", "1.5", "2Ki", 0.05) as an exact Decimal.
+    """A Kubernetes quantity ("200m", "1.5", "2Ki", 0.05) as an exact Decimal, read by the Kubernetes client.
 
     Floats go through ``repr`` so that 0.2 is 0.2, not 0.2000000000000000111 (which would round up to 201m)."""
-    if isinstance(value, Decimal):
-        return value
     if isinstance(value, bool):
         raise TypeError(f"not a quantity: {value!r}")
-    if isinstance(value, int | float):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"not a finite quantity: {value!r}")
-        return Decimal(repr(value))
-    text = value.strip()
-    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
-        if suffix and text.endswith(suffix):
-            number, multiplier = text[: -len(suffix)], _SUFFIXES[suffix]
-            break
-    else:
-        number, multiplier = text, Decimal(1)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"not a finite quantity: {value!r}")
     try:
-        return Decimal(number) * multiplier
-    except InvalidOperation:
+        return parse_kubernetes_quantity(repr(value) if isinstance(value, float) else value)
+    except ValueError:
         raise ValueError(f"not a quantity: {value!r}") from None
 
 
@@ -506,7 +478,6 @@ class HorizontalController:
         self.recommendations: list[TimestampedRecommendation] = []
         self.scale_up_events: list[TimestampedScaleEvent] = []
         self.scale_down_events: list[TimestampedScaleEvent] = []
-        self.last_scale_time: float | None = None
 
     def tolerances(self) -> Tolerances:
         """``tolerancesForHpa``: the controller's tolerance, overridden per direction by ``behavior``."""
@@ -558,7 +529,6 @@ class HorizontalController:
         rescale = desired != current_replicas
         if rescale:
             self._store_scale_event(now, current_replicas, desired)
-            self.last_scale_time = now
         else:
             desired = current_replicas
         return ReconcileResult(

@@ -1,0 +1,57 @@
+"""Names vulture takes for dead code that a framework calls or reads (``make lint``, ``make test``; settings in
+pyproject.toml's [tool.vulture]). Vulture matches by name alone: each line marks that name used everywhere."""
+
+# ruff: noqa: B018  (each line is an attribute access, for vulture to count as a use)
+
+from vulture.whitelists.whitelist_utils import Whitelist
+
+_ = Whitelist()
+
+# asyncio calls a protocol's callbacks (runtime/server/http.py, bench/).
+_.data_received
+_.eof_received
+_.pause_writing
+_.resume_writing
+# httptools' parser calls its protocol's callbacks (runtime/server/http.py, bench/).
+_.on_message_begin
+_.on_url
+_.on_header
+_.on_headers_complete
+_.on_chunk_header
+_.on_chunk_complete
+_.on_body
+_.on_message_complete
+# ONNX Runtime's SessionOptions and onnx's ModelProto, set for their effect (runtime/, tests/runtime/).
+_.log_severity_level
+_.optimized_model_filepath
+_.ir_version
+# prometheus_client calls a collector's collect (runtime/metrics.py).
+_.collect
+# PyYAML calls a Dumper's hook (operator/cli.py).
+_.ignore_aliases
+# kopf reads its settings (operator/handlers.py).
+_.finalizer
+_.progress_storage
+_.diffbase_storage
+_.level
+_.priority
+_.mandatory
+# pydantic writes these CRD fields into the manifests whole (model_dump); nothing reads them by name
+# (operator/spec.py: Toleration, EnvVar, ScalingPolicy, ScalingRules, Behavior, ParentRef).
+_.effect
+_.toleration_seconds
+_.value_from
+_.period_seconds
+_.stabilization_window_seconds
+_.select_policy
+_.tolerance
+_.policies
+_.scale_up
+_.scale_down
+_.section_name
+# Harness rows written out by field name: vars() in bench/run.py, PeriodRow.CSV_FIELDS in bench/autoscaling_loop.py.
+_.ready_seconds
+_.max_queue_delay_ms
+_.retried
+# pytest reads a module's marks.
+_.pytestmark
