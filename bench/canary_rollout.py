@@ -50,7 +50,7 @@ FINAL_PHASES = ("Succeeded", "Failed")
 
 @dataclass(frozen=True)
 class RevisionSpec:
-    """What a revision's pods run: its name (``revisions.revision_name``'s form), model version, and a fault."""
+    """What a revision's pods run: its name (``naming.revision_name``'s form), model version, and a fault."""
 
     name: str
     version: str

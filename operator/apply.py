@@ -2,14 +2,15 @@
 
 What is applied when:
 
-- Every run: the revisions' replicas and the pruning the rollout decided, and the HTTPRoute when its weights changed.
+- Every run: the revisions' replicas and the pruning the rollout decided, and the HTTPRoute when its weights changed
+  (or it drifted).
 - When the spec changed, a child drifted, or the last apply failed (``ApplyMemory.full``): the children too, what
   is no longer wanted first, and the autoscaler's starting point.
 - A failure is retried with exponential back-off (never sooner than the API server's ``Retry-After``), and
   slowly when the API server refused (RBAC, an admission policy): a human has to act first. A retry skips the
   children the failed apply had applied already.
-- Each run is counted (``kubeserve_operator_reconciles`` by result, the rollout's gauges) once the objects are
-  applied.
+- Each run is counted (``kubeserve_operator_reconciles`` by result, the rollout's gauges) before the status is
+  written.
 - Then the status, only the fields that changed, and an Event for each new problem a user has to act on and each
   step of a rollout. Not while throttled: that would be one more request to a server that asked for fewer.
 """
@@ -22,6 +23,7 @@ import math
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -84,7 +86,7 @@ async def apply_children(
     manifests: Iterable[Mapping[str, Any]],
     absent: Iterable[ObjectRef],
     *,
-    applied: set[tuple[str, str]] | None = None,
+    applied: set[tuple[str, str]],
 ) -> list[tuple[str, str]]:
     """Level-triggered: delete what must not exist, apply everything wanted; safe to repeat. The (kind, name) of
     each manifest sent.
@@ -99,12 +101,11 @@ async def apply_children(
     sent = []
     for manifest in manifests:
         done = (manifest["kind"], manifest["metadata"]["name"])
-        if applied is not None and done in applied:
+        if done in applied:
             continue
         await cluster.apply(manifest)
         sent.append(done)
-        if applied is not None:
-            applied.add(done)
+        applied.add(done)
     return sent
 
 
@@ -212,7 +213,7 @@ class Applier:
         """Patch only what changed from the status as last written, and post an Event for each new problem a user
         has to act on and each step of a rollout."""
         current = plan.observed.status
-        fields = plan.status(memory.failure, memory.applied_generation)
+        fields = plan.status(memory.failure, memory.applied_generation, datetime.now(UTC))
         patch = status.changes(current, fields)
         if not patch:
             return

@@ -35,9 +35,11 @@ class _Run:
 
 
 class CanaryAnalysis:
-    """Runs analysis intervals; ``on_result(key)`` is called when one has a result (from the event loop)."""
+    """Runs analysis intervals; ``on_result(key, result)`` is called when one has a result (from the event loop)."""
 
-    def __init__(self, on_result: Callable[[Key], None], now: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self, on_result: Callable[[Key, AnalysisResult], None], now: Callable[[], datetime] | None = None
+    ) -> None:
         self._on_result = on_result
         self._now = now or (lambda: datetime.now(UTC))  # the clock the rollout reads too
         self._runs: dict[Key, _Run] = {}
@@ -104,4 +106,4 @@ class CanaryAnalysis:
             f"analysis of revision {canary}: {result.verdict}: {result.message}",
             extra={"event": "canary_analysis", "inferenceservice": "/".join(key), "verdict": str(result.verdict)},
         )
-        self._on_result(key)
+        self._on_result(key, result)

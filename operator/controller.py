@@ -22,6 +22,7 @@ from typing import Any
 
 import kopf
 from kubeserve.operator import drift, naming
+from kubeserve.operator.analysis import AnalysisResult
 from kubeserve.operator.apply import Applier, ApplyMemory
 from kubeserve.operator.canary_analysis import CanaryAnalysis
 from kubeserve.operator.canary_metrics import metrics_url
@@ -61,8 +62,8 @@ class Controller:
         # (kind, namespace, name) of each child that exists, as its watch events show it, and the InferenceService its
         # label names: only an object of the InferenceService's own is ever deleted.
         self._present: dict[tuple[str, str, str], str] = {}
-        # The end of the last analysis interval counted in the metrics, per InferenceService.
-        self._analyses_counted: dict[Key, datetime] = {}
+        # The (kind, name) of the children each InferenceService's label was last seen on.
+        self._children: dict[Key, set[tuple[str, str]]] = {}
         self.metrics = metrics or OperatorMetrics()
         self._applier = Applier(cluster, self.metrics)
         self._queue: WorkQueue[Key] = WorkQueue(
@@ -71,7 +72,7 @@ class Controller:
         # Rollouts read the time from the event loop's monotonic clock, anchored to the wall clock once: a wall
         # clock that jumps cannot shorten a pause, and a test's fake loop clock drives them too. So do analyses.
         self._epoch = (datetime.now(UTC), asyncio.get_running_loop().time())
-        self._analysis = CanaryAnalysis(on_result=self.runtime_changed, now=self._now)
+        self._analysis = CanaryAnalysis(on_result=self._analysed, now=self._now)
 
     async def stop(self) -> None:
         await self._queue.stop()
@@ -85,18 +86,20 @@ class Controller:
     def forget(self, key: Key) -> None:
         """The InferenceService is gone."""
         self._memory.pop(key, None)
-        self._analyses_counted.pop(key, None)
+        self._children.pop(key, None)
         self._queue.cancel(key)
         self._analysis.forget(key)
         self.metrics.forget(key)
 
     def child_changed(self, key: Key, event_type: str | None, kind: str, child: Mapping[str, Any]) -> None:
         """A child (any kind ``handlers.CHILDREN`` watches) was added, changed or deleted: repair it if it drifted."""
-        ref = (kind, key[0], (child.get("metadata") or {}).get("name", ""))
+        name = (child.get("metadata") or {}).get("name", "")
+        ref = (kind, key[0], name)
         if event_type == drift.DELETED:
             self._present.pop(ref, None)
         else:
             self._present[ref] = key[1]
+            self._children.setdefault(key, set()).add((kind, name))
         owner = self._owner(key)
         if owner is None or owner["metadata"].get("deletionTimestamp"):
             return  # the garbage collector takes the children of an InferenceService that is gone or going
@@ -110,9 +113,14 @@ class Controller:
             self._queue.add(key)
 
     def runtime_changed(self, key: Key) -> None:
-        """A runtime Deployment, pod or HPA changed, or an analysis has a result: plan again."""
+        """A runtime Deployment, pod or HPA changed: plan again."""
         if key in self._owners:
             self._queue.add(key)
+
+    def _analysed(self, key: Key, result: AnalysisResult) -> None:
+        """An analysis interval has a result: counted, and handed to the rollout at the next run."""
+        self.metrics.analyses.labels(*key, str(result.verdict)).inc()
+        self.runtime_changed(key)
 
     async def _process(self, key: Key) -> float | None:
         owner = self._owner(key)
@@ -125,20 +133,24 @@ class Controller:
             pods=list(self._pods.get(key, ())),
             autoscalers=list(self._autoscalers.get(key, ())),
             status=memory.current_status(owner.get("status") or {}),
-            present=lambda ref: self._present.get((ref.kind, ref.namespace, ref.name)) == key[1],
+            present=self._present_children(key),
         )
-        analysis = self._analysis.result(key)
-        if analysis is not None and analysis.ended != self._analyses_counted.get(key):
-            self.metrics.analyses.labels(*key, str(analysis.verdict)).inc()
-            self._analyses_counted[key] = analysis.ended
-        wanted = plan(owner, observed, analysis, self._now(), render=self._render)
-        retry_in = await self._applier.apply(wanted, memory)
-        self._follow_analysis(key, wanted)
+        planned = plan(owner, observed, self._analysis.result(key), self._now(), renderer=self._render)
+        retry_in = await self._applier.apply(planned, memory)
+        if not memory.throttled:  # else its status waits: an analysis started now could replace a result not written
+            self._follow_analysis(key, planned)
         return retry_in
 
-    def _follow_analysis(self, key: Key, done: Plan) -> None:
+    def _present_children(self, key: Key) -> frozenset[tuple[str, str]]:
+        """(kind, name) of the children that exist and are this InferenceService's (as their label says now)."""
+        seen = self._children.get(key, set())
+        # Forgotten here: deleted since, or labelled for another InferenceService.
+        seen -= {(kind, name) for kind, name in seen if self._present.get((kind, key[0], name)) != key[1]}
+        return frozenset(seen)
+
+    def _follow_analysis(self, key: Key, planned: Plan) -> None:
         """Keep the canary's analysis running while the plan asks for one, and only then."""
-        wanted = done.analysis
+        wanted = planned.analysis
         if wanted is None:
             self._analysis.stop(key)
             return

@@ -1,7 +1,13 @@
 """The kopf handlers: small, one concern each. Importing this module registers them with kopf.
 
-kopf watches, indexes, peers and logs in; everything else (applying, retrying, the status) is the controller's
-(``controller``), which the handlers only tell what happened:
+What kopf does here: the watches (with label selectors), the in-memory indexes of InferenceServices and their
+Deployments, pods and HPAs (``summaries`` trims them), peering between operator replicas, the login, posting the
+Events ``apply`` asks for, and retrying the startup (until the peering object can be read). What it does not:
+applying, retrying and the status of InferenceServices are ``plan``'s and ``apply``'s, driven by the controller
+(``controller``; docs/design.md); the handlers only tell it what happened and return at once, never raising, so
+kopf's handler retries never run for them, and no handler uses kopf's timers, daemons or patches. kopf writes only
+its own bookkeeping (``status.kopf``, the last-handled annotation) and removes the finalizer that earlier versions
+put on InferenceServices.
 
 - startup/cleanup: settings, the API client, peering, the controller; login: a service account in a pod, a
   kubeconfig elsewhere;

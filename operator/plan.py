@@ -42,7 +42,8 @@ class Assessment:
 
 
 def assess(body: Mapping[str, Any], settings: OperatorSettings | None = None) -> Assessment:
-    """The spec judged against the operator's ``settings`` (its defaults when None: ``render`` and tests)."""
+    """The spec judged against the operator's ``settings`` (its defaults when None: ``kubeserve-operator render``
+    without settings, and tests)."""
     try:
         isvc = parse(body)
     except SpecError as error:
@@ -86,7 +87,7 @@ class RenderCache:
         return rendering
 
 
-Render = Callable[[Mapping[str, Any]], Rendering]
+Renderer = Callable[[Mapping[str, Any]], Rendering]
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class Observed:
     pods: Sequence[Mapping[str, Any]]
     autoscalers: Sequence[Mapping[str, Any]]  # its HPA (KEDA's, with engine keda), when there is one
     status: Mapping[str, Any]  # its status as last written (the operator's own write, until the watch shows it)
-    present: Callable[[ObjectRef], bool]  # whether a child of its own exists: only those are deleted
+    present: frozenset[tuple[str, str]]  # (kind, name) of its own children that exist: only those are deleted
 
 
 @dataclass(frozen=True)
@@ -133,15 +134,17 @@ class Plan:
     desired: status.Desired | None
     wanted_deployment: Mapping[str, Any] | None
     observed: Observed
-    now: datetime
 
     @property
     def events(self) -> tuple[rollout.Event, ...]:
         return self.decision.events if self.decision is not None else ()
 
-    def status(self, apply_failure: status.ApplyFailure | None, applied_generation: int | None) -> dict[str, Any]:
+    def status(
+        self, apply_failure: status.ApplyFailure | None, applied_generation: int | None, written_at: datetime
+    ) -> dict[str, Any]:
         """The status fields the operator owns, after an apply that failed with ``apply_failure`` (or not);
-        ``applied_generation``: the generation last applied in full, or judged invalid."""
+        ``applied_generation``: the generation last applied in full, or judged invalid; ``written_at``: the wall
+        clock's time, for the transition times and the last failure's first sighting."""
         metadata = self.owner.get("metadata") or {}
         name = metadata.get("name", "")
         decision = self.decision
@@ -159,10 +162,10 @@ class Plan:
             observation,
             generation=metadata.get("generation"),
             url=self.desired.url if self.desired is not None else naming.service_url(name, metadata["namespace"]),
-            now=self.now,
+            now=written_at,
             selector=naming.runtime_selector(name),
             autoscaler=status.autoscaler_view(next(iter(self.observed.autoscalers), None)),
-            rollout=decision.rollout if decision is not None else None,
+            rollout_state=decision.rollout if decision is not None else None,
             revisions=decision.revisions if decision is not None else None,
             serving_version=serving_version(decision) if decision is not None else None,
             observed_generation=applied_generation if apply_failure is None else None,
@@ -170,12 +173,12 @@ class Plan:
 
 
 def plan(
-    owner: Mapping[str, Any], observed: Observed, analysis: AnalysisResult | None, now: datetime, *, render: Render
+    owner: Mapping[str, Any], observed: Observed, analysis: AnalysisResult | None, now: datetime, *, renderer: Renderer
 ) -> Plan:
-    """What to do for ``owner`` (an InferenceService) in the world ``observed`` at ``now``; ``analysis``: the canary's
-    latest judged interval, if any (the rollout counts each once); ``render``: ``render`` with the operator's
-    settings, or a ``RenderCache`` of it."""
-    rendering = render(owner)
+    """What to do for ``owner`` (an InferenceService) in the world ``observed`` at ``now`` (the rollout's clock);
+    ``analysis``: the canary's latest judged interval, if any (the rollout counts each once); ``renderer``:
+    ``render`` with the operator's settings, or a ``RenderCache`` of it."""
+    rendering = renderer(owner)
     isvc, children = rendering.assessment.isvc, rendering.children
     if isvc is None or children is None:  # nothing is applied; the status says why
         return Plan(
@@ -194,7 +197,6 @@ def plan(
             desired=None,
             wanted_deployment=next(iter(observed.deployments), None),
             observed=observed,
-            now=now,
         )
     namespace = isvc.namespace
     revisions = live_revisions(isvc.name, observed.deployments)
@@ -223,7 +225,7 @@ def plan(
         for ref in manifests.revision_objects(
             namespace, isvc.name, name, legacy=by_name[name].legacy if name in by_name else False
         )
-        if ref.kind == "Deployment" or observed.present(ref)
+        if ref.kind == "Deployment" or (ref.kind, ref.name) in observed.present
     ]
     routing = policy.traffic_routing
     route = http_route(isvc, routing.gateway_api, decision.route) if routing is not None else None
@@ -252,7 +254,7 @@ def plan(
         rendering=rendering,
         decision=decision,
         children=children.with_replicas(decision.replicas.get(wanted, 0), adopted=adopted is not None),
-        absent=[ref for ref in children.absent if observed.present(ref)],
+        absent=[ref for ref in children.absent if (ref.kind, ref.name) in observed.present],
         scales=scales,
         prune=prune,
         route=route,
@@ -261,9 +263,8 @@ def plan(
         analysis=wanted_analysis,
         requeue_after=decision.requeue_after,
         desired=desired,
-        wanted_deployment=next((d for d in observed.deployments if _revision_of(d) == wanted), None),
+        wanted_deployment=_deployment(observed, by_name[wanted].deployment) if wanted in by_name else None,
         observed=observed,
-        now=now,
     )
 
 
@@ -278,6 +279,5 @@ def _starting_replicas(isvc: InferenceService) -> int | None:
     return autoscaling.min_replicas if isvc.spec.replicas is None or parked else None
 
 
-def _revision_of(deployment: Mapping[str, Any]) -> str | None:
-    template = ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
-    return (template.get("labels") or {}).get(naming.LABEL_REVISION)
+def _deployment(observed: Observed, name: str) -> Mapping[str, Any] | None:
+    return next((d for d in observed.deployments if (d.get("metadata") or {}).get("name") == name), None)

@@ -186,7 +186,7 @@ def owned_status(
     now: datetime,
     selector: str | None = None,
     autoscaler: Mapping[str, Any] | None = None,
-    rollout: Mapping[str, Any] | None = None,
+    rollout_state: Mapping[str, Any] | None = None,
     revisions: list[dict[str, Any]] | None = None,
     serving_version: str | None = None,
     observed_generation: int | None = None,
@@ -195,7 +195,7 @@ def owned_status(
     sighting. A field left out is left as it is; one that is None is removed (a merge patch's null).
 
     ``selector``: the scale subresource's; ``autoscaler``: the HPA's view (``autoscaler_view``, None without one);
-    ``rollout``, ``revisions`` and ``serving_version``: the rollout's decision (left out without one: an invalid
+    ``rollout_state``, ``revisions`` and ``serving_version``: the rollout's decision (left out without one: an invalid
     spec); ``observed_generation``: the generation last applied or judged invalid, once nothing of it failed.
     """
     stamp = format_time(now)
@@ -235,8 +235,8 @@ def owned_status(
     if selector is not None:
         result["selector"] = selector
         result["autoscaler"] = autoscaler
-    if rollout is not None:
-        result["rollout"], result["revisions"], result["servingVersion"] = rollout, revisions, serving_version
+    if rollout_state is not None:
+        result["rollout"], result["revisions"], result["servingVersion"] = rollout_state, revisions, serving_version
     if observed_generation is not None:
         result["observedGeneration"] = observed_generation
     return result

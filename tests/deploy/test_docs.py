@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import yaml
 
@@ -147,3 +148,35 @@ def test_the_http_limits_page_lists_every_limit_with_its_default():
     assert f"{http.MAX_PENDING} " in page and f"{http.LINGER_SECONDS:g} s" in page
     for reason in http.Refusal:
         assert f"`{reason}`" in page, reason
+
+
+MISSING = object()
+
+
+def crd_default(schema: dict, path: str) -> Any:
+    """The CRD's default of a field (``spec.rollout.steps``), or ``MISSING``."""
+    node = schema
+    for part in path.split("."):
+        node = (node.get("properties") or {}).get(part)
+        if node is None:
+            return MISSING
+    return node.get("default", MISSING)
+
+
+def test_every_default_the_readme_states_is_the_crds():
+    """The README's API table restates defaults for readers; the CRD (the API's one source) decides them."""
+    crd = yaml.safe_load((REPO / "crds" / "inferenceservices.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    readme = (REPO / "README.md").read_text()
+    checked = 0
+    for paths, defaults in re.findall(r"^\| (`spec\.[^|]+) \| ([^|]+) \|", readme, re.M):
+        names = [name.strip().strip("`") for name in paths.split(",")]
+        full = [names[0], *(names[0].rsplit(".", 1)[0] + name for name in names[1:])]  # `.other` shorthand
+        values = [value.strip() for value in defaults.split(",")] if len(full) > 1 else [defaults.strip()]
+        for path, value in zip(full, values, strict=False):
+            default = crd_default(schema, path)
+            if default is MISSING or not re.fullmatch(r"`[^`]+`", value):
+                continue
+            assert yaml.safe_load(value.strip("`")) == default, f"README says {path} defaults to {value}"
+            checked += 1
+    assert checked >= 20

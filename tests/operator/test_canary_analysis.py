@@ -60,7 +60,7 @@ async def pods() -> AsyncIterator[dict[str, str]]:
 
 async def test_an_interval_reads_both_revisions_judges_and_reports(pods):
     reported = asyncio.Event()
-    analysis = CanaryAnalysis(on_result=lambda key: reported.set())
+    analysis = CanaryAnalysis(on_result=lambda key, result: reported.set())
     # The shortest interval the CRD allows.
     policy = Analysis(interval_seconds=5, min_requests=5, error_ratio=Threshold(max=0.1))
     try:
@@ -80,7 +80,7 @@ async def test_an_interval_reads_both_revisions_judges_and_reports(pods):
 
 async def test_wanting_the_same_canary_again_does_not_restart_its_interval_and_stop_cancels_it(pods):
     reported = asyncio.Event()
-    analysis = CanaryAnalysis(on_result=lambda key: reported.set())
+    analysis = CanaryAnalysis(on_result=lambda key, result: reported.set())
     policy = Analysis(interval_seconds=3600, min_requests=5)
     try:
         analysis.want(KEY, policy, "canary", None, lambda revision: [pods[revision]])

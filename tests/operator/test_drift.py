@@ -19,8 +19,9 @@ NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 def status_of(owner: dict, **observed: list[dict]) -> dict:
     """The status the operator would write for ``owner`` in the cluster ``observed``, its apply having gone well."""
-    seen = Observed(**observed, status=owner.get("status") or {}, present=lambda ref: False)
-    return planning.plan(owner, seen, None, NOW, render=lambda body: render(body, SETTINGS)).status(None, None)
+    seen = Observed(**observed, status=owner.get("status") or {}, present=frozenset())
+    done = planning.plan(owner, seen, None, NOW, renderer=lambda body: render(body, SETTINGS))
+    return done.status(None, None, NOW)
 
 
 @pytest.fixture

@@ -204,5 +204,5 @@ async def test_objects_no_longer_wanted_go_before_the_new_ones_are_applied():
 
     hpa = ObjectRef("autoscaling/v2", "HorizontalPodAutoscaler", NS, "mlp")
     scaled_object = {"kind": "ScaledObject", "metadata": {"name": "mlp"}}
-    await apply_children(Recording(), [scaled_object], [hpa])  # type: ignore[arg-type]
+    await apply_children(Recording(), [scaled_object], [hpa], applied=set())  # type: ignore[arg-type]
     assert calls == [("delete", "HorizontalPodAutoscaler"), ("apply", "ScaledObject")]

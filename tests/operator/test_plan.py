@@ -5,7 +5,6 @@ purely: no API server, no clock, no event loop. The wiring tests (test_handlers,
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,7 +23,7 @@ def planned(
     owner: dict[str, Any],
     *,
     deployments: list[dict[str, Any]] = (),  # type: ignore[assignment]
-    present: Callable[[ObjectRef], bool] = lambda ref: False,
+    present: frozenset[tuple[str, str]] = frozenset(),
     now: datetime = NOW,
 ) -> Plan:
     observed = Observed(
@@ -34,7 +33,7 @@ def planned(
         status=owner.get("status") or {},
         present=present,
     )
-    return plan(summaries.owner(owner), observed, None, now, render=lambda body: render(body, SETTINGS))
+    return plan(summaries.owner(owner), observed, None, now, renderer=lambda body: render(body, SETTINGS))
 
 
 def running(owner: dict[str, Any], *, ready: int, created: datetime = NOW) -> dict[str, Any]:
@@ -67,7 +66,7 @@ def test_a_new_inference_service_gets_its_children_with_the_whole_replica_total(
     assert done.scales == [] and done.prune == [] and done.absent == []
     assert done.route is None and done.starting_replicas is None and done.analysis is None
     assert done.events == ()  # a new InferenceService: no Event
-    fields = done.status(None, 1)
+    fields = done.status(None, 1, NOW)
     assert fields["observedGeneration"] == 1
     assert fields["rollout"]["revision"] == deployment["spec"]["template"]["metadata"]["labels"][naming.LABEL_REVISION]
     assert {c["type"]: c["reason"] for c in fields["conditions"]}["RolloutComplete"] == "RolloutInProgress"
@@ -75,7 +74,7 @@ def test_a_new_inference_service_gets_its_children_with_the_whole_replica_total(
 
 def test_every_status_field_written_is_one_the_index_keeps(isvc_factory):
     owner = isvc_factory(autoscaling={"maxReplicas": 3})
-    fields = planned(owner, deployments=[running(owner, ready=1)]).status(None, 1)
+    fields = planned(owner, deployments=[running(owner, ready=1)]).status(None, 1, NOW)
     assert set(fields) == set(status.OWNED_FIELDS) - {"lastFailure"}
 
 
@@ -83,7 +82,7 @@ def test_an_invalid_spec_plans_nothing_and_says_why(isvc_factory):
     owner = isvc_factory(replicas=-1)
     done = planned(owner)
     assert done.decision is None and done.children == [] and done.scales == [] and done.prune == []
-    fields = done.status(None, 1)
+    fields = done.status(None, 1, NOW)
     ready = next(c for c in fields["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "InvalidSpec" and "spec.replicas" in ready["message"]
     assert "rollout" not in fields  # the last valid spec's rollout stays as it was
@@ -101,7 +100,7 @@ def test_only_children_that_exist_are_deleted(isvc_factory):
     owner = isvc_factory()  # no autoscaling: an HPA is not wanted
     hpa = ObjectRef("autoscaling/v2", "HorizontalPodAutoscaler", "ml", naming.hpa_name("mlp"))
     assert planned(owner).absent == []
-    assert planned(owner, present=lambda ref: ref == hpa).absent == [hpa]
+    assert planned(owner, present=frozenset({(hpa.kind, hpa.name)})).absent == [hpa]
 
 
 def test_a_new_version_starts_a_canary_next_to_the_serving_revision(isvc_factory):
@@ -113,7 +112,7 @@ def test_a_new_version_starts_a_canary_next_to_the_serving_revision(isvc_factory
     assert canary["spec"]["replicas"] == 1  # step one: 10% of 10
     assert done.scales == []  # the stable revision keeps its 10 until the canary pod is ready
     assert done.requeue_after == 60  # step one's pause (spec.rollout's default) is what is due first
-    rollout_complete = next(c for c in done.status(None, 2)["conditions"] if c["type"] == "RolloutComplete")
+    rollout_complete = next(c for c in done.status(None, 2, NOW)["conditions"] if c["type"] == "RolloutComplete")
     assert rollout_complete["reason"] == "RolloutInProgress" and "step 1 of 3" in rollout_complete["message"]
 
 
@@ -121,13 +120,13 @@ def test_a_failed_apply_shows_in_the_status_and_holds_back_observed_generation(i
     owner = isvc_factory()
     done = planned(owner)
     failure = ApplyFailure("apply Deployment ml/mlp: 403 forbidden", attempt=2, retry_in=60)
-    fields = done.status(failure, 1)
+    fields = done.status(failure, 1, NOW)
     assert "observedGeneration" not in fields
     conditions = {c["type"]: (c["reason"], c["message"]) for c in fields["conditions"]}
     assert conditions["RolloutComplete"] == ("ApplyFailed", failure.message)
     assert conditions["Ready"][0] == "ApplyFailed"
     held = merge_patch({}, fields)  # as the API server holds it after the patch
-    assert status.changes(held, done.status(failure, 1)) == {}  # the same world, the same status: no patch
+    assert status.changes(held, done.status(failure, 1, NOW)) == {}  # the same world, the same status: no patch
 
 
 def test_pruned_revisions_lose_their_objects_the_deployment_always(isvc_factory):
@@ -136,7 +135,8 @@ def test_pruned_revisions_lose_their_objects_the_deployment_always(isvc_factory)
     owner = isvc_factory(replicas=1, model={"version": "4", "uri": "file:///opt/m.onnx"})
     serving = running(owner, ready=1, created=NOW)
     oldest = manifests.children(render(older[0], SETTINGS).assessment.isvc, SETTINGS)  # type: ignore[arg-type]
-    done = planned(owner, deployments=[*deployments, serving], present=lambda ref: ref.kind == "Service")
+    services = frozenset(("Service", d["metadata"]["name"]) for d in [*deployments, serving])
+    done = planned(owner, deployments=[*deployments, serving], present=services)
     # revisionHistoryLimit 2 keeps the two newest older revisions; the oldest goes: its Deployment (always), and of
     # its Service and ConfigMap only what exists.
     gone = {(ref.kind, ref.name) for ref in done.prune}
