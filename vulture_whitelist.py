@@ -25,8 +25,12 @@ _.on_message_complete
 _.log_severity_level
 _.optimized_model_filepath
 _.ir_version
+# Pillow reads its decompression-bomb limit, set for its effect (runtime/images.py).
+_.MAX_IMAGE_PIXELS
 # prometheus_client calls a collector's collect (runtime/metrics.py).
 _.collect
+# http.server calls a request handler's method (tests/runtime/test_tracing.py's OTLP receiver).
+_.do_POST
 # PyYAML calls a Dumper's hook (operator/cli.py).
 _.ignore_aliases
 # kopf reads its settings (operator/handlers.py).
@@ -55,3 +59,13 @@ _.max_queue_delay_ms
 _.retried
 # pytest reads a module's marks.
 _.pytestmark
+# Python handlers, which the server loads by the name the handler setting gives (module:Class): the bench's and the
+# tests' (bench/noop_handler.py, tests/runtime/user_handlers/words_handler.py).
+_.NoOp
+_.WordsInProcesses
+_.MissesAnOutput
+_.FailsToLoadInProcesses
+_.NoStage
+_.BadDatatype
+_.NoRows
+_.OutputsWithoutPostprocess

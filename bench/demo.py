@@ -1,10 +1,14 @@
-"""``make demo``: serve the bundled sample MLP locally, send it real requests, show what came back.
+"""``make demo``: serve the bundled samples locally, send them real requests, show what came back.
 
-Builds the model with onnx.helper (no download), starts ``kubeserve-runtime serve`` on 127.0.0.1, sends
-requests with Triton's stock client (JSON and binary tensors) and KServe's V1 protocol, prints the
-predictions with each request's own ``Server-Timing``, sends a short burst from concurrent callers so the
-batcher has something to batch, prints the per-stage latencies from ``/metrics``, and stops the server
-with SIGTERM (a graceful drain).
+Builds the models (no download) and serves each with ``kubeserve-runtime serve`` on 127.0.0.1:
+
+- the MLP: requests with Triton's stock client (JSON and binary tensors) and KServe's V1 protocol, the predictions
+  with each request's own ``Server-Timing``, a short burst from concurrent callers so the batcher has something to
+  batch, the per-stage latencies from ``/metrics``, and a stop with SIGTERM (a graceful drain);
+- the tabular sample: its scikit-learn preprocessing composed into the model (``kubeserve-runtime optimize
+  --preprocessing``), raw transaction columns in, the same probabilities as the pipeline's ``predict_proba``;
+- the image sample: a JPEG in (decoded, resized and normalized in the server), class labels out (Triton's
+  classification extension), with the preprocess and postprocess stages in ``Server-Timing``.
 """
 
 from __future__ import annotations
@@ -21,12 +25,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import tritonclient.http as triton
-from kubeserve.runtime.samples import write_sample
+from image_path import IMAGE_INPUTS, photo
+from kubeserve.runtime.samples import (
+    TABULAR_CATEGORY,
+    TABULAR_NUMERIC,
+    tabular_pipeline,
+    tabular_rows,
+    write_labels,
+    write_sample,
+    write_tabular,
+)
 from payloads import json_payload
 from prometheus_client.parser import text_string_to_metric_families
-from server import RunningServer
+from server import RUNTIME, RunningServer
 
 CLASSES = [f"class-{i}" for i in range(10)]
+# The stages of a request, as /metrics names them (those a request went through have samples).
+STAGES = ("deserialize", "preprocess", "queue", "compute", "postprocess", "serialize", "total")
 
 
 def show(title: str, probabilities: np.ndarray, timing: str | None = None) -> None:
@@ -47,7 +62,11 @@ def triton_request(client: triton.InferenceServerClient, features: np.ndarray, b
 
 def post_json(url: str, document: dict) -> tuple[dict, str]:
     """A plain HTTP request, to show the Server-Timing header the stock clients do not surface."""
-    request = urllib.request.Request(url, data=json.dumps(document).encode(), method="POST")
+    return post(url, json.dumps(document).encode(), "application/json")
+
+
+def post(url: str, body: bytes, content_type: str) -> tuple[dict, str]:
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
     with urllib.request.urlopen(request) as response:
         return json.load(response), response.headers["Server-Timing"]
 
@@ -78,15 +97,67 @@ def stage_latencies(url: str) -> list[str]:
             elif sample.name == "kubeserve_requests_total":
                 batch[f"code {sample.labels['code']}"] = sample.value
     lines = [f"  {stage:12} mean {sums[stage] / counts[stage] * 1e3:7.3f} ms over {counts[stage]:.0f} requests"
-             for stage in ("deserialize", "queue", "compute", "serialize", "total")]  # fmt: skip
+             for stage in STAGES if counts.get(stage)]  # fmt: skip
     mean_batch = batch["kubeserve_batch_size_sum"] / batch["kubeserve_batch_size_count"]
     lines.append(f"  batches: {batch['kubeserve_batch_size_count']:.0f}, mean {mean_batch:.1f} rows")
     lines.append("  answered: " + ", ".join(f"{k} x{v:.0f}" for k, v in batch.items() if k.startswith("code")))
     return lines
 
 
+def tabular(work: Path) -> None:
+    """The fraud-style sample: the fitted ColumnTransformer composed in front of the classifier, raw rows in."""
+    preprocessing, model = write_tabular(work / "tabular")
+    composed = work / "fraud.onnx"
+    subprocess.run(
+        [RUNTIME, "optimize", "--no-compare", "--preprocessing", str(preprocessing), str(model), str(composed)],
+        check=True,
+        capture_output=True,
+    )
+    print(f"\ncomposed the tabular sample's preprocessing ({preprocessing.name}) with its classifier: {composed}")
+    rows, _fraud = tabular_rows(4, seed=99)
+    with RunningServer(composed, "fraud") as server:
+        columns = [*TABULAR_NUMERIC, TABULAR_CATEGORY]
+        inputs = [
+            {"name": name, "shape": [len(rows), 1], "datatype": "BYTES" if name == TABULAR_CATEGORY else "FP32",
+             "data": [str(v) if name == TABULAR_CATEGORY else float(v) for v in rows[:, index]]}
+            for index, name in enumerate(columns)
+        ]  # fmt: skip
+        answer, timing = post_json(f"{server.url}/v2/models/fraud/infer", {"inputs": inputs})
+        served = next(o for o in answer["outputs"] if o["name"] == "probabilities")
+        probabilities = np.reshape(served["data"], served["shape"])[:, 1]
+        expected = tabular_pipeline().predict_proba(rows)[:, 1]
+        print("raw transactions in, fraud probability out (served | the scikit-learn pipeline's predict_proba):")
+        for row, got, want in zip(rows, probabilities, expected, strict=True):
+            amount, hour, distance, category = row
+            print(f"  {amount:8.2f} at {hour:2.0f}h, {distance:5.1f} km, {category:11} -> {got:.6f} | {want:.6f}")
+        print(f"  Server-Timing: {timing}")
+        server.stop()
+
+
+def image(work: Path) -> None:
+    """The image sample: a JPEG in, decoded in the server, the top classes out by name."""
+    model, labels = write_sample("cnn", work / "cnn.onnx"), write_labels(work / "cnn-labels.txt")
+    jpeg = photo()
+    flags = ("--image-inputs", json.dumps(IMAGE_INPUTS), "--labels-path", str(labels))
+    with RunningServer(model, "cnn", *flags) as server:
+        client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+        served = client.get_model_metadata("cnn")["inputs"]
+        print(f"\nserving the sample CNN with an image input (labels from {labels.name}): inputs {served}")
+        tensor = triton.InferInput("image", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([jpeg], dtype=object))
+        output = triton.InferRequestedOutput("logits", class_count=3)
+        top = client.infer("cnn", [tensor], outputs=[output]).as_numpy("logits")
+        print(f"tritonclient, a {len(jpeg):,}-byte JPEG as BYTES, class_count=3: {[c.decode() for c in top[0]]}")
+        answer, timing = post(f"{server.url}/v2/models/cnn/infer", jpeg, "image/jpeg")
+        print(f"the JPEG itself, POSTed as image/jpeg: logits {np.round(answer['outputs'][0]['data'][:3], 3)}...")
+        print(f"  Server-Timing: {timing}")
+        client.close()
+        server.stop()
+
+
 def main() -> None:
-    model = write_sample("mlp", Path(tempfile.mkdtemp(prefix="kubeserve-demo-")) / "mlp.onnx")
+    work = Path(tempfile.mkdtemp(prefix="kubeserve-demo-"))
+    model = write_sample("mlp", work / "mlp.onnx")
     print(f"built the sample MLP (32 features -> 10 class probabilities): {model}")
     with RunningServer(model, "mlp") as server:
         print(f"serving at {server.url} on {', '.join(server.ready_event['providers'])}")
@@ -115,6 +186,8 @@ def main() -> None:
         client.close()
         code = server.stop()
     print(f"\nstopped with SIGTERM: drained, exit code {code}")
+    tabular(work)
+    image(work)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,11 @@ one sample per request, and the ratios are printed beside the absolute numbers, 
 request. Then, for each sample model it starts the real server, drives load from a separate process (bench/loadgen.py)
 at several concurrencies, and records requests/s, samples/s, p50/p99 and the server's CPU per request.
 Each gain is measured in the same run: batching on against off, binary tensors against JSON, ORT's
-thread spinning on against off. Last, the bench MLP and CNN as FP32, precompiled and dynamicInt8-quantized
+thread spinning on against off; and what tracing costs the request path, off against on (bench/tracing_cost.py).
+Then the processing around the model: an image per request decoded in the server against the same preprocessing
+done by the client (bench/image_path.py), and a no-op Python handler's cost per request, against the same server
+without it.
+Last, the bench MLP and CNN as FP32, precompiled and dynamicInt8-quantized
 (bench/optimization.py). Prints the tables, checks the project's floors, and (with ``--readme``) writes the tables
 into README.md with the date and the machine.
 """
@@ -34,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import http_attacks
 import models as comparison_models
 import onnxruntime
+from image_path import measure_image_path, render_image_path
 from inprocess import samples_per_second
 from kubeserve.runtime.cpus import available_cpus, workers_for_cores
 from kubeserve.runtime.samples import write_sample
@@ -41,6 +46,7 @@ from optimization import measure_optimization, measure_startup, render_optimizat
 from payloads import Payload, binary_payload, json_payload
 from scaling import measure_scaling, render_scaling, scaling_floor
 from server import PlainServer, RunningServer
+from tracing_cost import measure_tracing
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
@@ -332,6 +338,54 @@ def check_floors(rows: list[dict], inprocess: dict[str, dict[int, float]]) -> li
     ]  # fmt: skip
 
 
+# A Python handler that changes nothing (bench/noop_handler.py): its preprocess and postprocess stages' own cost.
+HANDLER_FLAGS = ("--handler", "noop_handler:NoOp", "--handler-path", str(HERE))
+HANDLER_GOAL_US = 20  # of server CPU per request, over the same server without the handler
+
+
+def measure_handler(work: Path, seconds: float, rounds: int = ROUNDS) -> dict[str, dict[int, list[dict]]]:
+    """The sample MLP, one JSON row per request, served without a handler and with the no-op one, one after the other
+    in each round, at concurrency 1 and 32: loadgen results by server and concurrency, one per round."""
+    path = write_sample("mlp", work / "mlp.onnx")
+    payload = json_payload("mlp", 1)
+    results: dict[str, dict[int, list[dict]]] = {"plain path": {1: [], 32: []}, "no-op handler": {1: [], 32: []}}
+    for round_number in range(1, rounds + 1):
+        for name, flags in zip(results, ((), HANDLER_FLAGS), strict=True):
+            with RunningServer(path, "mlp", *flags) as server:
+                for concurrency, measured in results[name].items():
+                    result = drive(server, payload, concurrency, seconds, work / "body")
+                    measured.append(result)
+                    print(
+                        f"handler {round_number} {name:13} c={concurrency:<3} {result['requests_per_second']:9,.0f} "
+                        f"req/s p50 {result['p50_ms']:7.3f} ms cpu {result['server_cpu_us_per_request']:7,.1f} µs/req",
+                        flush=True,
+                    )
+    return results
+
+
+def render_handler(results: dict[str, dict[int, list[dict]]]) -> str:
+    """Each point's median over the rounds, with and without the handler, and the handler's cost; then the goal."""
+
+    def median(name: str, concurrency: int, metric: str) -> float:
+        return statistics.median(result[metric] for result in results[name][concurrency])
+
+    lines = ["| sample mlp, JSON, medians | plain path | no-op handler | the handler's cost |", "|---|---:|---:|---:|"]
+    for label, concurrency, metric, scale in (
+        ("c=1: p50 latency", 1, "p50_ms", 1e3),
+        ("c=32: server CPU per request", 32, "server_cpu_us_per_request", 1.0),
+    ):
+        plain, handled = median("plain path", concurrency, metric), median("no-op handler", concurrency, metric)
+        lines.append(
+            f"| {label} | {plain * scale:,.1f} µs | {handled * scale:,.1f} µs | {(handled - plain) * scale:+,.1f} µs |"
+        )
+    plain, handled = median("plain path", 32, "requests_per_second"), median("no-op handler", 32, "requests_per_second")
+    lines.append(f"| c=32: req/s | {plain:,.0f} | {handled:,.0f} | {handled / plain - 1:+.1%} |")
+    cpu = "server_cpu_us_per_request"
+    cost = median("no-op handler", 32, cpu) - median("plain path", 32, cpu)
+    goal = f"a no-op Python handler costs at most {HANDLER_GOAL_US} µs of server CPU per request (c=32)"
+    return "\n".join([*lines, "", *render_floors([(goal, cost <= HANDLER_GOAL_US, f"{cost:+.1f} µs")])])
+
+
 def write_readme(text: str, section: str = "bench") -> None:
     begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
     readme = README.read_text()
@@ -382,8 +436,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="rounds of the comparison (medians reported)")
     parser.add_argument("--readme", action="store_true", help="write the tables into README.md")
     parser.add_argument(
-        "--part", choices=("all", "comparison", "self", "optimization", "attacks"), default="all",
-        help="comparison: the runtime against the plain server; self: the runtime against itself (samples); "
+        "--part", choices=("all", "comparison", "self", "processing", "optimization", "attacks"), default="all",
+        help="comparison: the runtime against the plain server; self: the runtime against itself (samples, tracing); "
+        "processing: images decoded in the server against the client, and a no-op Python handler against the same "
+        "server without it; "
         "optimization: FP32 against precompiled and dynamicInt8 (its own README table); attacks: hostile clients "
         "against the HTTP layer, a normal client beside each (bench/http_attacks.py)",
     )  # fmt: skip
@@ -394,8 +450,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="kubeserve-bench-"))
     print(f"machine: {machine()}", flush=True)
     today = datetime.date.today().isoformat()
-    measured = f"Measured {today} on {machine()} (`make bench`, {args.seconds:g} s per point)."
-    text = measured
+    header = f"Measured {today} on {machine()} (`make bench`, {args.seconds:g} s per point)."
+    text = header
     saved: dict = {}
     optimization_text = None
     if args.part in ("all", "comparison"):
@@ -428,7 +484,21 @@ def main() -> None:
         text += "\n\nThe runtime against itself on the bundled samples:\n\n" + render(
             rows, inprocess, check_floors(rows, inprocess)
         )
-        saved.update(rows=rows, inprocess=inprocess)
+        tracing = measure_tracing(work)
+        print(tracing.render(), flush=True)
+        text += f"\n\n{tracing.render()}."
+        saved.update(rows=rows, inprocess=inprocess, tracing=vars(tracing))
+    if args.part in ("all", "processing"):
+        image_rows = measure_image_path(work, args.seconds, drive)
+        text += "\n\n" + render_image_path(image_rows)
+        saved["image_path"] = [vars(row) for row in image_rows]
+        handler_results = measure_handler(work, args.seconds, args.rounds)
+        text += (
+            "\n\nA Python handler that changes nothing (bench/noop_handler.py: a preprocess and a postprocess stage "
+            f"per request, each in a stage thread) against the same server without one, in {args.rounds} rounds:\n\n"
+            + render_handler(handler_results)
+        )
+        saved["handler"] = handler_results
     if args.part in ("all", "attacks"):
         for workers in sorted({1, DEPLOYED_WORKERS}):
             attack_rows = http_attacks.run(workers, args.seconds, list(http_attacks.ATTACKS))
@@ -439,7 +509,7 @@ def main() -> None:
         optimization_rows = measure_optimization(work, args.seconds, drive)
         startup_rows = measure_startup(work)
         optimization_text = (
-            f"{measured}\n\n{render_optimization(optimization_rows)}\n\nStart-up: ONNX Runtime session creation "
+            f"{header}\n\n{render_optimization(optimization_rows)}\n\nStart-up: ONNX Runtime session creation "
             f"(median of several) as the server creates it, the graph optimized at load against precompiled:\n\n"
             f"{render_startup(startup_rows)}"
         )

@@ -6,7 +6,8 @@
 # nvidia-cudnn-cu13): the base is NVIDIA's CUDA 13.0 runtime with cuDNN, which needs an NVIDIA driver
 # >= 580 on the node. Ubuntu 24.04's Python is 3.12; every pinned dependency has wheels for it.
 
-# --- The virtual environment: kubeserve with onnxruntime-gpu. constraints.txt pins everything else;
+# --- The virtual environment: kubeserve with onnxruntime-gpu and OpenTelemetry (the tracing extra: README
+# "Tracing"). constraints.txt pins everything else;
 # Not the operator extra: kopf and kubernetes stay out of the runtime image (tests/deploy/test_packaging.py).
 # onnxruntime-gpu is not in it (it cannot share a venv with onnxruntime), so it is pinned here, to the
 # same release as the CPU image's onnxruntime.
@@ -22,12 +23,14 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY runtime/ runtime/
 COPY operator/ operator/
 RUN python3 -m venv /opt/kubeserve/venv \
- && /opt/kubeserve/venv/bin/pip install -c constraints.txt '.[gpu]' 'onnxruntime-gpu==1.31.1'
+ && /opt/kubeserve/venv/bin/pip install -c constraints.txt '.[gpu,tracing]' 'onnxruntime-gpu==1.31.1'
 
-# --- The sample models (plain ONNX files, the same for every image), built with onnx in a throwaway stage.
+# --- The sample models (plain ONNX files, the same for every image), built with the samples extra (onnx;
+# scikit-learn and skl2onnx for the tabular one) in a throwaway stage.
 FROM python:3.11.15-slim-bookworm AS samples
 # PIP_CONSTRAINT also pins what pip installs to build kubeserve itself (setuptools), which -c does not reach.
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_CONSTRAINT=/src/constraints.txt
+# PYTHONSAFEPATH: `python -m` in /src must not import its operator/ folder as the standard library's operator.
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_CONSTRAINT=/src/constraints.txt PYTHONSAFEPATH=1
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY runtime/ runtime/

@@ -63,7 +63,7 @@ class MemoryInputs:
     quantization: Quantization = "none"
     max_batch_size: int = 32
     instance_count: int = 1
-    optimizes: bool = False  # an init container writes the optimized model (quantization or precompile)
+    optimizes: bool = False  # an init container writes the model served (quantization, precompile, composition)
     workers: int = 1  # server processes in the pod, each with its own session
     buffered_bytes: int = BUFFERED_BYTES  # request bodies one process may hold (max_buffered_request_bytes)
 
@@ -90,7 +90,7 @@ def memory_inputs(isvc: InferenceService, workers: int | None = None) -> MemoryI
         quantization=optimization.quantization,
         max_batch_size=isvc.spec.batching.max_batch_size,
         instance_count=isvc.spec.runtime.instance_count,
-        optimizes=optimization.rewrites_model,
+        optimizes=isvc.spec.model.rewritten,
         workers=workers if workers is not None else planned_workers(isvc),
     )
 

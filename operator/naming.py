@@ -36,6 +36,13 @@ CONFIG_DIR = "/etc/kubeserve"
 CONFIG_FILE = "runtime.yaml"
 MODELS_DIR = "/models"
 FETCHED_MODEL_PATH = f"{MODELS_DIR}/model.onnx"
+# What is fetched beside the model: the graphs composed with it, its labels file, its handler's code (a directory).
+PREPROCESSING_PATH = f"{MODELS_DIR}/preprocessing.onnx"
+POSTPROCESSING_PATH = f"{MODELS_DIR}/postprocessing.onnx"
+LABELS_PATH = f"{MODELS_DIR}/labels.txt"
+HANDLER_DIR = f"{MODELS_DIR}/handler"
+# Where the fetch init container mounts the claims it copies from (`kubeserve-runtime fetch --pvc-root`'s default).
+PVC_ROOT = "/mnt/pvc"
 # The optimized model and TensorRT's engine cache: an emptyDir, so both outlive a container restart.
 OPTIMIZED_DIR = "/optimized"
 OPTIMIZED_MODEL_PATH = f"{OPTIMIZED_DIR}/model.onnx"

@@ -31,7 +31,7 @@ SEVERITY = (
 )
 # What each init container's failure is called.
 _INIT_FAILURES = {
-    naming.FETCH_CONTAINER: ("ModelFetchFailed", "downloading the model failed"),
+    naming.FETCH_CONTAINER: ("ModelFetchFailed", "fetching the model or a file beside it failed"),
     naming.OPTIMIZE_CONTAINER: ("ModelOptimizationFailed", "optimizing the model failed"),
 }
 

@@ -10,7 +10,7 @@ from kubeserve.operator import naming
 from kubeserve.operator.cpu_share import intra_op_threads
 from kubeserve.operator.memory_estimate import planned_workers
 from kubeserve.operator.model_source import model_source
-from kubeserve.operator.spec import InferenceService
+from kubeserve.operator.spec import HOOK_TIMEOUT_SECONDS, InferenceService
 from kubeserve.runtime.config import RuntimeSettings, describe_validation_error
 from pydantic import ValidationError
 
@@ -22,8 +22,9 @@ def runtime_settings(isvc: InferenceService) -> dict[str, Any]:
     """The flat mapping of ``RuntimeSettings`` names the runtime reads from its config file."""
     spec = isvc.spec
     runtime, batching = spec.runtime, spec.batching
+    source = model_source(spec.model)
     settings: dict[str, Any] = {
-        "model_path": model_source(spec.model).served_path,
+        "model_path": source.served_path,
         "model_name": isvc.model_name,
         "model_version": spec.model.version,
         "port": naming.HTTP_PORT,
@@ -49,6 +50,21 @@ def runtime_settings(isvc: InferenceService) -> dict[str, Any]:
         # Only then: an InferenceService without TensorRT keeps the config file (and so the revision) it had.
         settings["tensorrt_precision"] = optimization.tensorrt_precision or DEFAULT_TENSORRT_PRECISION
         settings["tensorrt_engine_cache_path"] = naming.TENSORRT_ENGINE_CACHE_DIR
+    # The rest only when the spec asks for it, so that an InferenceService without it keeps its config file (and so
+    # its revision); the timeouts only away from the runtime's default, which the CRD fills in.
+    model = spec.model
+    if source.labels_path is not None:
+        settings["labels_path"] = source.labels_path
+    if model.inputs:
+        settings["image_inputs"] = {each.name: each.image.model_dump(exclude_none=True) for each in model.inputs}
+    if model.handler is not None:
+        settings["handler"] = model.handler.class_
+        if source.handler_path is not None:
+            settings["handler_path"] = source.handler_path
+    if runtime.preprocess_timeout_seconds != HOOK_TIMEOUT_SECONDS:
+        settings["preprocess_timeout_seconds"] = runtime.preprocess_timeout_seconds
+    if runtime.postprocess_timeout_seconds != HOOK_TIMEOUT_SECONDS:
+        settings["postprocess_timeout_seconds"] = runtime.postprocess_timeout_seconds
     return settings
 
 

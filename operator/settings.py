@@ -1,4 +1,5 @@
-"""The operator's own settings, from ``KUBESERVE_OPERATOR_<NAME>`` environment variables (flags may override)."""
+"""The operator's own settings, from ``KUBESERVE_OPERATOR_<NAME>`` environment variables (flags may override), and
+the ``OTEL_*`` variables it passes on to the runtime pods."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from kubeserve.runtime.config import describe_validation_error, settings_from_en
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "KUBESERVE_OPERATOR_"
+# OpenTelemetry's variables: the operator's own go into every runtime container (README "Tracing").
+OTEL_PREFIX = "OTEL_"
 
 # An in-cluster address as host:port (the KEDA HTTP add-on's services).
 HOST_PORT = r"^[a-z0-9.-]+:[0-9]+$"
@@ -88,6 +91,11 @@ class OperatorSettings(BaseModel):
         description="the KEDA HTTP add-on's external scaler (host:port), KEDA's trigger for scaling from zero",
     )
 
+    otel_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="the operator's own OTEL_* environment variables, which every runtime container gets (tracing)",
+    )
+
     @field_validator("namespaces", mode="before")
     @classmethod
     def _split_namespaces(cls, value: object) -> object:
@@ -98,7 +106,8 @@ class OperatorSettings(BaseModel):
         return not self.namespaces
 
 
-SETTING_NAMES: tuple[str, ...] = tuple(OperatorSettings.model_fields)
+# The settings read from KUBESERVE_OPERATOR_<NAME>: all but otel_env, which the OTEL_* variables themselves make.
+SETTING_NAMES: tuple[str, ...] = tuple(name for name in OperatorSettings.model_fields if name != "otel_env")
 
 
 def env_name(setting: str) -> str:
@@ -108,6 +117,7 @@ def env_name(setting: str) -> str:
 def load_settings(environ: Mapping[str, str], overrides: Mapping[str, object] | None = None) -> OperatorSettings:
     """Settings from the environment, then ``overrides`` (flags) on top; unset overrides are None."""
     values: dict[str, object] = dict(settings_from_environment(environ, SETTING_NAMES, ENV_PREFIX))
+    values["otel_env"] = {name: value for name, value in environ.items() if name.startswith(OTEL_PREFIX)}
     values.update({name: value for name, value in (overrides or {}).items() if value is not None})
     try:
         return OperatorSettings.model_validate(values)

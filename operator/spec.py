@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from kubeserve.operator import naming
+from kubeserve.runtime.config import HANDLER_CLASS
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -48,6 +49,10 @@ URI_PATTERNS = (
     re.compile(r"^file:///.+$"),
 )
 DOTDOT_PATTERN = re.compile(r"^(pvc|file)://.*(^|/)[.][.](/|$)")
+# Handler code: a Python file or an archive of Python code (a pre-signed URL's query may follow).
+HANDLER_CODE_PATTERN = re.compile(r"^[^?#]*[^/?#]\.(py|tar\.gz|tgz|zip)([?#].*)?$")
+# The runtime's default for preprocess_timeout_seconds and postprocess_timeout_seconds.
+HOOK_TIMEOUT_SECONDS = 30
 
 # The runtime settings the spec controls; env must not override them (the CRD's env rule lists the same).
 SPEC_CONTROLLED_ENV = (
@@ -72,6 +77,12 @@ SPEC_CONTROLLED_ENV = (
     "KUBESERVE_GRAPH_OPTIMIZATION_LEVEL",
     "KUBESERVE_DRAIN_TIMEOUT_SECONDS",
     "KUBESERVE_LOG_LEVEL",
+    "KUBESERVE_LABELS_PATH",
+    "KUBESERVE_IMAGE_INPUTS",
+    "KUBESERVE_HANDLER",
+    "KUBESERVE_HANDLER_PATH",
+    "KUBESERVE_PREPROCESS_TIMEOUT_SECONDS",
+    "KUBESERVE_POSTPROCESS_TIMEOUT_SECONDS",
 )
 
 # The CRD restricts metadata.name with a pattern; the operator says the same in words.
@@ -86,6 +97,9 @@ MSG_URI = (
     "or file:///PATH (a file inside the runtime image)"
 )
 MSG_DOTDOT = "uri must not contain '..' path segments"
+MSG_HANDLER_CODE = "handler.uri must name a .py file, or a .tar.gz, .tgz or .zip archive of Python code"
+MSG_INPUT_NAMES = "every input's name must be unique"
+MSG_CHANNELS = "mean and std need one value per channel: 3 for channelOrder RGB and BGR, 1 for L"
 MSG_CREDENTIALS = "credentialsSecret is only used for s3:// and gs:// URIs"
 MSG_ENV = "env must not set a KUBESERVE_ variable that the InferenceService spec controls (use the spec field instead)"
 MSG_PREFERRED = "every preferredBatchSize must be at most maxBatchSize"
@@ -168,32 +182,109 @@ def _unset(value: object) -> bool:
     return value is None or value == Optimization()
 
 
+def _default_hook_timeout(seconds: float) -> bool:
+    # Left out of dumps at the default, as the CRD fills it in: a revision's digest stays what it was before it.
+    return seconds == HOOK_TIMEOUT_SECONDS
+
+
+def _check_uri(uri: str | None) -> str | None:
+    """The CRD's URI rules, for spec.model.uri and every URI beside it."""
+    if uri is None:
+        return uri
+    if not any(pattern.match(uri) for pattern in URI_PATTERNS):
+        raise ValueError(MSG_URI)
+    if DOTDOT_PATTERN.match(uri):
+        raise ValueError(MSG_DOTDOT)
+    return uri
+
+
+class ImageInput(_Fields):
+    """How the runtime turns an encoded image into the input tensor: pixels scaled to 0..1, then normalized."""
+
+    resize: list[Annotated[int, Field(ge=1, le=16384)]] | None = Field(default=None, min_length=2, max_length=2)
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    channel_order: Literal["RGB", "BGR", "L"] = "RGB"
+    mean: list[float] | None = Field(default=None, min_length=1, max_length=3)
+    std: list[Annotated[float, Field(gt=0)]] | None = Field(default=None, min_length=1, max_length=3)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.channel_order == "L" else 3
+
+
+class ModelInput(_Fields):
+    name: str = Field(min_length=1, max_length=256)
+    image: ImageInput
+
+
+class Handler(_Fields):
+    """Python code around the model: ``module:Class``, from ``uri`` (unpacked beside the model) or the image."""
+
+    class_: str = Field(alias="class", max_length=256, pattern=HANDLER_CLASS)
+    uri: str | None = Field(default=None, max_length=2048)
+
+    @field_validator("uri")
+    @classmethod
+    def _check_code(cls, uri: str | None) -> str | None:
+        _check_uri(uri)
+        if uri is not None and not HANDLER_CODE_PATTERN.match(uri):
+            raise ValueError(MSG_HANDLER_CODE)
+        return uri
+
+
 class Model(_Fields):
     name: str | None = Field(default=None, max_length=63, pattern=MODEL_NAME)
     version: str = Field(min_length=1, max_length=63, pattern=MODEL_VERSION)
     uri: str = Field(max_length=2048)
     format: Literal["onnx"] = "onnx"
-    credentials_secret: str | None = Field(default=None, max_length=253, pattern=DNS1123_SUBDOMAIN)
     # Left out of dumps when unset, so that a revision's digest (a dump) stays what it was before these fields.
+    # Before credentialsSecret, whose check reads them.
+    preprocessing: str | None = Field(default=None, max_length=2048, exclude_if=_unset)
+    postprocessing: str | None = Field(default=None, max_length=2048, exclude_if=_unset)
+    labels: str | None = Field(default=None, max_length=2048, exclude_if=_unset)
+    handler: Handler | None = Field(default=None, exclude_if=_unset)
+    credentials_secret: str | None = Field(default=None, max_length=253, pattern=DNS1123_SUBDOMAIN)
     size: Quantity | None = Field(default=None, exclude_if=_unset)
     optimization: Optimization | None = Field(default=None, exclude_if=_unset)
+    inputs: list[ModelInput] | None = Field(default=None, max_length=64, exclude_if=_unset)
 
-    @field_validator("uri")
+    @field_validator("uri", "preprocessing", "postprocessing", "labels")
     @classmethod
-    def _check_uri(cls, uri: str) -> str:
-        if not any(pattern.match(uri) for pattern in URI_PATTERNS):
-            raise ValueError(MSG_URI)
-        if DOTDOT_PATTERN.match(uri):
-            raise ValueError(MSG_DOTDOT)
-        return uri
+    def _check_uris(cls, uri: str | None) -> str | None:
+        return _check_uri(uri)
 
     @field_validator("credentials_secret")
     @classmethod
     def _check_credentials(cls, secret: str | None, info: ValidationInfo) -> str | None:
-        uri = info.data.get("uri", "")
-        if secret is not None and not uri.startswith(("s3://", "gs://")):
+        handler = info.data.get("handler")
+        uris = [info.data.get(name) for name in ("uri", "preprocessing", "postprocessing", "labels")]
+        uris.append(handler.uri if handler is not None else None)
+        if secret is not None and not any(uri and uri.startswith(("s3://", "gs://")) for uri in uris):
             raise ValueError(MSG_CREDENTIALS)
         return secret
+
+    @field_validator("inputs")
+    @classmethod
+    def _check_inputs(cls, inputs: list[ModelInput] | None) -> list[ModelInput] | None:
+        if inputs is None:
+            return inputs
+        if len({each.name for each in inputs}) != len(inputs):
+            raise ValueError(MSG_INPUT_NAMES)
+        for image in (each.image for each in inputs):
+            if any(values is not None and len(values) != image.channels for values in (image.mean, image.std)):
+                raise ValueError(MSG_CHANNELS)
+        return inputs
+
+    @property
+    def composed(self) -> bool:
+        """Whether graphs are composed with the model (an init container writes the result)."""
+        return self.preprocessing is not None or self.postprocessing is not None
+
+    @property
+    def rewritten(self) -> bool:
+        """Whether an init container writes the file the runtime loads: an optimization that rewrites the model,
+        or graphs composed with it."""
+        return self.composed or (self.optimization is not None and self.optimization.rewrites_model)
 
 
 class LocalObjectReference(_Fields):
@@ -241,6 +332,12 @@ class Runtime(_Fields):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     drain_timeout_seconds: int = Field(default=30, ge=0, le=3600)
     startup_timeout_seconds: int = Field(default=600, ge=10, le=86400)
+    preprocess_timeout_seconds: float = Field(
+        default=HOOK_TIMEOUT_SECONDS, gt=0, le=3600, exclude_if=_default_hook_timeout
+    )
+    postprocess_timeout_seconds: float = Field(
+        default=HOOK_TIMEOUT_SECONDS, gt=0, le=3600, exclude_if=_default_hook_timeout
+    )
 
     @field_validator("env")
     @classmethod

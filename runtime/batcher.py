@@ -81,6 +81,7 @@ class Job:
     inferring: float = 0.0
     inferred: float = 0.0
     finished: float = 0.0
+    batch_rows: int = 0  # of the batch it was computed in, its own and the others'
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
@@ -395,6 +396,7 @@ class DynamicBatcher:
             inferring = started
             outputs = self._run_model(batch[0].feeds, names)
             inferred = time.perf_counter()
+            total = batch[0].rows
             per_job = [outputs]
         else:
             feeds = {name: np.concatenate([job.feeds[name] for job in batch]) for name in batch[0].feeds}
@@ -418,6 +420,7 @@ class DynamicBatcher:
             job.inferring = inferring
             job.inferred = inferred
             job.finished = finished
+            job.batch_rows = total
         return per_job
 
     def _finish(self, batch: list[Job], done: asyncio.Future[list[Outputs]], *, dispatch: bool = True) -> None:

@@ -26,7 +26,7 @@ EXIT_BAD_CONFIG = 2
 
 def _shown(value: Any) -> str:
     """A default as a user would write it."""
-    if value is None or value == []:
+    if value is None or value == [] or value == {}:
         return "none"
     if isinstance(value, bool):
         return str(value).lower()

@@ -7,9 +7,10 @@ everywhere (``max_batch_size`` in the file, ``KUBESERVE_MAX_BATCH_SIZE`` in the 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from kubeserve.runtime.cpus import MAX_WORKERS
@@ -26,6 +27,42 @@ MSG_GPU_WORKERS = (
 
 class ConfigError(Exception):
     """The settings cannot be used; the message says which one and why."""
+
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# Channels of each channel_order: how many values its mean and std take.
+CHANNELS = {"RGB": 3, "BGR": 3, "L": 1}
+# A Python handler: an importable module and a class in it (the operator's spec.model.handler.class too).
+HANDLER_CLASS = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class ImageInput(BaseModel):
+    """How one model input takes images: clients send encoded JPEG or PNG bytes, the server decodes them into the
+    tensor the model takes (``runtime/images.py``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    resize: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = Field(
+        default=None, description="[height, width] every image is resized to (bilinear); none: as sent"
+    )
+    layout: Literal["NCHW", "NHWC"] = Field(default="NCHW", description="where the model takes the channels")
+    channel_order: Literal["RGB", "BGR", "L"] = Field(default="RGB", description="L: one grey channel")
+    mean: tuple[FiniteFloat, ...] | None = Field(
+        default=None, description="per channel, subtracted from the pixels scaled to 0..1"
+    )
+    std: tuple[PositiveFloat, ...] | None = Field(default=None, description="per channel, divides after the mean")
+
+    @model_validator(mode="after")
+    def _check_channels(self) -> ImageInput:
+        channels = CHANNELS[self.channel_order]
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if values is not None and len(values) != channels:
+                raise ValueError(
+                    f"{name} has {len(values)} values, but channel_order {self.channel_order} has {channels} "
+                    f"channel{'s' if channels > 1 else ''}"
+                )
+        return self
 
 
 class RuntimeSettings(BaseModel):
@@ -45,6 +82,44 @@ class RuntimeSettings(BaseModel):
         description="JSON file holding a V2 inference request whose inputs warm the model up before it reports "
         "ready (Triton's model_warmup); without it, one synthetic zero row is tried, and its failure is only "
         "a warning",
+    )
+
+    # Around the model: images in, labels out, and the stages they run in.
+    image_inputs: dict[str, ImageInput] = Field(
+        default_factory=dict,
+        description="model inputs that take encoded images (JPEG, PNG) as BYTES: input name -> {resize: [height, "
+        "width], layout: NCHW|NHWC, channel_order: RGB|BGR|L, mean: [...], std: [...]}; JSON from flags and "
+        "environment",
+    )
+    max_image_pixels: int = Field(
+        default=40_000_000,
+        ge=1,
+        description="most pixels (width x height) of one image, read from its header before it is decoded; more: 400",
+    )
+    labels_path: Path | None = Field(
+        default=None,
+        description="text file of class labels, line i naming class i, for the classification extension's answers",
+    )
+    handler: str | None = Field(
+        default=None,
+        pattern=HANDLER_CLASS,
+        description="a Python class run around the model, as module:Class: its preprocess and postprocess are the "
+        "request's stages, its load runs once at model load (README: Python handlers)",
+    )
+    handler_path: Path | None = Field(
+        default=None,
+        description="directory put first on sys.path before the handler is imported: its code, fetched beside the "
+        "model; none: the handler is importable as installed (an image built FROM the runtime's)",
+    )
+    preprocess_timeout_seconds: PositiveFloat = Field(
+        default=30.0,
+        description="longest a request's preprocess stage (the handler's preprocess, images decoded) may take; past "
+        "it, 504",
+    )
+    postprocess_timeout_seconds: PositiveFloat = Field(
+        default=30.0,
+        description="longest a request's postprocess stage (the handler's postprocess, classification) may take; "
+        "past it, 504",
     )
 
     # HTTP.
@@ -157,10 +232,20 @@ class RuntimeSettings(BaseModel):
         description="file a fatal error is written to for Kubernetes (only if it exists)",
     )
 
+    def stage_timeout(self, stage: str) -> tuple[float, str]:
+        """The timeout of a request's ``stage`` (preprocess, postprocess), and its setting's name."""
+        setting = f"{stage}_timeout_seconds"
+        return getattr(self, setting), setting
+
     @field_validator("preferred_batch_size", mode="before")
     @classmethod
     def _split_sizes(cls, value: Any) -> Any:
         return split_commas(value)
+
+    @field_validator("image_inputs", mode="before")
+    @classmethod
+    def _parse_mapping(cls, value: Any) -> Any:
+        return parse_json_text(value)
 
     @model_validator(mode="after")
     def _check_batching(self) -> RuntimeSettings:
@@ -181,6 +266,12 @@ class RuntimeSettings(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _check_handler(self) -> RuntimeSettings:
+        if self.handler_path is not None and self.handler is None:
+            raise ValueError(f"handler_path {self.handler_path} is set without handler: name the class (module:Class)")
+        return self
+
+    @model_validator(mode="after")
     def _check_workers(self) -> RuntimeSettings:
         if self.workers > 1 and self.device in ("cuda", "tensorrt"):
             raise ValueError(f"workers {self.workers} with device {self.device}: {MSG_GPU_WORKERS}")
@@ -195,6 +286,16 @@ def split_commas(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def parse_json_text(value: Any) -> Any:
+    """Environment variables and flags carry mappings as JSON text; other values (a YAML file's) pass through."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"is not valid JSON: {error}") from None
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -249,9 +350,12 @@ def load_settings(
     sources.update({name: flag_name(name) for name in from_flags})
 
     def source(location: str) -> str:
-        name, _, item = location.partition(".")  # "preferred_batch_size.1": the list's second item
+        # "preferred_batch_size.1": the list's second item; "image_inputs.image.mean": a key's field.
+        name, _, item = location.partition(".")
         given = sources.get(name) or f"{name} ({flag_name(name)} or {env_name(name)})"
-        return f"{given}, item {item}" if item else given
+        if not item:
+            return given
+        return f"{given}, item {item}" if item.isdigit() else f"{given}, at {item}"
 
     try:
         return RuntimeSettings.model_validate(merged)

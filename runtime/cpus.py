@@ -20,6 +20,11 @@ def workers_for_cores(cores: Decimal | float) -> int:
     return max(1, min(MAX_WORKERS, math.floor(cores)))
 
 
+def cpus_per_worker(cpus: int, workers: int) -> int:
+    """One server process's share of ``cpus`` when ``workers`` share them: at least one."""
+    return max(1, cpus // workers)
+
+
 def available_cpus(cgroup_cpu_max: Path = CGROUP_CPU_MAX) -> int:
     """CPUs this process may use: its affinity (a container's cpuset), capped by its cgroup's CPU quota (a pod's
     CPU limit), which the affinity does not show."""

@@ -1,4 +1,6 @@
-"""``kubeserve-runtime fetch URI DEST``: put a model file in place for the server (the init container's job).
+"""``kubeserve-runtime fetch URI DEST [URI DEST ...] [--unpack URI DIR]``: put a model file, and the files beside it
+(graphs composed with it, a labels file), in place for the server (the init container's job); ``--unpack`` puts
+Python code there, a ``.py`` file or a ``.tar.gz``/``.tgz``/``.zip`` archive unpacked into DIR.
 
 Sources: ``https://`` and ``http://`` (retried with backoff on connection errors, timeouts, 408, 429 and 5xx;
 the size checked against Content-Length and ``--max-bytes``), ``file:///path``, ``pvc://CLAIM/PATH`` (read
@@ -6,10 +8,12 @@ from where the claim is mounted, ``--pvc-root``), ``s3://BUCKET/KEY`` and ``gs:/
 boto3 and google-cloud-storage when the image has them (credentials from their usual environment).
 
 The bytes go to a temporary file beside DEST that replaces DEST only once complete, so a half download is
-never loaded. Every event is one JSON line on stderr; on failure the reason is also written to the
-termination message file, where Kubernetes shows it in the pod's status.
+never loaded; code goes to a temporary directory beside DIR, which replaces DIR once unpacked. An archive member
+that would land outside DIR (an absolute path, a '..' segment, a link out) fails the fetch. The files are fetched
+in order; the first failure stops the command. Every event is one JSON line on stderr; on failure the reason is also
+written to the termination message file, where Kubernetes shows it in the pod's status.
 
-Exit codes: 0 fetched; 1 the fetch failed; 2 the URI or the options are invalid.
+Exit codes: 0 fetched; 1 a fetch failed; 2 a URI or the options are invalid.
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import stat
+import tarfile
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -46,6 +53,8 @@ CHUNK_BYTES = 1024 * 1024
 RETRIABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # A PersistentVolumeClaim's name is a DNS-1123 subdomain.
 CLAIM_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# What --unpack takes: a Python file, or an archive of Python code.
+CODE_SUFFIXES = (".py", ".tar.gz", ".tgz", ".zip")
 
 log = logging.getLogger("kubeserve.runtime.fetch")
 
@@ -100,8 +109,11 @@ def retry_delay(attempt: int, backoff_seconds: float, cap_seconds: float = 30.0)
 
 
 def _remove_stale_parts(dest: Path) -> None:
-    """Drop temporary files an earlier, killed attempt left beside DEST (the emptyDir outlives the container)."""
+    """Drop temporary files and directories an earlier, killed attempt left beside DEST (the emptyDir outlives the
+    container)."""
     for stale in dest.parent.glob(f".{dest.name}.*.part"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
         with contextlib.suppress(OSError):
             stale.unlink()
 
@@ -390,13 +402,106 @@ def fetch(uri: str, dest: Path, options: FetchOptions) -> Fetched:
     return download(dest)
 
 
+# --- Code: --unpack ------------------------------------------------------------------------------------------
+
+
+def _code_suffix(uri: str) -> str:
+    name = PurePosixPath(unquote(urlsplit(uri).path)).name
+    for suffix in CODE_SUFFIXES:
+        if name.endswith(suffix) and name != suffix:
+            return suffix
+    raise InvalidRequest(
+        f"code must be a .py file or a .tar.gz, .tgz or .zip archive of Python code, not {name!r} ({describe(uri)})"
+    )
+
+
+def _outside(path: str) -> bool:
+    """Whether an archive's path could land outside the directory it is unpacked into."""
+    return path.startswith(("/", "\\")) or bool(re.match(r"^[A-Za-z]:", path)) or ".." in re.split(r"[/\\]", path)
+
+
+def _check_member(archive: str, name: str, link: str | None = None) -> None:
+    if _outside(name):
+        raise FetchError(f"{archive} holds {name!r}, an absolute path or one with a '..' segment: not unpacked")
+    if link is not None and _outside(link):
+        raise FetchError(f"{archive} holds {name!r}, a link to {link!r}, outside the directory: not unpacked")
+
+
+def _unpack(archive: Path, into: Path, suffix: str) -> None:
+    try:
+        if suffix == ".zip":
+            with zipfile.ZipFile(archive) as bundle:
+                for name in bundle.namelist():
+                    _check_member(archive.name, name)
+                bundle.extractall(into)
+            return
+        with tarfile.open(archive, "r:gz") as bundle:
+            members = bundle.getmembers()
+            for member in members:
+                if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+                    raise FetchError(f"{archive.name} holds {member.name!r}, neither a file nor a directory")
+                _check_member(archive.name, member.name, member.linkname if member.issym() or member.islnk() else None)
+            # The data filter refuses what the checks above might miss (links resolving outside, odd modes).
+            bundle.extractall(into, members=members, filter="data")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as error:
+        raise FetchError(f"cannot unpack {archive.name}: {error}") from error
+    except OSError as error:
+        raise FetchError(f"cannot unpack {archive.name}: {error.strerror or error}") from error
+
+
+def fetch_code(uri: str, directory: Path, options: FetchOptions) -> Fetched:
+    """Put the Python code at ``uri`` into ``directory``: a .py file as it is, an archive unpacked; DIR is replaced
+    only once the whole code is there. The fetched file's size and sha256."""
+    suffix = _code_suffix(uri)
+    download = _source(uri, options)
+    if directory.exists() and not directory.is_dir():
+        raise InvalidRequest(
+            f"DIR {directory} is a file: --unpack takes a directory for the code, e.g. /models/handler"
+        )
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_parts(directory)
+        work = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".part"))
+    except OSError as error:
+        raise FetchError(f"cannot write to {directory.parent}: {error.strerror}") from error
+    try:
+        code = work / "code"
+        code.mkdir()
+        name = PurePosixPath(unquote(urlsplit(uri).path)).name
+        fetched = download(code / name if suffix == ".py" else work / name)
+        if suffix != ".py":
+            _unpack(work / name, code, suffix)
+        try:
+            code.chmod(0o755)
+            if directory.exists():
+                shutil.rmtree(directory)
+            code.rename(directory)
+        except OSError as error:
+            raise FetchError(f"cannot write {directory}: {error.strerror}") from error
+        return fetched
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Download or copy a model to the file DEST, atomically: DEST is replaced only once the whole model "
-        "is there. Exit codes: 0 fetched, 1 the fetch failed, 2 the URI or options are invalid."
+        "Download or copy a model, and the files beside it, each URI to its DEST, atomically: DEST is replaced only "
+        "once the whole file is there. Exit codes: 0 fetched, 1 a fetch failed, 2 a URI or an option is invalid."
     )
-    parser.add_argument("uri", metavar="URI", help="https://, http://, file:///PATH, pvc://CLAIM/PATH, s3://, gs://")
-    parser.add_argument("dest", metavar="DEST", type=Path, help="the model file to write, e.g. /models/model.onnx")
+    parser.add_argument(
+        "files",
+        nargs="*",
+        metavar="URI DEST",
+        help="pairs: https://, http://, file:///PATH, pvc://CLAIM/PATH, s3:// or gs:// URI, and the file to write, "
+        "e.g. /models/model.onnx",
+    )
+    parser.add_argument(
+        "--unpack",
+        nargs=2,
+        metavar=("URI", "DIR"),
+        help="Python code into the directory DIR: a .py file, or a .tar.gz, .tgz or .zip archive unpacked (members "
+        "with absolute paths or '..' are refused)",
+    )
     defaults = FetchOptions()
     parser.add_argument(
         "--max-bytes", type=positive_int, default=None, metavar="N", help="refuse models larger than N bytes"
@@ -456,6 +561,24 @@ def _json_logging() -> Iterator[None]:
         log.propagate = True
 
 
+@dataclass(frozen=True)
+class _Job:
+    uri: str
+    dest: Path
+    unpack: bool = False
+
+
+def _jobs(args: argparse.Namespace) -> list[_Job]:
+    if len(args.files) % 2:
+        raise InvalidRequest(f"give URI DEST pairs: {args.files[-1]!r} has no DEST")
+    jobs = [_Job(uri, Path(dest)) for uri, dest in zip(args.files[::2], args.files[1::2], strict=True)]
+    if args.unpack is not None:
+        jobs.append(_Job(args.unpack[0], Path(args.unpack[1]), unpack=True))
+    if not jobs:
+        raise InvalidRequest("nothing to fetch: give URI DEST, or --unpack URI DIR")
+    return jobs
+
+
 def run(args: argparse.Namespace) -> int:
     options = FetchOptions(
         max_bytes=args.max_bytes,
@@ -466,25 +589,32 @@ def run(args: argparse.Namespace) -> int:
         pvc_root=args.pvc_root,
     )
     with _json_logging():
-        source = describe(args.uri)
-        log.info("fetching model", extra={"event": "fetch_started", "source": source, "dest": str(args.dest)})
-        started = time.monotonic()
         try:
-            fetched = fetch(args.uri, args.dest, options)
+            jobs = _jobs(args)
         except FetchError as error:
-            message = f"cannot fetch the model: {error}"
-            log.error(message, extra={"event": "fetch_failed", "source": source, "dest": str(args.dest)})
-            write_termination_message(args.termination_message_path, message)
-            return error.exit_code
-        log.info(
-            "model fetched",
-            extra={
-                "event": "fetch_completed",
-                "source": source,
-                "dest": str(args.dest),
-                "bytes": fetched.size,
-                "sha256": fetched.sha256,
-                "seconds": round(time.monotonic() - started, 3),
-            },
-        )
+            return _failed(args, f"cannot fetch: {error}", {}, error.exit_code)
+        for job in jobs:
+            where = {"source": describe(job.uri), "dest": str(job.dest)}
+            log.info("fetching", extra={"event": "fetch_started", **where})
+            started = time.monotonic()
+            try:
+                fetched = (fetch_code if job.unpack else fetch)(job.uri, job.dest, options)
+            except FetchError as error:
+                return _failed(args, f"cannot fetch {job.dest}: {error}", where, error.exit_code)
+            log.info(
+                "fetched",
+                extra={
+                    "event": "fetch_completed",
+                    **where,
+                    "bytes": fetched.size,
+                    "sha256": fetched.sha256,
+                    "seconds": round(time.monotonic() - started, 3),
+                },
+            )
         return EXIT_OK
+
+
+def _failed(args: argparse.Namespace, message: str, where: dict[str, str], exit_code: int) -> int:
+    log.error(message, extra={"event": "fetch_failed", **where})
+    write_termination_message(args.termination_message_path, message)
+    return exit_code

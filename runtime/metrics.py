@@ -26,7 +26,12 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # `_created` series double the exposition for no signal anyone scrapes.
 disable_created_metrics()
 
-STAGES = ("deserialize", "queue", "compute", "serialize", "total")
+# A request's stages, in order (server/exchange.py times them). preprocess and postprocess run only where there is
+# something to do (a Python handler's, image inputs; a handler's, classification): a request without them has no sample
+# of theirs.
+PREPROCESS = "preprocess"
+POSTPROCESS = "postprocess"
+STAGES = ("deserialize", PREPROCESS, "queue", "compute", POSTPROCESS, "serialize", "total")
 # How the workers' values of each gauge make the pod's: what waits adds up; the pod is ready when all are; its
 # load took as long as the slowest. Counters and histograms add up.
 GAUGE_MERGE: dict[str, Callable[[Sequence[float]], float]] = {
@@ -73,8 +78,10 @@ class ServerMetrics:
         ).labels(**labels)
         duration = Histogram(
             "kubeserve_request_duration_seconds",
-            "Time an inference request spent in each stage: deserialize (body read and decoded), queue "
-            "(waiting for a batch), compute (its batch's inference), serialize (response encoded), total.",
+            "Time an inference request spent in each stage: deserialize (body read and decoded), preprocess (a Python "
+            "handler's preprocess, images decoded into tensors; only requests that have one), queue (waiting for a "
+            "batch), compute (its batch's inference), postprocess (a handler's postprocess, top classes picked; only "
+            "requests that have one), serialize (response encoded), total.",
             [*names, "stage"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,

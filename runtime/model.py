@@ -14,7 +14,9 @@ import onnxruntime as ort
 from kubeserve.runtime.config import RuntimeSettings
 from kubeserve.runtime.cpus import available_cpus
 from kubeserve.runtime.datatypes import BY_ONNX_TYPE
+from kubeserve.runtime.handler_code import HandlerError
 from kubeserve.runtime.model_metadata import ModelOptimization, read_metadata_props
+from kubeserve.runtime.processing import Processing, ProcessingError
 from kubeserve.runtime.protocol.errors import BadRequest
 from kubeserve.runtime.protocol.v2_request import decode_request
 from kubeserve.runtime.signature import ModelSignature, TensorSpec
@@ -117,6 +119,8 @@ class OnnxModel:
         )
         self.providers: list[str] = session.get_providers()
         self._string_inputs = frozenset(spec.name for spec in self.signature.inputs if spec.datatype.is_bytes)
+        # What runs around the model for each request (``load`` builds it from the settings): nothing here.
+        self.processing = Processing(self.signature)
         self.warmup = WARMUP_FAILED
 
     @classmethod
@@ -148,11 +152,21 @@ class OnnxModel:
             },
         )
         model = cls(session, optimization)
-        model.warmup = model.warm_up(settings.warmup_inputs_path)
+        try:
+            model.processing = Processing.build(settings, model.signature)
+        except (ProcessingError, HandlerError) as error:
+            raise ModelLoadError(str(error)) from None
+        try:
+            model.warmup = model.warm_up(settings.warmup_inputs_path)
+        except BaseException:
+            model.processing.close()  # a handler's processes go with the failed load
+            raise
         return model
 
     def warm_up(self, inputs_path: Path | None) -> str:
-        """One inference before the first caller's, so that it does not pay for lazy initialisation.
+        """One inference before the first caller's, so that it does not pay for lazy initialisation; through the
+        preprocess and postprocess stages, as a request would go (image inputs: a decoded image; a handler's
+        preprocess and postprocess).
 
         The user's inputs must work: a failure is a failed load, as a bad setting is. The synthetic zero row
         is only a guess (a model may parse its strings, say), so its failure is a warning and the model serves.
@@ -160,12 +174,13 @@ class OnnxModel:
         if inputs_path is not None:
             feeds = self.request_feeds(inputs_path)
             try:
-                self.run(feeds, None)
+                self.processing.postprocess(self.run(feeds, None), {})
             except Exception as error:
                 raise ModelLoadError(f"warm-up with warmup_inputs_path {inputs_path} failed: {error}") from error
             return WARMUP_USER
         try:
-            self.run(self.synthetic_feeds(), None)
+            feeds = self.processing.preprocess(self.processing.synthetic_feeds())
+            self.processing.postprocess(self.run(feeds, None), {})
         except Exception as error:  # ORT raises its own exception types for every kind of failure
             log.warning(
                 "synthetic warm-up failed; the model serves without it (set warmup_inputs_path to warm it up)",
@@ -175,27 +190,16 @@ class OnnxModel:
         return WARMUP_SYNTHETIC
 
     def request_feeds(self, path: Path, what: str = "warmup_inputs_path") -> dict[str, np.ndarray]:
-        """The inputs of the V2 inference request (JSON) in ``path``, checked against the model; errors name the
-        file as ``what`` (the setting or option that gave it)."""
+        """The inputs of the V2 inference request (JSON) in ``path``, checked against what the model serves and
+        preprocessed, as the model takes them; errors name the file as ``what`` (the setting or option that gave it)."""
         try:
             body = path.read_bytes()
         except OSError as error:
             raise ModelLoadError(f"cannot read {what} {path}: {error.strerror}") from error
         try:
-            return decode_request(body, None, self.signature).inputs
+            return self.processing.preprocess(decode_request(body, None, self.processing.signature).inputs)
         except BadRequest as error:
             raise ModelLoadError(f"{what} {path} is not a request this model takes: {error}") from error
-
-    def synthetic_feeds(self) -> dict[str, np.ndarray]:
-        """A single zero (or empty-string) row for every input."""
-        feeds = {}
-        for spec in self.signature.inputs:
-            shape = tuple(1 if dim == -1 else dim for dim in spec.shape)
-            if spec.datatype.is_bytes:
-                feeds[spec.name] = np.full(shape, b"", dtype=object)
-            else:
-                feeds[spec.name] = np.zeros(shape, dtype=spec.datatype.numpy)
-        return feeds
 
     def run(self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None) -> dict[str, np.ndarray]:
         """Outputs by name: ``output_names``, or all of them."""

@@ -1,6 +1,9 @@
-"""``kubeserve-runtime optimize MODEL OUTPUT``: quantize and/or precompile a model once, where it is fetched (the
-operator's init container runs this after ``fetch``), so that every pod of a revision serves the same file.
+"""``kubeserve-runtime optimize MODEL OUTPUT``: compose, quantize and/or precompile a model once, where it is fetched
+(the operator's init container runs this after ``fetch``), so that every pod of a revision serves the same file.
 
+- ``--preprocessing FILE``, ``--postprocessing FILE``: ONNX graphs (fitted transformers, e.g. exported with skl2onnx)
+  composed with the model into one graph, connected by name (``kubeserve.runtime.compose``); the rest starts from
+  the composed graph, and the report compares it with OUTPUT.
 - ``--quantization dynamicInt8``: ONNX Runtime's dynamic quantization (``quantize_dynamic``): the weights of MatMul,
   Gemm and Conv become INT8, activations are quantized per run. Smaller file, less memory bandwidth.
 - ``--precompile``: ONNX Runtime's graph optimizations run once and the optimized graph is saved; the server then
@@ -31,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -228,22 +231,51 @@ def _precompile(source: Path, dest: Path, level: str) -> None:
         raise OptimizeError(f"onnxruntime cannot precompile the model: {_one_line(error)}") from error
 
 
-def _check_paths(model: Path, output: Path) -> None:
+def _check_paths(output: Path, **originals: Path | None) -> None:
+    """OUTPUT must be a file and none of the originals (``model=MODEL``, ...); its folder is made."""
     if output.is_dir():
         raise InvalidOptions(f"OUTPUT {output} is a directory: give the model file's path, e.g. /models/model.onnx")
-    with contextlib.suppress(OSError):
-        if output.exists() and output.samefile(model):
-            raise InvalidOptions(f"OUTPUT {output} is MODEL: the original is never modified; name another file")
+    for name, original in originals.items():
+        with contextlib.suppress(OSError):
+            if original is not None and output.exists() and output.samefile(original):
+                raise InvalidOptions(
+                    f"OUTPUT {output} is {name.upper()}: the original is never modified; name another file"
+                )
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OptimizeError(f"cannot create {output.parent}: {error.strerror}") from error
 
 
-def _remove_stale_work(output: Path) -> None:
-    """Work directories an earlier, killed attempt left beside OUTPUT (the pod's volume outlives the container)."""
-    for stale in output.parent.glob(f".{output.name}.*.optimize"):
+def _work_dir(output: Path, suffix: str) -> tempfile.TemporaryDirectory:
+    """A hidden work directory beside OUTPUT (``.NAME.*SUFFIX``), after removing those an earlier, killed attempt
+    left (the pod's volume outlives the container). Beside OUTPUT: the final rename stays on one filesystem, and our
+    own files land here rather than beside MODEL (which may be read-only)."""
+    for stale in output.parent.glob(f".{output.name}.*{suffix}"):
         shutil.rmtree(stale, ignore_errors=True)
+    try:
+        return tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.", suffix=suffix)
+    except OSError as error:
+        raise OptimizeError(f"cannot write to {output.parent}: {error.strerror}") from error
+
+
+@contextlib.contextmanager
+def _composed(model: Path, output: Path, preprocessing: Path | None, postprocessing: Path | None) -> Iterator[Path]:
+    """MODEL itself; or, with a preprocessing or postprocessing graph, the three composed into one
+    (``kubeserve.runtime.compose``) in a work directory beside OUTPUT, for the optimization to start from."""
+    if preprocessing is None and postprocessing is None:
+        yield model
+        return
+    from kubeserve.runtime.compose import ComposeError, compose_files
+
+    _check_paths(output, model=model, preprocessing=preprocessing, postprocessing=postprocessing)
+    with _work_dir(output, ".compose") as work_name:
+        source = Path(work_name) / "composed.onnx"
+        try:
+            compose_files(model, preprocessing, postprocessing, source)
+        except ComposeError as error:
+            raise OptimizeError(str(error)) from error
+        yield source
 
 
 def _copy(source: Path, dest: Path) -> str:
@@ -272,16 +304,10 @@ def optimize(model: Path, output: Path, options: OptimizeOptions) -> ModelOptimi
     """Write ``model``, optimized, to ``output`` atomically, and return what was done (also in its metadata)."""
     import onnx
 
-    _check_paths(model, output)
+    _check_paths(output, model=model)
     open_model(model)
-    _remove_stale_work(output)
-    try:
-        # Beside OUTPUT: the final rename stays on one filesystem, and our own files land here rather than beside
-        # MODEL (which may be read-only). ORT's quantizer still writes a model copy under $TMPDIR (a pod's /tmp).
-        work_dir = tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.", suffix=".optimize")
-    except OSError as error:
-        raise OptimizeError(f"cannot write to {output.parent}: {error.strerror}") from error
-    with work_dir as work_name:
+    # ORT's quantizer also writes a model copy under $TMPDIR (a pod's /tmp).
+    with _work_dir(output, ".optimize") as work_name:
         work = Path(work_name)
         current = work / "source.onnx"
         digest = _copy(model, current)
@@ -407,7 +433,8 @@ def compare(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Quantize and/or precompile an ONNX model into OUTPUT, atomically (MODEL is only read), then compare the two. "
+        "Compose, quantize and/or precompile an ONNX model into OUTPUT, atomically (MODEL is only read), then compare "
+        "the two. "
         "Exit codes: 0 optimized, 1 the model cannot be read or optimized, 2 invalid options."
     )
     parser.add_argument("model", metavar="MODEL", type=Path, help="the ONNX model to optimize (never modified)")
@@ -431,6 +458,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="all",
         help="the optimizations saved; all includes this CPU's layout, basic is provider-independent (for a GPU) "
         "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--preprocessing",
+        type=Path,
+        metavar="FILE",
+        help="an ONNX graph run before the model, composed with it into OUTPUT: each of its outputs feeds the model "
+        "input of the same name (e.g. a scikit-learn ColumnTransformer exported with skl2onnx)",
+    )
+    parser.add_argument(
+        "--postprocessing",
+        type=Path,
+        metavar="FILE",
+        help="an ONNX graph run after the model, composed with it into OUTPUT: each of its inputs is the model "
+        "output of the same name",
     )
     parser.add_argument(
         "--sample-inputs",
@@ -459,26 +500,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     options = OptimizeOptions(args.quantization, args.precompile, args.precompile_level)
     try:
-        # The inputs first: a sample file that does not fit the model fails before OUTPUT is touched.
-        feeds = comparison_feeds(open_model(args.model), args.sample_inputs) if args.compare else {}
-        done = optimize(args.model, args.output, options)
-        if args.compare:
-            inputs = str(args.sample_inputs) if args.sample_inputs else "random, dynamic dimensions 1"
-            try:
-                report = compare(args.model, args.output, done, feeds, inputs, args.runs)
-            except OptimizeError as error:
-                if args.sample_inputs is not None:
-                    raise  # the user's own inputs fail on the optimized model: that is a failed optimization
-                # Random inputs are only a guess at shapes (a model may need H and W of at least its kernel's):
-                # OUTPUT is written and loads, so this is a warning, not a pod that never starts.
-                print(f"kubeserve-runtime optimize: no comparison ({_one_line(error)})", file=sys.stderr, flush=True)
-                return EXIT_OK
-            print(json.dumps(report.as_json()) if args.json else "\n".join(report.lines()), flush=True)
-        elif args.json:
-            print(json.dumps({"model": str(args.model), "output": str(args.output), **done.as_parameters()}))
+        with _composed(args.model, args.output, args.preprocessing, args.postprocessing) as source:
+            return _optimize_and_report(args, source, options)
     except OptimizeError as error:
         message = f"cannot optimize {args.model}: {_one_line(error)}"
         print(f"kubeserve-runtime optimize: {message}", file=sys.stderr)
         write_termination_message(args.termination_message_path, message)
         return error.exit_code
+
+
+def _optimize_and_report(args: argparse.Namespace, source: Path, options: OptimizeOptions) -> int:
+    """Optimize ``source`` (MODEL, or the composed graph) into OUTPUT and report, as the options say."""
+    # The report names the original as given: MODEL, with the graphs composed around it.
+    shown = " + ".join(str(path) for path in (args.preprocessing, args.model, args.postprocessing) if path is not None)
+    # The inputs first: a sample file that does not fit the model fails before OUTPUT is touched.
+    feeds = comparison_feeds(open_model(source), args.sample_inputs) if args.compare else {}
+    done = optimize(source, args.output, options)
+    if args.compare:
+        inputs = str(args.sample_inputs) if args.sample_inputs else "random, dynamic dimensions 1"
+        try:
+            report = replace(compare(source, args.output, done, feeds, inputs, args.runs), model=shown)
+        except OptimizeError as error:
+            if args.sample_inputs is not None:
+                raise  # the user's own inputs fail on the optimized model: that is a failed optimization
+            # Random inputs are only a guess at shapes (a model may need H and W of at least its kernel's):
+            # OUTPUT is written and loads, so this is a warning, not a pod that never starts.
+            print(f"kubeserve-runtime optimize: no comparison ({_one_line(error)})", file=sys.stderr, flush=True)
+            return EXIT_OK
+        print(json.dumps(report.as_json()) if args.json else "\n".join(report.lines()), flush=True)
+    elif args.json:
+        print(json.dumps({"model": shown, "output": str(args.output), **done.as_parameters()}))
     return EXIT_OK

@@ -37,6 +37,12 @@ class ModelSignature:
                 return spec
         return None
 
+    def output(self, name: str) -> TensorSpec | None:
+        for spec in self.outputs:
+            if spec.name == name:
+                return spec
+        return None
+
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.outputs)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kubeserve.runtime.config import RuntimeSettings
+from kubeserve.runtime.cpus import cpus_per_worker
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 # How often a worker's event loop says it still runs, and the supervisor looks.
@@ -103,5 +104,5 @@ def worker_settings(settings: RuntimeSettings, cpus: int, port: int) -> RuntimeS
     """One worker's settings: the port the supervisor reserved, and (unless set) its share of ORT's threads."""
     changes: dict[str, object] = {"port": port}
     if settings.intra_op_num_threads == 0:
-        changes["intra_op_num_threads"] = max(1, cpus // settings.workers)
+        changes["intra_op_num_threads"] = cpus_per_worker(cpus, settings.workers)
     return settings.model_copy(update=changes)

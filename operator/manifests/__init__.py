@@ -66,8 +66,9 @@ class Children:
 
 
 def revision_digest(isvc: InferenceService, settings: OperatorSettings, config_digest: str) -> str:
-    """Everything that makes a revision: the model, the runtime's template (image, resources, scheduling, env) and
-    its config file. Not the replicas, autoscaling or rollout settings, which change no pod."""
+    """Everything that makes a revision: the model, the runtime's template (image, resources, scheduling, env, the
+    operator's OTEL_* variables) and its config file. Not the replicas, autoscaling or rollout settings, which change
+    no pod."""
     identity: dict[str, Any] = {
         "config": config_digest,
         # Not spec.model.size: it feeds the memory plan alone, and what that changes in a pod is below.
@@ -79,6 +80,8 @@ def revision_digest(isvc: InferenceService, settings: OperatorSettings, config_d
     default_memory = container_resources(isvc).get("requests", {}).get("memory")
     if "memory" not in isvc.spec.runtime.resources.requests and default_memory is not None:
         identity["defaultMemoryRequest"] = default_memory  # the estimate, as the pods' request
+    if settings.otel_env:  # tracing's variables, which the pods get; none: the revisions of an operator without them
+        identity["otelEnv"] = settings.otel_env
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 

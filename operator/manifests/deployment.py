@@ -21,6 +21,8 @@ PRESTOP_PAUSE_SECONDS = 5
 GRACE_MARGIN_SECONDS = 10
 PROBE_PERIOD_SECONDS = 5
 POD_COMPARISON_RUNS = 5  # the optimize-model init container's timed runs per model
+# The pod's name (the downward API), for k8s.pod.name in OTEL_RESOURCE_ATTRIBUTES: the OpenTelemetry Operator's name.
+POD_NAME_VARIABLE = "OTEL_RESOURCE_ATTRIBUTES_POD_NAME"
 
 GPU_TOLERATION = {"key": naming.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 PROMETHEUS_ANNOTATIONS = {
@@ -71,7 +73,7 @@ def deployment(
     }
     init_containers = []
     if source.kind == "fetch":
-        init_containers.append(_fetch_container(isvc, settings, resources))
+        init_containers.append(_fetch_container(isvc, settings, source, resources))
     if source.optimized:
         init_containers.append(_optimize_container(isvc, settings, source, resources))
     if init_containers:
@@ -146,26 +148,60 @@ def _runtime_container(
         # The runtime writes why a model failed to load to /dev/termination-log; logs are the fallback.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if runtime.env:
-        container["env"] = [var.model_dump(by_alias=True, exclude_none=True) for var in runtime.env]
+    env = _tracing_env(isvc, settings) + [var.model_dump(by_alias=True, exclude_none=True) for var in runtime.env]
+    if env:
+        container["env"] = env
     if resources:
         container["resources"] = resources
     return container
 
 
+def _tracing_env(isvc: InferenceService, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """OpenTelemetry's variables for the runtime container, when the operator has any (README "Tracing"): its own
+    OTEL_* variables, over a service named after the InferenceService and the pod's resource attributes (before the
+    operator's, which win); none that spec.runtime.env sets, whose own come after them."""
+    if not settings.otel_env:
+        return []
+    # The namespace and the version need no percent-encoding: their patterns allow no ',' '=' or '%'.
+    attributes = (
+        f"k8s.namespace.name={isvc.namespace},k8s.pod.name=$({POD_NAME_VARIABLE}),"
+        f"service.version={isvc.spec.model.version}"
+    )
+    given = settings.otel_env.get("OTEL_RESOURCE_ATTRIBUTES")
+    variables = {
+        "OTEL_SERVICE_NAME": isvc.name,
+        **settings.otel_env,
+        "OTEL_RESOURCE_ATTRIBUTES": f"{attributes},{given}" if given else attributes,
+    }
+    env = [{"name": POD_NAME_VARIABLE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    env += [{"name": name, "value": value} for name, value in sorted(variables.items())]
+    own = {var.name for var in isvc.spec.runtime.env}
+    return [var for var in env if var["name"] not in own]
+
+
 def _fetch_container(
-    isvc: InferenceService, settings: OperatorSettings, resources: dict[str, dict[str, Any]]
+    isvc: InferenceService, settings: OperatorSettings, source: ModelSource, resources: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
+    """``kubeserve-runtime fetch``: every file not in the image into the emptyDir at /models (the model, the graphs,
+    the labels file: ``URI DEST`` pairs; handler code: ``--unpack URI DIR``), a claim's copied from its mount."""
     model, runtime = isvc.spec.model, isvc.spec.runtime
+    args = ["fetch"]
+    for fetch in source.fetches:
+        args += ["--unpack", fetch.uri, fetch.dest] if fetch.unpack else [fetch.uri, fetch.dest]
+    claims = [
+        {"name": _claim_volume(index), "mountPath": f"{naming.PVC_ROOT}/{claim}", "readOnly": True}
+        for index, claim in enumerate(source.claims)
+    ]
     container: dict[str, Any] = {
         "name": naming.FETCH_CONTAINER,
         "image": runtime_image(isvc, settings),
         "imagePullPolicy": runtime.image_pull_policy or settings.image_pull_policy,
         "command": ["kubeserve-runtime"],
-        "args": ["fetch", model.uri, naming.FETCHED_MODEL_PATH],
+        "args": args,
         "volumeMounts": [
             {"name": "models", "mountPath": naming.MODELS_DIR},
             {"name": "tmp", "mountPath": "/tmp"},
+            *claims,
         ],
         "securityContext": container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -181,8 +217,9 @@ def _fetch_container(
 def _optimize_container(
     isvc: InferenceService, settings: OperatorSettings, source: ModelSource, resources: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """``kubeserve-runtime optimize``: the original model (fetched, on the PVC or in the image) into the optimized
-    one the runtime loads, once per pod start; its log compares the two (size, latency, largest difference)."""
+    """``kubeserve-runtime optimize``: the original model (fetched, on the PVC or in the image), composed with the
+    graphs beside it, into the one the runtime loads, once per pod start; its log compares the two (size, latency,
+    largest difference)."""
     runtime, optimization = isvc.spec.runtime, isvc.optimization
     mounts = [{"name": "optimized", "mountPath": naming.OPTIMIZED_DIR}, {"name": "tmp", "mountPath": "/tmp"}]
     if source.kind != "image":
@@ -199,6 +236,8 @@ def _optimize_container(
             "--quantization",
             optimization.quantization,
             *(["--precompile", "--precompile-level", precompile_level(isvc)] if optimization.precompile else []),
+            *(["--preprocessing", source.preprocessing_path] if source.preprocessing_path else []),
+            *(["--postprocessing", source.postprocessing_path] if source.postprocessing_path else []),
             # A short comparison for the pod's log: every pod start runs it.
             "--runs",
             str(POD_COMPARISON_RUNS),
@@ -252,9 +291,18 @@ def _volumes(isvc: InferenceService, source: ModelSource, revision: str) -> list
         volumes.append({"name": "models", "emptyDir": {}})
     elif source.kind == "pvc":
         volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": source.claim, "readOnly": True}})
+    volumes += [
+        {"name": _claim_volume(index), "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        for index, claim in enumerate(source.claims)
+    ]
     if _has_optimized_volume(isvc, source):
         volumes.append({"name": "optimized", "emptyDir": {}})
     return volumes
+
+
+def _claim_volume(index: int) -> str:
+    """The volume of a claim the fetch init container copies from (a claim's name may be too long for a volume's)."""
+    return f"claim-{index}"
 
 
 def _scheduling(isvc: InferenceService) -> dict[str, Any]:

@@ -58,3 +58,9 @@ class Unavailable(InferenceError):
 
 class InternalError(InferenceError):
     status = 500
+
+
+class GatewayTimeout(InferenceError):
+    """504: a stage around the model (preprocess, postprocess) ran past its timeout."""
+
+    status = 504

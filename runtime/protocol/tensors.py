@@ -3,6 +3,7 @@ BYTES elements as a 4-byte little-endian length followed by the bytes)."""
 
 from __future__ import annotations
 
+import binascii
 import math
 import struct
 
@@ -20,10 +21,11 @@ def element_count(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
 
 
-def from_json(name: str, data: object, datatype: Datatype, shape: tuple[int, ...]) -> np.ndarray:
-    """A JSON ``data`` field (flat or nested, row-major) as an array of ``shape``."""
+def from_json(name: str, data: object, datatype: Datatype, shape: tuple[int, ...], base64: bool = False) -> np.ndarray:
+    """A JSON ``data`` field (flat or nested, row-major) as an array of ``shape``; ``base64``: BYTES strings hold
+    base64."""
     if datatype.is_bytes:
-        return _bytes_from_json(name, data, shape)
+        return _bytes_from_json(name, data, shape, base64)
     if not isinstance(data, list):
         raise BadRequest(f"input '{name}': data must be a list, not {type(data).__name__}")
     try:
@@ -64,7 +66,7 @@ def _describe_kind(dtype: np.dtype) -> str:
     )
 
 
-def _bytes_from_json(name: str, data: object, shape: tuple[int, ...]) -> np.ndarray:
+def _bytes_from_json(name: str, data: object, shape: tuple[int, ...], base64: bool) -> np.ndarray:
     flat = _flatten(data)
     if any(not isinstance(item, str) for item in flat):
         raise BadRequest(f"input '{name}': BYTES data must be strings")
@@ -72,9 +74,18 @@ def _bytes_from_json(name: str, data: object, shape: tuple[int, ...]) -> np.ndar
         raise BadRequest(
             f"input '{name}': shape {list(shape)} needs {element_count(shape)} elements, data has {len(flat)}"
         )
+    if base64:
+        flat = [from_base64(name, item) for item in flat]
     array = np.empty(len(flat), dtype=object)
     array[:] = flat
     return array.reshape(shape)
+
+
+def from_base64(name: str, text: str) -> bytes:
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError) as error:
+        raise BadRequest(f"input '{name}': BYTES data is not base64: {error}") from None
 
 
 def _flatten(data: object) -> list:

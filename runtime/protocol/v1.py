@@ -3,6 +3,8 @@
 A model with one input takes each instance as that input's row; a model with several takes each instance
 as an object mapping input names to rows. Likewise a model with one output returns each prediction as
 that output's row, and one with several returns objects mapping output names to rows.
+
+Binary data (an image, for an image input) comes as TF Serving's ``{"b64": "..."}``, one per instance.
 """
 
 from __future__ import annotations
@@ -40,16 +42,32 @@ def decode_instances(body: bytes | memoryview, signature: ModelSignature) -> dic
 
 
 def _stack(spec: TensorSpec, rows: list) -> np.ndarray:
-    try:
-        shape = (len(rows), *np.shape(rows[0]))
-    except ValueError as error:
-        raise BadRequest(f"input '{spec.name}': instances are not regular arrays: {error}") from None
-    array = tensors.from_json(spec.name, rows, spec.datatype, shape)
+    if spec.datatype.is_bytes and any(isinstance(row, dict) for row in rows):
+        array = _binary(spec.name, rows)
+    else:
+        try:
+            shape = (len(rows), *np.shape(rows[0]))
+        except ValueError as error:
+            raise BadRequest(f"input '{spec.name}': instances are not regular arrays: {error}") from None
+        array = tensors.from_json(spec.name, rows, spec.datatype, shape)
     if not spec.matches(array.shape):
         raise BadRequest(
             f"input '{spec.name}': instances stack to shape {list(array.shape)}, "
             f"which does not fit the model's {list(spec.shape)}"
         )
+    return array
+
+
+BINARY_INSTANCE = 'binary instances are {"b64": "<base64>"}'
+
+
+def _binary(name: str, rows: list) -> np.ndarray:
+    """Instances of binary data, each ``{"b64": "..."}``."""
+    array = np.empty(len(rows), dtype=object)
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict) or row.keys() != {"b64"} or not isinstance(row["b64"], str):
+            raise BadRequest(f"input '{name}': {BINARY_INSTANCE}, every one of them")
+        array[index] = tensors.from_base64(name, row["b64"])
     return array
 
 

@@ -1,14 +1,21 @@
 """Decoding and validating an Open Inference Protocol (V2) inference request, JSON or with Triton's
-binary tensor extension, against the model's signature: every mistake is a 400 raised here, before the
-request can join a batch, so one caller's error never fails another's request."""
+binary tensor extension, against the signature the model is served with: every mistake is a 400 raised here, before
+the request can join a batch, so one caller's error never fails another's request.
+
+BYTES inputs in JSON are strings, UTF-8 (the protocol's), or base64 when the input's parameters say
+``"content_type": "base64"`` (MLServer's convention), for binary data such as images. A body that is one image
+(``Content-Type: image/...``) is a request of its own kind: ``image_body_request``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
+from kubeserve.runtime.classification import class_count, classifiable
 from kubeserve.runtime.datatypes import DATATYPES
 from kubeserve.runtime.protocol import tensors
 from kubeserve.runtime.protocol.errors import BadRequest
@@ -20,6 +27,9 @@ TIMEOUT = "timeout"
 BINARY_DATA_OUTPUT = "binary_data_output"
 BINARY_DATA_SIZE = "binary_data_size"
 BINARY_DATA = "binary_data"
+CLASSIFICATION = "classification"
+CONTENT_TYPE = "content_type"
+BASE64 = "base64"
 RESERVED_PARAMETERS = frozenset({PRIORITY, TIMEOUT, BINARY_DATA_OUTPUT})
 
 
@@ -27,6 +37,7 @@ RESERVED_PARAMETERS = frozenset({PRIORITY, TIMEOUT, BINARY_DATA_OUTPUT})
 class RequestedOutput:
     name: str
     binary: bool
+    classification: int = 0  # the top classes asked for (Triton's classification extension); 0: the tensor itself
 
 
 @dataclass(slots=True)
@@ -42,6 +53,11 @@ class InferenceRequest:
     def custom_parameters(self) -> dict[str, Any]:
         """The caller's own parameters, kept and returned in the response."""
         return {k: v for k, v in self.parameters.items() if k not in RESERVED_PARAMETERS}
+
+    @property
+    def classifications(self) -> dict[str, int]:
+        """The outputs asked for as their top classes, with how many: the postprocess stage's work."""
+        return {output.name: output.classification for output in self.outputs if output.classification}
 
 
 def split_body(body: bytes | memoryview, header_length: str | None) -> tuple[memoryview, memoryview]:
@@ -84,6 +100,23 @@ def decode_request(body: bytes | memoryview, header_length: str | None, signatur
         parameters=parameters,
         priority=_non_negative_int(parameters, PRIORITY),
         timeout_microseconds=_non_negative_int(parameters, TIMEOUT) if TIMEOUT in parameters else None,
+    )
+
+
+def image_body_request(
+    body: bytes | memoryview, signature: ModelSignature, image_inputs: Collection[str]
+) -> InferenceRequest:
+    """A body that is one encoded image, for a model whose one input is an image: every output, in JSON."""
+    names = [spec.name for spec in signature.inputs]
+    if len(names) != 1 or names[0] not in image_inputs:
+        raise BadRequest(
+            f"a body that is an image needs a model whose one input is an image (image_inputs); this model's inputs "
+            f"are: {', '.join(names)}"
+        )
+    image = np.empty(1, dtype=object)
+    image[0] = body  # as it came, not copied: the preprocess stage reads it
+    return InferenceRequest(
+        inputs={names[0]: image}, outputs=tuple(RequestedOutput(name, binary=False) for name in signature.output_names)
     )
 
 
@@ -147,7 +180,10 @@ def _decode_inputs(value: object, binary: memoryview, signature: ModelSignature)
             decoded[name] = tensors.from_binary(name, binary, offset, size, spec.datatype, shape)
             offset += size
         elif "data" in entry:
-            decoded[name] = tensors.from_json(name, entry["data"], spec.datatype, shape)
+            base64 = input_parameters.get(CONTENT_TYPE) == BASE64
+            if base64 and not spec.datatype.is_bytes:
+                raise BadRequest(f"input '{name}': content_type base64 is for BYTES data, not {spec.datatype.name}")
+            decoded[name] = tensors.from_json(name, entry["data"], spec.datatype, shape, base64=base64)
         else:
             raise BadRequest(f"input '{name}' has neither data nor binary_data_size")
     if offset != len(binary):
@@ -179,10 +215,26 @@ def _decode_outputs(value: object, signature: ModelSignature, binary_default: bo
         if name not in signature.output_names:
             raise BadRequest(f"unknown output {name!r}; the model's outputs are: {', '.join(signature.output_names)}")
         parameters = _parameters(entry.get("parameters"), f"output '{name}'")
-        if parameters.get("classification"):
-            raise BadRequest(f"output '{name}': the classification extension is not supported")
         binary = parameters.get(BINARY_DATA, binary_default)
         if not isinstance(binary, bool):
             raise BadRequest(f"output '{name}': binary_data must be true or false")
-        requested.append(RequestedOutput(name, binary))
+        requested.append(RequestedOutput(name, binary, _classification(parameters, name, signature)))
     return tuple(requested)
+
+
+def _classification(parameters: dict[str, Any], name: str, signature: ModelSignature) -> int:
+    """How many top classes the output's ``classification`` parameter asks for (0: none), checked against the output
+    as far as its shape is known before compute (the postprocess stage checks the rest)."""
+    count = parameters.get(CLASSIFICATION)
+    if count is None:
+        return 0
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise BadRequest(f"output '{name}': classification must be a whole number of classes, at least 1")
+    spec = signature.output(name)
+    assert spec is not None  # the caller checked the name
+    if not classifiable(spec.datatype):
+        raise BadRequest(f"output '{name}': classification needs numbers, and this output is {spec.datatype.name}")
+    classes = class_count(spec.shape)
+    if classes != -1 and count > classes:
+        raise BadRequest(f"output '{name}': classification asks for the top {count} of {classes} classes")
+    return count

@@ -13,6 +13,7 @@ from kubeserve.runtime.protocol.v2_request import BINARY_DATA_SIZE, RequestedOut
 from kubeserve.runtime.signature import ModelSignature
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
+BYTES = "BYTES"
 
 
 def encode_response(
@@ -24,7 +25,8 @@ def encode_response(
     signature: ModelSignature,
     parameters: Mapping[str, Any] | None = None,
 ) -> tuple[bytes, int | None]:
-    """The body, and the JSON header's length when binary tensors follow it (else None)."""
+    """The body, and the JSON header's length when binary tensors follow it (else None). Outputs answered with
+    their top classes (classification) are BYTES."""
     datatypes = {spec.name: spec.datatype.name for spec in signature.outputs}
     outputs = []
     binary_parts: list[bytes | memoryview] = []
@@ -32,7 +34,7 @@ def encode_response(
         array = results[output.name]
         entry: dict[str, Any] = {
             "name": output.name,
-            "datatype": datatypes[output.name],
+            "datatype": BYTES if output.classification else datatypes[output.name],
             "shape": list(array.shape),
         }
         if output.binary:

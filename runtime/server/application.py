@@ -74,7 +74,8 @@ class Application:
         except InferenceError as error:
             response = error_response(error)
         except Exception:
-            log.exception("request failed", extra={"event": "request_failed", "path": request.path})
+            extra = {"event": "request_failed", "path": request.path, **_trace_fields(request)}
+            log.exception("request failed", extra=extra)
             response = json_response({"error": "internal server error"}, status=500)
         if self.access_log:
             access_log.info(
@@ -86,6 +87,7 @@ class Application:
                     "status": response.status,
                     "bytes": len(response.body),
                     "seconds": round(time.perf_counter() - started, 6),
+                    **_trace_fields(request),
                 },
             )
         return response
@@ -111,3 +113,8 @@ class Application:
     def connection(self) -> HttpConnection:
         """A new connection's protocol (``loop.create_server``'s factory)."""
         return HttpConnection(self, self.connections)
+
+
+def _trace_fields(request: Request) -> dict[str, str]:
+    """A traced request's trace and span ids, for its log lines; nothing for another."""
+    return request.trace.log_fields() if request.trace is not None else {}

@@ -1,9 +1,15 @@
 """One inference request's passage through the server, timed per stage and counted once.
 
-Stages: ``deserialize`` (body read and decoded), ``queue`` (waiting for its batch), ``compute`` (its
-batch's inference), ``serialize`` (response encoded) and ``total`` (arrival to response ready). They go
-to ``kubeserve_request_duration_seconds``, to Triton's statistics (``statistics``), and back to the
-caller in a ``Server-Timing`` header.
+Stages (``metrics.STAGES``), in order: ``deserialize`` (body read and decoded), ``preprocess`` (images decoded into
+the model's tensors, in a stage thread; only where the model has image inputs), ``queue`` (waiting for its batch),
+``compute`` (its batch's inference), ``postprocess`` (top classes picked, in a stage thread; only where the request
+asks for classification), ``serialize`` (response encoded) and ``total`` (arrival to response ready). They never
+overlap. ``stage_bounds`` gives each stage's start and end; their durations go to
+``kubeserve_request_duration_seconds``, to Triton's statistics (``statistics``: preprocess counts in
+``compute_input`` and postprocess in ``compute_output``, as Triton counts an ensemble's), and back to the caller in a
+``Server-Timing`` header. ``preprocess`` and ``postprocess`` run the model's ``Processing`` as those stages, through
+``stage``: a blocking function off the event loop, under its stage's timeout, timed. While tracing
+(``server.tracing``), the request is a span from its arrival, with a child span for each of ``stage_bounds``.
 
 Compressed request bodies are inflated, and answers compressed when the client accepts it, as
 ``server.codings`` says.
@@ -13,24 +19,48 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
+from typing import Any, TypeVar
 
 import numpy as np
 from kubeserve.runtime.admission import Rejected, Rejection
 from kubeserve.runtime.batcher import DynamicBatcher, Job, Outputs
-from kubeserve.runtime.metrics import STAGES
+from kubeserve.runtime.metrics import POSTPROCESS, PREPROCESS, STAGES
 from kubeserve.runtime.protocol.errors import InferenceError, NotFound, Unavailable
 from kubeserve.runtime.server.codings import accepted_coding, inflate
 from kubeserve.runtime.server.messages import Request, Response
-from kubeserve.runtime.server.state import ServerState
+from kubeserve.runtime.server.state import LoadedModel, ServerState
 from kubeserve.runtime.server.unavailable import unavailable
 
-SERVER_TIMING = ", ".join(f"{stage};dur={{:.3f}}" for stage in STAGES)  # milliseconds, as the header has them
+T = TypeVar("T")
+# A stage, and when it started and ended (time.perf_counter()).
+StageBounds = tuple[str, float, float]
+# The stages of a request without a preprocess or postprocess stage: the model's alone.
+MODEL_STAGES = tuple(stage for stage in STAGES if stage not in (PREPROCESS, POSTPROCESS))
+# Server-Timing's template for each list of stages a request may go through.
+_SERVER_TIMING: dict[tuple[str, ...], str] = {}
+
+
+def server_timing(stages: tuple[str, ...], durations: tuple[float, ...]) -> str:
+    """The ``Server-Timing`` header: each stage's duration in milliseconds."""
+    template = _SERVER_TIMING.get(stages)
+    if template is None:
+        template = _SERVER_TIMING[stages] = ", ".join(f"{stage};dur={{:.3f}}" for stage in stages)
+    return template.format(*[seconds * 1e3 for seconds in durations])
 
 
 class Exchange:
-    __slots__ = ("_request", "_state", "arrived", "arrived_on_loop", "deserialized_at", "job", "resumed_at")
+    __slots__ = (
+        "_request",
+        "_state",
+        "arrived",
+        "arrived_on_loop",
+        "deserialized_at",
+        "job",
+        "processed",
+        "resumed_at",
+    )
 
     def __init__(self, state: ServerState, request: Request) -> None:
         self._state = state
@@ -40,6 +70,10 @@ class Exchange:
         self.deserialized_at = 0.0
         self.resumed_at = 0.0
         self.job: Job | None = None
+        # The stages run by ``stage`` (preprocess, postprocess), with their start and end; None: none ran.
+        self.processed: dict[str, tuple[float, float]] | None = None
+        if state.tracing is not None:
+            request.trace = state.tracing.start(request, self.arrived)
 
     async def __aenter__(self) -> Exchange:
         self._state.request_started()
@@ -50,13 +84,18 @@ class Exchange:
     ) -> None:
         metrics = self._state.metrics
         refused = False
+        status = None  # of an error's answer
         if isinstance(error, InferenceError):
-            metrics.answered(error.status)
+            status = error.status
+            metrics.answered(status)
             if isinstance(error, Unavailable):
                 metrics.rejected[error.reason].inc()
                 refused = error.reason is Rejection.DRAINING
         elif error is not None and not isinstance(error, asyncio.CancelledError):
-            metrics.answered(500)
+            status = 500
+            metrics.answered(status)
+        if error is not None and (trace := self._request.trace) is not None:
+            trace.failed(status, error, time.perf_counter())
         # A request for another model is none of this model's failures; one whose client left is unanswered.
         if error is not None and not isinstance(error, (NotFound, asyncio.CancelledError)):
             metrics.statistics.request_failed(time.perf_counter() - self.arrived)
@@ -72,6 +111,29 @@ class Exchange:
 
     def deserialized(self) -> None:
         self.deserialized_at = time.perf_counter()
+
+    async def preprocess(self, loaded: LoadedModel, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The preprocess stage: the tensors the client sent as the model takes them (its images decoded)."""
+        loaded.batcher.batch_shape(feeds)  # rows the batcher would refuse are refused before any image is decoded
+        self._state.arriving += 1  # it may yet share a batch: no request computes alone meanwhile
+        try:
+            return await self.stage(PREPROCESS, loaded.model.processing.preprocess, feeds)
+        finally:
+            self._state.arriving -= 1
+
+    async def postprocess(self, loaded: LoadedModel, outputs: Outputs, classifications: dict[str, int]) -> Outputs:
+        """The postprocess stage: the model's outputs as the client asked for them (top classes)."""
+        return await self.stage(POSTPROCESS, loaded.model.processing.postprocess, outputs, classifications)
+
+    async def stage(self, name: str, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)``, a blocking stage around the model (``PREPROCESS``, ``POSTPROCESS``): off the event
+        loop, under its timeout (504 past it), timed."""
+        started = time.perf_counter()
+        result = await self._state.stages.run(name, function, *args)
+        if self.processed is None:
+            self.processed = {}
+        self.processed[name] = (started, time.perf_counter())
+        return result
 
     async def compute(
         self,
@@ -96,22 +158,48 @@ class Exchange:
         self.resumed_at = time.perf_counter()
         return outputs
 
+    def stage_bounds(self, done: float) -> list[StageBounds]:
+        """The stages the request went through, in ``STAGES``' order, each with its start and end; ``done``: the
+        response is ready."""
+        job = self.job
+        assert job is not None, "stages are reported after compute()"
+        processed = self.processed or {}
+        bounds = [("deserialize", self.arrived, self.deserialized_at)]
+        if (preprocess := processed.get(PREPROCESS)) is not None:
+            bounds.append((PREPROCESS, *preprocess))
+        bounds += [("queue", job.queued, job.started), ("compute", job.started, job.finished)]
+        if (postprocess := processed.get(POSTPROCESS)) is not None:
+            bounds.append((POSTPROCESS, *postprocess))
+        serialized_from = postprocess[1] if postprocess is not None else self.resumed_at
+        bounds += [("serialize", serialized_from, done), ("total", self.arrived, done)]
+        return bounds
+
     def respond(self, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> Response:
         done = time.perf_counter()
         job = self.job
         assert job is not None, "respond() follows compute()"
-        # In STAGES' order: deserialize, queue, compute, serialize, total.
-        stages = (
-            self.deserialized_at - self.arrived,
-            job.started - job.queued,
-            job.finished - job.started,
-            done - self.resumed_at,
-            done - self.arrived,
-        )
+        if self.processed is None:
+            # The model's stages alone (``stage_bounds``' without processing), timed with no more work than they
+            # were before the processing stages existed: one tuple, one template.
+            stages = MODEL_STAGES
+            durations = (
+                self.deserialized_at - self.arrived,
+                job.started - job.queued,
+                job.finished - job.started,
+                done - self.resumed_at,
+                done - self.arrived,
+            )
+        else:
+            bounds = self.stage_bounds(done)
+            stages = tuple(stage for stage, _, _ in bounds)
+            durations = tuple(end - start for _, start, end in bounds)
         # Recorded once the answer is on its way: bookkeeping is no part of the client's latency.
-        asyncio.get_running_loop().call_soon(self._record, job, stages)
-        timing = SERVER_TIMING.format(*(seconds * 1e3 for seconds in stages))
-        response_headers = {"Server-Timing": timing}
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self._record, job, stages, durations)
+        trace = self._request.trace
+        if trace is not None:
+            loop.call_soon(trace.answered, self.stage_bounds(done), job)
+        response_headers = {"Server-Timing": server_timing(stages, durations)}
         if headers:
             response_headers.update(headers)
         response = Response(body, 200, content_type, response_headers)
@@ -120,16 +208,22 @@ class Exchange:
             response.coding = accepted_coding(accept)
         return response
 
-    def _record(self, job: Job, stages: tuple[float, ...]) -> None:
+    def _record(self, job: Job, stages: tuple[str, ...], durations: tuple[float, ...]) -> None:
         metrics = self._state.metrics
-        for histogram, seconds in zip(metrics.stage.values(), stages, strict=True):
-            histogram.observe(seconds)
+        histograms = metrics.stage
+        for stage, seconds in zip(stages, durations, strict=True):
+            histograms[stage].observe(seconds)
         metrics.answered(200)
         metrics.statistics.request_succeeded(
             job.rows,
-            total=stages[-1],
-            queue=stages[1],
-            compute_input=job.inferring - job.started,
+            total=durations[-1],
+            queue=job.started - job.queued,
+            compute_input=job.inferring - job.started + self._processed_seconds(PREPROCESS),
             compute_infer=job.inferred - job.inferring,
-            compute_output=job.finished - job.inferred,
+            compute_output=job.finished - job.inferred + self._processed_seconds(POSTPROCESS),
         )
+
+    def _processed_seconds(self, stage: str) -> float:
+        """How long a stage run by ``stage`` took; 0 if it did not run."""
+        bounds = self.processed.get(stage) if self.processed is not None else None
+        return bounds[1] - bounds[0] if bounds is not None else 0.0

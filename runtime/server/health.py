@@ -7,7 +7,7 @@ from kubeserve.runtime.server.messages import Request, Response
 from kubeserve.runtime.server.responses import json_response
 from kubeserve.runtime.server.state import ServerState
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "parameters", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "parameters", "statistics"]
 
 
 async def live(state: ServerState, request: Request) -> Response:

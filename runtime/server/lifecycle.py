@@ -13,6 +13,9 @@ quiet for ``drain_grace_seconds``. The server exits 0 when no connection is left
 
 With ``workers`` above 1 a supervisor (``server.supervisor``) runs that many of these servers on the one port,
 each as described here; ``kubeserve.runtime.workers`` says what they share.
+
+Each server traces its inference requests when the ``OTEL_*`` variables ask for it (``start_tracing``), and
+exports the spans it still holds once it has stopped.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from kubeserve.runtime.batcher import DynamicBatcher
 from kubeserve.runtime.config import MSG_GPU_WORKERS, RuntimeSettings
@@ -35,10 +41,16 @@ from kubeserve.runtime.server.state import LoadedModel, ServerState
 from kubeserve.runtime.termination import write_termination_message
 from kubeserve.runtime.workers import STOP_SIGNALS, Heartbeat, WorkerContext
 
+if TYPE_CHECKING:
+    from kubeserve.runtime.server.tracing import Tracing
+
 log = logging.getLogger("kubeserve.runtime")
 
 # After a timed-out drain, answers still being made get this long to be written.
 SHUTDOWN_TIMEOUT_SECONDS = 1.0
+# OpenTelemetry's variables that say where spans go: tracing is on when one is set (and the SDK not disabled). The
+# specification's default exporter is otlp to localhost; this server exports nothing unless told where.
+EXPORTER_VARIABLES = ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 
 def serve(settings: RuntimeSettings) -> int:
@@ -54,13 +66,45 @@ def run_server(settings: RuntimeSettings, worker: WorkerContext | None = None) -
         import uvloop
 
         loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_serve(settings, worker))
+    tracing = start_tracing(settings, os.environ)
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(_serve(settings, worker, tracing))
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # the spans still held are exported, the event loop closed: nothing waits on it
 
 
-async def _serve(settings: RuntimeSettings, worker: WorkerContext | None) -> int:
+def tracing_configured(environ: Mapping[str, str]) -> bool:
+    """Whether the environment asks for spans: an exporter other than ``none``, or (none named) an OTLP endpoint,
+    and ``OTEL_SDK_DISABLED`` not ``true``. An empty variable is an unset one, as OpenTelemetry reads them."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporter, *endpoints = (environ.get(name, "").strip() for name in EXPORTER_VARIABLES)
+    return exporter.lower() != "none" if exporter else any(endpoints)
+
+
+def start_tracing(settings: RuntimeSettings, environ: Mapping[str, str]) -> Tracing | None:
+    """This process's tracing when the environment asks for it (``tracing_configured``); None otherwise, and then
+    OpenTelemetry is not even imported. Tracing that cannot start is a warning: the server serves untraced."""
+    if not tracing_configured(environ):
+        return None
+    try:
+        from kubeserve.runtime.server.tracing import Tracing, TracingError
+    except ImportError as error:
+        reason = f"{error}: pip install 'kubeserve[tracing]'"
+        log.warning("tracing is configured but cannot start", extra={"event": "tracing_failed", "reason": reason})
+        return None
+    try:
+        return Tracing.from_environment(settings)
+    except TracingError as error:
+        log.warning("tracing is configured but cannot start", extra={"event": "tracing_failed", "reason": str(error)})
+        return None
+
+
+async def _serve(settings: RuntimeSettings, worker: WorkerContext | None, tracing: Tracing | None) -> int:
     metrics = ServerMetrics(settings.model_name, settings.model_version)
-    state = ServerState(settings, metrics, worker=worker)
+    state = ServerState(settings, metrics, worker=worker, tracing=tracing)
     # Signals first: a worker starts with them blocked (server.supervisor), and takes them from here on.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -100,6 +144,9 @@ async def _serve(settings: RuntimeSettings, worker: WorkerContext | None) -> int
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(state.wait_quiet(), SHUTDOWN_TIMEOUT_SECONDS)  # let those 503s be written
     state.connections.close_all()
+    state.stages.close()
+    if state.loaded is not None:
+        state.loaded.model.processing.close()  # a handler's processes
     if peers is not None:
         peers.close()
     if heartbeat is not None:
@@ -156,6 +203,9 @@ async def _load(state: ServerState) -> None:
             **model.optimization.as_parameters(),
             "inputs": {s.name: [s.datatype.name, list(s.shape)] for s in model.signature.inputs},
             "outputs": {s.name: [s.datatype.name, list(s.shape)] for s in model.signature.outputs},
+            "image_inputs": sorted(model.processing.images),
+            "labels": len(model.processing.labels),
+            "handler": settings.handler,
             "max_batch_size": state.loaded.batcher.policy.max_batch_size,
         },
     )

@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kubeserve.runtime.server.tracing import RequestSpan
+
 
 class Request:
     """One request, its body read whole (a memoryview when it came in pieces). Header names are lower-case."""
 
-    __slots__ = ("body", "headers", "keep_alive", "match_info", "method", "path", "query", "version")
+    __slots__ = ("body", "headers", "keep_alive", "match_info", "method", "path", "query", "route", "trace", "version")
 
     def __init__(
         self,
@@ -27,6 +32,8 @@ class Request:
         self.keep_alive = keep_alive  # what the client asked for; the server may still close
         self.version = version  # HTTP's: "1.1" or "1.0"
         self.match_info: dict[str, str] = {}  # the path's variables, set by the router
+        self.route = ""  # the pattern the router matched (``/v2/models/{name}/infer``)
+        self.trace: RequestSpan | None = None  # an inference request's span, while tracing (``server.tracing``)
 
 
 class Response:

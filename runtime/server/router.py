@@ -30,15 +30,16 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
 class Router:
     def __init__(self) -> None:
-        self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
+        self._routes: list[tuple[str, re.Pattern[str], dict[str, Handler]]] = []
         self._by_pattern: dict[str, dict[str, Handler]] = {}
-        self._memo: dict[str, list[tuple[dict[str, Handler], dict[str, str]]]] = {}
+        self._memo: dict[str, list[tuple[str, dict[str, Handler], dict[str, str]]]] = {}
 
     def add(self, method: str, pattern: str, handler: Handler) -> None:
         methods = self._by_pattern.get(pattern)
         if methods is None:
             methods = self._by_pattern[pattern] = {}
-            self._routes.append((_compile(pattern), methods))
+            # The route as requests report it (``http.route``): its variables without their regular expressions.
+            self._routes.append((_VARIABLE.sub(r"{\1}", pattern), _compile(pattern), methods))
         methods[method] = handler
         if method == "GET":
             methods.setdefault("HEAD", handler)
@@ -50,30 +51,31 @@ class Router:
     def post(self, pattern: str, handler: Handler) -> None:
         self.add("POST", pattern, handler)
 
-    def _matches(self, path: str) -> list[tuple[dict[str, Handler], dict[str, str]]]:
+    def _matches(self, path: str) -> list[tuple[str, dict[str, Handler], dict[str, str]]]:
         """Every route whose pattern matches ``path``, in order, with the path's variables."""
         found = self._memo.get(path)
         if found is None:
             found = []
-            for regex, methods in self._routes:
+            for route, regex, methods in self._routes:
                 match = regex.match(path)
                 if match is not None:
-                    found.append((methods, match.groupdict()))
+                    found.append((route, methods, match.groupdict()))
             if len(self._memo) >= _MEMO_SIZE:
                 self._memo.clear()
             self._memo[path] = found
         return found
 
     def resolve(self, request: Request) -> Handler:
-        """The handler for ``request``, whose ``match_info`` it fills in: the first route matching both its
-        path and its method."""
+        """The handler for ``request``, whose ``match_info`` and ``route`` it fills in: the first route matching both
+        its path and its method."""
         found = self._matches(request.path)
-        for methods, variables in found:
+        for route, methods, variables in found:
             handler = methods.get(request.method)
             if handler is not None:
                 request.match_info = variables
+                request.route = route
                 return handler
         if not found:
             raise NotFound(f"no such endpoint: {request.method} {request.path}")
-        allowed = sorted({method for methods, _ in found for method in methods})
+        allowed = sorted({method for _, methods, _ in found for method in methods})
         raise MethodNotAllowed(f"method {request.method} is not allowed on {request.path}", allowed=allowed)

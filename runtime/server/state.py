@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kubeserve.runtime.admission import Rejected, Rejection
 from kubeserve.runtime.batcher import BatchPolicy, DynamicBatcher
@@ -13,8 +14,12 @@ from kubeserve.runtime.model import OnnxModel
 from kubeserve.runtime.protocol.errors import NotFound
 from kubeserve.runtime.server.connections import ConnectionTracker
 from kubeserve.runtime.server.messages import Request
+from kubeserve.runtime.server.stages import StageRunner
 from kubeserve.runtime.server.unavailable import unavailable
 from kubeserve.runtime.workers import WorkerContext, WorkerState
+
+if TYPE_CHECKING:
+    from kubeserve.runtime.server.tracing import Tracing
 
 
 @dataclass(slots=True)
@@ -36,15 +41,20 @@ class ServerState:
     accepted: int = 0
     answered: int = 0
     refused: int = 0
-    # Requests read whole from their connections whose handling has not begun: what could still join a batch.
+    # Requests read whole from their connections whose handling has not begun, or in their preprocess stage: what
+    # could still join a batch.
     arriving: int = 0
     # Bytes of request bodies arriving, or read whole and waiting on their connections: max_buffered_request_bytes.
     body_bytes_held: int = 0
     connections: ConnectionTracker = field(default_factory=ConnectionTracker)
     worker: WorkerContext | None = None  # one of several server processes in the pod; None when alone
+    tracing: Tracing | None = None  # inference requests' spans (server.tracing); None: not traced
+    # Where the stages around the model (preprocess, postprocess) run.
+    stages: StageRunner = field(init=False)
     _quiet: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
+        self.stages = StageRunner(self.settings)
         self._quiet.set()
         # Read when scraped: a count kept anyway costs nothing to change.
         self.metrics.in_flight.set_function(lambda: self.in_flight)

@@ -18,7 +18,12 @@ async def predict(state: ServerState, request: Request) -> Response:
     async with Exchange(state, request) as exchange:
         loaded = state.model_for(request)
         body = await exchange.read_body()
-        feeds = decode_instances(body, loaded.model.signature)
+        processing = loaded.model.processing
+        feeds = decode_instances(body, processing.signature)
         exchange.deserialized()
+        if processing.preprocesses:
+            feeds = await exchange.preprocess(loaded, feeds)
         outputs = await exchange.compute(loaded.batcher, feeds)
-        return exchange.respond(encode_predictions(outputs, loaded.model.signature), JSON)
+        if processing.postprocesses:
+            outputs = await exchange.postprocess(loaded, outputs, {})
+        return exchange.respond(encode_predictions(outputs, processing.signature), JSON)

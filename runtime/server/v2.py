@@ -1,12 +1,15 @@
 """Open Inference Protocol (V2) model endpoints: metadata, readiness, Triton's model configuration and
-statistics, and inference (JSON, or Triton's binary tensor extension)."""
+statistics, and inference (JSON, or Triton's binary tensor extension, or one image as the body).
+
+What clients see of the model is what it is served as (``Processing.signature``): an image input is BYTES, and a
+Python handler's declared inputs and outputs stand for the model's."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from kubeserve.runtime.model import GPU_PROVIDERS
-from kubeserve.runtime.protocol.v2_request import decode_request
+from kubeserve.runtime.protocol.v2_request import decode_request, image_body_request
 from kubeserve.runtime.protocol.v2_response import encode_response
 from kubeserve.runtime.server.exchange import Exchange
 from kubeserve.runtime.server.messages import Request, Response
@@ -25,13 +28,14 @@ def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
 
 async def model_metadata(state: ServerState, request: Request) -> Response:
     model = state.model_for(request).model
+    served = model.processing.signature
     return json_response(
         {
             "name": state.settings.model_name,
             "versions": [state.settings.model_version],
             "platform": "onnxruntime_onnx",
-            "inputs": [_tensor_metadata(spec) for spec in model.signature.inputs],
-            "outputs": [_tensor_metadata(spec) for spec in model.signature.outputs],
+            "inputs": [_tensor_metadata(spec) for spec in served.inputs],
+            "outputs": [_tensor_metadata(spec) for spec in served.outputs],
             # What is served: precision, quantization, precompiled (kubeserve-runtime optimize). Stock clients
             # ignore a field the protocol does not name.
             "parameters": model.optimization.as_parameters(),
@@ -58,14 +62,15 @@ def triton_config(state: ServerState, loaded: LoadedModel) -> dict[str, Any]:
         return {"name": spec.name, "data_type": spec.datatype.triton, "dims": list(dims)}
 
     on_gpu = loaded.model.providers[0] in GPU_PROVIDERS
+    served = loaded.model.processing.signature
     config: dict[str, Any] = {
         "name": settings.model_name,
         "platform": "onnxruntime_onnx",
         "backend": "onnxruntime",
         "version_policy": {"specific": {"versions": [settings.model_version]}},
         "max_batch_size": policy.max_batch_size,
-        "input": [tensor(spec) for spec in loaded.model.signature.inputs],
-        "output": [tensor(spec) for spec in loaded.model.signature.outputs],
+        "input": [tensor(spec) for spec in served.inputs],
+        "output": [tensor(spec) for spec in served.outputs],
         "instance_group": [
             {
                 "name": settings.model_name,
@@ -106,16 +111,27 @@ async def infer(state: ServerState, request: Request) -> Response:
     async with Exchange(state, request) as exchange:
         loaded = state.model_for(request)
         body = await exchange.read_body()
-        signature = loaded.model.signature
-        decoded = decode_request(body, request.headers.get(HEADER_LENGTH_KEY), signature)
+        processing = loaded.model.processing
+        signature = processing.signature
+        if request.headers.get("content-type", "").startswith("image/"):
+            decoded = image_body_request(body, signature, processing.images)
+        else:
+            decoded = decode_request(body, request.headers.get(HEADER_LENGTH_KEY), signature)
         exchange.deserialized()
+        feeds = decoded.inputs
+        if processing.preprocesses:
+            feeds = await exchange.preprocess(loaded, feeds)
         outputs = await exchange.compute(
             loaded.batcher,
-            decoded.inputs,
-            output_names=[output.name for output in decoded.outputs],
+            feeds,
+            # A handler's postprocess gets every output of the model; the answer has those the client asked for.
+            output_names=None if processing.postprocesses else [output.name for output in decoded.outputs],
             priority=decoded.priority,
             timeout_microseconds=decoded.timeout_microseconds,
         )
+        classifications = decoded.classifications
+        if classifications or processing.postprocesses:
+            outputs = await exchange.postprocess(loaded, outputs, classifications)
         body, header_length = encode_response(
             state.settings.model_name,
             state.settings.model_version,

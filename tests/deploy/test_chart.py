@@ -378,6 +378,25 @@ def test_values_reach_the_operator(helm):
     assert [peering["metadata"]["name"] for peering in of_kind(manifests, "ClusterKopfPeering")] == ["blue"]
 
 
+def test_tracing_values_reach_the_runtime_pods_through_the_operator(helm):
+    from kubeserve.operator import manifests as children
+    from kubeserve.operator.spec import parse
+
+    assert operator_settings(render(helm)).otel_env == {}  # by default: no tracing, runtime pods as before
+    endpoint = "http://otel-collector.observability:4318"
+    rendered = render(helm, f"tracing.otlpEndpoint={endpoint}", "tracing.env.OTEL_TRACES_SAMPLER=always_on")
+    settings = operator_settings(rendered)
+    assert settings.otel_env == {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_TRACES_SAMPLER": "always_on"}
+
+    isvc = yaml.safe_load((REPO / "samples" / "isvc-cpu.yaml").read_text())
+    isvc["metadata"]["namespace"] = "models"
+    (deployment,) = [m for m in children.children(parse(isvc), settings).manifests if m["kind"] == "Deployment"]
+    (runtime,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = env_of(runtime)
+    assert (env["OTEL_EXPORTER_OTLP_ENDPOINT"], env["OTEL_TRACES_SAMPLER"]) == (endpoint, "always_on")
+    assert env["OTEL_SERVICE_NAME"] == isvc["metadata"]["name"]
+
+
 def test_turning_the_health_endpoint_off_drops_the_probe(helm):
     manifests = render(helm, "operator.healthPort=0")
     (container,) = operator_pod(manifests)["containers"]
@@ -408,6 +427,8 @@ def test_turning_both_endpoints_off_drops_the_ports_and_the_operator_pod_monitor
         ("operator.metricsPort=70000", "at '/operator/metricsPort'"),
         ("networkPolicy.allowedNamespaces={Not_A_Namespace}", "at '/networkPolicy/allowedNamespaces/0'"),
         ("dashboard.enabled=yes", "at '/dashboard/enabled'"),
+        ("tracing.otlpEndpoint=collector:4318", "at '/tracing/otlpEndpoint'"),
+        ("tracing.env.SERVICE_NAME=mlp", "additional properties 'SERVICE_NAME' not allowed"),
     ],
 )
 def test_bad_values_are_rejected_with_the_path_to_fix(helm, value, complaint):

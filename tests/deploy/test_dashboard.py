@@ -208,7 +208,8 @@ def test_the_panels_cover_what_the_issue_asks_for(dashboard):
     # p50 and p99 of every stage: grouped by stage, so each stage is its own series.
     assert {re.search(r"histogram_quantile\(([0-9.]+)", e)[1] for e in durations} == {"0.5", "0.99"}
     assert all("stage" in names_in(promql(e))[1] for e in durations)
-    # Every stage the runtime exports (deserialize, queue, compute, serialize, total) is drawn: none is filtered out.
+    # Every stage the runtime exports (deserialize, preprocess, queue, compute, postprocess, serialize, total) is drawn:
+    # none is filtered out.
     assert not re.search(r'stage\s*=~?\s*"', expressions)
     for metric in (
         "kubeserve_requests_total",

@@ -116,7 +116,7 @@ def test_the_cuda_image_pins_onnxruntime_gpu_to_the_cpu_release():
     (pinned,) = re.findall(r"onnxruntime-gpu==([\w.]+)", runs)
 
     assert pinned == constraints()["onnxruntime"]
-    assert "'.[gpu]'" in runs
+    assert "'.[gpu,tracing]'" in runs
 
 
 def test_the_operator_image_has_no_model_runtime():

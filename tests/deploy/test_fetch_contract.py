@@ -28,9 +28,10 @@ def test_the_operators_fetch_init_container_is_a_command_fetch_accepts():
     assert init["command"] == ["kubeserve-runtime"]
     args = build_parser().parse_args(init["args"])
     assert args.command == "fetch"
-    assert args.uri == "https://models.example.com/resnet50/2024-06-01/model.onnx"
+    uri, dest = args.files
+    assert uri == "https://models.example.com/resnet50/2024-06-01/model.onnx"
     # DEST is on a volume the runtime container mounts too.
     mounts = {mount["name"]: mount["mountPath"] for mount in runtime["volumeMounts"]}
-    assert any(args.dest.parent == Path(path) for path in mounts.values())
+    assert any(Path(dest).parent == Path(path) for path in mounts.values())
     # A failed fetch is explained in the pod's status: the fetch writes the reason there.
     assert args.termination_message_path == Path(init.get("terminationMessagePath", "/dev/termination-log"))

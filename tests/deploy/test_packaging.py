@@ -191,6 +191,14 @@ def test_the_runtime_images_do_not_install_the_operator_extra(name):
     assert not re.search(r"\b(kopf|kubernetes)\b", packages)
 
 
+@pytest.mark.parametrize("name", RUNTIME_DOCKERFILES)
+def test_the_runtime_images_install_tracing(name):
+    """OpenTelemetry's SDK and OTLP exporter are in the image's venv (its first install): KServe's and Triton's users
+    expect tracing there, switched on by OTEL_* variables alone."""
+    assert "tracing" in extras_installed(DOCKER / name)[0]
+    assert resolved("tracing") == {"opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"}
+
+
 def test_make_installs_the_operator_extra_for_the_tests_and_the_demo():
     makefile = (REPO / "Makefile").read_text()
     stamp = makefile[makefile.index("$(STAMP):") :].split("\n\n", 1)[0]

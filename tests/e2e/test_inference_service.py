@@ -1,7 +1,8 @@
 """End to end on kind: install the chart, apply the CPU sample, get answers through its Service (bursts with gaps,
 through the sample's batching window), delete it. Then the same model quantized and precompiled by the init
 container, served by two workers per pod: INT8 in status and in the model's metadata, and one pod's metrics summed
-over its workers.
+over its workers. Then the processing samples: raw rows into the composed tabular model, a JPEG into the image
+sample with its labels out.
 
 Runs with `make e2e` where Docker works (it builds both images and creates a throwaway kind cluster). Anywhere
 else, `make test` included, it is collected and skipped with one line that says why.
@@ -16,6 +17,7 @@ import re
 import select
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -226,3 +228,85 @@ def test_a_quantized_model_served_by_two_workers_says_int8_and_reports_one_pod(c
         raise AssertionError(f"{error}\n\n{cluster.diagnostics(namespace)}") from error
 
     cluster.kubectl("delete", "-n", namespace, f"inferenceservice/{name}", "--timeout=180s", timeout=200)
+
+
+def post(port: int, path: str, body: bytes, content_type: str) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=body, headers={"Content-Type": content_type}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)
+
+
+def apply_and_wait(cluster, path: Path) -> tuple[str, str]:
+    """The sample applied and Ready: its name and namespace."""
+    sample = yaml.safe_load(path.read_text())
+    name, namespace = sample["metadata"]["name"], sample["metadata"].get("namespace", "default")
+    cluster.kubectl("apply", "-n", namespace, "-f", path)
+    cluster.kubectl(
+        "wait", "-n", namespace, f"inferenceservice/{name}", "--for=condition=Ready", "--timeout=600s", timeout=660
+    )
+    return name, namespace
+
+
+def test_the_processing_samples_take_raw_rows_and_images_and_answer_as_their_pipelines(cluster, images):
+    """samples/isvc-tabular.yaml (scikit-learn preprocessing composed into the model by the init container) and
+    samples/isvc-image.yaml (JPEG in, decoded in the pod; labels out): their settings as users copy them."""
+    sys.path.insert(0, str(REPO / "bench"))  # the JPEG the benchmark and the demo send
+    from image_path import photo
+    from kubeserve.runtime.samples import (
+        CNN_LABELS,
+        TABULAR_CATEGORY,
+        TABULAR_NUMERIC,
+        tabular_pipeline,
+        tabular_rows,
+    )
+
+    install_chart(cluster, images)
+    namespace = "default"
+    try:
+        name, namespace = apply_and_wait(cluster, REPO / "samples" / "isvc-tabular.yaml")
+        rows, _fraud = tabular_rows(16, seed=5)
+        columns = [*TABULAR_NUMERIC, TABULAR_CATEGORY]
+        inputs = [
+            {"name": column, "shape": [len(rows), 1], "datatype": "BYTES" if column == TABULAR_CATEGORY else "FP32",
+             "data": [str(v) if column == TABULAR_CATEGORY else float(v) for v in rows[:, index]]}
+            for index, column in enumerate(columns)
+        ]  # fmt: skip
+        with port_forward(cluster, namespace, f"service/{name}") as port:
+            answer = post(port, f"/v2/models/{name}/infer", json.dumps({"inputs": inputs}).encode(), "application/json")
+        (served,) = [output for output in answer["outputs"] if output["name"] == "probabilities"]
+        probabilities = np.asarray(served["data"]).reshape(served["shape"])
+        np.testing.assert_allclose(probabilities, tabular_pipeline().predict_proba(rows), atol=1e-5)
+
+        name, namespace = apply_and_wait(cluster, REPO / "samples" / "isvc-image.yaml")
+        jpeg = photo()
+        body = json.dumps(
+            {
+                "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                            "parameters": {"binary_data_size": len(jpeg) + 4}}],
+                "outputs": [{"name": "logits", "parameters": {"classification": 3, "binary_data": False}}],
+            }
+        ).encode()  # fmt: skip
+        with port_forward(cluster, namespace, f"service/{name}") as port:
+            answer = post_binary(port, f"/v2/models/{name}/infer", body, len(jpeg).to_bytes(4, "little") + jpeg)
+        (top,) = answer["outputs"]
+        assert top["datatype"] == "BYTES" and top["shape"] == [1, 3]
+        labels = [entry.split(":")[2] for entry in top["data"]]
+        assert len(set(labels)) == 3 and set(labels) <= set(CNN_LABELS)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n\n{cluster.diagnostics(namespace)}") from error
+    for sample in ("isvc-tabular.yaml", "isvc-image.yaml"):
+        cluster.kubectl("delete", "-n", namespace, "-f", REPO / "samples" / sample, "--timeout=180s", timeout=200)
+
+
+def post_binary(port: int, path: str, header: bytes, tensors: bytes) -> dict:
+    """A V2 request with binary tensors after its JSON header (Triton's binary extension)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=header + tensors,
+        headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)

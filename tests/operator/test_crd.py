@@ -139,7 +139,7 @@ def test_crd_defaults_are_the_runtimes_and_the_operators_defaults(crd, camel_to_
     assert checked >= 10
     # And the operator, reading an object the API server did not default (render), assumes the same: with the
     # default engine, and with KEDA's own settings (present only with engine keda).
-    dumped = [
+    specs = [
         parse(
             {
                 "apiVersion": "serving.kubeserve.io/v1alpha1",
@@ -151,7 +151,7 @@ def test_crd_defaults_are_the_runtimes_and_the_operators_defaults(crd, camel_to_
                     **more,
                 },
             }
-        ).spec.model_dump(by_alias=True)
+        ).spec
         for autoscaling, model, more in (
             ({"maxReplicas": 2}, {}, {}),
             # And the defaults inside an optimization block (which has none of its own: unset, nothing is done).
@@ -162,13 +162,23 @@ def test_crd_defaults_are_the_runtimes_and_the_operators_defaults(crd, camel_to_
             ),
         )
     ]
+    dumped = [spec.model_dump(by_alias=True) for spec in specs]
     for path, value in defaults.items():
         nodes: list[Any] = []
         for node in dumped:
             for part in path.split("."):
                 node = None if node is None else node.get(part)
             nodes.append(node)
-        assert nodes[0] == value or (nodes[0] is None and nodes[1] == value), path
+        # A field left out of dumps at its default (so that revisions stay as they were) is read from the object.
+        assert nodes[0] == value or (nodes[0] is None and nodes[1] == value) or _field(specs[0], path) == value, path
+
+
+def _field(node: Any, path: str) -> Any:
+    """The value at a CRD path (camelCase names) of a parsed object."""
+    for part in path.split("."):
+        fields = type(node).model_fields
+        node = getattr(node, next(name for name, info in fields.items() if (info.alias or name) == part))
+    return node
 
 
 def _nested_models(annotation: Any) -> list[type[BaseModel]]:
@@ -206,12 +216,29 @@ def test_env_may_not_override_what_the_spec_controls(crd, isvc_factory):
     tensorrt = isvc_factory(runtime={"resources": {"limits": {"nvidia.com/gpu": 1}}})
     tensorrt["spec"]["model"]["optimization"] = {"executionProvider": "tensorrt"}
     workers = isvc_factory(runtime={"workers": 2})
+    # And what the files beside the model, image inputs, a handler and the hook timeouts add.
+    beside = isvc_factory(
+        model={**EVERY_MODEL_FIELD, "version": "1", "uri": "file:///opt/kubeserve/samples/mlp.onnx"},
+        runtime={"preprocessTimeoutSeconds": 5, "postprocessTimeoutSeconds": 5},
+    )
     written = {
         f"KUBESERVE_{name.upper()}"
-        for body in (isvc_factory(), tensorrt, workers)
+        for body in (isvc_factory(), tensorrt, workers, beside)
         for name in runtime_settings(parse(body))
     }
     assert in_cel == set(spec_module.SPEC_CONTROLLED_ENV) == written | {"KUBESERVE_CONFIG"}
+
+
+# spec.model's optional fields beside the model file, each set.
+EVERY_MODEL_FIELD = {
+    "preprocessing": "https://models.example.com/fraud/preprocessing.onnx",
+    "postprocessing": "pvc://models/fraud/postprocessing.onnx",
+    "labels": "file:///opt/kubeserve/labels.txt",
+    "inputs": [
+        {"name": "image", "image": {"resize": [224, 224], "mean": [0.485, 0.456, 0.406], "std": [0.2, 0.2, 0.2]}}
+    ],
+    "handler": {"class": "fraud.handlers:Explain", "uri": "s3://models/fraud/handler.tar.gz"},
+}
 
 
 def _with(path: str, value: Any) -> Callable[[dict], None]:
@@ -384,6 +411,96 @@ INVALID = [
         "spec.runtime.graphOptimizationLevel",
         None,
     ),
+    (
+        "preprocessing over ftp",
+        _with("spec.model.preprocessing", "ftp://host/preprocessing.onnx"),
+        "spec.model.preprocessing",
+        spec_module.MSG_URI,
+    ),
+    (
+        "postprocessing escaping the claim",
+        _with("spec.model.postprocessing", "pvc://claim/../post.onnx"),
+        "spec.model.postprocessing",
+        spec_module.MSG_DOTDOT,
+    ),
+    ("labels without a path", _with("spec.model.labels", "https://host"), "spec.model.labels", spec_module.MSG_URI),
+    (
+        "credentials for no s3 or gs uri",
+        _with(
+            "spec.model",
+            {"version": "1", "uri": "file:///m.onnx", "preprocessing": "https://h/p.onnx", "credentialsSecret": "s"},
+        ),
+        "spec.model.credentialsSecret",
+        spec_module.MSG_CREDENTIALS,
+    ),
+    (
+        "handler code that is not python",
+        _with("spec.model.handler", {"class": "fraud.handlers:Explain", "uri": "https://h/code.rar"}),
+        "spec.model.handler.uri",
+        spec_module.MSG_HANDLER_CODE,
+    ),
+    (
+        "handler code over ftp",
+        _with("spec.model.handler", {"class": "fraud.handlers:Explain", "uri": "ftp://h/code.py"}),
+        "spec.model.handler.uri",
+        spec_module.MSG_URI,
+    ),
+    ("handler without a module", _with("spec.model.handler", {"class": "Explain"}), "spec.model.handler.class", None),
+    (
+        "handler without a class",
+        _with("spec.model.handler", {"uri": "https://h/h.py"}),
+        "spec.model.handler.class",
+        None,
+    ),
+    (
+        "two inputs of one name",
+        _with("spec.model.inputs", [{"name": "image", "image": {}}, {"name": "image", "image": {"layout": "NHWC"}}]),
+        "spec.model.inputs",
+        spec_module.MSG_INPUT_NAMES,
+    ),
+    (
+        "three means for a grey image",
+        _with("spec.model.inputs", [{"name": "image", "image": {"channelOrder": "L", "mean": [0.5, 0.5, 0.5]}}]),
+        "spec.model.inputs",
+        spec_module.MSG_CHANNELS,
+    ),
+    (
+        "one std for a colour image",
+        _with("spec.model.inputs", [{"name": "image", "image": {"std": [0.2]}}]),
+        "spec.model.inputs",
+        spec_module.MSG_CHANNELS,
+    ),
+    (
+        "a std of zero",
+        _with("spec.model.inputs", [{"name": "image", "image": {"std": [0.2, 0, 0.2]}}]),
+        "spec.model.inputs.0.image.std.1",
+        None,
+    ),
+    (
+        "resize to one number",
+        _with("spec.model.inputs", [{"name": "image", "image": {"resize": [224]}}]),
+        "spec.model.inputs.0.image.resize",
+        None,
+    ),
+    (
+        "unknown layout",
+        _with("spec.model.inputs", [{"name": "image", "image": {"layout": "CHW"}}]),
+        "spec.model.inputs.0.image.layout",
+        None,
+    ),
+    ("an input without image", _with("spec.model.inputs", [{"name": "image"}]), "spec.model.inputs.0.image", None),
+    (
+        "no preprocess time",
+        _with("spec.runtime", {"preprocessTimeoutSeconds": 0}),
+        "spec.runtime.preprocessTimeoutSeconds",
+        None,
+    ),
+    (
+        "a postprocess hour and more",
+        _with("spec.runtime", {"postprocessTimeoutSeconds": 3601}),
+        "spec.runtime.postprocessTimeoutSeconds",
+        None,
+    ),
     ("name with capitals", _with("metadata.name", "My_Model"), "metadata.name", None),
     ("name too long", _with("metadata.name", "m" * 64), "metadata.name", None),
     # NAME-<revision> names each revision's Deployment and Service, which must fit 63 characters.
@@ -409,6 +526,43 @@ def test_invalid_objects_are_rejected_by_the_crd_and_the_operator_alike(
             assert any(error.startswith(where) for error in errors), errors
         else:
             assert f"{where}: {message}" in errors
+
+
+# Objects with the fields beside the model that both must accept: each URI scheme, credentials used by one s3:// URI,
+# image inputs of every layout and channel order, a handler with its code or from the image.
+VALID_BESIDE = [
+    ("preprocessing in the image", {"preprocessing": "file:///opt/kubeserve/samples/tabular/preprocessing.onnx"}, {}),
+    (
+        "every field",
+        {
+            **EVERY_MODEL_FIELD,
+            "credentialsSecret": "s3-creds",
+            "inputs": [
+                {"name": "rgb", "image": {"resize": [224, 224], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}},
+                {"name": "grey", "image": {"layout": "NHWC", "channelOrder": "L", "mean": [0.5], "std": [0.5]}},
+                {"name": "bgr", "image": {"channelOrder": "BGR"}},
+            ],
+        },
+        {"preprocessTimeoutSeconds": 0.5, "postprocessTimeoutSeconds": 120},
+    ),
+    (
+        "a handler from the image, code from a pre-signed URL",
+        {"handler": {"class": "handler:Handler"}, "labels": "https://h/labels.txt?X-Amz-Signature=abc"},
+        {},
+    ),
+]
+
+
+@pytest.mark.parametrize(("model", "runtime"), [case[1:] for case in VALID_BESIDE], ids=[c[0] for c in VALID_BESIDE])
+def test_what_goes_beside_the_model_is_accepted_by_the_crd_and_the_operator(
+    crd_validator, isvc_factory, model, runtime
+):
+    body = isvc_factory(runtime=copy.deepcopy(runtime))
+    body["spec"]["model"].update(copy.deepcopy(model))
+
+    assert crd_validator.errors(body) == []
+    # The operator's assessment includes the runtime's own check of the config file it renders.
+    assert assess(body).problems == []
 
 
 @pytest.mark.parametrize(

@@ -11,15 +11,16 @@ import yaml
 from kubernetes.utils import parse_quantity
 from kubeserve.operator import manifests
 from kubeserve.operator.settings import OperatorSettings
+from kubeserve.operator.settings import load_settings as load_operator_settings
 from kubeserve.operator.spec import parse
 from kubeserve.runtime.config import load_settings as load_runtime_settings
 
 SETTINGS = OperatorSettings(cpu_image="registry.example/runtime:1", cuda_image="registry.example/runtime-cuda:1")
 
 
-def render(body: dict) -> dict[str, dict]:
+def render(body: dict, settings: OperatorSettings = SETTINGS) -> dict[str, dict]:
     """Every child manifest by kind, each validated against the real Kubernetes OpenAPI schema (strict)."""
-    children = manifests.children(parse(body), SETTINGS)
+    children = manifests.children(parse(body), settings)
     for manifest in children.manifests:
         kubernetes_validate.validate(manifest, "1.37", strict=True)
     rendered: dict[str, dict] = {}
@@ -77,7 +78,7 @@ def test_cpu_sample_autoscales_above_its_batching_window(samples):
 
 
 def test_runtime_config_is_accepted_by_the_runtime_itself(samples, tmp_path):
-    for name in ("isvc-cpu", "isvc-gpu"):
+    for name in ("isvc-cpu", "isvc-gpu", "isvc-tabular", "isvc-image"):
         path = tmp_path / f"{name}.yaml"
         path.write_text(render(with_uid(samples[name]))["ConfigMap"]["data"]["runtime.yaml"])
         settings = load_runtime_settings({}, {}, path)
@@ -343,3 +344,225 @@ def test_the_hpa_targets_the_scale_subresource_of_its_own_inference_service(isvc
     assert (target["apiVersion"], target["kind"], target["name"]) == (owner["apiVersion"], owner["kind"], "other")
     assert target["kind"] == crd["spec"]["names"]["kind"]
     assert "scale" in crd["spec"]["versions"][0]["subresources"]
+
+
+# --- Files beside the model: graphs composed with it, labels, image inputs, handler code -------------------------
+
+BESIDE = {
+    "version": "1",
+    "uri": "https://models.example.com/fraud/model.onnx",
+    "preprocessing": "https://models.example.com/fraud/preprocessing.onnx",
+    "postprocessing": "pvc://shared-graphs/fraud/postprocessing.onnx",
+    "labels": "s3://models/fraud/labels.txt",
+    "handler": {"class": "fraud.handlers:Explain", "uri": "s3://models/fraud/handler.tar.gz"},
+    "credentialsSecret": "s3-creds",
+    "inputs": [{"name": "photo", "image": {"resize": [224, 224], "channelOrder": "BGR", "mean": [0.4, 0.5, 0.6]}}],
+}
+
+
+def init_containers(rendered: dict[str, dict]) -> dict[str, dict]:
+    return {container["name"]: container for container in pod_spec(rendered).get("initContainers", [])}
+
+
+def volumes(rendered: dict[str, dict]) -> dict[str, dict]:
+    return {volume["name"]: volume for volume in pod_spec(rendered)["volumes"]}
+
+
+def test_the_tabular_sample_composes_its_preprocessing_from_the_image(samples):
+    rendered = render(with_uid(samples["isvc-tabular"]))
+
+    assert list(init_containers(rendered)) == ["optimize-model"]  # no download: both graphs are in the image
+    optimize = init_containers(rendered)["optimize-model"]
+    assert optimize["args"][:3] == ["optimize", "/opt/kubeserve/samples/tabular/model.onnx", "/optimized/model.onnx"]
+    assert optimize["args"][optimize["args"].index("--preprocessing") + 1] == (
+        "/opt/kubeserve/samples/tabular/preprocessing.onnx"
+    )
+    assert "--postprocessing" not in optimize["args"]
+    assert "--precompile" not in optimize["args"]  # composing asks for nothing else
+    assert runtime_config(rendered)["model_path"] == "/optimized/model.onnx"
+    assert "models" not in volumes(rendered)
+
+
+def test_files_beside_the_model_are_fetched_into_models_by_the_one_fetch_container(isvc_factory):
+    rendered = render(isvc_factory(model=copy.deepcopy(BESIDE)))
+
+    assert list(init_containers(rendered)) == ["fetch-model", "optimize-model"]
+    fetch, optimize = init_containers(rendered).values()
+    assert fetch["args"] == [
+        "fetch",
+        "https://models.example.com/fraud/model.onnx",
+        "/models/model.onnx",
+        "https://models.example.com/fraud/preprocessing.onnx",
+        "/models/preprocessing.onnx",
+        "pvc://shared-graphs/fraud/postprocessing.onnx",
+        "/models/postprocessing.onnx",
+        "s3://models/fraud/labels.txt",
+        "/models/labels.txt",
+        "--unpack",
+        "s3://models/fraud/handler.tar.gz",
+        "/models/handler",
+    ]
+    assert fetch["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    # A claim's file is copied from where the fetch reads claims (--pvc-root), mounted read-only for it alone.
+    assert {"name": "claim-0", "mountPath": "/mnt/pvc/shared-graphs", "readOnly": True} in fetch["volumeMounts"]
+    assert volumes(rendered)["claim-0"]["persistentVolumeClaim"] == {"claimName": "shared-graphs", "readOnly": True}
+    assert all(mount["name"] != "claim-0" for mount in runtime_container(rendered)["volumeMounts"])
+    assert volumes(rendered)["models"] == {"name": "models", "emptyDir": {}}
+    # The graphs are composed from where the fetch put them.
+    args = optimize["args"]
+    assert args[:3] == ["optimize", "/models/model.onnx", "/optimized/model.onnx"]
+    assert args[args.index("--preprocessing") + 1] == "/models/preprocessing.onnx"
+    assert args[args.index("--postprocessing") + 1] == "/models/postprocessing.onnx"
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in optimize["volumeMounts"]
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in runtime_container(rendered)["volumeMounts"]
+
+
+def test_the_spec_beside_the_model_maps_to_the_runtimes_settings(isvc_factory):
+    config = runtime_config(
+        render(
+            isvc_factory(
+                model=copy.deepcopy(BESIDE), runtime={"preprocessTimeoutSeconds": 2.5, "postprocessTimeoutSeconds": 10}
+            )
+        )
+    )
+
+    assert config["model_path"] == "/optimized/model.onnx"
+    assert config["labels_path"] == "/models/labels.txt"
+    assert config["image_inputs"] == {
+        "photo": {"resize": [224, 224], "layout": "NCHW", "channel_order": "BGR", "mean": [0.4, 0.5, 0.6]}
+    }
+    assert (config["handler"], config["handler_path"]) == ("fraud.handlers:Explain", "/models/handler")
+    assert (config["preprocess_timeout_seconds"], config["postprocess_timeout_seconds"]) == (2.5, 10)
+
+
+def test_the_rendered_config_beside_the_model_is_accepted_by_the_runtime_itself(isvc_factory, tmp_path):
+    path = tmp_path / "runtime.yaml"
+    path.write_text(render(isvc_factory(model=copy.deepcopy(BESIDE)))["ConfigMap"]["data"]["runtime.yaml"])
+
+    settings = load_runtime_settings({}, {}, path)
+
+    assert str(settings.labels_path) == "/models/labels.txt"
+    assert settings.image_inputs["photo"].channel_order == "BGR"
+    assert (settings.handler, str(settings.handler_path)) == ("fraud.handlers:Explain", "/models/handler")
+
+
+def test_a_model_on_a_claim_is_copied_beside_fetched_files(isvc_factory):
+    model = {"version": "1", "uri": "pvc://model-store/fraud/model.onnx", "labels": "https://h/labels.txt"}
+    rendered = render(isvc_factory(model=model))
+
+    (fetch,) = init_containers(rendered).values()
+    assert fetch["args"] == [
+        "fetch",
+        "pvc://model-store/fraud/model.onnx",
+        "/models/model.onnx",
+        "https://h/labels.txt",
+        "/models/labels.txt",
+    ]
+    assert {"name": "claim-0", "mountPath": "/mnt/pvc/model-store", "readOnly": True} in fetch["volumeMounts"]
+    assert volumes(rendered)["models"] == {"name": "models", "emptyDir": {}}
+    assert runtime_config(rendered)["model_path"] == "/models/model.onnx"
+
+
+def test_files_in_the_image_leave_a_model_on_a_claim_mounted_and_a_handler_from_the_image_fetches_nothing(
+    isvc_factory,
+):
+    model = {
+        "version": "1",
+        "uri": "pvc://model-store/fraud/model.onnx",
+        "postprocessing": "file:///opt/fraud/postprocessing.onnx",
+        "labels": "file:///opt/fraud/labels.txt",
+        "handler": {"class": "fraud.handlers:Explain"},
+    }
+    rendered = render(isvc_factory(model=model))
+
+    (optimize,) = init_containers(rendered).values()
+    assert optimize["args"][optimize["args"].index("--postprocessing") + 1] == "/opt/fraud/postprocessing.onnx"
+    assert volumes(rendered)["models"]["persistentVolumeClaim"] == {"claimName": "model-store", "readOnly": True}
+    config = runtime_config(rendered)
+    assert (config["labels_path"], config["handler"]) == ("/opt/fraud/labels.txt", "fraud.handlers:Explain")
+    assert "handler_path" not in config  # the code is in the image (one built FROM the runtime's)
+
+
+def test_what_goes_beside_the_model_makes_a_revision_and_the_timeouts_default_makes_none(isvc_factory):
+    def revision(**spec) -> str:
+        return manifests.children(parse(isvc_factory(**spec)), SETTINGS).revision
+
+    plain = {"version": "1", "uri": "file:///opt/kubeserve/samples/mlp.onnx"}
+    base = revision(model=plain)
+
+    assert revision(model={**plain, "preprocessing": "file:///opt/pre.onnx"}) != base
+    assert revision(model={**plain, "labels": "file:///opt/labels.txt"}) != base
+    # What the API server fills in is what the operator assumed before: no new revision.
+    assert revision(model=plain, runtime={"preprocessTimeoutSeconds": 30, "postprocessTimeoutSeconds": 30}) == base
+    assert revision(model=plain, runtime={"preprocessTimeoutSeconds": 5}) != base
+
+
+# --- Tracing: the operator's OTEL_* variables, passed on -------------------------------------------------------
+
+IMAGES = {"KUBESERVE_OPERATOR_CPU_IMAGE": SETTINGS.cpu_image, "KUBESERVE_OPERATOR_CUDA_IMAGE": SETTINGS.cuda_image}
+TRACING = {
+    **IMAGES,
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector.observability:4318",
+    "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+    "OTEL_TRACES_SAMPLER_ARG": "0.25",
+}
+
+
+def test_the_operators_otel_variables_reach_the_runtime_with_a_service_and_resource_per_inference_service(
+    isvc_factory, monkeypatch
+):
+    from kubeserve.runtime.server.lifecycle import tracing_configured
+    from opentelemetry.sdk.resources import OTELResourceDetector
+
+    rendered = render(isvc_factory(name="fraud", namespace="risk", model={"version": "2024.06", "uri": "file:///m"}),
+                      load_operator_settings(TRACING))  # fmt: skip
+    env = runtime_container(rendered)["env"]
+
+    assert env == [
+        {"name": "OTEL_RESOURCE_ATTRIBUTES_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://collector.observability:4318"},
+        {"name": "OTEL_RESOURCE_ATTRIBUTES",
+         "value": "k8s.namespace.name=risk,k8s.pod.name=$(OTEL_RESOURCE_ATTRIBUTES_POD_NAME),service.version=2024.06"},
+        {"name": "OTEL_SERVICE_NAME", "value": "fraud"},
+        {"name": "OTEL_TRACES_SAMPLER", "value": "parentbased_traceidratio"},
+        {"name": "OTEL_TRACES_SAMPLER_ARG", "value": "0.25"},
+    ]  # fmt: skip
+    # What the runtime's SDK makes of it, once the kubelet has put the pod's name in.
+    values = {var["name"]: var.get("value", "fraud-2024-06-abc-x1y2z") for var in env}
+    values = {name: value.replace("$(OTEL_RESOURCE_ATTRIBUTES_POD_NAME)", "fraud-2024-06-abc-x1y2z")
+              for name, value in values.items()}  # fmt: skip
+    assert tracing_configured(values)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    assert dict(OTELResourceDetector().detect().attributes) == {
+        "service.name": "fraud",
+        "service.version": "2024.06",
+        "k8s.namespace.name": "risk",
+        "k8s.pod.name": "fraud-2024-06-abc-x1y2z",
+    }
+
+
+def test_the_spec_and_then_the_operator_override_the_tracing_defaults(isvc_factory):
+    settings = load_operator_settings(
+        {**TRACING, "OTEL_SERVICE_NAME": "serving", "OTEL_RESOURCE_ATTRIBUTES": "k8s.cluster.name=prod"}
+    )
+    own = [{"name": "OTEL_TRACES_SAMPLER_ARG", "value": "1"}, {"name": "KUBESERVE_ACCESS_LOG", "value": "true"}]
+    env = runtime_container(render(isvc_factory(runtime={"env": own}), settings))["env"]
+    values = {var["name"]: var.get("value") for var in env}
+
+    assert [var["name"] for var in env].count("OTEL_TRACES_SAMPLER_ARG") == 1
+    assert env[-2:] == own  # the spec's own last, as they were
+    assert values["OTEL_SERVICE_NAME"] == "serving"
+    # The operator's attributes after the defaults: where both name one, OpenTelemetry takes the last.
+    assert values["OTEL_RESOURCE_ATTRIBUTES"].endswith(",service.version=1,k8s.cluster.name=prod")
+
+
+def test_tracing_makes_a_revision_and_an_operator_without_otel_variables_keeps_the_ones_it_had(isvc_factory):
+    def revision(settings: OperatorSettings) -> str:
+        return manifests.children(parse(isvc_factory()), settings).revision
+
+    without = load_operator_settings({**IMAGES, "KUBESERVE_PORT": "tcp://10.0.0.1:80"})
+    assert without.otel_env == {}
+    assert revision(without) == revision(SETTINGS)
+    assert "env" not in runtime_container(render(isvc_factory(), without))
+    assert revision(load_operator_settings(TRACING)) != revision(SETTINGS)

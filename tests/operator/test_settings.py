@@ -63,3 +63,16 @@ def test_flags_override_the_environment_and_unset_flags_do_not():
 def test_a_bad_value_names_its_variable(variable, value):
     with pytest.raises(SettingsError, match=variable):
         load_settings({variable: value})
+
+
+def test_the_otel_variables_are_kept_to_pass_on_and_are_no_setting_of_their_own():
+    settings = load_settings(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+            "OTEL_SERVICE_NAME": "serving",
+            "OTELX": "not OpenTelemetry's",
+            "KUBESERVE_OPERATOR_OTEL_ENV": "{}",  # not a setting: ignored
+        }
+    )
+    assert settings.otel_env == {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_SERVICE_NAME": "serving"}
+    assert load_settings({}).otel_env == {}

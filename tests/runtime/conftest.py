@@ -14,7 +14,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -27,6 +27,9 @@ from kubeserve.runtime.samples import write_sample
 from kubeserve.runtime.server.inference_app import create_app
 from kubeserve.runtime.server.state import LoadedModel, ServerState
 from onnx import TensorProto, helper, numpy_helper
+
+if TYPE_CHECKING:
+    from kubeserve.runtime.server.tracing import Tracing
 
 # Every datatype the protocol carries, with ONNX's element type.
 ELEMENT_TYPES = {
@@ -151,9 +154,23 @@ def build_simple_string(path: Path) -> Path:
     )
 
 
+def build_pixels(path: Path) -> Path:
+    """What an image input becomes: ``image`` FP32 [batch, 3, 32, 48] -> Identity -> ``pixels``."""
+    return _save(
+        helper.make_graph(
+            [helper.make_node("Identity", ["image"], ["pixels"])],
+            "pixels",
+            [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 48])],
+            [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, 32, 48])],
+        ),
+        path,
+    )
+
+
 def build_all(directory: Path) -> dict[str, Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    paths = {name: write_sample(name, directory / f"{name}.onnx") for name in ("tiny", "mlp")}
+    paths = {name: write_sample(name, directory / f"{name}.onnx") for name in ("tiny", "mlp", "cnn")}
+    paths["pixels"] = build_pixels(directory / "pixels.onnx")
     paths["types"] = build_types(directory / "types.onnx")
     paths["pair"] = build_pair(directory / "pair.onnx")
     paths["fixed"] = build_fixed(directory / "fixed.onnx")
@@ -263,9 +280,8 @@ class RuntimeProcess:
         self.process.wait()
 
 
-@pytest.fixture
-def start_runtime(models: dict[str, Path]) -> Iterator[Callable[..., RuntimeProcess]]:
-    """Start ``kubeserve-runtime serve`` on a free port: ``start_runtime("mlp", "--max-batch-size", "8")``."""
+@contextlib.contextmanager
+def _runtimes(models: dict[str, Path]) -> Iterator[Callable[..., RuntimeProcess]]:
     started: list[RuntimeProcess] = []
 
     def start(model: str | None = "mlp", *flags: str, env: dict[str, str] | None = None) -> RuntimeProcess:
@@ -279,6 +295,20 @@ def start_runtime(models: dict[str, Path]) -> Iterator[Callable[..., RuntimeProc
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def start_runtime(models: dict[str, Path]) -> Iterator[Callable[..., RuntimeProcess]]:
+    """Start ``kubeserve-runtime serve`` on a free port: ``start_runtime("mlp", "--max-batch-size", "8")``."""
+    with _runtimes(models) as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def start_module_runtime(models: dict[str, Path]) -> Iterator[Callable[..., RuntimeProcess]]:
+    """``start_runtime`` for servers that a module's tests share."""
+    with _runtimes(models) as start:
+        yield start
 
 
 @pytest.fixture(scope="module")
@@ -366,9 +396,9 @@ async def serve_in_process(
     """Serve a model in this test's event loop on 127.0.0.1, with its compute behind a ``Gate``."""
     listeners: list[tuple[asyncio.Server, ServerState]] = []
 
-    async def start(model: str = "mlp", **settings: Any) -> InProcessServer:
+    async def start(model: str = "mlp", tracing: Tracing | None = None, **settings: Any) -> InProcessServer:
         config = RuntimeSettings(model_path=models[model], model_name=model, **settings)
-        state = ServerState(config, ServerMetrics(model, config.model_version))
+        state = ServerState(config, ServerMetrics(model, config.model_version), tracing=tracing)
         onnx_model = await asyncio.to_thread(OnnxModel.load, config.model_path, config)
         gate = Gate()
         policy = state.batch_policy(onnx_model.signature.batchable)
@@ -383,7 +413,9 @@ async def serve_in_process(
         listener.close()
         if state.loaded is not None:
             state.loaded.batcher.close()
+            state.loaded.model.processing.close()  # a handler's processes
         state.connections.close_all()
+        state.stages.close()
 
 
 def v2_request(name: str, array: np.ndarray, datatype: str = "FP32", **extra: Any) -> dict[str, Any]:

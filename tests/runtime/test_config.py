@@ -118,3 +118,47 @@ def test_every_setting_is_documented_in_the_readme():
     section = readme.split("<!-- runtime:begin -->", 1)[1].split("<!-- runtime:end -->", 1)[0]
     missing = [name for name in RuntimeSettings.model_fields if f"`{name}`" not in section]
     assert not missing, f"README's runtime section does not describe: {missing}"
+
+
+def test_image_inputs_arrive_as_json_from_flags_and_environment_and_as_yaml_from_the_file(tmp_path: Path):
+    given = '{"image": {"resize": [224, 224], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}'
+    from_environment = load_settings(REQUIRED, {"KUBESERVE_IMAGE_INPUTS": given}).image_inputs["image"]
+    assert from_environment.resize == (224, 224)
+    assert (from_environment.layout, from_environment.channel_order) == ("NCHW", "RGB")
+    assert load_settings({**REQUIRED, "image_inputs": given}, {}).image_inputs["image"] == from_environment
+    config = tmp_path / "runtime.yaml"
+    config.write_text("model_path: m.onnx\nmodel_name: m\nimage_inputs:\n  image:\n    channel_order: L\n")
+    assert load_settings({}, {}, config).image_inputs["image"].channel_order == "L"
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"KUBESERVE_IMAGE_INPUTS": "{image: 1}"}, "KUBESERVE_IMAGE_INPUTS: Value error, is not valid JSON"),
+        ({"KUBESERVE_IMAGE_INPUTS": '["image"]'}, "KUBESERVE_IMAGE_INPUTS: Input should be a valid dictionary"),
+        (
+            {"KUBESERVE_IMAGE_INPUTS": '{"image": {"mean": [0.5, 0.5]}}'},
+            "KUBESERVE_IMAGE_INPUTS, at image: Value error, mean has 2 values, but channel_order RGB has 3 channels",
+        ),
+        (
+            {"KUBESERVE_IMAGE_INPUTS": '{"image": {"std": [1, 0, 1]}}'},
+            "KUBESERVE_IMAGE_INPUTS, at image.std.1: Input should be greater than 0",
+        ),
+        (
+            {"KUBESERVE_IMAGE_INPUTS": '{"image": {"layout": "CHW", "size": 3}}'},
+            "KUBESERVE_IMAGE_INPUTS, at image.layout: Input should be 'NCHW' or 'NHWC'",
+        ),
+        ({"KUBESERVE_IMAGE_INPUTS": '{"image": {"size": 3}}'}, "at image.size: Extra inputs are not permitted"),
+        ({"KUBESERVE_IMAGE_INPUTS": '{"image": {"resize": [0, 3]}}'}, "at image.resize.0: Input should be greater"),
+        ({"KUBESERVE_MAX_IMAGE_PIXELS": "0"}, "KUBESERVE_MAX_IMAGE_PIXELS: Input should be greater than or equal to 1"),
+        (
+            {"KUBESERVE_PREPROCESS_TIMEOUT_SECONDS": "0"},
+            "KUBESERVE_PREPROCESS_TIMEOUT_SECONDS: Input should be greater",
+        ),
+        ({"KUBESERVE_POSTPROCESS_TIMEOUT_SECONDS": "-1"}, "KUBESERVE_POSTPROCESS_TIMEOUT_SECONDS: Input should be"),
+    ],
+)
+def test_bad_image_and_stage_settings_are_named(environ: dict[str, str], message: str):
+    with pytest.raises(ConfigError) as raised:
+        load_settings(REQUIRED, environ)
+    assert message in str(raised.value)

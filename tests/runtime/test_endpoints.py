@@ -22,7 +22,9 @@ def test_server_metadata_names_the_extensions(mlp_server):
     metadata = requests.get(f"{mlp_server.url}/v2").json()
     assert metadata["name"] == "kubeserve"
     assert metadata["version"]
-    assert {"binary_tensor_data", "model_configuration", "parameters", "statistics"} <= set(metadata["extensions"])
+    assert {"binary_tensor_data", "classification", "model_configuration", "parameters", "statistics"} <= set(
+        metadata["extensions"]
+    )
 
 
 @pytest.mark.parametrize("path", ["/v2/models/mlp", "/v2/models/mlp/versions/1"])

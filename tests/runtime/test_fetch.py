@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import socket
 import sys
+import tarfile
 import types
+import zipfile
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -390,7 +393,7 @@ def test_the_reason_goes_to_the_termination_message(tmp_path):
     )
 
     assert code == 1
-    assert termination_log.read_text() == f"cannot fetch the model: {tmp_path}/gone.onnx does not exist\n"
+    assert termination_log.read_text() == f"cannot fetch {tmp_path}/model.onnx: {tmp_path}/gone.onnx does not exist\n"
 
 
 def test_no_termination_message_file_is_created(tmp_path):
@@ -488,3 +491,131 @@ def test_retry_delays_double_up_to_a_cap():
 )
 def test_describe_drops_secrets_but_keeps_the_location(uri, shown):
     assert fetch.describe(uri) == shown
+
+
+# --- Several files, and code: --unpack ------------------------------------------------------------------------
+
+
+def run_cli(*argv: str) -> int:
+    return fetch.run(build_parser().parse_args(["fetch", *argv]))
+
+
+def test_several_files_are_fetched_in_one_run_each_to_its_dest(tmp_path, capsys):
+    model, graph = tmp_path / "source-model.onnx", tmp_path / "source-graph.onnx"
+    model.write_bytes(MODEL)
+    graph.write_bytes(OLD_MODEL)
+    dest = tmp_path / "models"
+
+    code = run_cli(model.as_uri(), str(dest / "model.onnx"), graph.as_uri(), str(dest / "preprocessing.onnx"))
+
+    assert code == 0
+    assert (dest / "model.onnx").read_bytes() == MODEL
+    assert (dest / "preprocessing.onnx").read_bytes() == OLD_MODEL
+    completed = [event["dest"] for event in events(capsys.readouterr().err) if event["event"] == "fetch_completed"]
+    assert completed == [str(dest / "model.onnx"), str(dest / "preprocessing.onnx")]
+
+
+def test_a_uri_without_a_dest_is_a_usage_error(tmp_path, capsys):
+    assert run_cli("file:///a.onnx", str(tmp_path / "a.onnx"), "file:///b.onnx") == 2
+    assert "give URI DEST pairs: 'file:///b.onnx' has no DEST" in failure(capsys.readouterr().err)
+    assert run_cli() == 2
+    assert "nothing to fetch" in failure(capsys.readouterr().err)
+
+
+def write_tar(path: Path, members: dict[str, bytes], links: dict[str, str] | None = None) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            archive.addfile(info)
+    return path
+
+
+def write_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+HANDLER = b"class Explain:\n    pass\n"
+
+
+@pytest.mark.parametrize("kind", ["py", "tar.gz", "tgz", "zip"])
+def test_code_is_put_into_its_directory_unpacked_replacing_what_was_there(tmp_path, kind):
+    members = {"fraud/__init__.py": b"", "fraud/handlers.py": HANDLER}
+    source = tmp_path / f"handler.{kind}"
+    if kind == "py":
+        source.write_bytes(HANDLER)
+    elif kind == "zip":
+        write_zip(source, members)
+    else:
+        write_tar(source, members)
+    directory = tmp_path / "models" / "handler"
+    directory.mkdir(parents=True)
+    (directory / "stale.py").write_text("from an earlier revision")
+
+    assert run_cli("--unpack", source.as_uri(), str(directory)) == 0
+
+    found = sorted(str(path.relative_to(directory)) for path in directory.rglob("*.py"))
+    assert found == (["handler.py"] if kind == "py" else ["fraud/__init__.py", "fraud/handlers.py"])
+    assert files_in(directory.parent) == ["handler"], "no temporary directory is left"
+
+
+@pytest.mark.parametrize(
+    ("members", "links", "words"),
+    [
+        ({"../evil.py": HANDLER}, None, "'../evil.py', an absolute path or one with a '..' segment"),
+        ({"/tmp/evil.py": HANDLER}, None, "'/tmp/evil.py', an absolute path or one with a '..' segment"),
+        ({"fraud/../../evil.py": HANDLER}, None, "'fraud/../../evil.py', an absolute path"),
+        (
+            {"handler.py": HANDLER},
+            {"passwd": "/etc/passwd"},
+            "'passwd', a link to '/etc/passwd', outside the directory",
+        ),
+    ],
+    ids=["dot-dot", "absolute", "dot-dot inside", "link out"],
+)
+def test_an_archive_member_outside_its_directory_fails_the_fetch(tmp_path, capsys, members, links, words):
+    source = write_tar(tmp_path / "handler.tar.gz", members, links)
+    directory = tmp_path / "models" / "handler"
+
+    assert run_cli("--unpack", source.as_uri(), str(directory)) == 1
+
+    assert words in failure(capsys.readouterr().err)
+    assert not directory.exists()
+    assert files_in(tmp_path) == ["handler.tar.gz", "models"] and files_in(tmp_path / "models") == []
+
+
+def test_a_zip_member_outside_its_directory_fails_the_fetch(tmp_path, capsys):
+    source = write_zip(tmp_path / "handler.zip", {"ok.py": HANDLER, "..\\evil.py": HANDLER})
+
+    assert run_cli("--unpack", source.as_uri(), str(tmp_path / "handler")) == 1
+
+    assert "'..\\\\evil.py', an absolute path or one with a '..' segment" in failure(capsys.readouterr().err)
+    assert not (tmp_path / "handler").exists()
+
+
+def test_code_that_is_neither_python_nor_an_archive_of_it_is_refused(tmp_path, capsys):
+    source = tmp_path / "handler.rar"
+    source.write_bytes(b"rar")
+
+    assert run_cli("--unpack", source.as_uri(), str(tmp_path / "handler")) == 2
+
+    assert "code must be a .py file or a .tar.gz, .tgz or .zip archive of Python code, not 'handler.rar'" in failure(
+        capsys.readouterr().err
+    )
+
+
+def test_a_broken_archive_is_named(tmp_path, capsys):
+    source = tmp_path / "handler.tar.gz"
+    source.write_bytes(b"not gzip at all")
+
+    assert run_cli("--unpack", source.as_uri(), str(tmp_path / "handler")) == 1
+
+    assert "cannot unpack handler.tar.gz" in failure(capsys.readouterr().err)

@@ -64,6 +64,9 @@ async def test_metrics_add_up(serve_in_process):
     for stage in ("deserialize", "queue", "compute", "serialize", "total"):
         assert _value(samples, "kubeserve_request_duration_seconds_count", stage=stage) == served
         assert _value(samples, "kubeserve_request_duration_seconds_bucket", stage=stage, le="+Inf") == served
+    # No image inputs, no classification asked for: no preprocess or postprocess stage, and no sample of theirs.
+    for stage in ("preprocess", "postprocess"):
+        assert _value(samples, "kubeserve_request_duration_seconds_count", stage=stage) == 0
     assert _value(samples, "kubeserve_queue_delay_seconds_count") == served
     assert _value(samples, "kubeserve_batch_size_sum") == sum(rows) + 2
     assert _value(samples, "kubeserve_batch_size_count") == len(server.gate.batches)

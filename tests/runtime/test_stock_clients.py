@@ -46,6 +46,20 @@ def test_tritonclient_default_request_gets_binary_outputs(triton_client, referen
     np.testing.assert_allclose(result.as_numpy("probabilities"), reference("mlp", {"features": features})[0], rtol=1e-6)
 
 
+def test_tritonclient_asks_for_the_top_classes(triton_client, reference):
+    # Triton's classification extension: class_count=3 answers "value:index" strings, highest first.
+    features = np.random.default_rng(9).random((2, 32), dtype=np.float32)
+    tensor = triton.InferInput("features", list(features.shape), "FP32")
+    tensor.set_data_from_numpy(features)
+    requested = triton.InferRequestedOutput("probabilities", class_count=3)
+    top = triton_client.infer("mlp", [tensor], outputs=[requested]).as_numpy("probabilities")
+    assert top.shape == (2, 3)
+    for strings, probabilities in zip(top, reference("mlp", {"features": features})[0], strict=True):
+        values, indices = zip(*(item.decode().split(":") for item in strings), strict=True)
+        assert [int(index) for index in indices] == np.argsort(-probabilities)[:3].tolist()
+        np.testing.assert_allclose([float(value) for value in values], np.sort(probabilities)[::-1][:3], atol=1e-6)
+
+
 def test_tritonclient_concurrent_async_infer(triton_client, reference):
     rng = np.random.default_rng(7)
     batches = [rng.random((int(rows), 32), dtype=np.float32) for rows in rng.integers(1, 5, size=24)]

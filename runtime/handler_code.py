@@ -1,0 +1,185 @@
+"""The user's handler class (the ``handler`` setting, ``module:Class``) as code: imported with ``handler_path`` first
+on ``sys.path``, what it declares read, made and loaded, and one of its stages called with what it returns checked.
+The same in the server process (a handler run in the stage threads) and in each of a pool's processes
+(``handler_stages``: ``serve`` is such a process's life).
+
+What a stage returns is checked against what it must make, by name, datatype and shape: preprocess the model's
+inputs, postprocess the outputs served. A BYTES tensor may come back as NumPy strings; it goes on as objects.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import numpy as np
+from kubeserve.runtime.datatypes import DATATYPES
+from kubeserve.runtime.handler import HandlerContext, InvalidInput
+from kubeserve.runtime.logs import configure_logging
+from kubeserve.runtime.metrics import POSTPROCESS, PREPROCESS
+from kubeserve.runtime.signature import TensorSpec
+
+log = logging.getLogger("kubeserve.runtime.handler")
+
+Tensors = dict[str, np.ndarray]
+# What each stage must return (its tensors), and what they are called in errors, by stage (the method's name).
+Expected = Mapping[str, tuple[tuple[TensorSpec, ...], str]]
+# A pool's process and the server: what the process says of a call (or, first, of its load).
+READY, ANSWER, INVALID, FAILED = "ready", "answer", "invalid", "failed"
+# How often a pool's process looks whether the server process that started it is still there.
+PARENT_POLL_SECONDS = 1.0
+
+
+class HandlerError(Exception):
+    """The handler cannot be loaded (a failed model load); the message says why."""
+
+
+def handler_failed(name: str, stage: str, error: str) -> None:
+    """The log line of a handler that raised (``error``: the traceback) or could not answer."""
+    log.error("handler failed", extra={"event": "handler_failed", "handler": name, "stage": stage, "error": error})
+
+
+def import_handler(name: str, path: Path | None) -> type:
+    """The class ``name`` (``module:Class``) names, imported with ``path`` first on ``sys.path``."""
+    if path is not None:
+        if not path.is_dir():
+            raise HandlerError(f"handler_path {path} is not a directory")
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+    module_name, _, class_name = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # whatever importing the user's module raises
+        handler_failed(name, "import", traceback.format_exc())
+        raise HandlerError(f"handler {name}: cannot import {module_name}: {type(error).__name__}: {error}") from None
+    handler_class = getattr(module, class_name, None)
+    if not isinstance(handler_class, type):
+        raise HandlerError(f"handler {name}: module {module_name} ({module.__file__}) has no class {class_name}")
+    if not any(callable(getattr(handler_class, stage, None)) for stage in (PREPROCESS, POSTPROCESS)):
+        raise HandlerError(f"handler {name} defines neither preprocess nor postprocess")
+    return handler_class
+
+
+def declared(handler_class: type, name: str, attribute: str, batching: bool) -> tuple[TensorSpec, ...] | None:
+    """The tensors the class's ``inputs`` or ``outputs`` (``attribute``) declare: name -> (datatype, shape); None
+    where it declares none. ``batching``: requests share batches, so each tensor leads with -1, its rows."""
+    value = getattr(handler_class, attribute, None)
+    if value is None:
+        return None
+    where = f"handler {name}: {attribute}"
+    if not isinstance(value, Mapping) or not value:
+        raise HandlerError(f"{where} must map tensor names to (datatype, shape), e.g. {{'text': ('BYTES', [-1])}}")
+    specs = []
+    for tensor, spec in value.items():
+        try:
+            datatype, shape = spec
+            dims = tuple(shape)
+            if not isinstance(tensor, str) or not all(type(dim) is int and dim >= -1 for dim in dims):
+                raise ValueError(tensor, dims)  # refused as a spec that does not unpack is
+            specs.append(TensorSpec(tensor, DATATYPES[datatype], dims))
+        except (TypeError, ValueError, KeyError):
+            raise HandlerError(
+                f"{where}[{tensor!r}] is {spec!r}: it must be (datatype, shape), e.g. ('FP32', [-1, 3]), with a "
+                f"datatype of {', '.join(DATATYPES)} and -1 where a dimension is dynamic"
+            ) from None
+        if batching and dims[:1] != (-1,):
+            raise HandlerError(
+                f"{where}[{tensor!r}] has shape {list(dims)}: the model batches requests, so it must lead with -1 (a "
+                "request's rows), as the model's tensors do"
+            )
+    return tuple(specs)
+
+
+def instantiate(handler_class: type, name: str, context: HandlerContext) -> object:
+    """An instance of the class, its ``load(context)`` called if it has one."""
+    try:
+        handler = handler_class()
+        load = getattr(handler, "load", None)
+        if load is not None:
+            load(context)
+    except Exception as error:  # whatever the user's code raises
+        handler_failed(name, "load", traceback.format_exc())
+        raise HandlerError(f"handler {name} failed to load: {type(error).__name__}: {error}") from None
+    return handler
+
+
+def run_stage(handler: object, stage: str, tensors: Tensors, expected: Expected) -> Tensors:
+    """The handler's ``stage`` (``preprocess`` or ``postprocess``) on one request's tensors, what it made checked
+    (a TypeError or ValueError says how it is wrong)."""
+    made = getattr(handler, stage)(tensors)
+    specs, what = expected[stage]
+    if not isinstance(made, dict):
+        raise TypeError(f"the handler's {stage} returned {type(made).__name__}, not a dict of NumPy arrays")
+    if len(made) != len(specs) or any(spec.name not in made for spec in specs):
+        raise ValueError(
+            f"the handler's {stage} returned {sorted(map(str, made))}; {what} are {[spec.name for spec in specs]}"
+        )
+    checked = {}
+    for spec in specs:
+        array = made[spec.name]
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"the handler's {stage} made '{spec.name}' a {type(array).__name__}, not a NumPy array")
+        if array.dtype != spec.datatype.numpy:
+            if not (spec.datatype.is_bytes and array.dtype.kind in "SU"):
+                raise TypeError(
+                    f"the handler's {stage} made '{spec.name}' of dtype {array.dtype}; it is {spec.datatype.name} "
+                    f"({spec.datatype.numpy}) in {what}"
+                )
+            array = array.astype(object)
+        if not spec.matches(array.shape):
+            raise ValueError(
+                f"the handler's {stage} made '{spec.name}' of shape {list(array.shape)}, which does not fit "
+                f"{list(spec.shape)} in {what}"
+            )
+        checked[spec.name] = array
+    return checked
+
+
+def serve(
+    connection: Connection,
+    parent: int,
+    name: str,
+    path: Path | None,
+    context: HandlerContext,
+    expected: Expected,
+    log_level: str,
+) -> None:
+    """A pool's process: load the handler, say so, then answer each ``(stage, tensors)`` until the server closes
+    the connection (or goes). A terminal's Ctrl-C (SIGINT to the process group) is the server's to act on."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging(log_level, {"handler_process": os.getpid()})
+    threading.Thread(target=_exit_without, args=(parent,), name="parent", daemon=True).start()
+    try:
+        handler = instantiate(import_handler(name, path), name, context)
+    except HandlerError as error:
+        connection.send((FAILED, str(error)))
+        return
+    connection.send((READY, None))
+    while True:
+        try:
+            stage, tensors = connection.recv()
+        except EOFError:  # the server closed the pool
+            return
+        try:
+            answer = (ANSWER, run_stage(handler, stage, tensors, expected))
+        except InvalidInput as error:
+            answer = (INVALID, str(error))
+        except Exception:  # whatever the user's code raises, a broken contract included: its traceback
+            answer = (FAILED, traceback.format_exc())
+        connection.send(answer)
+
+
+def _exit_without(parent: int) -> None:
+    """End this process once the server process that started it has gone (killed, say), whatever it is doing."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)

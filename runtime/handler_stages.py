@@ -1,0 +1,253 @@
+"""A Python handler (the ``handler`` setting), loaded and run as a request's stages: ``Handler`` is what
+``Processing`` calls in the stage threads (``server/stages.py``), under each stage's timeout.
+
+- **In the stage threads** (the default): one instance of the class, loaded in the server process, its methods
+  called by whichever stage thread runs the request (several at once). A call that hangs holds its thread: the
+  request is answered 504 at its timeout, and the thread stays with the call until it returns.
+- **In processes** (``holds_gil = True``): code that holds the GIL would take turns with the event loop, so it runs in
+  a pool of processes of its own (``HandlerProcesses``), one instance loaded in each. As many as the stage threads
+  (one per CPU of this server process's share): a stage thread hands the request's tensors to a free process and
+  waits for the answer. A process still busy at the stage's timeout is killed (its request has had its 504), and so
+  is one that died (a crash: 500); a new one is started in the background and joins the pool once it has loaded.
+  Meanwhile a request that finds no process free waits, within its timeout.
+
+Errors: ``InvalidInput`` is the client's mistake, a 400 with its message. Anything else (the handler raised, returned
+what it must not, or its process died or was killed) is the handler's: one ``handler_failed`` log line with the stage
+and the traceback (or what became of the process), and a 500 whose message says no more.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+from kubeserve.runtime.config import RuntimeSettings
+from kubeserve.runtime.cpus import available_cpus, cpus_per_worker
+from kubeserve.runtime.handler import HandlerContext, InvalidInput
+from kubeserve.runtime.handler_code import (
+    ANSWER,
+    FAILED,
+    INVALID,
+    READY,
+    Expected,
+    HandlerError,
+    Tensors,
+    declared,
+    handler_failed,
+    import_handler,
+    instantiate,
+    run_stage,
+    serve,
+)
+from kubeserve.runtime.metrics import POSTPROCESS, PREPROCESS
+from kubeserve.runtime.protocol.errors import BadRequest, InternalError
+from kubeserve.runtime.signature import ModelSignature
+
+log = logging.getLogger("kubeserve.runtime.handler")
+
+
+class HandlerFailed(Exception):
+    """A stage in a pool's process failed: the message (its traceback, or what became of the process) is the log's."""
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """A loaded handler: what clients see of the model through it, and its stages."""
+
+    name: str  # module:Class
+    signature: ModelSignature  # served: what clients send and get
+    preprocesses: bool
+    postprocesses: bool
+    run: Callable[[str, Tensors], Tensors]  # a stage on one request's tensors, checked: here, or in a pool's process
+    processes: HandlerProcesses | None = None
+
+    def preprocess(self, inputs: Tensors) -> Tensors:
+        return self._stage(PREPROCESS, inputs)
+
+    def postprocess(self, outputs: Tensors) -> Tensors:
+        return self._stage(POSTPROCESS, outputs)
+
+    def _stage(self, stage: str, tensors: Tensors) -> Tensors:
+        try:
+            return self.run(stage, tensors)
+        except InvalidInput as error:
+            raise BadRequest(str(error)) from None
+        except HandlerFailed as error:
+            failure = str(error)
+        except BaseException:  # whatever the user's code raises (sys.exit() too), a broken contract included
+            failure = traceback.format_exc()
+        handler_failed(self.name, stage, failure)
+        raise InternalError(f"the handler's {stage} failed (the server's log says why: event handler_failed)")
+
+    def close(self) -> None:
+        if self.processes is not None:
+            self.processes.close()
+
+
+def load_handler(name: str, settings: RuntimeSettings, inner: ModelSignature) -> Handler:
+    """The class ``name`` (the ``handler`` setting), loaded around ``inner`` (what its preprocess makes and its
+    postprocess gets: the model's tensors, image inputs as BYTES); ``HandlerError`` says why it cannot be."""
+    handler_class = import_handler(name, settings.handler_path)
+    batching = settings.max_batch_size > 0 and inner.batchable
+    inputs = declared(handler_class, name, "inputs", batching)
+    outputs = declared(handler_class, name, "outputs", batching)
+    preprocesses = callable(getattr(handler_class, PREPROCESS, None))
+    postprocesses = callable(getattr(handler_class, POSTPROCESS, None))
+    for what, tensors, stage, defined in (
+        ("inputs", inputs, PREPROCESS, preprocesses),
+        ("outputs", outputs, POSTPROCESS, postprocesses),
+    ):
+        if tensors is not None and not defined:
+            raise HandlerError(f"handler {name} declares {what}, but has no {stage} to make them")
+    served = ModelSignature(inputs=inputs or inner.inputs, outputs=outputs or inner.outputs)
+    expected = {PREPROCESS: (inner.inputs, "the model's inputs"), POSTPROCESS: (served.outputs, "the outputs served")}
+    context = HandlerContext(
+        inner, settings.model_name, settings.model_version, settings.model_path, settings.handler_path
+    )
+    if getattr(handler_class, "holds_gil", False):
+        processes = HandlerProcesses(name, settings, context, expected)
+        return Handler(name, served, preprocesses, postprocesses, processes.call, processes)
+    instance = instantiate(handler_class, name, context)
+    return Handler(name, served, preprocesses, postprocesses, partial(run_stage, instance, expected=expected))
+
+
+@dataclass(eq=False, slots=True)
+class _Process:
+    process: BaseProcess
+    connection: Connection
+
+
+class HandlerProcesses:
+    """The pool of processes a handler with ``holds_gil`` runs in; ``call`` blocks (a stage thread's)."""
+
+    def __init__(self, name: str, settings: RuntimeSettings, context: HandlerContext, expected: Expected) -> None:
+        self._name = name
+        self._arguments = (name, settings.handler_path, context, expected, settings.log_level)
+        self._timeouts = {stage: settings.stage_timeout(stage) for stage in expected}
+        self._spawn = multiprocessing.get_context("spawn")  # nothing of the server is forked
+        self._idle: queue.SimpleQueue[_Process] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._running: set[_Process] = set()
+        self._closed = False
+        started = [self._start() for _ in range(cpus_per_worker(available_cpus(), settings.workers))]
+        try:
+            for each in started:
+                self._loaded(each)
+        except BaseException:
+            self.close()
+            raise
+        for each in started:
+            self._idle.put(each)
+
+    def call(self, stage: str, tensors: Tensors) -> Tensors:
+        """The handler's ``stage`` on one request's tensors, in a free process, within the stage's timeout."""
+        seconds, setting = self._timeouts[stage]
+        deadline = time.monotonic() + seconds
+        try:
+            each = self._idle.get(timeout=seconds)
+        except queue.Empty:
+            raise HandlerFailed(f"no handler process was free within {setting} ({seconds:g} s)") from None
+        try:
+            each.connection.send((stage, tensors))
+            if not each.connection.poll(max(0.0, deadline - time.monotonic())):
+                self._replace(each)
+                raise HandlerFailed(
+                    f"the {stage} stage ran past {setting} ({seconds:g} s): its handler process is killed, and "
+                    "another started"
+                )
+            kind, answer = each.connection.recv()
+        except (OSError, EOFError):  # it died: a broken pipe to it, or the end of its answers
+            self._replace(each)
+            raise HandlerFailed(f"the handler's process died in the {stage} stage; another is started") from None
+        self._idle.put(each)
+        if kind == INVALID:
+            raise InvalidInput(answer)
+        if kind == FAILED:
+            raise HandlerFailed(answer)
+        assert kind == ANSWER
+        return answer
+
+    def close(self) -> None:
+        """Kill every process (idle or busy); none is started after."""
+        with self._lock:
+            self._closed = True
+            running = list(self._running)
+        for each in running:
+            each.process.kill()  # all of them at once, then each reaped
+        for each in running:
+            self._discard(each)
+
+    def _start(self) -> _Process:
+        ours, theirs = self._spawn.Pipe()
+        process = self._spawn.Process(
+            target=serve, args=(theirs, os.getpid(), *self._arguments), name="kubeserve-handler", daemon=True
+        )
+        process.start()
+        theirs.close()
+        started = _Process(process, ours)
+        with self._lock:
+            self._running.add(started)
+        return started
+
+    def _loaded(self, started: _Process) -> None:
+        """Until ``started`` has loaded the handler; ``HandlerError`` if it could not."""
+        try:
+            kind, message = started.connection.recv()
+        except (EOFError, OSError):  # it died (or close() killed it)
+            started.process.join()
+            raise HandlerError(
+                f"handler {self._name}: its process exited (code {started.process.exitcode}) before it loaded"
+            ) from None
+        if kind != READY:
+            raise HandlerError(message)
+
+    def _replace(self, gone: _Process) -> None:
+        """Kill ``gone`` (busy past its timeout, or dead) and start another in the background."""
+        gone.process.kill()
+        threading.Thread(target=self._restart, args=(gone,), name="handler-restart", daemon=True).start()
+
+    def _restart(self, gone: _Process) -> None:
+        self._discard(gone)
+        if self._closed:
+            return
+        facts = {"pid": gone.process.pid, "exit_code": gone.process.exitcode}
+        started = self._start()
+        try:
+            self._loaded(started)
+        except HandlerError as error:
+            self._discard(started)
+            if not self._closed:
+                # Not fatal: the pool goes on with one process fewer (none left: every call waits out its timeout).
+                log.error(
+                    "a handler process could not be replaced",
+                    extra={"event": "handler_process_failed", **facts, "reason": str(error)},
+                )
+            return
+        if self._closed:  # close() came while it loaded
+            self._discard(started)
+            return
+        self._idle.put(started)
+        log.warning(
+            "a handler process was replaced",
+            extra={"event": "handler_process_replaced", **facts, "new_pid": started.process.pid},
+        )
+
+    def _discard(self, each: _Process) -> None:
+        """Kill ``each``, reap it and close its connection, once: close() and a restart may both come to it."""
+        with self._lock:
+            if each not in self._running:
+                return
+            self._running.remove(each)
+        each.process.kill()
+        each.process.join()
+        each.connection.close()

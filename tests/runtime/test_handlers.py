@@ -1,0 +1,350 @@
+"""Python handlers (the ``handler`` and ``handler_path`` settings): a user's class in front of the sample MLP, loaded
+from tests/runtime/user_handlers/ as code fetched beside the model would be, and served by real servers on 127.0.0.1;
+answers are read as the client sees them and compared with in-process ONNX Runtime on the features the test counts
+itself. The handler's own stages, in the stage threads and in a pool of processes; its errors, hangs and crashes;
+its load errors; the settings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from kubeserve.runtime.config import ConfigError, RuntimeSettings, load_settings
+from kubeserve.runtime.model import ModelLoadError, OnnxModel
+from kubeserve.runtime.protocol.errors import GatewayTimeout, InternalError
+from kubeserve.runtime.server.stages import StageRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from wire import Answer, Client, assert_error, request  # bench/, put on sys.path above
+
+HANDLERS = Path(__file__).resolve().parent / "user_handlers"
+VOCABULARY = (HANDLERS / "vocabulary.txt").read_text().split()
+TOPICS = [f"topic-{index}" for index in range(10)]
+FAILED = "the handler's preprocess failed (the server's log says why: event handler_failed)"
+
+
+def handler(name: str) -> tuple[str, ...]:
+    """The flags that load ``words_handler``'s class ``name`` from its folder."""
+    return ("--handler", f"words_handler:{name}", "--handler-path", str(HANDLERS))
+
+
+def texts_request(*texts: str, outputs: list[str] | None = None) -> bytes:
+    document: dict[str, Any] = {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]}
+    if outputs is not None:
+        document["outputs"] = [{"name": name} for name in outputs]
+    return json.dumps(document).encode()
+
+
+async def post(server: Any, body: bytes, path: str = "/v2/models/mlp/infer") -> Answer:
+    client = await Client.connect(server.url)
+    try:
+        client.send(request("POST", path, body))
+        return await client.answer("POST")
+    finally:
+        await client.close()
+
+
+def expected(reference, *texts: str) -> tuple[list[str], np.ndarray]:
+    """The topic and probability of each text: its words counted into the MLP's features (a word's feature its line
+    in the vocabulary), run by in-process ONNX Runtime."""
+    features = np.zeros((len(texts), 32), np.float32)
+    for row, text in zip(features, texts, strict=True):
+        for word in text.split():
+            if word in VOCABULARY:
+                row[VOCABULARY.index(word)] += 1
+    (probabilities,) = reference("mlp", {"features": features})
+    return [TOPICS[index] for index in probabilities.argmax(axis=1)], probabilities.max(axis=1)
+
+
+def outputs(answer: Answer) -> dict[str, dict]:
+    assert answer.status == 200, answer.body
+    return {output["name"]: output for output in answer.json()["outputs"]}
+
+
+@pytest.fixture(scope="module")
+def words_server(start_module_runtime):
+    """The MLP behind the Words handler, in the stage threads."""
+    return start_module_runtime("mlp", *handler("Words")).wait_ready()
+
+
+@pytest.fixture(scope="module")
+def pool_server(start_module_runtime):
+    """The MLP behind the same handler in a pool of processes (holds_gil), a stage's timeout 2 s."""
+    return start_module_runtime("mlp", *handler("WordsInProcesses"), "--preprocess-timeout-seconds", "2").wait_ready()
+
+
+# -- text in, topics out -------------------------------------------------------------------------------------------
+
+
+async def test_a_handler_serves_text_to_the_mlp_and_its_topics_back(words_server, reference):
+    texts = ("cat dog cat", "fish", "bird bird frog ship and more")
+    topics, probabilities = expected(reference, *texts)
+
+    answer = await post(words_server, texts_request(*texts))
+    served = outputs(answer)
+    assert served["topic"] == {"name": "topic", "datatype": "BYTES", "shape": [3], "data": topics}
+    assert (served["probability"]["datatype"], served["probability"]["shape"]) == ("FP32", [3])
+    np.testing.assert_allclose(served["probability"]["data"], probabilities, rtol=1e-5)
+    stages = [part.split(";")[0].strip() for part in answer.headers["server-timing"].split(",")]
+    assert stages == ["deserialize", "preprocess", "queue", "compute", "postprocess", "serialize", "total"]
+
+    # What the client asks for, of what the handler serves.
+    assert list(outputs(await post(words_server, texts_request(*texts, outputs=["probability"])))) == ["probability"]
+
+    # KServe V1: each instance a text, each prediction the outputs by name.
+    answer = await post(words_server, json.dumps({"instances": list(texts)}).encode(), "/v1/models/mlp:predict")
+    assert answer.status == 200, answer.body
+    predictions = answer.json()["predictions"]
+    assert [prediction["topic"] for prediction in predictions] == topics
+    np.testing.assert_allclose([prediction["probability"] for prediction in predictions], probabilities, rtol=1e-5)
+
+
+def test_stock_clients_see_what_the_handler_serves(words_server, reference):
+    client = triton.InferenceServerClient(words_server.address)
+    try:
+        metadata = client.get_model_metadata("mlp")
+        assert metadata["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+        assert metadata["outputs"] == [
+            {"name": "topic", "datatype": "BYTES", "shape": [-1]},
+            {"name": "probability", "datatype": "FP32", "shape": [-1]},
+        ]
+        text = triton.InferInput("text", [2], "BYTES")
+        text.set_data_from_numpy(np.array([b"horse truck", b"frog"], dtype=object))  # binary, tritonclient's way
+        result = client.infer("mlp", [text])
+        topics, probabilities = expected(reference, "horse truck", "frog")
+        assert [topic.decode() for topic in result.as_numpy("topic")] == topics
+        np.testing.assert_allclose(result.as_numpy("probability"), probabilities, rtol=1e-5)
+    finally:
+        client.close()
+
+
+async def test_a_handler_that_renames_nothing_serves_the_models_signature(start_runtime, reference):
+    server = start_runtime("mlp", *handler("Doubled")).wait_ready()
+    client = await Client.connect(server.url)
+    try:
+        client.send(request("GET", "/v2/models/mlp"))
+        metadata = (await client.answer()).json()
+    finally:
+        await client.close()
+    assert metadata["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 32]}]
+    assert metadata["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
+
+    x = np.arange(64, dtype=np.float32).reshape(2, 32) / 64
+    body = {"inputs": [{"name": "features", "shape": [2, 32], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    served = outputs(await post(server, json.dumps(body).encode()))["probabilities"]
+    (want,) = reference("mlp", {"features": x * 2})
+    np.testing.assert_allclose(np.reshape(served["data"], served["shape"]), want, rtol=1e-5)
+    assert server.wait_for_event("model_ready")["handler"] == "words_handler:Doubled"
+
+
+# -- errors: the client's (400), the handler's (500), and the server goes on ----------------------------------------
+
+
+async def test_invalid_input_is_a_400_a_failure_a_500_and_the_server_goes_on(words_server):
+    assert_error(await post(words_server, texts_request("cat", "a zebra")), 400, "text 1 has no word of the vocabulary")
+
+    for text, logged in (
+        ("cat boom", "ZeroDivisionError: division by zero"),
+        ("float64 cat", "the handler's preprocess made 'features' of dtype float64; it is FP32 (float32) in the "
+         "model's inputs"),
+    ):  # fmt: skip
+        answer = await post(words_server, texts_request(text))
+        assert_error(answer, 500, FAILED)
+        assert answer.json() == {"error": FAILED}  # nothing of the handler's inside goes out
+        event = next(e for e in reversed(words_server.events) if e.get("event") == "handler_failed")
+        assert (event["level"], event["stage"], event["handler"]) == ("ERROR", "preprocess", "words_handler:Words")
+        assert event["error"].startswith("Traceback (most recent call last):")
+        assert logged in event["error"]
+        assert outputs(await post(words_server, texts_request("cat")))["topic"]["shape"] == [1]
+
+
+def test_a_postprocess_that_breaks_its_contract_fails_the_request(models, caplog):
+    settings = RuntimeSettings(
+        model_path=models["mlp"], model_name="mlp", handler="words_handler:MissesAnOutput", handler_path=HANDLERS
+    )
+    model = OnnxModel.load(models["mlp"], settings)
+    processing = model.processing
+    feeds = processing.preprocess({"text": np.array([b"cat"], dtype=object)})
+    with caplog.at_level(logging.ERROR), pytest.raises(InternalError, match="the handler's postprocess failed"):
+        processing.postprocess(model.run(feeds, None), {})
+    (record,) = [r for r in caplog.records if getattr(r, "event", None) == "handler_failed"]
+    assert record.stage == "postprocess"
+    assert "returned ['topic']; the outputs served are ['topic', 'probability']" in record.error
+
+
+# -- a handler that hangs: 504 naming the stage, and the others are answered ----------------------------------------
+
+
+async def test_a_hung_handler_is_a_504_and_holds_nobody_up(serve_in_process, monkeypatch):
+    # Two stage threads, whatever this machine has: one held, one free.
+    monkeypatch.setattr("kubeserve.runtime.server.stages.available_cpus", lambda: 2)
+    server = await serve_in_process(
+        "mlp", handler="words_handler:Words", handler_path=HANDLERS, preprocess_timeout_seconds=0.5
+    )
+    import words_handler  # the server's own module: its handler_path is on sys.path now
+
+    words_handler.HUNG.clear()
+    words_handler.RELEASE.clear()
+    try:
+        started = time.monotonic()
+        held = asyncio.create_task(post(server, texts_request("hang cat")))
+        assert await asyncio.to_thread(words_handler.HUNG.wait, 30)
+        # While that one hangs in its thread, another request is preprocessed, batched and answered.
+        assert outputs(await post(server, texts_request("dog")))["topic"]["shape"] == [1]
+        assert not held.done()
+
+        answer = await held
+        assert_error(answer, 504, "the preprocess stage took longer than preprocess_timeout_seconds (0.5 s)")
+        assert 0.5 <= time.monotonic() - started < 10
+    finally:
+        words_handler.RELEASE.set()  # the late call returns in its thread; its result is dropped
+    assert outputs(await post(server, texts_request("fish")))["topic"]["shape"] == [1]
+
+
+async def test_a_stage_answered_while_it_waited_for_a_thread_never_runs(monkeypatch):
+    monkeypatch.setattr("kubeserve.runtime.server.stages.available_cpus", lambda: 1)  # one stage thread
+    stages = StageRunner(RuntimeSettings(model_path="m.onnx", model_name="m", preprocess_timeout_seconds=0.2))
+    entered, release, ran = threading.Event(), threading.Event(), []
+
+    def hold() -> None:
+        entered.set()
+        release.wait(30)
+
+    try:
+        held = asyncio.create_task(stages.run("preprocess", hold))
+        assert await asyncio.to_thread(entered.wait, 30)
+        with pytest.raises(GatewayTimeout, match="the preprocess stage took longer than"):
+            await stages.run("preprocess", ran.append, "late")  # waits behind the held one, past its timeout
+        with pytest.raises(GatewayTimeout):
+            await held
+        release.set()
+        assert await stages.run("preprocess", ran.append, "next") is None
+        assert ran == ["next"]
+    finally:
+        release.set()
+        stages.close()
+
+
+# -- a handler that holds the GIL, in a pool of processes ------------------------------------------------------------
+
+
+async def test_a_handler_that_holds_the_gil_runs_in_its_own_processes(pool_server, reference):
+    loaded = pool_server.wait_for_events("handler_loaded", 1)
+    assert pool_server.process.pid not in {event["pid"] for event in loaded}  # each process loaded its own instance
+
+    texts = ("cat dog cat", "ship")
+    topics, probabilities = expected(reference, *texts)
+    served = outputs(await post(pool_server, texts_request(*texts)))
+    assert served["topic"]["data"] == topics
+    np.testing.assert_allclose(served["probability"]["data"], probabilities, rtol=1e-5)
+
+    assert_error(await post(pool_server, texts_request("a zebra")), 400, "text 0 has no word of the vocabulary")
+    assert_error(await post(pool_server, texts_request("cat boom")), 500, FAILED)
+    event = next(e for e in reversed(pool_server.events) if e.get("event") == "handler_failed")
+    assert event["stage"] == "preprocess" and "ZeroDivisionError" in event["error"]  # the traceback, from its process
+
+
+async def test_a_crashed_or_hung_process_is_replaced(pool_server):
+    assert_error(await post(pool_server, texts_request("crash cat")), 500, FAILED)
+    replaced = pool_server.wait_for_events("handler_process_replaced", 1)[-1]
+    assert replaced["exit_code"] == 3
+
+    started = time.monotonic()
+    answer = await post(pool_server, texts_request("hang cat"))
+    assert_error(answer, 504, "the preprocess stage took longer than preprocess_timeout_seconds (2 s)")
+    assert 2 <= time.monotonic() - started < 10
+    replaced = pool_server.wait_for_events("handler_process_replaced", 2)[-1]
+    assert replaced["exit_code"] == -9  # killed: it was still busy at the timeout
+    for text in ("cat", "dog", "fish"):
+        assert outputs(await post(pool_server, texts_request(text)))["topic"]["shape"] == [1]
+
+
+async def test_while_a_process_hangs_the_others_answer(serve_in_process, monkeypatch):
+    monkeypatch.setattr("kubeserve.runtime.handler_stages.available_cpus", lambda: 2)  # two processes
+    monkeypatch.setattr("kubeserve.runtime.server.stages.available_cpus", lambda: 2)
+    server = await serve_in_process(
+        "mlp", handler="words_handler:WordsInProcesses", handler_path=HANDLERS, preprocess_timeout_seconds=1.0
+    )
+    held = asyncio.create_task(post(server, texts_request("hang cat")))
+    await asyncio.sleep(0.2)
+    assert outputs(await post(server, texts_request("dog")))["topic"]["shape"] == [1]
+    assert_error(await held, 504, "the preprocess stage took longer than preprocess_timeout_seconds (1 s)")
+
+
+# -- load errors, and the settings -----------------------------------------------------------------------------------
+
+LOAD_ERRORS = {
+    "no such module": ("no_such_module:Handler", "handler no_such_module:Handler: cannot import no_such_module: "
+                       "ModuleNotFoundError: No module named 'no_such_module'"),
+    "no such class": ("words_handler:Missing", "handler words_handler:Missing: module words_handler ("),
+    "no stage": ("words_handler:NoStage", "handler words_handler:NoStage defines neither preprocess nor postprocess"),
+    "load raises": ("words_handler:FailsToLoad", "handler words_handler:FailsToLoad failed to load: RuntimeError: the "
+                    "vocabulary is missing"),
+    "load raises in a process": ("words_handler:FailsToLoadInProcesses", "handler words_handler:FailsToLoadInProcesses "
+                                 "failed to load: RuntimeError: the vocabulary is missing"),
+    "an unknown datatype": ("words_handler:BadDatatype", "handler words_handler:BadDatatype: inputs['text'] is "
+                            "('STRING', [-1]): it must be (datatype, shape)"),
+    "no rows": ("words_handler:NoRows", "handler words_handler:NoRows: inputs['text'] has shape [1]: the model batches "
+                "requests, so it must lead with -1"),
+    "outputs nothing makes": ("words_handler:OutputsWithoutPostprocess",
+                              "handler words_handler:OutputsWithoutPostprocess declares outputs, but has no postprocess"
+                              " to make them"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "message"), LOAD_ERRORS.values(), ids=LOAD_ERRORS)
+def test_a_handler_that_cannot_load_fails_the_model_load(models, name, message):
+    settings = RuntimeSettings(model_path=models["mlp"], model_name="mlp", handler=name, handler_path=HANDLERS)
+    with pytest.raises(ModelLoadError) as raised:
+        OnnxModel.load(models["mlp"], settings)
+    assert str(raised.value).startswith(message)
+
+
+def test_handler_path_must_be_a_directory(models, tmp_path):
+    settings = RuntimeSettings(
+        model_path=models["mlp"], model_name="mlp", handler="words_handler:Words", handler_path=tmp_path / "none"
+    )
+    with pytest.raises(ModelLoadError, match=r"handler_path .*none is not a directory"):
+        OnnxModel.load(models["mlp"], settings)
+
+
+def test_the_real_server_exits_3_naming_the_handler(start_runtime):
+    server = start_runtime("mlp", *handler("FailsToLoad"), "--load-failure-exit-seconds", "0")
+    event = server.wait_for_event("model_load_failed")
+    assert (
+        event["reason"] == "handler words_handler:FailsToLoad failed to load: RuntimeError: the vocabulary is missing"
+    )
+    failed = server.wait_for_event("handler_failed")
+    assert failed["stage"] == "load" and "RuntimeError: the vocabulary is missing" in failed["error"]
+    assert server.wait() == 3
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"handler": "words_handler"}, "--handler: String should match pattern"),
+        ({"handler": "words handler:Words"}, "--handler: String should match pattern"),
+        ({"handler_path": "/models/handler"}, "handler_path /models/handler is set without handler"),
+    ],
+)
+def test_bad_handler_settings_are_named(given: dict[str, str], message: str):
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"model_path": "m.onnx", "model_name": "m", **given}, {})
+    assert message in str(raised.value)
+
+
+def test_handler_settings_come_from_flags_environment_and_file(tmp_path):
+    config = tmp_path / "runtime.yaml"
+    config.write_text("model_path: m.onnx\nmodel_name: m\nhandler: fraud.handlers:Explain\n")
+    settings = load_settings({}, {"KUBESERVE_HANDLER_PATH": "/models/handler"}, config)
+    assert (settings.handler, settings.handler_path) == ("fraud.handlers:Explain", Path("/models/handler"))
+    assert load_settings({"handler": "a.b:C"}, {}, config).handler == "a.b:C"

@@ -1,0 +1,105 @@
+"""Python handlers as a user writes them, loaded by the tests from this folder (``handler_path``) in front of the sample
+MLP (``features`` FP32 [batch, 32] -> ``probabilities`` FP32 [batch, 10]): text in, a topic and its probability out.
+
+A text's words are counted into the model's features, a word's feature its line in ``vocabulary.txt`` (shipped
+beside this code, read by ``load``); words not in it count for nothing. Some words make the handler misbehave, for
+the tests: ``boom`` raises, ``float64`` returns the wrong dtype, ``hang`` waits for ``RELEASE`` (set by a test in the
+server's process; a pool's process never sees it), ``crash`` ends the process (in a pool only: in the stage threads it
+would end the server).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import numpy as np
+from kubeserve.runtime.handler import HandlerContext, InvalidInput
+
+log = logging.getLogger("words_handler")
+TOPICS = [f"topic-{index}" for index in range(10)]
+HUNG = threading.Event()  # a text with "hang" is being preprocessed
+RELEASE = threading.Event()  # lets it go on
+
+
+class Words:
+    inputs = {"text": ("BYTES", [-1])}
+    outputs = {"topic": ("BYTES", [-1]), "probability": ("FP32", [-1])}
+
+    def load(self, context: HandlerContext) -> None:
+        spec = context.signature.input("features")
+        assert spec is not None and context.handler_path is not None
+        self.width = spec.shape[1]
+        words = (context.handler_path / "vocabulary.txt").read_text().split()
+        self.vocabulary = {word: index for index, word in enumerate(words)}
+        log.info("loaded", extra={"event": "handler_loaded", "pid": os.getpid(), "model": context.model_name})
+
+    def preprocess(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        texts = [text.decode() if isinstance(text, bytes) else str(text) for text in inputs["text"]]
+        features = np.zeros((len(texts), self.width), np.float32)
+        for index, (row, text) in enumerate(zip(features, texts, strict=True)):
+            known = [self.vocabulary[word] for word in text.split() if word in self.vocabulary]
+            if not known:
+                raise InvalidInput(f"text {index} has no word of the vocabulary")
+            np.add.at(row, known, 1)
+            words = set(text.split())
+            if "boom" in words:
+                _ = 1 / 0
+            if "hang" in words:
+                HUNG.set()
+                RELEASE.wait(60)
+            if "crash" in words:
+                os._exit(3)
+            if "float64" in words:
+                return {"features": features.astype(np.float64)}
+        return {"features": features}
+
+    def postprocess(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        probabilities = outputs["probabilities"]
+        return {
+            "topic": np.array([TOPICS[index] for index in probabilities.argmax(axis=1)]),  # NumPy strings: allowed
+            "probability": probabilities.max(axis=1),
+        }
+
+
+class WordsInProcesses(Words):
+    holds_gil = True
+
+
+class Doubled:
+    """Changes no tensor's name: the model's signature is served."""
+
+    def preprocess(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"features": inputs["features"] * np.float32(2)}
+
+
+class MissesAnOutput(Words):
+    def postprocess(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"topic": np.array(["none"] * len(outputs["probabilities"]), dtype=object)}
+
+
+class FailsToLoad(Words):
+    def load(self, context: HandlerContext) -> None:
+        raise RuntimeError("the vocabulary is missing")
+
+
+class FailsToLoadInProcesses(FailsToLoad):
+    holds_gil = True
+
+
+class NoStage:
+    def load(self, context: HandlerContext) -> None:
+        pass
+
+
+class BadDatatype(Words):
+    inputs = {"text": ("STRING", [-1])}
+
+
+class NoRows(Words):
+    inputs = {"text": ("BYTES", [1])}
+
+
+class OutputsWithoutPostprocess(Doubled):
+    outputs = {"topic": ("BYTES", [-1])}
