@@ -42,7 +42,7 @@ def test_the_crd_names_printer_columns_and_status(crd):
     assert list(columns) == ["Ready", "URL", "Version", "Canary", "Rollout", "Replicas", "Age"]
     assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     assert columns["URL"]["jsonPath"] == ".status.url"
-    # The version serving and the rollout's weight and phase, as the operator writes them (status_fields).
+    # The version serving and the rollout's weight and phase, as the operator writes them (status.owned_status).
     assert columns["Version"]["jsonPath"] == ".status.servingVersion"
     assert (columns["Canary"]["jsonPath"], columns["Rollout"]["jsonPath"]) == (
         ".status.rollout.weight",
