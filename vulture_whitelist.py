@@ -63,6 +63,7 @@ _.pytestmark
 # tests' (bench/noop_handler.py, tests/runtime/user_handlers/words_handler.py).
 _.NoOp
 _.WordsInProcesses
+_.BatchedInProcesses
 _.MissesAnOutput
 _.FailsToLoadInProcesses
 _.NoStage

@@ -1,5 +1,12 @@
 """The operator's own settings, from ``KUBESERVE_OPERATOR_<NAME>`` environment variables (flags may override), and
-the ``OTEL_*`` variables it passes on to the runtime pods."""
+the ``OTEL_*`` variables it passes on to the runtime pods.
+
+Only OpenTelemetry's exporter, sampler and batch-processor settings are passed on (``OTEL_FORWARDED``,
+``OTEL_FORWARDED_PREFIXES``): never the operator's own identity (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``,
+and ``OTEL_RESOURCE_ATTRIBUTES_POD_NAME``, the operator pod's name, which the OpenTelemetry Operator injects and which
+would change every revision at each operator restart), whose runtime values the operator sets per InferenceService,
+and never a secret (``*HEADERS*``: the pods' spec is plain text; those go in ``spec.runtime.env`` with
+``valueFrom.secretKeyRef``)."""
 
 from __future__ import annotations
 
@@ -13,8 +20,24 @@ from kubeserve.runtime.config import describe_validation_error, settings_from_en
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "KUBESERVE_OPERATOR_"
-# OpenTelemetry's variables: the operator's own go into every runtime container (README "Tracing").
-OTEL_PREFIX = "OTEL_"
+# OpenTelemetry's variables the operator passes on from its own environment to every runtime container (README
+# "Tracing"): where and how spans are exported and sampled. The chart sets OTEL_EXPORTER_OTLP_ENDPOINT
+# (tracing.otlpEndpoint) and any of these (tracing.env).
+OTEL_FORWARDED = frozenset(
+    {
+        "OTEL_SDK_DISABLED",
+        "OTEL_TRACES_EXPORTER",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
+    }
+)
+OTEL_FORWARDED_PREFIXES = ("OTEL_BSP_",)  # the batch span processor's
 
 # An in-cluster address as host:port (the KEDA HTTP add-on's services).
 HOST_PORT = r"^[a-z0-9.-]+:[0-9]+$"
@@ -93,8 +116,14 @@ class OperatorSettings(BaseModel):
 
     otel_env: dict[str, str] = Field(
         default_factory=dict,
-        description="the operator's own OTEL_* environment variables, which every runtime container gets (tracing)",
+        description="the operator's own OTEL_* exporter settings (OTEL_FORWARDED), which every runtime container gets "
+        "(tracing)",
     )
+
+    @field_validator("otel_env")
+    @classmethod
+    def _forwarded_only(cls, value: dict[str, str]) -> dict[str, str]:
+        return {name: setting for name, setting in value.items() if otel_forwarded(name)}
 
     @field_validator("namespaces", mode="before")
     @classmethod
@@ -104,6 +133,11 @@ class OperatorSettings(BaseModel):
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
+
+
+def otel_forwarded(name: str) -> bool:
+    """Whether the operator's ``name`` variable goes on to the runtime containers (never a header: secrets)."""
+    return "HEADERS" not in name and (name in OTEL_FORWARDED or name.startswith(OTEL_FORWARDED_PREFIXES))
 
 
 # The settings read from KUBESERVE_OPERATOR_<NAME>: all but otel_env, which the OTEL_* variables themselves make.
@@ -117,7 +151,7 @@ def env_name(setting: str) -> str:
 def load_settings(environ: Mapping[str, str], overrides: Mapping[str, object] | None = None) -> OperatorSettings:
     """Settings from the environment, then ``overrides`` (flags) on top; unset overrides are None."""
     values: dict[str, object] = dict(settings_from_environment(environ, SETTING_NAMES, ENV_PREFIX))
-    values["otel_env"] = {name: value for name, value in environ.items() if name.startswith(OTEL_PREFIX)}
+    values["otel_env"] = {name: value for name, value in environ.items() if otel_forwarded(name)}
     values.update({name: value for name, value in (overrides or {}).items() if value is not None})
     try:
         return OperatorSettings.model_validate(values)

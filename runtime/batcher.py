@@ -10,6 +10,11 @@ arrival; a request still queued at its deadline leaves the queue rejected (``Rej
 costs no compute. A full queue rejects at once. Priority 1 is served first, then 2, ...; requests without one come last.
 
 Everything but the compute itself runs on the event loop, so the queue needs no locks.
+
+A batch's compute may run code around the model on the batch's stacked rows (``preprocess``, ``postprocess``: a
+batched Python handler's stages). Its time is the compute's, split as Triton's statistics report it (preprocess in
+``compute_input``, postprocess in ``compute_output``); such a compute always runs in a worker thread, never on the
+loop, whatever ``ComputeCosts`` measures. A ``BadRequest`` it raises answers every request of the batch 400.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
 RunModel = Callable[[dict[str, np.ndarray], Sequence[str] | None], Outputs]
+BatchStage = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 # Requests that name no priority are served after every level that is named.
 UNPRIORITISED = sys.maxsize
@@ -133,9 +139,20 @@ class ComputeCosts:
 
 class DynamicBatcher:
     def __init__(
-        self, run_model: RunModel, policy: BatchPolicy, metrics: ServerMetrics, costs: ComputeCosts | None = None
+        self,
+        run_model: RunModel,
+        policy: BatchPolicy,
+        metrics: ServerMetrics,
+        costs: ComputeCosts | None = None,
+        *,
+        preprocess: BatchStage | None = None,
+        postprocess: BatchStage | None = None,
     ) -> None:
         self._run_model = run_model
+        self._preprocess = preprocess
+        self._postprocess = postprocess
+        # User code around the model is never run on the loop, however cheap the compute measures.
+        self._may_inline = preprocess is None and postprocess is None
         self.policy = policy
         self._metrics = metrics
         self._preferred = frozenset(policy.preferred_batch_size)
@@ -206,7 +223,14 @@ class DynamicBatcher:
             future=self._loop.create_future(),
             queued=now,
         )
-        if alone and not self._queued and not self._computing and not self._delay and self._costs.cheap:
+        if (
+            alone
+            and not self._queued
+            and not self._computing
+            and not self._delay
+            and self._may_inline
+            and self._costs.cheap
+        ):
             return self._compute_alone(job), job
         self._admit(job)
         try:
@@ -349,7 +373,7 @@ class DynamicBatcher:
         self._computing += 1
         wanted = [job.output_names for job in batch]
         names = None if None in wanted else sorted(frozenset().union(*wanted))
-        if self._costs.inline():
+        if self._may_inline and self._costs.inline():
             # Cheaper than the two thread wake-ups it would take (measured: ComputeCosts): computed on the loop.
             done: asyncio.Future[list[Outputs]] = self._loop.create_future()
             try:
@@ -387,23 +411,28 @@ class DynamicBatcher:
         self._finish(batch, done)
 
     def _compute(self, batch: list[Job], names: list[str] | None) -> list[Outputs]:
-        """Runs in a worker thread: stack the requests, run the model, split the outputs back."""
+        """Runs in a worker thread: stack the requests, preprocess, run the model, postprocess, split the outputs."""
         # Compute starts here, not at dispatch: waiting for a worker thread (and the GIL) is still waiting.
         started = time.perf_counter()
         for job in batch:
             job.started = started  # set now: a failed batch still reports its queue delay
         if len(batch) == 1:
+            feeds = batch[0].feeds
             inferring = started
-            outputs = self._run_model(batch[0].feeds, names)
-            inferred = time.perf_counter()
-            total = batch[0].rows
-            per_job = [outputs]
         else:
             feeds = {name: np.concatenate([job.feeds[name] for job in batch]) for name in batch[0].feeds}
             inferring = time.perf_counter()
-            outputs = self._run_model(feeds, names)
-            inferred = time.perf_counter()
-            total = sum(job.rows for job in batch)
+        if self._preprocess is not None:
+            feeds = self._preprocess(feeds)
+            inferring = time.perf_counter()
+        outputs = self._run_model(feeds, names)
+        inferred = time.perf_counter()
+        if self._postprocess is not None:
+            outputs = self._postprocess(outputs)
+        total = sum(job.rows for job in batch)
+        if len(batch) == 1:
+            per_job = [outputs]
+        else:
             for name, array in outputs.items():
                 if array.ndim == 0 or array.shape[0] != total:
                     raise InternalError(
@@ -428,7 +457,9 @@ class DynamicBatcher:
         failure: Exception | None = None
         if done.cancelled():  # close() let the worker threads go before this batch started
             failure = Rejected(Rejection.DRAINING)
-        elif (error := done.exception()) is not None:
+        elif isinstance(error := done.exception(), BadRequest):  # a stage around the model refused the batch's rows
+            failure = error
+        elif error is not None:
             log.error("inference failed", extra={"event": "inference_failed", "error": str(error)})
             failure = error if isinstance(error, InternalError) else InternalError(f"inference failed: {error}")
         # Recorded once the answers are on their way: bookkeeping is no part of anyone's latency.

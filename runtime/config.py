@@ -94,7 +94,8 @@ class RuntimeSettings(BaseModel):
     max_image_pixels: int = Field(
         default=40_000_000,
         ge=1,
-        description="most pixels (width x height) of one image, read from its header before it is decoded; more: 400",
+        description="most pixels (width x height) of one request's images together (per input), read from their "
+        "headers before any is decoded; more: 400",
     )
     labels_path: Path | None = Field(
         default=None,

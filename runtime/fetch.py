@@ -55,6 +55,10 @@ RETRIABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 CLAIM_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # What --unpack takes: a Python file, or an archive of Python code.
 CODE_SUFFIXES = (".py", ".tar.gz", ".tgz", ".zip")
+# An archive of code is refused before anything is unpacked past these, summed from its index (a zip or tar bomb would
+# fill the pod's emptyDir, or its node's disk): far above any handler's code and its data files.
+MAX_UNPACKED_BYTES = 2**30
+MAX_UNPACKED_MEMBERS = 10_000
 
 log = logging.getLogger("kubeserve.runtime.fetch")
 
@@ -427,16 +431,30 @@ def _check_member(archive: str, name: str, link: str | None = None) -> None:
         raise FetchError(f"{archive} holds {name!r}, a link to {link!r}, outside the directory: not unpacked")
 
 
+def _check_totals(archive: str, members: int, size: int) -> None:
+    """Refuse an archive past ``MAX_UNPACKED_MEMBERS`` or ``MAX_UNPACKED_BYTES``, from what its index declares."""
+    if members > MAX_UNPACKED_MEMBERS:
+        raise FetchError(f"{archive} holds {members} members, more than {MAX_UNPACKED_MEMBERS}: not unpacked")
+    if size > MAX_UNPACKED_BYTES:
+        raise FetchError(f"{archive} unpacks to {size} bytes, more than {MAX_UNPACKED_BYTES}: not unpacked")
+
+
 def _unpack(archive: Path, into: Path, suffix: str) -> None:
     try:
         if suffix == ".zip":
             with zipfile.ZipFile(archive) as bundle:
-                for name in bundle.namelist():
-                    _check_member(archive.name, name)
+                infos = bundle.infolist()
+                _check_totals(archive.name, len(infos), sum(info.file_size for info in infos))
+                for info in infos:
+                    _check_member(archive.name, info.filename)
                 bundle.extractall(into)
             return
+        # Python before 3.11.4 has no extraction filters, on which the checks below rely: refuse, never unpack unsafely.
+        if not hasattr(tarfile, "data_filter"):
+            raise FetchError(f"cannot unpack {archive.name} safely: tar archives need Python 3.11.4 or later")
         with tarfile.open(archive, "r:gz") as bundle:
             members = bundle.getmembers()
+            _check_totals(archive.name, len(members), sum(member.size for member in members if member.isfile()))
             for member in members:
                 if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
                     raise FetchError(f"{archive.name} holds {member.name!r}, neither a file nor a directory")

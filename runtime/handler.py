@@ -10,6 +10,7 @@ The class may define any of these, and at least one of ``preprocess`` and ``post
         inputs = {"text": ("BYTES", [-1])}  # what clients send, where preprocess changes it
         outputs = {"label": ("BYTES", [-1])}  # what clients get, where postprocess changes it
         holds_gil = False  # True: in a pool of processes, not the stage threads
+        batched = False  # True: each call gets a batch's rows (its requests' concatenated), in the batch's compute
 
         def load(self, context: HandlerContext) -> None: ...  # once, at model load, before the warm-up
 
@@ -17,7 +18,9 @@ The class may define any of these, and at least one of ``preprocess`` and ``post
 
         def postprocess(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...  # what clients get
 
-Each call gets one request's tensors (its rows), never a batch's.
+Each call gets one request's tensors (its rows); with ``batched = True``, a whole batch's, every request's rows in
+order, and it must return as many rows as it got. ``InvalidInput`` from a batched call rejects every request of the
+batch.
 """
 
 from __future__ import annotations

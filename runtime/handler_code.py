@@ -144,6 +144,21 @@ def run_stage(handler: object, stage: str, tensors: Tensors, expected: Expected)
     return checked
 
 
+def run_batched_stage(handler: object, stage: str, tensors: Tensors, expected: Expected) -> Tensors:
+    """``run_stage`` on a batch's tensors (its requests' rows, in order), which must come back with as many rows, each
+    request's in its place (a ValueError says which tensor does not). Every tensor leads with its rows: the model
+    batches, and so ``declared`` requires."""
+    rows = len(next(iter(tensors.values())))
+    made = run_stage(handler, stage, tensors, expected)
+    for name, array in made.items():
+        if len(array) != rows:
+            raise ValueError(
+                f"the handler's {stage} made '{name}' of {len(array)} rows from {rows}: a batched handler returns "
+                "one row for each row it gets, in order (each request's rows are its own)"
+            )
+    return made
+
+
 def serve(
     connection: Connection,
     parent: int,

@@ -10,6 +10,11 @@
   waits for the answer. A process still busy at the stage's timeout is killed (its request has had its 504), and so
   is one that died (a crash: 500); a new one is started in the background and joins the pool once it has loaded.
   Meanwhile a request that finds no process free waits, within its timeout.
+- **Batched** (``batched = True``): one instance in the server process, its stages called by the batcher (``Processing``
+  hands them over: ``batch_preprocess``, ``batch_postprocess``) in the batch's compute, in its inference thread, once
+  for the rows of all the batch's requests; each stage must return as many rows as it got. No stage timeout applies
+  there (the compute has none), and a pool of processes cannot be asked for: the load refuses ``holds_gil`` with it,
+  and a model that does not batch.
 
 Errors: ``InvalidInput`` is the client's mistake, a 400 with its message. Anything else (the handler raised, returned
 what it must not, or its process died or was killed) is the handler's: one ``handler_failed`` log line with the stage
@@ -46,6 +51,7 @@ from kubeserve.runtime.handler_code import (
     handler_failed,
     import_handler,
     instantiate,
+    run_batched_stage,
     run_stage,
     serve,
 )
@@ -68,8 +74,9 @@ class Handler:
     signature: ModelSignature  # served: what clients send and get
     preprocesses: bool
     postprocesses: bool
-    run: Callable[[str, Tensors], Tensors]  # a stage on one request's tensors, checked: here, or in a pool's process
+    run: Callable[[str, Tensors], Tensors]  # a stage on one request's (or batch's) tensors, checked, here or in a pool
     processes: HandlerProcesses | None = None
+    batched: bool = False  # its stages run on a batch's rows, in the batch's compute (``batched = True``)
 
     def preprocess(self, inputs: Tensors) -> Tensors:
         return self._stage(PREPROCESS, inputs)
@@ -109,6 +116,17 @@ def load_handler(name: str, settings: RuntimeSettings, inner: ModelSignature) ->
     ):
         if tensors is not None and not defined:
             raise HandlerError(f"handler {name} declares {what}, but has no {stage} to make them")
+    batched = getattr(handler_class, "batched", False)
+    if batched and getattr(handler_class, "holds_gil", False):
+        raise HandlerError(
+            f"handler {name} is batched and holds_gil: a batched handler runs in the batch's inference thread, not in "
+            "a pool of processes; drop one of them"
+        )
+    if batched and not batching:
+        raise HandlerError(
+            f"handler {name} is batched, but the model does not batch requests (max_batch_size is 0, or a tensor of "
+            "the model has no dynamic first dimension)"
+        )
     served = ModelSignature(inputs=inputs or inner.inputs, outputs=outputs or inner.outputs)
     expected = {PREPROCESS: (inner.inputs, "the model's inputs"), POSTPROCESS: (served.outputs, "the outputs served")}
     context = HandlerContext(
@@ -118,7 +136,8 @@ def load_handler(name: str, settings: RuntimeSettings, inner: ModelSignature) ->
         processes = HandlerProcesses(name, settings, context, expected)
         return Handler(name, served, preprocesses, postprocesses, processes.call, processes)
     instance = instantiate(handler_class, name, context)
-    return Handler(name, served, preprocesses, postprocesses, partial(run_stage, instance, expected=expected))
+    run = partial(run_batched_stage if batched else run_stage, instance, expected=expected)
+    return Handler(name, served, preprocesses, postprocesses, run, batched=batched)
 
 
 @dataclass(eq=False, slots=True)

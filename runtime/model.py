@@ -174,13 +174,13 @@ class OnnxModel:
         if inputs_path is not None:
             feeds = self.request_feeds(inputs_path)
             try:
-                self.processing.postprocess(self.run(feeds, None), {})
+                self.processing.postprocess(self._compute(feeds), {})
             except Exception as error:
                 raise ModelLoadError(f"warm-up with warmup_inputs_path {inputs_path} failed: {error}") from error
             return WARMUP_USER
         try:
             feeds = self.processing.preprocess(self.processing.synthetic_feeds())
-            self.processing.postprocess(self.run(feeds, None), {})
+            self.processing.postprocess(self._compute(feeds), {})
         except Exception as error:  # ORT raises its own exception types for every kind of failure
             log.warning(
                 "synthetic warm-up failed; the model serves without it (set warmup_inputs_path to warm it up)",
@@ -188,6 +188,14 @@ class OnnxModel:
             )
             return WARMUP_FAILED
         return WARMUP_SYNTHETIC
+
+    def _compute(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output, as a batch's compute makes them: through a batched handler's stages, if there is one."""
+        batch_preprocess, batch_postprocess = self.processing.batch_preprocess, self.processing.batch_postprocess
+        if batch_preprocess is not None:
+            feeds = batch_preprocess(feeds)
+        outputs = self.run(feeds, None)
+        return outputs if batch_postprocess is None else batch_postprocess(outputs)
 
     def request_feeds(self, path: Path, what: str = "warmup_inputs_path") -> dict[str, np.ndarray]:
         """The inputs of the V2 inference request (JSON) in ``path``, checked against what the model serves and

@@ -13,13 +13,15 @@ Both block (Pillow, NumPy, the handler's code) and raise ``BadRequest`` for what
 runs them as the ``preprocess`` and ``postprocess`` stages, in threads under their timeouts (``server/stages.py``).
 Warm-up runs the model through both too. A model without image inputs or a handler's preprocess has no preprocess
 stage (``preprocesses`` is false), and a request without classification or a handler's postprocess
-(``postprocesses``) no postprocess stage: nothing is added to their path.
+(``postprocesses``) no postprocess stage: nothing is added to their path. A batched handler (``batched = True``) is
+no part of either stage: ``batch_preprocess`` and ``batch_postprocess`` are its stages, which the batcher runs in each
+batch's compute.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -28,6 +30,7 @@ from kubeserve.runtime.classification import class_count, read_labels, top_class
 from kubeserve.runtime.config import CHANNELS, ImageInput, RuntimeSettings
 from kubeserve.runtime.datatypes import DATATYPES
 from kubeserve.runtime.handler_stages import Handler, load_handler
+from kubeserve.runtime.metrics import POSTPROCESS, PREPROCESS
 from kubeserve.runtime.signature import ModelSignature, TensorSpec
 
 if TYPE_CHECKING:
@@ -72,6 +75,11 @@ class Processing:
             return cls(signature, images, _labels(settings, signature))
         handler = load_handler(settings.handler, settings, signature)
         try:
+            if images and handler.batched and handler.preprocesses:
+                raise ProcessingError(
+                    f"handler {handler.name} is batched, with a preprocess, and the model has image_inputs: a batched "
+                    "preprocess runs in the batch's compute, after the images are decoded, so it cannot make them"
+                )
             labels = _labels(settings, handler.signature)
         except ProcessingError:
             handler.close()
@@ -81,19 +89,43 @@ class Processing:
     @property
     def preprocesses(self) -> bool:
         """Requests have a preprocess stage."""
-        return bool(self.images) or (self.handler is not None and self.handler.preprocesses)
+        return bool(self.images) or self._handler_stage(PREPROCESS) is not None
 
     @property
     def postprocesses(self) -> bool:
         """Every request has a postprocess stage (the handler's), which gets every output of the model."""
+        return self._handler_stage(POSTPROCESS) is not None
+
+    @property
+    def every_output(self) -> bool:
+        """The model makes every output for each request: a handler's postprocess (per request or batched) gets them."""
         return self.handler is not None and self.handler.postprocesses
+
+    @property
+    def batch_preprocess(self) -> Callable[[Tensors], Tensors] | None:
+        """A batched handler's preprocess, for the batcher to run on each batch's rows; None: none."""
+        return self._handler_stage(PREPROCESS, batched=True)
+
+    @property
+    def batch_postprocess(self) -> Callable[[Tensors], Tensors] | None:
+        """A batched handler's postprocess, for the batcher to run on each batch's outputs; None: none."""
+        return self._handler_stage(POSTPROCESS, batched=True)
+
+    def _handler_stage(self, stage: str, *, batched: bool = False) -> Callable[[Tensors], Tensors] | None:
+        """The handler's ``stage``, if it has one and is batched (``batched``) or not."""
+        handler = self.handler
+        if handler is None or handler.batched != batched:
+            return None
+        if stage == PREPROCESS:
+            return handler.preprocess if handler.preprocesses else None
+        return handler.postprocess if handler.postprocesses else None
 
     def preprocess(self, feeds: Tensors) -> Tensors:
         """The client's tensors as the model takes them: the handler's preprocess, then each image input's images
         decoded into its tensor."""
-        handler = self.handler
-        if handler is not None and handler.preprocesses:
-            feeds = handler.preprocess(feeds)
+        handler_preprocess = self._handler_stage(PREPROCESS)
+        if handler_preprocess is not None:
+            feeds = handler_preprocess(feeds)
         images = self.images
         if not images:
             return feeds
@@ -102,9 +134,9 @@ class Processing:
     def postprocess(self, outputs: Tensors, classifications: Mapping[str, int]) -> Tensors:
         """The model's outputs as asked for: the handler's postprocess, then the outputs in ``classifications``
         (name: K) as their top K classes."""
-        handler = self.handler
-        if handler is not None and handler.postprocesses:
-            outputs = handler.postprocess(outputs)
+        handler_postprocess = self._handler_stage(POSTPROCESS)
+        if handler_postprocess is not None:
+            outputs = handler_postprocess(outputs)
         for name, count in classifications.items():
             outputs[name] = top_classes(name, outputs[name], count, self.labels)
         return outputs

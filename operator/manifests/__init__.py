@@ -67,8 +67,8 @@ class Children:
 
 def revision_digest(isvc: InferenceService, settings: OperatorSettings, config_digest: str) -> str:
     """Everything that makes a revision: the model, the runtime's template (image, resources, scheduling, env, the
-    operator's OTEL_* variables) and its config file. Not the replicas, autoscaling or rollout settings, which change
-    no pod."""
+    operator's OTEL_* exporter settings, never its pod's name) and its config file. Not the replicas, autoscaling or
+    rollout settings, which change no pod."""
     identity: dict[str, Any] = {
         "config": config_digest,
         # Not spec.model.size: it feeds the memory plan alone, and what that changes in a pod is below.

@@ -157,9 +157,10 @@ def _runtime_container(
 
 
 def _tracing_env(isvc: InferenceService, settings: OperatorSettings) -> list[dict[str, Any]]:
-    """OpenTelemetry's variables for the runtime container, when the operator has any (README "Tracing"): its own
-    OTEL_* variables, over a service named after the InferenceService and the pod's resource attributes (before the
-    operator's, which win); none that spec.runtime.env sets, whose own come after them."""
+    """OpenTelemetry's variables for the runtime container, when the operator has any (README "Tracing"): its
+    exporter settings (``settings.OTEL_FORWARDED``: never its own service name, resource attributes or headers), a
+    service named after the InferenceService and the pod's resource attributes; none that spec.runtime.env sets,
+    whose own come after them."""
     if not settings.otel_env:
         return []
     # The namespace and the version need no percent-encoding: their patterns allow no ',' '=' or '%'.
@@ -167,12 +168,7 @@ def _tracing_env(isvc: InferenceService, settings: OperatorSettings) -> list[dic
         f"k8s.namespace.name={isvc.namespace},k8s.pod.name=$({POD_NAME_VARIABLE}),"
         f"service.version={isvc.spec.model.version}"
     )
-    given = settings.otel_env.get("OTEL_RESOURCE_ATTRIBUTES")
-    variables = {
-        "OTEL_SERVICE_NAME": isvc.name,
-        **settings.otel_env,
-        "OTEL_RESOURCE_ATTRIBUTES": f"{attributes},{given}" if given else attributes,
-    }
+    variables = {**settings.otel_env, "OTEL_SERVICE_NAME": isvc.name, "OTEL_RESOURCE_ATTRIBUTES": attributes}
     env = [{"name": POD_NAME_VARIABLE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
     env += [{"name": name, "value": value} for name, value in sorted(variables.items())]
     own = {var.name for var in isvc.spec.runtime.env}

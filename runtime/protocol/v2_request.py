@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from kubeserve.runtime.classification import class_count, classifiable
+from kubeserve.runtime.classification import classifiable
 from kubeserve.runtime.datatypes import DATATYPES
 from kubeserve.runtime.protocol import tensors
 from kubeserve.runtime.protocol.errors import BadRequest
@@ -223,8 +223,8 @@ def _decode_outputs(value: object, signature: ModelSignature, binary_default: bo
 
 
 def _classification(parameters: dict[str, Any], name: str, signature: ModelSignature) -> int:
-    """How many top classes the output's ``classification`` parameter asks for (0: none), checked against the output
-    as far as its shape is known before compute (the postprocess stage checks the rest)."""
+    """How many top classes the output's ``classification`` parameter asks for (0: none), checked against the output's
+    datatype. More than its classes is no error: the answer has them all (Triton clamps K to the classes)."""
     count = parameters.get(CLASSIFICATION)
     if count is None:
         return 0
@@ -234,7 +234,4 @@ def _classification(parameters: dict[str, Any], name: str, signature: ModelSigna
     assert spec is not None  # the caller checked the name
     if not classifiable(spec.datatype):
         raise BadRequest(f"output '{name}': classification needs numbers, and this output is {spec.datatype.name}")
-    classes = class_count(spec.shape)
-    if classes != -1 and count > classes:
-        raise BadRequest(f"output '{name}': classification asks for the top {count} of {classes} classes")
     return count

@@ -189,7 +189,15 @@ async def _load(state: ServerState) -> None:
             "the model has no dynamic batch dimension: requests run unbatched",
             extra={"event": "batching_disabled"},
         )
-    state.loaded = LoadedModel(model, DynamicBatcher(model.run, state.batch_policy(batchable), state.metrics))
+    processing = model.processing
+    batcher = DynamicBatcher(
+        model.run,
+        state.batch_policy(batchable),
+        state.metrics,
+        preprocess=processing.batch_preprocess,
+        postprocess=processing.batch_postprocess,
+    )
+    state.loaded = LoadedModel(model, batcher)
     state.publish()
     state.metrics.model_load_seconds.set(seconds)
     state.metrics.model_ready.set(1)

@@ -113,7 +113,7 @@ async def infer(state: ServerState, request: Request) -> Response:
         body = await exchange.read_body()
         processing = loaded.model.processing
         signature = processing.signature
-        if request.headers.get("content-type", "").startswith("image/"):
+        if request.headers.get("content-type", "").lower().startswith("image/"):
             decoded = image_body_request(body, signature, processing.images)
         else:
             decoded = decode_request(body, request.headers.get(HEADER_LENGTH_KEY), signature)
@@ -125,7 +125,7 @@ async def infer(state: ServerState, request: Request) -> Response:
             loaded.batcher,
             feeds,
             # A handler's postprocess gets every output of the model; the answer has those the client asked for.
-            output_names=None if processing.postprocesses else [output.name for output in decoded.outputs],
+            output_names=None if processing.every_output else [output.name for output in decoded.outputs],
             priority=decoded.priority,
             timeout_microseconds=decoded.timeout_microseconds,
         )

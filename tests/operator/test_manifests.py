@@ -542,19 +542,45 @@ def test_the_operators_otel_variables_reach_the_runtime_with_a_service_and_resou
     }
 
 
-def test_the_spec_and_then_the_operator_override_the_tracing_defaults(isvc_factory):
-    settings = load_operator_settings(
-        {**TRACING, "OTEL_SERVICE_NAME": "serving", "OTEL_RESOURCE_ATTRIBUTES": "k8s.cluster.name=prod"}
-    )
+def test_the_spec_overrides_the_tracing_defaults(isvc_factory):
     own = [{"name": "OTEL_TRACES_SAMPLER_ARG", "value": "1"}, {"name": "KUBESERVE_ACCESS_LOG", "value": "true"}]
-    env = runtime_container(render(isvc_factory(runtime={"env": own}), settings))["env"]
-    values = {var["name"]: var.get("value") for var in env}
+    env = runtime_container(render(isvc_factory(runtime={"env": own}), load_operator_settings(TRACING)))["env"]
 
     assert [var["name"] for var in env].count("OTEL_TRACES_SAMPLER_ARG") == 1
     assert env[-2:] == own  # the spec's own last, as they were
-    assert values["OTEL_SERVICE_NAME"] == "serving"
-    # The operator's attributes after the defaults: where both name one, OpenTelemetry takes the last.
-    assert values["OTEL_RESOURCE_ATTRIBUTES"].endswith(",service.version=1,k8s.cluster.name=prod")
+
+
+# What the OpenTelemetry Operator injects into the operator's own pod, beside the exporter settings.
+INJECTED = {
+    "OTEL_SERVICE_NAME": "kubeserve-operator",
+    "OTEL_RESOURCE_ATTRIBUTES_POD_NAME": "kubeserve-operator-7d9f8-abcde",
+    "OTEL_RESOURCE_ATTRIBUTES": "k8s.pod.name=$(OTEL_RESOURCE_ATTRIBUTES_POD_NAME),k8s.namespace.name=kubeserve",
+    "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer secret",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-api-key=secret",
+    "OTEL_BSP_SCHEDULE_DELAY": "500",
+}
+
+
+def test_the_operators_identity_and_secrets_never_reach_the_runtime_nor_its_revision(isvc_factory):
+    settings = load_operator_settings({**TRACING, **INJECTED})
+    env = runtime_container(render(isvc_factory(name="fraud"), settings))["env"]
+    values = {var["name"]: var.get("value") for var in env}
+
+    assert values["OTEL_SERVICE_NAME"] == "fraud"
+    assert values["OTEL_RESOURCE_ATTRIBUTES"].startswith("k8s.namespace.name=")
+    assert "kubeserve-operator" not in str(env)
+    assert "secret" not in str(env)
+    assert "OTEL_EXPORTER_OTLP_HEADERS" not in values
+    assert values["OTEL_BSP_SCHEDULE_DELAY"] == "500"
+    assert values["OTEL_EXPORTER_OTLP_ENDPOINT"] == TRACING["OTEL_EXPORTER_OTLP_ENDPOINT"]
+
+    def revision(environ: dict[str, str]) -> str:
+        return manifests.children(parse(isvc_factory()), load_operator_settings(environ)).revision
+
+    restarted = {**INJECTED, "OTEL_RESOURCE_ATTRIBUTES_POD_NAME": "kubeserve-operator-7d9f8-zzzzz"}
+    assert revision({**TRACING, **INJECTED}) == revision({**TRACING, **restarted})
+    injected_only = {name: value for name, value in INJECTED.items() if not name.startswith("OTEL_BSP_")}
+    assert revision({**TRACING, **injected_only}) == revision(TRACING)
 
 
 def test_tracing_makes_a_revision_and_an_operator_without_otel_variables_keeps_the_ones_it_had(isvc_factory):

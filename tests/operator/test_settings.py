@@ -69,10 +69,21 @@ def test_the_otel_variables_are_kept_to_pass_on_and_are_no_setting_of_their_own(
     settings = load_settings(
         {
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
-            "OTEL_SERVICE_NAME": "serving",
+            "OTEL_SERVICE_NAME": "serving",  # the operator's own: not passed on
+            "OTEL_RESOURCE_ATTRIBUTES": "k8s.pod.name=operator-abc",
+            "OTEL_RESOURCE_ATTRIBUTES_POD_NAME": "operator-abc",
+            "OTEL_EXPORTER_OTLP_HEADERS": "authorization=secret",  # a secret: never in a pod's spec
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "authorization=secret",
+            "OTEL_TRACES_SAMPLER": "always_on",
+            "OTEL_BSP_MAX_QUEUE_SIZE": "4096",
+            "OTEL_LOGS_EXPORTER": "otlp",  # not the runtime's
             "OTELX": "not OpenTelemetry's",
             "KUBESERVE_OPERATOR_OTEL_ENV": "{}",  # not a setting: ignored
         }
     )
-    assert settings.otel_env == {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_SERVICE_NAME": "serving"}
+    assert settings.otel_env == {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "4096",
+    }
     assert load_settings({}).otel_env == {}

@@ -402,7 +402,15 @@ async def serve_in_process(
         onnx_model = await asyncio.to_thread(OnnxModel.load, config.model_path, config)
         gate = Gate()
         policy = state.batch_policy(onnx_model.signature.batchable)
-        state.loaded = LoadedModel(onnx_model, DynamicBatcher(gate.wrap(onnx_model.run), policy, state.metrics))
+        processing = onnx_model.processing
+        batcher = DynamicBatcher(
+            gate.wrap(onnx_model.run),
+            policy,
+            state.metrics,
+            preprocess=processing.batch_preprocess,
+            postprocess=processing.batch_postprocess,
+        )
+        state.loaded = LoadedModel(onnx_model, batcher)
         listener = await create_app(state).listen("127.0.0.1", 0)
         listeners.append((listener, state))
         host, port = listener.sockets[0].getsockname()[:2]

@@ -43,8 +43,6 @@ CASES = [
     ("input twice", {"inputs": [GOOD_INPUT, GOOD_INPUT]}, 400, "given twice"),
     ("too many rows", _with_input(shape=[40, 32], data=[0.5] * 40 * 32), 400, "exceed the model's max_batch_size"),
     ("unknown output", {"inputs": [GOOD_INPUT], "outputs": [{"name": "logits"}]}, 400, "unknown output 'logits'"),
-    ("classification past the classes", {"inputs": [GOOD_INPUT], "outputs": [{"name": "probabilities",
-     "parameters": {"classification": 11}}]}, 400, "output 'probabilities': classification asks for the top 11 of 10"),
     ("classification of none", {"inputs": [GOOD_INPUT], "outputs": [{"name": "probabilities",
      "parameters": {"classification": 0}}]}, 400, "classification must be a whole number of classes, at least 1"),
     ("base64 for numbers", _with_input(parameters={"content_type": "base64"}), 400,

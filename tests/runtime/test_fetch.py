@@ -619,3 +619,46 @@ def test_a_broken_archive_is_named(tmp_path, capsys):
     assert run_cli("--unpack", source.as_uri(), str(tmp_path / "handler")) == 1
 
     assert "cannot unpack handler.tar.gz" in failure(capsys.readouterr().err)
+
+
+def _never_extracted(monkeypatch) -> None:
+    def extractall(*args, **kwargs):
+        raise AssertionError("a refused archive is never extracted")
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", extractall)
+    monkeypatch.setattr(tarfile.TarFile, "extractall", extractall)
+
+
+def test_an_archive_of_too_many_members_is_refused_before_unpacking(tmp_path, capsys, monkeypatch):
+    _never_extracted(monkeypatch)
+    source = write_zip(tmp_path / "handler.zip", {f"m{n}.py": b"" for n in range(fetch.MAX_UNPACKED_MEMBERS + 1)})
+    directory = tmp_path / "models" / "handler"
+
+    assert run_cli("--unpack", source.as_uri(), str(directory)) == 1
+
+    assert "handler.zip holds 10001 members, more than 10000: not unpacked" in failure(capsys.readouterr().err)
+    assert not directory.exists()
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_an_archive_declaring_too_many_bytes_is_refused_before_unpacking(tmp_path, capsys, monkeypatch, kind):
+    _never_extracted(monkeypatch)
+    monkeypatch.setattr(fetch, "MAX_UNPACKED_BYTES", 1000)  # a 1 GiB bomb, scaled down: the sizes are declared
+    members = {"handler.py": HANDLER, "weights.bin": bytes(600), "more.bin": bytes(600)}
+    source = (write_zip if kind == "zip" else write_tar)(tmp_path / f"handler.{kind}", members)
+    directory = tmp_path / "models" / "handler"
+
+    assert run_cli("--unpack", source.as_uri(), str(directory)) == 1
+
+    expected = f"handler.{kind} unpacks to {1200 + len(HANDLER)} bytes, more than 1000: not unpacked"
+    assert expected in failure(capsys.readouterr().err)
+    assert not directory.exists()
+
+
+def test_a_tar_archive_is_refused_without_pythons_extraction_filters(tmp_path, capsys, monkeypatch):
+    monkeypatch.delattr(tarfile, "data_filter")
+    source = write_tar(tmp_path / "handler.tar.gz", {"handler.py": HANDLER})
+
+    assert run_cli("--unpack", source.as_uri(), str(tmp_path / "handler")) == 1
+
+    assert "tar archives need Python 3.11.4 or later" in failure(capsys.readouterr().err)

@@ -2,7 +2,7 @@
 from tests/runtime/user_handlers/ as code fetched beside the model would be, and served by real servers on 127.0.0.1;
 answers are read as the client sees them and compared with in-process ONNX Runtime on the features the test counts
 itself. The handler's own stages, in the stage threads and in a pool of processes; its errors, hangs and crashes;
-its load errors; the settings."""
+a batched handler, once per batch; its load errors; the settings."""
 
 from __future__ import annotations
 
@@ -280,6 +280,82 @@ async def test_while_a_process_hangs_the_others_answer(serve_in_process, monkeyp
     assert_error(await held, 504, "the preprocess stage took longer than preprocess_timeout_seconds (1 s)")
 
 
+# -- a batched handler: once per batch, in the batch's compute --------------------------------------------------------
+
+# Requests sent at once to the batched server: its preferred batch size, so they leave in one batch (its window, 60 s,
+# is far longer than they take to arrive), whatever the timing.
+BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def batched_server(start_module_runtime):
+    return start_module_runtime(
+        "mlp",
+        *handler("WordsBatched"),
+        "--max-queue-delay-microseconds", "60000000",
+        "--preferred-batch-size", str(BATCH),
+    ).wait_ready()  # fmt: skip
+
+
+async def post_batch(server: Any, *texts: str) -> list[Answer]:
+    """``BATCH`` requests at once, one text each: one batch."""
+    assert len(texts) == BATCH
+    return await asyncio.gather(*(post(server, texts_request(text)) for text in texts))
+
+
+async def logged_a_batch(server: Any, stage: str, rows: int) -> bool:
+    """Whether the batched handler's ``stage`` logged a call of ``rows`` rows (event ``handler_batch``), waiting up
+    to 30 s for the log, which is read beside the answers."""
+    for _ in range(600):
+        if any(e.get("event") == "handler_batch" and (e["stage"], e["rows"]) == (stage, rows) for e in server.events):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_a_batched_handler_gets_a_whole_batchs_rows_and_each_request_its_own(batched_server, reference):
+    texts = ("cat dog cat", "fish", "bird frog ship", "truck")
+    answers = await post_batch(batched_server, *texts)
+    topics, probabilities = expected(reference, *texts)
+    for answer, topic, probability in zip(answers, topics, probabilities, strict=True):
+        served = outputs(answer)
+        assert served["topic"]["data"] == [topic]
+        np.testing.assert_allclose(served["probability"]["data"], [probability], rtol=1e-5)
+        # Its stages are the batch's compute: the request has no preprocess or postprocess stage of its own.
+        stages = [part.split(";")[0].strip() for part in answer.headers["server-timing"].split(",")]
+        assert stages == ["deserialize", "queue", "compute", "serialize", "total"]
+    assert await logged_a_batch(batched_server, "preprocess", BATCH)  # the four requests' rows in one call
+    assert await logged_a_batch(batched_server, "postprocess", BATCH)
+
+
+async def test_a_batched_handlers_mistakes_answer_its_whole_batch(batched_server):
+    # InvalidInput: the client's mistake, for every request of the batch (the row counts from the batch's first).
+    for answer in await post_batch(batched_server, "cat", "a zebra", "dog", "fish"):
+        assert_error(answer, 400, "text 1 has no word of the vocabulary")
+
+    # A preprocess that loses a row: the handler's mistake, a 500 for each, the traceback in the log.
+    for answer in await post_batch(batched_server, "cat", "dog drop", "fish", "ship"):
+        assert_error(answer, 500, FAILED)
+    event = batched_server.wait_for_event("handler_failed")  # the only one this server logs
+    assert (event["stage"], event["handler"]) == ("preprocess", "words_handler:WordsBatched")
+    assert "made 'features' of 3 rows from 4: a batched handler returns one row for each row it gets" in event["error"]
+
+    for answer in await post_batch(batched_server, "cat", "dog", "fish", "ship"):  # and the server goes on
+        assert outputs(answer)["topic"]["shape"] == [1]
+
+
+def test_a_batched_handler_needs_a_model_that_batches(models):
+    settings = RuntimeSettings(
+        model_path=models["mlp"],
+        model_name="mlp",
+        handler="words_handler:WordsBatched",
+        handler_path=HANDLERS,
+        max_batch_size=0,
+    )
+    with pytest.raises(ModelLoadError, match="handler words_handler:WordsBatched is batched, but the model does not"):
+        OnnxModel.load(models["mlp"], settings)
+
+
 # -- load errors, and the settings -----------------------------------------------------------------------------------
 
 LOAD_ERRORS = {
@@ -295,6 +371,8 @@ LOAD_ERRORS = {
                             "('STRING', [-1]): it must be (datatype, shape)"),
     "no rows": ("words_handler:NoRows", "handler words_handler:NoRows: inputs['text'] has shape [1]: the model batches "
                 "requests, so it must lead with -1"),
+    "batched, in processes": ("words_handler:BatchedInProcesses", "handler words_handler:BatchedInProcesses is batched "
+                              "and holds_gil: a batched handler runs in the batch's inference thread"),
     "outputs nothing makes": ("words_handler:OutputsWithoutPostprocess",
                               "handler words_handler:OutputsWithoutPostprocess declares outputs, but has no postprocess"
                               " to make them"),

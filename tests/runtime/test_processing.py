@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from kubeserve.runtime.classification import top_classes
+from kubeserve.runtime.classification import read_labels, top_classes
 from kubeserve.runtime.config import RuntimeSettings
 from kubeserve.runtime.datatypes import DATATYPES
 from kubeserve.runtime.model import WARMUP_SYNTHETIC, WARMUP_USER, ModelLoadError, OnnxModel
@@ -48,13 +48,20 @@ def encoded(image_format: str, height: int, width: int, channels: int = 3, seed:
 
 
 def expected(data: bytes, setting: dict, dtype: type = np.float32) -> np.ndarray:
-    """One image as the model must get it, computed the plain way: Pillow decodes, converts and resizes
-    (bilinear); NumPy scales to 0..1, subtracts the mean and divides by the std, in float64."""
+    """One image as the model must get it, computed the plain way: Pillow decodes (a JPEG to be resized at the
+    DCT scale ``Image.draft`` picks, at least the target), converts and resizes (bilinear, from the drafted area);
+    NumPy scales to 0..1, subtracts the mean and divides by the std, in float64."""
     order = setting.get("channel_order", "RGB")
-    image = Image.open(io.BytesIO(data)).convert("L" if order == "L" else "RGB")
+    mode = "L" if order == "L" else "RGB"
+    image = Image.open(io.BytesIO(data))
+    box = None
+    if "resize" in setting and image.format == "JPEG":
+        height, width = setting["resize"]
+        box = image.draft(mode, (width, height))[1]
+    image = image.convert(mode)
     if "resize" in setting:
         height, width = setting["resize"]
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
+        image = image.resize((width, height), Image.Resampling.BILINEAR, box=box)
     pixels = np.asarray(image)
     if pixels.ndim == 2:
         pixels = pixels[:, :, np.newaxis]
@@ -116,6 +123,28 @@ def test_images_become_the_tensor_the_model_takes(setting, shape, datatype, sent
     assert tensor.dtype == DATATYPES[datatype].numpy
     assert tensor.shape == want.shape
     np.testing.assert_allclose(tensor.astype(np.float64), want.astype(np.float64), rtol=tolerance, atol=tolerance)
+
+
+def test_max_image_pixels_bounds_the_request_s_images_together():
+    built = processing({}, (-1, 3, -1, -1), max_image_pixels=5_000)
+    two = images(encoded("PNG", 30, 40), encoded("PNG", 30, 40, seed=1))  # 1,200 each
+    assert built.preprocess({"image": two})["image"].shape == (2, 3, 30, 40)
+    five = images(*(encoded("PNG", 30, 40, seed=seed) for seed in range(5)))  # 6,000 in all
+    with pytest.raises(BadRequest, match=r"input 'image': the request's 5 images are 6,000 pixels .* in all, more "
+                       r"than max_image_pixels \(5,000\)"):  # fmt: skip
+        built.preprocess({"image": five})
+
+
+def test_sixteen_bit_grey_keeps_its_high_byte():
+    grey = (np.arange(32 * 48, dtype=np.uint16).reshape(32, 48) * 42).astype(np.uint16)
+    data = io.BytesIO()
+    Image.fromarray(grey).save(data, "PNG")
+    assert Image.open(io.BytesIO(data.getvalue())).mode == "I;16"
+    high = (grey >> 8).astype(np.uint8)
+    built = processing({"channel_order": "L"}, (-1, 1, 32, 48), "UINT8")
+    np.testing.assert_array_equal(built.preprocess({"image": images(data.getvalue())})["image"][0, 0], high)
+    built = processing({}, (-1, 3, 32, 48), "UINT8")
+    np.testing.assert_array_equal(built.preprocess({"image": images(data.getvalue())})["image"][0], [high] * 3)
 
 
 def test_without_resize_the_images_of_a_request_must_be_one_size():
@@ -205,8 +234,38 @@ def test_top_classes_are_triton_strings_highest_first():
     ]
     # Integers as integers; a 1-D output is one row.
     assert top_classes("p", np.array([5, 9, 7], np.int64), 2, []).tolist() == ["9:1", "7:2"]
-    with pytest.raises(BadRequest, match=r"output 'p': classification asks for the top 5 of 4 classes"):
-        top_classes("p", scores, 5, [])
+    # K past the classes: all of them (Triton clamps K), no longer a 400.
+    assert top_classes("p", scores, 5, []).tolist() == [
+        ["0.500000:1", "0.500000:2", "0.200000:3", "0.100000:0"],
+        ["3.000000:0", "2.000000:2", "1.000000:1", "0.000000:3"],
+    ]
+
+
+def test_top_classes_rank_nan_last_and_answer_no_rows():
+    scores = np.array([[np.nan, 1.0, np.nan, -np.inf, 2.0]], np.float32)
+    assert top_classes("p", scores, 5, []).tolist() == [
+        ["2.000000:4", "1.000000:1", "nan:0", "nan:2", "-inf:3"]  # NaN as -inf: ties, the lower index first
+    ]
+    assert top_classes("p", np.zeros((0, 10), np.float32), 3, []).shape == (0, 3)
+    assert top_classes("p", np.zeros((0, 2, 5), np.float32), 20, []).shape == (0, 10)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int8, np.uint8, np.int64, np.uint64])
+def test_top_classes_match_a_stable_full_sort(dtype):
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 6, (7, 50)).astype(dtype)  # many ties
+    for count in (1, 3, 10, 50, 60):
+        got = [[int(item.split(":")[1]) for item in row] for row in top_classes("p", scores, count, [])]
+        want = [np.argsort(-row.astype(np.float64), kind="stable")[:count].tolist() for row in scores]
+        assert got == want, count
+
+
+def test_labels_split_on_newlines_only(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_bytes("cat\r\n dog \nform\x0cfeed\n\nline\u2028sep\x1cfs\r\nlast".encode())
+    assert read_labels(path) == ("cat", " dog ", "form\x0cfeed", "", "line\u2028sep\x1cfs", "last")
+    path.write_bytes(b"a\nb\n")
+    assert read_labels(path) == ("a", "b")
 
 
 @pytest.mark.parametrize("datatype", ["BYTES", "BOOL"])
@@ -328,6 +387,10 @@ async def test_an_image_body_is_answered_in_json(cnn_server, reference):
     assert list(stages) == ["deserialize", "preprocess", "queue", "compute", "serialize", "total"]
     assert sum(stages.values()) - stages["total"] <= stages["total"] + 0.01  # ms, rounded to 3 decimals
 
+    # Media types are case-insensitive (RFC 9110 §8.3.1).
+    answer = await post(cnn_server, "/v2/models/cnn/infer", jpeg, {"Content-Type": "Image/JPEG"})
+    assert answer.status == 200, answer.body
+
     # A body that came in pieces is read where it was assembled.
     pieces = chunked(*(jpeg[start : start + 1000] for start in range(0, len(jpeg), 1000)))
     answer = await post(
@@ -390,8 +453,6 @@ BAD_IMAGES = {
                                             "parameters": {"content_type": "base64"}}]}).encode(), {}), 400,
                    "input 'image': BYTES data is not base64"),
     "more images than a batch": (binary_images([JPEG] * 33), 400, "33 rows exceed the model's max_batch_size of 32"),
-    "more classes than the output": (binary_images([JPEG], [{"name": "logits", "parameters": {"classification": 11}}]),
-                                     400, "output 'logits': classification asks for the top 11 of 10 classes"),
     "classification of text": (binary_images([JPEG], [{"name": "logits", "parameters": {"classification": "3"}}]),
                                400, "output 'logits': classification must be a whole number of classes, at least 1"),
 }  # fmt: skip
@@ -405,6 +466,16 @@ async def test_a_bad_image_is_a_400_naming_the_input(cnn_server, reference, sent
     # The server goes on.
     answer = await post(cnn_server, "/v2/models/cnn/infer", JPEG, {"Content-Type": "image/jpeg"})
     assert answer.status == 200, answer.body
+
+
+async def test_more_classes_than_the_output_has_answers_them_all(cnn_server, reference):
+    # Triton clamps K to the classes: 11 of 10 is the 10 (this was a 400 before).
+    body, headers = binary_images([JPEG], [{"name": "logits", "parameters": {"classification": 11}}])
+    answer = await post(cnn_server, "/v2/models/cnn/infer", body, headers)
+    assert answer.status == 200, answer.body
+    (output,) = answer.json()["outputs"]
+    assert output["shape"] == [1, 10]
+    assert_top_classes(np.array(output["data"]).reshape(1, 10), logits(reference, [JPEG]), 10)
 
 
 async def test_the_tensor_is_what_pillow_and_numpy_make(pixels_server):

@@ -5,7 +5,8 @@ A text's words are counted into the model's features, a word's feature its line 
 beside this code, read by ``load``); words not in it count for nothing. Some words make the handler misbehave, for
 the tests: ``boom`` raises, ``float64`` returns the wrong dtype, ``hang`` waits for ``RELEASE`` (set by a test in the
 server's process; a pool's process never sees it), ``crash`` ends the process (in a pool only: in the stage threads it
-would end the server).
+would end the server). ``WordsBatched`` is the same, batched: it logs the rows of each call (event ``handler_batch``),
+and ``drop`` makes its preprocess lose a row.
 """
 
 from __future__ import annotations
@@ -64,6 +65,28 @@ class Words:
 
 
 class WordsInProcesses(Words):
+    holds_gil = True
+
+
+class WordsBatched(Words):
+    batched = True
+
+    def preprocess(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        texts = inputs["text"]
+        log.info("batch", extra={"event": "handler_batch", "stage": "preprocess", "rows": len(texts)})
+        made = super().preprocess(inputs)
+        if any("drop" in (text.decode() if isinstance(text, bytes) else str(text)) for text in texts):
+            return {"features": made["features"][:-1]}
+        return made
+
+    def postprocess(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        log.info(
+            "batch", extra={"event": "handler_batch", "stage": "postprocess", "rows": len(outputs["probabilities"])}
+        )
+        return super().postprocess(outputs)
+
+
+class BatchedInProcesses(WordsBatched):
     holds_gil = True
 
 
