@@ -128,7 +128,14 @@ def run_stage(handler: object, stage: str, tensors: Tensors, expected: Expected)
         array = made[spec.name]
         if not isinstance(array, np.ndarray):
             raise TypeError(f"the handler's {stage} made '{spec.name}' a {type(array).__name__}, not a NumPy array")
-        if array.dtype != spec.datatype.numpy:
+        if array.dtype == object and spec.datatype.is_bytes:
+            for item in array.flat:  # each element: what ONNX Runtime, or the answer, takes for a string
+                if not isinstance(item, bytes | str):
+                    raise TypeError(
+                        f"the handler's {stage} made '{spec.name}' (BYTES in {what}) with an element of type "
+                        f"{type(item).__name__}; each must be bytes or str"
+                    )
+        elif array.dtype != spec.datatype.numpy:
             if not (spec.datatype.is_bytes and array.dtype.kind in "SU"):
                 raise TypeError(
                     f"the handler's {stage} made '{spec.name}' of dtype {array.dtype}; it is {spec.datatype.name} "

@@ -7,9 +7,12 @@
 - **In processes** (``holds_gil = True``): code that holds the GIL would take turns with the event loop, so it runs in
   a pool of processes of its own (``HandlerProcesses``), one instance loaded in each. As many as the stage threads
   (one per CPU of this server process's share): a stage thread hands the request's tensors to a free process and
-  waits for the answer. A process still busy at the stage's timeout is killed (its request has had its 504), and so
-  is one that died (a crash: 500); a new one is started in the background and joins the pool once it has loaded.
-  Meanwhile a request that finds no process free waits, within its timeout.
+  waits for the answer. A process still busy at the stage's timeout is killed (its request has its 504, the stage
+  timeout's), and so is one that died (a crash: 500); a new one is started in the background and joins the pool once
+  it has loaded. Restarts are paced: the first after a quiet minute at once, each next 1 s after the one before,
+  doubling to 60 s, so input that crashes every process it reaches restarts no storm of them; a replacement that
+  fails to load is logged and tried again at that pace. Meanwhile a request that finds no process free waits,
+  within its timeout (past it, the same 504), and one whose timeout passed while it waited is not sent to one.
 - **Batched** (``batched = True``): one instance in the server process, its stages called by the batcher (``Processing``
   hands them over: ``batch_preprocess``, ``batch_postprocess``) in the batch's compute, in its inference thread, once
   for the rows of all the batch's requests; each stage must return as many rows as it got. No stage timeout applies
@@ -17,7 +20,7 @@
   and a model that does not batch.
 
 Errors: ``InvalidInput`` is the client's mistake, a 400 with its message. Anything else (the handler raised, returned
-what it must not, or its process died or was killed) is the handler's: one ``handler_failed`` log line with the stage
+what it must not, or its process died) is the handler's: one ``handler_failed`` log line with the stage
 and the traceback (or what became of the process), and a 500 whose message says no more.
 """
 
@@ -56,10 +59,14 @@ from kubeserve.runtime.handler_code import (
     serve,
 )
 from kubeserve.runtime.metrics import POSTPROCESS, PREPROCESS
-from kubeserve.runtime.protocol.errors import BadRequest, InternalError
+from kubeserve.runtime.protocol.errors import BadRequest, GatewayTimeout, InternalError
 from kubeserve.runtime.signature import ModelSignature
 
 log = logging.getLogger("kubeserve.runtime.handler")
+# A pool's restarts (a process replaced, or a replacement that failed to load, tried again): the first after a quiet
+# spell at once, each next this long after the one before, doubling up to the most (and that long quiet resets it).
+RESTART_FIRST_SECONDS = 1.0
+RESTART_MOST_SECONDS = 60.0
 
 
 class HandlerFailed(Exception):
@@ -89,6 +96,8 @@ class Handler:
             return self.run(stage, tensors)
         except InvalidInput as error:
             raise BadRequest(str(error)) from None
+        except GatewayTimeout:  # a pool's process past the stage's timeout: the stage timeout's own 504, not logged
+            raise
         except HandlerFailed as error:
             failure = str(error)
         except BaseException:  # whatever the user's code raises (sys.exit() too), a broken contract included
@@ -158,6 +167,10 @@ class HandlerProcesses:
         self._lock = threading.Lock()
         self._running: set[_Process] = set()
         self._closed = False
+        self._closing = threading.Event()  # set with _closed: a restart waiting its turn gives up
+        # Restarts' pace (``_pace``): when the last one started (or will), and how long the next waits after it.
+        self._last_start = -RESTART_MOST_SECONDS - 1.0
+        self._delay = 0.0
         started = [self._start() for _ in range(cpus_per_worker(available_cpus(), settings.workers))]
         try:
             for each in started:
@@ -168,22 +181,27 @@ class HandlerProcesses:
         for each in started:
             self._idle.put(each)
 
-    def call(self, stage: str, tensors: Tensors) -> Tensors:
-        """The handler's ``stage`` on one request's tensors, in a free process, within the stage's timeout."""
+    def call(self, stage: str, tensors: Tensors, deadline: float | None = None) -> Tensors:
+        """The handler's ``stage`` on one request's tensors, in a free process, by ``deadline`` (``time.monotonic()``:
+        the request's, its stage timeout's; None: the stage's timeout from now). Past it, the 504 the stage timeout
+        gives (``GatewayTimeout``, the same message): no process free in time, or the call ran past it. A stage
+        whose deadline has passed while it waited for a process is not sent to one."""
         seconds, setting = self._timeouts[stage]
-        deadline = time.monotonic() + seconds
+        if deadline is None:
+            deadline = time.monotonic() + seconds
+        late = f"the {stage} stage took longer than {setting} ({seconds:g} s)"
         try:
-            each = self._idle.get(timeout=seconds)
+            each = self._idle.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
-            raise HandlerFailed(f"no handler process was free within {setting} ({seconds:g} s)") from None
+            raise GatewayTimeout(late) from None
+        if time.monotonic() >= deadline:  # answered (504) while it waited for a process: not sent
+            self._idle.put(each)
+            raise GatewayTimeout(late)
         try:
             each.connection.send((stage, tensors))
             if not each.connection.poll(max(0.0, deadline - time.monotonic())):
-                self._replace(each)
-                raise HandlerFailed(
-                    f"the {stage} stage ran past {setting} ({seconds:g} s): its handler process is killed, and "
-                    "another started"
-                )
+                self._replace(each)  # still busy: killed, and another started
+                raise GatewayTimeout(late)
             kind, answer = each.connection.recv()
         except (OSError, EOFError):  # it died: a broken pipe to it, or the end of its answers
             self._replace(each)
@@ -201,6 +219,7 @@ class HandlerProcesses:
         with self._lock:
             self._closed = True
             running = list(self._running)
+        self._closing.set()
         for each in running:
             each.process.kill()  # all of them at once, then each reaped
         for each in running:
@@ -236,30 +255,46 @@ class HandlerProcesses:
         threading.Thread(target=self._restart, args=(gone,), name="handler-restart", daemon=True).start()
 
     def _restart(self, gone: _Process) -> None:
+        """Start a process in place of ``gone``, paced (``_pace``), until one loads or the pool is closed: each
+        failure is logged, and the next try waits longer."""
         self._discard(gone)
-        if self._closed:
-            return
         facts = {"pid": gone.process.pid, "exit_code": gone.process.exitcode}
-        started = self._start()
-        try:
-            self._loaded(started)
-        except HandlerError as error:
-            self._discard(started)
-            if not self._closed:
-                # Not fatal: the pool goes on with one process fewer (none left: every call waits out its timeout).
+        while self._pace():
+            started = self._start()
+            try:
+                self._loaded(started)
+            except HandlerError as error:
+                self._discard(started)
+                if self._closed:
+                    return
                 log.error(
-                    "a handler process could not be replaced",
+                    "a handler process could not be replaced; trying again",
                     extra={"event": "handler_process_failed", **facts, "reason": str(error)},
                 )
+                continue
+            if self._closed:  # close() came while it loaded
+                self._discard(started)
+                return
+            self._idle.put(started)
+            log.warning(
+                "a handler process was replaced",
+                extra={"event": "handler_process_replaced", **facts, "new_pid": started.process.pid},
+            )
             return
-        if self._closed:  # close() came while it loaded
-            self._discard(started)
-            return
-        self._idle.put(started)
-        log.warning(
-            "a handler process was replaced",
-            extra={"event": "handler_process_replaced", **facts, "new_pid": started.process.pid},
-        )
+
+    def _pace(self) -> bool:
+        """Wait for this start's turn; False: the pool was closed meanwhile. The first start after a quiet spell
+        (``RESTART_MOST_SECONDS`` without one) goes at once; each next one waits ``RESTART_FIRST_SECONDS``, doubling
+        to ``RESTART_MOST_SECONDS``, after the one before: a replacement that cannot load, or input that crashes
+        every process it reaches, restarts processes at that pace, not in a storm."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last_start > RESTART_MOST_SECONDS:
+                self._delay = 0.0
+            start = max(now, self._last_start + self._delay)
+            self._last_start = start
+            self._delay = min(max(2 * self._delay, RESTART_FIRST_SECONDS), RESTART_MOST_SECONDS)
+        return not self._closing.wait(start - now)
 
     def _discard(self, each: _Process) -> None:
         """Kill ``each``, reap it and close its connection, once: close() and a restart may both come to it."""

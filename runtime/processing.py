@@ -29,6 +29,7 @@ import numpy as np
 from kubeserve.runtime.classification import class_count, read_labels, top_classes
 from kubeserve.runtime.config import CHANNELS, ImageInput, RuntimeSettings
 from kubeserve.runtime.datatypes import DATATYPES
+from kubeserve.runtime.handler_code import Tensors
 from kubeserve.runtime.handler_stages import Handler, load_handler
 from kubeserve.runtime.metrics import POSTPROCESS, PREPROCESS
 from kubeserve.runtime.signature import ModelSignature, TensorSpec
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Tensors = dict[str, np.ndarray]
 # What an image input may be in the model: normalised floats, or the pixels as they are.
 IMAGE_DATATYPES = ("FP32", "FP16", "UINT8")
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 import orjson
+from kubeserve.runtime.datatypes import DATATYPES
 from kubeserve.runtime.protocol import tensors
 from kubeserve.runtime.protocol.v2_request import BINARY_DATA_SIZE, RequestedOutput
 from kubeserve.runtime.signature import ModelSignature
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
-BYTES = "BYTES"
 
 
 def encode_response(
@@ -34,7 +34,7 @@ def encode_response(
         array = results[output.name]
         entry: dict[str, Any] = {
             "name": output.name,
-            "datatype": BYTES if output.classification else datatypes[output.name],
+            "datatype": DATATYPES["BYTES"].name if output.classification else datatypes[output.name],
             "shape": list(array.shape),
         }
         if output.binary:

@@ -1,9 +1,10 @@
 """One inference request's passage through the server, timed per stage and counted once.
 
-Stages (``metrics.STAGES``), in order: ``deserialize`` (body read and decoded), ``preprocess`` (images decoded into
-the model's tensors, in a stage thread; only where the model has image inputs), ``queue`` (waiting for its batch),
-``compute`` (its batch's inference), ``postprocess`` (top classes picked, in a stage thread; only where the request
-asks for classification), ``serialize`` (response encoded) and ``total`` (arrival to response ready). They never
+Stages (``metrics.STAGES``), in order: ``deserialize`` (body read and decoded), ``preprocess`` (a Python handler's
+preprocess, then images decoded into the model's tensors; only where the model has either), ``queue`` (waiting for its
+batch), ``compute`` (its batch's inference; a batched handler's preprocess and postprocess run in it, not as stages of
+their own), ``postprocess`` (a handler's postprocess, then top classes picked; only where the model has the one or the
+request asks for the other), ``serialize`` (response encoded) and ``total`` (arrival to response ready). They never
 overlap. ``stage_bounds`` gives each stage's start and end; their durations go to
 ``kubeserve_request_duration_seconds``, to Triton's statistics (``statistics``: preprocess counts in
 ``compute_input`` and postprocess in ``compute_output``, as Triton counts an ensemble's), and back to the caller in a

@@ -18,12 +18,15 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import aiohttp
 import numpy as np
 import pytest
 from kubeserve.runtime.config import RuntimeSettings
+from kubeserve.runtime.server import tracing as tracing_module
 from kubeserve.runtime.server.lifecycle import start_tracing, tracing_configured
+from kubeserve.runtime.server.messages import Request
 from kubeserve.runtime.server.tracing import Tracing
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -216,13 +219,47 @@ async def test_the_access_log_names_the_trace_even_when_it_is_not_sampled(serve_
             async with session.get(f"{server.url}/v2/health/live") as answer:
                 assert answer.status == 200
 
+    await server.state.wait_quiet()  # every request's exchange is over, as the drain waits for them ...
+    await asyncio.sleep(0)  # ... and the span ends they scheduled (call_soon, before the last one left) have run
+    server.state.tracing.provider.force_flush()
     spans = await finished(exporter, 5)
-    await asyncio.sleep(0.05)
-    assert len(exporter.get_finished_spans()) == 5  # the unsampled request exported nothing; health is not traced
+    assert len(spans) == 5  # the unsampled request exported nothing; health is not traced
     sampled, not_sampled, health = [record for record in caplog.records if record.name == "kubeserve.access"]
     assert (sampled.trace_id, sampled.span_id) == (TRACE_ID, format_span_id(spans[0].context.span_id))
     assert not_sampled.trace_id == TRACE_ID and len(not_sampled.span_id) == 16
     assert not hasattr(health, "trace_id")
+
+
+def unit_request(route: str = "/v2/models/{name}/infer") -> Request:
+    request = Request("POST", "/v2/models/mlp/infer", "", {}, b"")
+    request.route = route
+    return request
+
+
+def test_a_request_whose_client_left_is_no_server_error(exporter):
+    tracing = tracing_for(exporter, "mlp")
+    arrived = time.perf_counter()
+    tracing.start(unit_request(), arrived).failed(None, asyncio.CancelledError(), arrived + 0.001)
+
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.UNSET
+    assert span.attributes["error.type"] == "client_disconnected"
+    assert "http.response.status_code" not in span.attributes
+    assert not span.events  # no exception recorded
+    assert span.end_time - span.start_time == pytest.approx(1e6, abs=1e3)
+
+
+def test_each_request_reads_the_wall_clock_afresh(exporter, monkeypatch):
+    tracing = tracing_for(exporter, "mlp")
+    step = 3600 * 10**9  # the wall clock stepped an hour between two requests; perf_counter did not
+    wall = iter([10**18, 10**18 + step])
+    monkeypatch.setattr(tracing_module, "time", SimpleNamespace(time_ns=lambda: next(wall), perf_counter_ns=lambda: 0))
+    for _ in range(2):
+        tracing.start(unit_request(), 5.0).failed(400, ValueError("bad"), 6.0)
+
+    first, second = exporter.get_finished_spans()
+    assert (first.start_time, first.end_time) == (10**18 + 5 * 10**9, 10**18 + 6 * 10**9)
+    assert (second.start_time, second.end_time) == (first.start_time + step, first.end_time + step)
 
 
 # -- when tracing is on -------------------------------------------------------------------------------------------

@@ -5,8 +5,10 @@ A text's words are counted into the model's features, a word's feature its line 
 beside this code, read by ``load``); words not in it count for nothing. Some words make the handler misbehave, for
 the tests: ``boom`` raises, ``float64`` returns the wrong dtype, ``hang`` waits for ``RELEASE`` (set by a test in the
 server's process; a pool's process never sees it), ``crash`` ends the process (in a pool only: in the stage threads it
-would end the server). ``WordsBatched`` is the same, batched: it logs the rows of each call (event ``handler_batch``),
-and ``drop`` makes its preprocess lose a row.
+would end the server), ``hold`` makes the file ``held`` in the folder ``$WORDS_HOLD_DIR`` names, then waits for
+``release`` there (a pool's process sees them too: a test sets the variable before the pool starts). ``WordsBatched``
+is the same, batched: it logs the rows of each call (event ``handler_batch``), and ``drop`` makes its preprocess lose
+a row.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 from kubeserve.runtime.handler import HandlerContext, InvalidInput
@@ -22,6 +26,15 @@ log = logging.getLogger("words_handler")
 TOPICS = [f"topic-{index}" for index in range(10)]
 HUNG = threading.Event()  # a text with "hang" is being preprocessed
 RELEASE = threading.Event()  # lets it go on
+
+
+def hold(folder: Path) -> None:
+    """Say so (``held``), then wait for ``release`` (60 s at most)."""
+    (folder / "held").touch()
+    for _ in range(6000):
+        if (folder / "release").exists():
+            return
+        time.sleep(0.01)
 
 
 class Words:
@@ -50,6 +63,8 @@ class Words:
             if "hang" in words:
                 HUNG.set()
                 RELEASE.wait(60)
+            if "hold" in words:
+                hold(Path(os.environ["WORDS_HOLD_DIR"]))
             if "crash" in words:
                 os._exit(3)
             if "float64" in words:
