@@ -27,15 +27,13 @@ import numpy as np
 import tritonclient.http as triton
 from image_path import IMAGE_INPUTS, photo
 from kubeserve.runtime.samples import (
-    TABULAR_CATEGORY,
-    TABULAR_NUMERIC,
     tabular_pipeline,
     tabular_rows,
     write_labels,
     write_sample,
     write_tabular,
 )
-from payloads import json_payload
+from payloads import json_payload, tabular_inputs
 from prometheus_client.parser import text_string_to_metric_families
 from server import RUNTIME, RunningServer
 
@@ -116,13 +114,7 @@ def tabular(work: Path) -> None:
     print(f"\ncomposed the tabular sample's preprocessing ({preprocessing.name}) with its classifier: {composed}")
     rows, _fraud = tabular_rows(4, seed=99)
     with RunningServer(composed, "fraud") as server:
-        columns = [*TABULAR_NUMERIC, TABULAR_CATEGORY]
-        inputs = [
-            {"name": name, "shape": [len(rows), 1], "datatype": "BYTES" if name == TABULAR_CATEGORY else "FP32",
-             "data": [str(v) if name == TABULAR_CATEGORY else float(v) for v in rows[:, index]]}
-            for index, name in enumerate(columns)
-        ]  # fmt: skip
-        answer, timing = post_json(f"{server.url}/v2/models/fraud/infer", {"inputs": inputs})
+        answer, timing = post_json(f"{server.url}/v2/models/fraud/infer", {"inputs": tabular_inputs(rows)})
         served = next(o for o in answer["outputs"] if o["name"] == "probabilities")
         probabilities = np.reshape(served["data"], served["shape"])[:, 1]
         expected = tabular_pipeline().predict_proba(rows)[:, 1]

@@ -25,6 +25,19 @@ def sample_rows(model: str, rows: int, seed: int = 0, inputs: Inputs = INPUTS) -
     return np.random.default_rng(seed).random((rows, *shape), dtype=np.float32)
 
 
+def tabular_inputs(rows: np.ndarray) -> list[dict]:
+    """Raw transactions (``samples.tabular_rows``) as the tabular sample's V2 JSON inputs: a [rows, 1] tensor per
+    column, the merchant category as BYTES, the rest FP32."""
+    from kubeserve.runtime.samples import TABULAR_CATEGORY, TABULAR_NUMERIC
+
+    columns = [*TABULAR_NUMERIC, TABULAR_CATEGORY]
+    return [
+        {"name": name, "shape": [len(rows), 1], "datatype": "BYTES" if name == TABULAR_CATEGORY else "FP32",
+         "data": [str(v) if name == TABULAR_CATEGORY else float(v) for v in rows[:, index]]}
+        for index, name in enumerate(columns)
+    ]  # fmt: skip
+
+
 def json_payload(model: str, rows: int, inputs: Inputs = INPUTS) -> Payload:
     name, _shape = inputs[model]
     data = sample_rows(model, rows, inputs=inputs)

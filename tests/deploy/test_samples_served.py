@@ -22,8 +22,6 @@ from kubeserve.operator.settings import OperatorSettings
 from kubeserve.runtime.samples import (
     CNN_LABELS,
     CNN_LABELS_FILE,
-    TABULAR_CATEGORY,
-    TABULAR_NUMERIC,
     tabular_pipeline,
     tabular_rows,
     write_labels,
@@ -35,6 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
 from image_path import photo  # noqa: E402  (bench/, above)
+from payloads import tabular_inputs  # noqa: E402
 from server import RUNTIME, RunningServer  # noqa: E402
 
 # Where the runtime image keeps the samples (docker/runtime-*.Dockerfile), as the samples' file:// URIs name them.
@@ -92,15 +91,10 @@ def test_the_tabular_sample_answers_raw_rows_as_its_pipeline(built, tmp_path):
 
     config = {name: here(value, built, optimized) for name, value in config.items()}
     rows, _fraud = tabular_rows(32, seed=11)
-    inputs = [
-        {"name": name, "shape": [len(rows), 1], "datatype": "BYTES" if name == TABULAR_CATEGORY else "FP32",
-         "data": [str(v) if name == TABULAR_CATEGORY else float(v) for v in rows[:, index]]}
-        for index, name in enumerate([*TABULAR_NUMERIC, TABULAR_CATEGORY])
-    ]  # fmt: skip
     with serve(config, tmp_path) as server:
         answer = post(
             f"{server.url}/v2/models/{config['model_name']}/infer",
-            json.dumps({"inputs": inputs}).encode(),
+            json.dumps({"inputs": tabular_inputs(rows)}).encode(),
             {"Content-Type": "application/json"},
         )
     (served,) = [output for output in answer["outputs"] if output["name"] == "probabilities"]

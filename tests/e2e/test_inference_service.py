@@ -256,25 +256,23 @@ def test_the_processing_samples_take_raw_rows_and_images_and_answer_as_their_pip
     from image_path import photo
     from kubeserve.runtime.samples import (
         CNN_LABELS,
-        TABULAR_CATEGORY,
-        TABULAR_NUMERIC,
         tabular_pipeline,
         tabular_rows,
     )
+    from payloads import tabular_inputs
 
     install_chart(cluster, images)
     namespace = "default"
     try:
         name, namespace = apply_and_wait(cluster, REPO / "samples" / "isvc-tabular.yaml")
         rows, _fraud = tabular_rows(16, seed=5)
-        columns = [*TABULAR_NUMERIC, TABULAR_CATEGORY]
-        inputs = [
-            {"name": column, "shape": [len(rows), 1], "datatype": "BYTES" if column == TABULAR_CATEGORY else "FP32",
-             "data": [str(v) if column == TABULAR_CATEGORY else float(v) for v in rows[:, index]]}
-            for index, column in enumerate(columns)
-        ]  # fmt: skip
         with port_forward(cluster, namespace, f"service/{name}") as port:
-            answer = post(port, f"/v2/models/{name}/infer", json.dumps({"inputs": inputs}).encode(), "application/json")
+            answer = post(
+                port,
+                f"/v2/models/{name}/infer",
+                json.dumps({"inputs": tabular_inputs(rows)}).encode(),
+                "application/json",
+            )
         (served,) = [output for output in answer["outputs"] if output["name"] == "probabilities"]
         probabilities = np.asarray(served["data"]).reshape(served["shape"])
         np.testing.assert_allclose(probabilities, tabular_pipeline().predict_proba(rows), atol=1e-5)
