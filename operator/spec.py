@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from kubeserve.operator import naming
-from kubeserve.runtime.config import HANDLER_CLASS
+from kubeserve.runtime.config import HANDLER_CLASS, STAGE_TIMEOUT_SECONDS
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -52,7 +52,7 @@ DOTDOT_PATTERN = re.compile(r"^(pvc|file)://.*(^|/)[.][.](/|$)")
 # Handler code: a Python file or an archive of Python code (a pre-signed URL's query may follow).
 HANDLER_CODE_PATTERN = re.compile(r"^[^?#]*[^/?#]\.(py|tar\.gz|tgz|zip)([?#].*)?$")
 # The runtime's default for preprocess_timeout_seconds and postprocess_timeout_seconds.
-HOOK_TIMEOUT_SECONDS = 30
+HOOK_TIMEOUT_SECONDS = STAGE_TIMEOUT_SECONDS
 
 # The runtime settings the spec controls; env must not override them (the CRD's env rule lists the same).
 SPEC_CONTROLLED_ENV = (

@@ -25,6 +25,10 @@ MSG_GPU_WORKERS = (
 )
 
 
+# The preprocess and postprocess stages' default timeout.
+STAGE_TIMEOUT_SECONDS = 30.0
+
+
 class ConfigError(Exception):
     """The settings cannot be used; the message says which one and why."""
 
@@ -113,12 +117,12 @@ class RuntimeSettings(BaseModel):
         "model; none: the handler is importable as installed (an image built FROM the runtime's)",
     )
     preprocess_timeout_seconds: PositiveFloat = Field(
-        default=30.0,
+        default=STAGE_TIMEOUT_SECONDS,
         description="longest a request's preprocess stage (the handler's preprocess, images decoded) may take; past "
         "it, 504",
     )
     postprocess_timeout_seconds: PositiveFloat = Field(
-        default=30.0,
+        default=STAGE_TIMEOUT_SECONDS,
         description="longest a request's postprocess stage (the handler's postprocess, classification) may take; "
         "past it, 504",
     )
