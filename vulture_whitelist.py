@@ -62,6 +62,10 @@ _.pytestmark
 # Python handlers, which the server loads by the name the handler setting gives (module:Class): the bench's and the
 # tests' (bench/noop_handler.py, tests/runtime/user_handlers/words_handler.py).
 _.NoOp
+_.NoOpOnLoop
+_.Traced
+_.BatchedOnLoop
+_.OnLoopInProcesses
 _.WordsInProcesses
 _.BatchedInProcesses
 _.MissesAnOutput
@@ -70,3 +74,17 @@ _.NoStage
 _.BadDatatype
 _.NoRows
 _.OutputsWithoutPostprocess
+# gRPC calls a servicer's methods by the service's RPC names (runtime/grpc/service.py); protobuf messages' fields are
+# set for the wire; the generated modules read the descriptor pool (runtime/grpc/descriptors.py).
+_.ServerLive
+_.ServerReady
+_.ModelReady
+_.ServerMetadata
+_.ModelMetadata
+_.ModelInfer
+_.ModelStreamInfer
+_.bool_param
+_.int64_param
+_.double_param
+_.string_param
+_.POOL

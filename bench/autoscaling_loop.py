@@ -120,7 +120,7 @@ class ReplicaConfig:
         return [
             sys.executable, str(LAUNCHER), "--fixed-latency-seconds", str(self.batch_seconds),
             "--per-row-seconds", str(self.row_seconds),
-            "serve", "--host", "127.0.0.1", "--port", "0", "--model-path", str(self.model_path),
+            "serve", "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0", "--model-path", str(self.model_path),
             "--model-name", "tiny", "--max-batch-size", str(self.max_batch_size), "--instance-count", "1",
             "--max-queue-delay-microseconds", "0", "--max-queue-size", str(self.max_queue_size),
             "--intra-op-num-threads", "1", "--inter-op-num-threads", "1",

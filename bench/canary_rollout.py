@@ -77,7 +77,7 @@ class RolloutConfig:
         return [
             sys.executable, str(LAUNCHER), "--fail-every", str(revision.fail_every),
             "--fixed-latency-seconds", str(self.batch_seconds),
-            "serve", "--host", "127.0.0.1", "--port", "0", "--model-path", str(self.model_path),
+            "serve", "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0", "--model-path", str(self.model_path),
             "--model-name", "tiny", "--model-version", revision.version,
             "--max-batch-size", str(self.max_batch_size), "--instance-count", "1",
             "--max-queue-delay-microseconds", "0", "--max-queue-size", "100000",

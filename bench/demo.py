@@ -69,8 +69,8 @@ def post(url: str, body: bytes, content_type: str) -> tuple[dict, str]:
         return json.load(response), response.headers["Server-Timing"]
 
 
-def burst_of_load(server: RunningServer, seconds: float, concurrency: int) -> dict:
-    body = Path(tempfile.mkdtemp(prefix="kubeserve-demo-")) / "request.json"
+def burst_of_load(server: RunningServer, work: Path, seconds: float, concurrency: int) -> dict:
+    body = work / "request.json"
     body.write_bytes(json_payload("mlp", 1).body)
     command = [
         sys.executable, str(Path(__file__).with_name("loadgen.py")), "--url", f"{server.url}/v2/models/mlp/infer",
@@ -148,7 +148,12 @@ def image(work: Path) -> None:
 
 
 def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="kubeserve-demo-"))
+    # Everything the demo builds lives in one folder, removed when it ends (or fails).
+    with tempfile.TemporaryDirectory(prefix="kubeserve-demo-") as scratch:
+        demo(Path(scratch))
+
+
+def demo(work: Path) -> None:
     model = write_sample("mlp", work / "mlp.onnx")
     print(f"built the sample MLP (32 features -> 10 class probabilities): {model}")
     with RunningServer(model, "mlp") as server:
@@ -168,7 +173,7 @@ def main() -> None:
         answer, timing = post_json(f"{server.url}/v1/models/mlp:predict", {"instances": features[:2].tolist()})
         show("KServe V1 :predict (first 2 samples):", np.array(answer["predictions"]), timing)
 
-        burst = burst_of_load(server, seconds=2.0, concurrency=32)
+        burst = burst_of_load(server, work, seconds=2.0, concurrency=32)
         print(
             f"\n2 s of closed-loop load from 32 connections (bench/loadgen.py): {burst['requests']:,} requests, "
             f"{burst['requests_per_second']:,.0f} req/s, p50 {burst['p50_ms']:.2f} ms, p99 {burst['p99_ms']:.2f} ms"

@@ -1,5 +1,6 @@
 """``make demo-autoscale``: the autoscaling loop closed on this machine for about two minutes, with shortened
-windows, written to ``docs/autoscale.csv`` and plotted to ``docs/autoscale.png``.
+windows, written to ``autoscale.csv`` and plotted to ``autoscale.png`` in ``bench/out/autoscale/`` (ignored by git);
+``--docs`` (``make demo-autoscale-docs``) refreshes the copies the documentation shows, ``docs/autoscale.*``.
 
 Real runtime processes serve the sample ``tiny`` model with each batch taking 20 ms plus 7.5 ms per row off the CPU
 (as an accelerator's compute does: harness tooling, see ``bench/fixed_latency_runtime.py``); with batches
@@ -26,6 +27,8 @@ from autoscaling_loop import LoopConfig, LoopResult, Phase, ReplicaConfig, run_l
 from kubeserve.runtime.samples import write_sample
 
 ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out" / "autoscale"
+DOCS = ROOT / "docs"
 
 
 def plot(result: LoopResult, path: Path) -> None:
@@ -67,10 +70,16 @@ def plot(result: LoopResult, path: Path) -> None:
     plt.close(figure)
 
 
-def main() -> None:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="folder for autoscale.csv and autoscale.png")
-    args = parser.parse_args()
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, default=OUT, help="folder for autoscale.csv and autoscale.png (%(default)s)")
+    where.add_argument("--docs", action="store_const", const=DOCS, dest="out", help=f"write them into {DOCS}")
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_arguments()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         replica = ReplicaConfig(

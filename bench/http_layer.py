@@ -1,4 +1,4 @@
-"""What the HTTP layer costs: issue 11's tiny-model floors against the server the requests go through.
+"""What the HTTP layer costs: the tiny-model floors of `make bench` against the server the requests go through.
 
 On the comparison's tiny model, at concurrency 1 and 32, with the bench's load generator
 (``python bench/http_layer.py``):

@@ -6,7 +6,7 @@ serve`` as its own process, sends requests of that many rows, and reads the proc
 made by ``kubeserve-runtime optimize``, run as the operator's init container runs it (its comparison included),
 and that command's own peak is measured too, quantizing and precompiling alone (``optimize`` rows, whose estimate
 is a pod's at batch 1). It prints the measurements next to the estimate and the error, as a Markdown table (the
-README's).
+docs/guide/optimization.md's).
 
     .venv/bin/python bench/memory_calibration.py            # the bundled samples, bench models and a wide MLP
     .venv/bin/python bench/memory_calibration.py --quick    # the bundled samples only
@@ -57,7 +57,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
 
 def _bench_models() -> dict[str, Callable[[], onnx.ModelProto]]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import models as bench_models  # bench/models.py, the issue-11 comparison models
+    import models as bench_models  # bench/models.py, the models of `make bench`'s comparison
 
     return {"bench-mlp": bench_models.build_mlp, "bench-cnn": bench_models.build_cnn}
 

@@ -1,4 +1,4 @@
-"""The comparison models of issue 11, built with ``onnx.helper``: FP32, dynamic batch dimension, fixed seeds.
+"""The models of `make bench`'s comparison, built with ``onnx.helper``: FP32, dynamic batch dimension, fixed seeds.
 
 They differ from the bundled samples (runtime/samples.py), which stay as they are for the demo and the tests:
 these are sized so that each stresses a different part of a server against a plain one.

@@ -1,5 +1,6 @@
-"""The bench's Python handler (``--handler noop_handler:NoOp --handler-path bench``): it changes nothing, so what it
-costs is the handler stages' own: a preprocess and a postprocess stage per request, each in a stage thread."""
+"""The bench's Python handlers (``--handler noop_handler:NoOp --handler-path bench``): they change nothing, so what
+they cost is the handler stages' own: a preprocess and a postprocess stage per request, each in a stage thread
+(``NoOp``) or awaited on the event loop (``NoOpOnLoop``, its stages ``async def``)."""
 
 from __future__ import annotations
 
@@ -11,4 +12,12 @@ class NoOp:
         return inputs
 
     def postprocess(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return outputs
+
+
+class NoOpOnLoop:
+    async def preprocess(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return inputs
+
+    async def postprocess(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return outputs

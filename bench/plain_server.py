@@ -1,4 +1,4 @@
-"""The plain reference server of issue 11: what one writes in an afternoon to serve an ONNX model.
+"""The plain reference server of `make bench`'s comparison: what one writes in an afternoon to serve an ONNX model.
 
 aiohttp on uvloop, the standard library's ``json``, ``session.run`` called in the handler (no batching, no
 metrics, no validation), ONNX Runtime with 2 intra-op threads. It speaks just enough of V2

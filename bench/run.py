@@ -1,6 +1,6 @@
 """``make bench``: the runtime under closed-loop load on this machine, beside a plain server and in-process ORT.
 
-First the comparison of issue 11: on three models built for it (bench/models.py), the runtime and a plain
+First the comparison with a plain server: on three models built for it (bench/models.py), the runtime and a plain
 reference server (bench/plain_server.py) are driven in turn by the same load generator with the same requests,
 one sample per request, and the ratios are printed beside the absolute numbers, with the server CPU per
 request. Then, for each sample model it starts the real server, drives load from a separate process (bench/loadgen.py)
@@ -11,8 +11,8 @@ Then the processing around the model: an image per request decoded in the server
 done by the client (bench/image_path.py), and a no-op Python handler's cost per request, against the same server
 without it.
 Last, the bench MLP and CNN as FP32, precompiled and dynamicInt8-quantized
-(bench/optimization.py). Prints the tables, checks the project's floors, and (with ``--readme``) writes the tables
-into README.md with the date and the machine.
+(bench/optimization.py). Prints the tables, checks the project's floors, writes them to bench/out/ (ignored by git),
+and (with ``--docs``) into docs/benchmarks.md with the date and the machine.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import http_attacks
 import models as comparison_models
 import onnxruntime
+from grpc_bench import grpc_floors, measure_grpc, render_grpc
 from image_path import measure_image_path, render_image_path
 from inprocess import samples_per_second
 from kubeserve.runtime.cpus import available_cpus, workers_for_cores
@@ -49,7 +50,7 @@ from server import PlainServer, RunningServer
 from tracing_cost import measure_tracing
 
 HERE = Path(__file__).resolve().parent
-README = HERE.parent / "README.md"
+BENCHMARKS_PAGE = HERE.parent / "docs" / "benchmarks.md"
 LOADGEN = HERE / "loadgen.py"
 BATCH_SIZES = (1, 8, 32, 64)
 CNN_ROWS = 8  # CNN requests carry a client-side batch of images
@@ -215,7 +216,7 @@ def _cnn_share(results: Results, inprocess: dict[int, float]) -> float:
     return results["cnn, c=32, binary, req/s"][DEPLOYED]["requests_per_second"] / max(inprocess.values())
 
 
-# Issue 11's floors against the plain server and in-process ORT: the measured value, the bound, and which way it
+# The floors against the plain server and in-process ORT: the measured value, the bound, and which way it
 # passes (the p50's ratio must stay at or under 1; the others at or over their bound).
 FLOORS = (
     ("tiny, concurrency 1: p50 no worse than plain's", _ratio("tiny, c=1, p50 ms"), 1.0, "at most"),
@@ -229,7 +230,7 @@ FLOORS = (
 def compare_floors(
     measured: list[tuple[Results, dict[int, float]]], scaling: dict[str, list[dict]]
 ) -> list[tuple[str, bool | None, str]]:
-    """Issue 11's floors on each point's median round, with the value each round gave. ``None``: not measurable in
+    """The comparison's floors on each point's median round, with the value each round gave. ``None``: not measurable in
     this run (said so rather than passed)."""
     results, inprocess = medians(measured)
     floors = []
@@ -338,19 +339,24 @@ def check_floors(rows: list[dict], inprocess: dict[str, dict[int, float]]) -> li
     ]  # fmt: skip
 
 
-# A Python handler that changes nothing (bench/noop_handler.py): its preprocess and postprocess stages' own cost.
-HANDLER_FLAGS = ("--handler", "noop_handler:NoOp", "--handler-path", str(HERE))
+# Python handlers that change nothing (bench/noop_handler.py): their preprocess and postprocess stages' own cost, in
+# the stage threads and on the event loop (``async def``).
+HANDLER_SERVERS = {
+    "plain path": (),
+    "no-op handler": ("--handler", "noop_handler:NoOp", "--handler-path", str(HERE)),
+    "async no-op": ("--handler", "noop_handler:NoOpOnLoop", "--handler-path", str(HERE)),
+}
 HANDLER_GOAL_US = 20  # of server CPU per request, over the same server without the handler
 
 
 def measure_handler(work: Path, seconds: float, rounds: int = ROUNDS) -> dict[str, dict[int, list[dict]]]:
-    """The sample MLP, one JSON row per request, served without a handler and with the no-op one, one after the other
+    """The sample MLP, one JSON row per request, served without a handler and with each no-op one, one after the other
     in each round, at concurrency 1 and 32: loadgen results by server and concurrency, one per round."""
     path = write_sample("mlp", work / "mlp.onnx")
     payload = json_payload("mlp", 1)
-    results: dict[str, dict[int, list[dict]]] = {"plain path": {1: [], 32: []}, "no-op handler": {1: [], 32: []}}
+    results: dict[str, dict[int, list[dict]]] = {name: {1: [], 32: []} for name in HANDLER_SERVERS}
     for round_number in range(1, rounds + 1):
-        for name, flags in zip(results, ((), HANDLER_FLAGS), strict=True):
+        for name, flags in HANDLER_SERVERS.items():
             with RunningServer(path, "mlp", *flags) as server:
                 for concurrency, measured in results[name].items():
                     result = drive(server, payload, concurrency, seconds, work / "body")
@@ -369,31 +375,42 @@ def render_handler(results: dict[str, dict[int, list[dict]]]) -> str:
     def median(name: str, concurrency: int, metric: str) -> float:
         return statistics.median(result[metric] for result in results[name][concurrency])
 
-    lines = ["| sample mlp, JSON, medians | plain path | no-op handler | the handler's cost |", "|---|---:|---:|---:|"]
+    handlers = [name for name in HANDLER_SERVERS if name != "plain path"]
+    lines = [
+        f"| sample mlp, JSON, medians | plain path | {' | '.join(f'{name} (its cost)' for name in handlers)} |",
+        f"|---|---:|{'---:|' * len(handlers)}",
+    ]
     for label, concurrency, metric, scale in (
         ("c=1: p50 latency", 1, "p50_ms", 1e3),
         ("c=32: server CPU per request", 32, "server_cpu_us_per_request", 1.0),
     ):
-        plain, handled = median("plain path", concurrency, metric), median("no-op handler", concurrency, metric)
-        lines.append(
-            f"| {label} | {plain * scale:,.1f} µs | {handled * scale:,.1f} µs | {(handled - plain) * scale:+,.1f} µs |"
-        )
-    plain, handled = median("plain path", 32, "requests_per_second"), median("no-op handler", 32, "requests_per_second")
-    lines.append(f"| c=32: req/s | {plain:,.0f} | {handled:,.0f} | {handled / plain - 1:+.1%} |")
+        plain = median("plain path", concurrency, metric)
+        cells = []
+        for name in handlers:
+            handled = median(name, concurrency, metric)
+            cells.append(f"{handled * scale:,.1f} µs ({(handled - plain) * scale:+,.1f} µs)")
+        lines.append(f"| {label} | {plain * scale:,.1f} µs | {' | '.join(cells)} |")
+    plain = median("plain path", 32, "requests_per_second")
+    rates = [median(name, 32, "requests_per_second") for name in handlers]
+    cells = [f"{rate:,.0f} ({rate / plain - 1:+.1%})" for rate in rates]
+    lines.append(f"| c=32: req/s | {plain:,.0f} | {' | '.join(cells)} |")
     cpu = "server_cpu_us_per_request"
-    cost = median("no-op handler", 32, cpu) - median("plain path", 32, cpu)
-    goal = f"a no-op Python handler costs at most {HANDLER_GOAL_US} µs of server CPU per request (c=32)"
-    return "\n".join([*lines, "", *render_floors([(goal, cost <= HANDLER_GOAL_US, f"{cost:+.1f} µs")])])
+    floors = []
+    for name, where in (("no-op handler", "in the stage threads"), ("async no-op", "async def, on the event loop")):
+        cost = median(name, 32, cpu) - median("plain path", 32, cpu)
+        goal = f"a no-op Python handler ({where}) costs at most {HANDLER_GOAL_US} µs of server CPU per request (c=32)"
+        floors.append((goal, cost <= HANDLER_GOAL_US, f"{cost:+.1f} µs"))
+    return "\n".join([*lines, "", *render_floors(floors)])
 
 
-def write_readme(text: str, section: str = "bench") -> None:
+def write_docs(text: str, section: str = "bench") -> None:
     begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
-    readme = README.read_text()
-    if begin not in readme or end not in readme:
-        raise SystemExit(f"README.md has no {begin} ... {end} section")
-    head, rest = readme.split(begin, 1)
+    page = BENCHMARKS_PAGE.read_text()
+    if begin not in page or end not in page:
+        raise SystemExit(f"{BENCHMARKS_PAGE} has no {begin} ... {end} section")
+    head, rest = page.split(begin, 1)
     _old, tail = rest.split(end, 1)
-    README.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+    BENCHMARKS_PAGE.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
 
 
 def measure_self(work: Path, seconds: float) -> tuple[list[dict], dict[str, dict[int, float]]]:
@@ -434,18 +451,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per point")
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="rounds of the comparison (medians reported)")
-    parser.add_argument("--readme", action="store_true", help="write the tables into README.md")
+    parser.add_argument("--docs", action="store_true", help="also write the tables into docs/benchmarks.md")
     parser.add_argument(
-        "--part", choices=("all", "comparison", "self", "processing", "optimization", "attacks"), default="all",
+        "--part", choices=("all", "comparison", "grpc", "self", "processing", "optimization", "attacks"), default="all",
         help="comparison: the runtime against the plain server; self: the runtime against itself (samples, tracing); "
         "processing: images decoded in the server against the client, and a no-op Python handler against the same "
         "server without it; "
-        "optimization: FP32 against precompiled and dynamicInt8 (its own README table); attacks: hostile clients "
+        "optimization: FP32 against precompiled and dynamicInt8 (its own table); grpc: gRPC against REST on the same "
+        "server (bench/grpc_bench.py); attacks: hostile clients "
         "against the HTTP layer, a normal client beside each (bench/http_attacks.py)",
     )  # fmt: skip
     args = parser.parse_args()
-    if args.readme and args.part not in ("all", "optimization"):
-        parser.error("--readme writes every table of the runtime's section: it needs --part all (or optimization)")
+    if args.docs and args.part not in ("all", "optimization"):
+        parser.error("--docs writes every table of docs/benchmarks.md: it needs --part all (or optimization)")
 
     work = Path(tempfile.mkdtemp(prefix="kubeserve-bench-"))
     print(f"machine: {machine()}", flush=True)
@@ -479,6 +497,16 @@ def main() -> None:
             "inprocess_cnn": inprocess_cnn,
             "scaling": scaling,
         }
+    if args.part in ("all", "grpc"):
+        grpc_results = measure_grpc(work, args.seconds, args.rounds, drive, DEPLOYED_WORKERS)
+        text += (
+            f"\n\ngRPC against REST on the same server ({DEPLOYED}), the models of bench/models.py, one sample per "
+            f"request, in {args.rounds} rounds (medians; bench/grpc_bench.py):\n\n"
+            + render_grpc(grpc_results)
+            + "\n\n"
+            + "\n".join(render_floors(grpc_floors(grpc_results)))
+        )
+        saved["grpc"] = grpc_results
     if args.part in ("all", "self"):
         rows, inprocess = measure_self(work, args.seconds)
         text += "\n\nThe runtime against itself on the bundled samples:\n\n" + render(
@@ -518,17 +546,18 @@ def main() -> None:
         if args.part == "optimization":
             text = optimization_text
     (HERE / "out").mkdir(exist_ok=True)
-    (HERE / "out" / "results.md").write_text(text + "\n")
+    tables = f"{text}\n\n{optimization_text}" if args.part == "all" and optimization_text is not None else text
+    (HERE / "out" / "results.md").write_text(tables + "\n")
     (HERE / "out" / "results.json").write_text(json.dumps(saved, indent=2))
     print("\n" + text)
     if args.part == "all" and optimization_text is not None:
         print("\n" + optimization_text)
-    if args.readme:
+    if args.docs:
         if args.part == "all":
-            write_readme(text)
+            write_docs(text)
         if optimization_text is not None:
-            write_readme(optimization_text, "bench-optimization")
-        print("\nwritten to README.md")
+            write_docs(optimization_text, "bench-optimization")
+        print(f"\nwritten to {BENCHMARKS_PAGE}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Issue 11's last floor: a pod with more cores serves proportionally more (``workers``).
+"""The scaling floor: a pod with more cores serves proportionally more (``workers``).
 
 The runtime runs with 1, 2, 4, ... workers, pinned to as many CPUs, while the load generator runs pinned to CPUs
 of its own (in as many processes as there are workers, up to its CPUs), so that the server's share is what grows.

@@ -23,7 +23,7 @@ class RunningServer:
         """``cpus``: pin the server (and its workers) to these CPUs, away from the load generator's."""
         self._start(
             [RUNTIME, "serve", "--host", "127.0.0.1", "--port", "0", "--model-path", str(model_path),
-             "--model-name", model_name, "--workers", str(workers), *flags],
+             "--grpc-port", "0", "--model-name", model_name, "--workers", str(workers), *flags],
             model_name,
             workers,
             cpus,
@@ -38,6 +38,7 @@ class RunningServer:
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
         self.model_name = model_name
+        self.events: dict[str, dict] = {}  # the last log event of each name seen so far
         self.port = int(self._wait_for("listening")["port"])
         self.ready_event = self._wait_for("model_ready")
         for _ in range(workers - 1):  # every worker's model, with --workers
@@ -50,6 +51,7 @@ class RunningServer:
                 event = json.loads(line)
             except ValueError:  # not a log event: a traceback from a server that failed to start
                 raise RuntimeError(f"the server failed: {line.strip()} {self.process.stderr.read()}") from None
+            self.events[event.get("event")] = event
             if event.get("event") == name:
                 return event
             if event.get("level") == "ERROR":
@@ -63,6 +65,11 @@ class RunningServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_address(self) -> str:
+        """Where the server's gRPC is (it logs it before its model is ready)."""
+        return f"127.0.0.1:{self.events['grpc_listening']['port']}"
 
     def stop(self) -> int:
         """SIGTERM (a graceful drain), then the exit code."""

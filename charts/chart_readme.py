@@ -31,6 +31,13 @@ OUTPUT = CHART / "README.md"
 KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_.-]+):(?:\s|$)")
 COMMENT_LINE = re.compile(r"^ *# ?(?P<text>.*)$")
 INDENT = 2  # values.yaml's indentation step
+NO_IMAGE = (
+    "**No image is published; build it: `make kind`** (from a clone of the repository, with Docker) builds both "
+    "images,\ncreates a kind cluster, loads them into it, installs this chart with them and applies the CPU sample. "
+    "For another\ncluster, build `docker/operator.Dockerfile` and `docker/runtime-cpu.Dockerfile`, push them to your "
+    "registry and set\n`operator.image.repository`, `operator.image.tag` and `runtime.cpuImage`: with the defaults, "
+    "the pods cannot pull their images."
+)
 
 
 @dataclass(frozen=True)
@@ -150,6 +157,8 @@ def render() -> str:
         "```sh",
         f"helm install {chart['name']} charts/{chart['name']} --namespace kubeserve-system --create-namespace",
         "```",
+        "",
+        NO_IMAGE,
         "",
         f"Chart {chart['version']}, app {chart['appVersion']}, Kubernetes {chart['kubeVersion']}. "
         f"Serving, autoscaling and rollouts are described in the repository's README: {home}#readme.",

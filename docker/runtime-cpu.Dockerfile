@@ -2,7 +2,7 @@
 # Build from the repository root:
 #   docker build -f docker/runtime-cpu.Dockerfile -t kubeserve-runtime:0.1.0 .
 
-# --- The virtual environment: kubeserve with onnxruntime and OpenTelemetry (the tracing extra: README "Tracing"),
+# --- The virtual environment: kubeserve with onnxruntime and OpenTelemetry (the tracing extra: docs/guide/observability.md),
 # every version pinned by constraints.txt.
 # Not the operator extra: kopf and kubernetes stay out of the runtime image (tests/deploy/test_packaging.py).
 FROM python:3.11.15-slim-bookworm AS venv
@@ -33,6 +33,6 @@ ENV PATH=/opt/kubeserve/venv/bin:$PATH \
     HOME=/tmp
 # A numeric user, so that Kubernetes' runAsNonRoot can verify it.
 USER 65532:65532
-EXPOSE 8080
+EXPOSE 8080 8001
 ENTRYPOINT ["kubeserve-runtime"]
 CMD ["serve", "--config", "/etc/kubeserve/runtime.yaml"]

@@ -6,8 +6,8 @@
 # nvidia-cudnn-cu13): the base is NVIDIA's CUDA 13.0 runtime with cuDNN, which needs an NVIDIA driver
 # >= 580 on the node. Ubuntu 24.04's Python is 3.12; every pinned dependency has wheels for it.
 
-# --- The virtual environment: kubeserve with onnxruntime-gpu and OpenTelemetry (the tracing extra: README
-# "Tracing"). constraints.txt pins everything else;
+# --- The virtual environment: kubeserve with onnxruntime-gpu and OpenTelemetry (the tracing extra:
+# docs/guide/observability.md). constraints.txt pins everything else;
 # Not the operator extra: kopf and kubernetes stay out of the runtime image (tests/deploy/test_packaging.py).
 # onnxruntime-gpu is not in it (it cannot share a venv with onnxruntime), so it is pinned here, to the
 # same release as the CPU image's onnxruntime.
@@ -53,6 +53,6 @@ ENV PATH=/opt/kubeserve/venv/bin:$PATH \
     HOME=/tmp
 # A numeric user, so that Kubernetes' runAsNonRoot can verify it.
 USER 65532:65532
-EXPOSE 8080
+EXPOSE 8080 8001
 ENTRYPOINT ["kubeserve-runtime"]
 CMD ["serve", "--config", "/etc/kubeserve/runtime.yaml"]

@@ -182,6 +182,8 @@ class Applier:
         if plan.route is not None and (full or plan.route != memory.route):
             for service in plan.route_services:
                 await self._cluster.apply(service)
+            if plan.grpc_route is not None:  # the same weights: it changes when the HTTPRoute does
+                await self._cluster.apply(plan.grpc_route)
             await self._cluster.apply(plan.route)
             memory.route = plan.route
         if full and plan.starting_replicas is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubeserve.operator.naming import GROUP, VERSION
 from kubeserve.operator.settings import SETTING_NAMES, SettingsError, env_name, load_settings
 from kubeserve.runtime import __version__
 from kubeserve.runtime.logs import configure_logging
@@ -20,9 +21,14 @@ EXIT_INVALID_INPUT = 1
 EXIT_STOPPED = 1
 EXIT_BAD_SETTINGS = 2
 
+# What `--help` prints above the commands: plain text (the module's docstring is reStructuredText).
+DESCRIPTION = "kubeserve-operator: run the operator, or render the manifests it would apply for a file."
+# KServe's InferenceService has the same kind (and short name, isvc) in another group; its spec holds a predictor.
+KSERVE_GROUP = "serving.kserve.io"
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kubeserve-operator", description=__doc__)
+    parser = argparse.ArgumentParser(prog="kubeserve-operator", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -59,13 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# What the operator needs beyond the runtime: its extra, which the runtime's image does not carry.
-OPERATOR_PACKAGES = ("kopf", "kubernetes")
+# What each command needs beyond the runtime, from the operator extra (which the runtime's image does not carry):
+# render needs no cluster, only the Kubernetes client's quantity parser (the builders compare resource quantities).
+OPERATOR_PACKAGES = {"run": ("kopf", "kubernetes"), "render": ("kubernetes",)}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    missing = [name for name in OPERATOR_PACKAGES if importlib.util.find_spec(name) is None]
+    missing = [name for name in OPERATOR_PACKAGES[args.command] if importlib.util.find_spec(name) is None]
     if missing:
         print(
             f"kubeserve-operator: {', '.join(missing)} not installed: pip install 'kubeserve[operator]'",
@@ -147,6 +154,9 @@ def _render(args: argparse.Namespace) -> int:
                 continue
             name = (document.get("metadata") or {}).get("name")
             where += f" ({name})" if name else ""
+            if (kserve := kserve_manifest(document)) is not None:
+                errors.append(f"{where}: {kserve}")
+                continue
             assessment = assess(document, settings)
             if assessment.isvc is None:
                 errors.extend(f"{where}: {problem}" for problem in assessment.problems)
@@ -163,6 +173,24 @@ def _render(args: argparse.Namespace) -> int:
         return EXIT_INVALID_INPUT
     sys.stdout.write(yaml.dump_all(rendered, Dumper=_ManifestDumper, sort_keys=False, default_flow_style=False))
     return 0
+
+
+def kserve_manifest(document: dict[str, Any]) -> str | None:
+    """What to say when a document is KServe's InferenceService rather than ours (None when it is not): the same
+    kind, in another API group, with spec.predictor where ours has spec.model. Listing its fields as unknown to
+    kubeserve would only confuse."""
+    api_version = document.get("apiVersion")
+    group = api_version.partition("/")[0] if isinstance(api_version, str) else None
+    spec = document.get("spec")
+    predictor = isinstance(spec, dict) and "predictor" in spec
+    if group != KSERVE_GROUP and not (group != GROUP and predictor):
+        return None
+    seen = ", ".join([*([f"apiVersion {api_version}"] if group else []), *(["spec.predictor"] if predictor else [])])
+    return (
+        f"this is KServe's InferenceService ({seen}), not kubeserve's: kubeserve "
+        f"takes apiVersion {GROUP}/{VERSION} with spec.model (an ONNX model's uri), as in samples/isvc-cpu.yaml; "
+        f"`kubectl explain inferenceservices.{GROUP}.spec` lists its fields"
+    )
 
 
 class _ManifestDumper(yaml.SafeDumper):

@@ -33,6 +33,7 @@ _CUSTOM_PLURALS: dict[tuple[str, str], str] = {
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
     ("http.keda.sh/v1beta1", "InterceptorRoute"): "interceptorroutes",
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"): "grpcroutes",
 }
 
 # Worth retrying: conflicts, throttling, the API server's own trouble.

@@ -42,3 +42,14 @@ def intra_op_threads(isvc: InferenceService, workers: int) -> int:
     if runtime.intra_op_num_threads or workers == 1 or cores is None:
         return runtime.intra_op_num_threads
     return max(1, math.floor(cores / workers))
+
+
+def processing_threads(isvc: InferenceService, workers: int) -> int:
+    """Each worker's preprocess and postprocess threads: spec.runtime.processingThreads, else the CPU request shared
+    between the workers, at least one; one without a CPU request, which promises the pod none. Set for image inputs
+    rather than left to the runtime, which would count the node's cores (or the pod's CPU limit) and so decode that
+    many requests' images at once: the memory estimate counts on it."""
+    if isvc.spec.runtime.processing_threads is not None:
+        return isvc.spec.runtime.processing_threads
+    cores = requested_cores(isvc)
+    return 1 if cores is None else max(1, math.floor(cores / workers))

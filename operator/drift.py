@@ -70,6 +70,9 @@ def repair(
     if kind == "HTTPRoute" and route is not None:
         # Its weights are the rollout's, not the spec's: compared with the one last applied.
         return Repair.ROUTE if event_type == DELETED or not contains(child, route) else None
+    if kind == "GRPCRoute" and route is not None:
+        # The HTTPRoute's weights to the gRPC ports (manifests.http_route): compared with the HTTPRoute last applied.
+        return Repair.ROUTE if event_type == DELETED or not _same_split(child, route) else None
     if children is None:
         return None
     return Repair.CHILDREN if needs_repair(event_type, kind, child, children) else None
@@ -87,3 +90,14 @@ def needs_repair(event_type: str | None, kind: str, child: Mapping[str, Any], pl
         # A revision's replicas are the rollout's to set (from the replica total and the step), not the spec's.
         desired = {**desired, "spec": {key: value for key, value in desired["spec"].items() if key != "replicas"}}
     return desired is not None and not contains(child, desired)
+
+
+def _same_split(grpc_route: Mapping[str, Any], route: Mapping[str, Any]) -> bool:
+    """Whether a GRPCRoute sends to the HTTPRoute's parents and revisions with its weights."""
+
+    def split(spec: Mapping[str, Any]) -> tuple[Any, ...]:
+        rules = spec.get("rules") or [{}]
+        backends = [(ref.get("name"), ref.get("weight")) for ref in rules[0].get("backendRefs") or []]
+        return spec.get("parentRefs"), spec.get("hostnames"), len(rules), backends
+
+    return split(grpc_route.get("spec") or {}) == split(route.get("spec") or {})

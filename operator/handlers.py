@@ -51,6 +51,7 @@ CHILDREN = (
     ("keda.sh", "v1alpha1", "scaledobjects"),
     ("http.keda.sh", "v1beta1", "interceptorroutes"),
     ("gateway.networking.k8s.io", "v1", "httproutes"),
+    ("gateway.networking.k8s.io", "v1", "grpcroutes"),
 )
 # The children whose status the InferenceService's status reports.
 _REPORTED = {(group, plural) for group, _, plural in (DEPLOYMENTS, HPAS)}
@@ -193,6 +194,7 @@ async def forget(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(*CHILDREN[4], labels=RUNTIME_OBJECTS)
 @kopf.on.event(*CHILDREN[5], labels=RUNTIME_OBJECTS)
 @kopf.on.event(*CHILDREN[6], labels=RUNTIME_OBJECTS)
+@kopf.on.event(*CHILDREN[7], labels=RUNTIME_OBJECTS)
 async def child_changed(
     type: str | None,
     namespace: str,

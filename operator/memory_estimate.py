@@ -1,8 +1,8 @@
 """How much memory a runtime pod needs, planned before it is scheduled: a pure formula, calibrated on the real
-runtime (``bench/memory_calibration.py``; its numbers are in the README).
+runtime (``bench/memory_calibration.py``; its numbers are in docs/guide/optimization.md).
 
     serve    = workers x (BASE + size x WEIGHTS[quantization] + instanceCount x max(maxBatchSize, 1) x PER_ROW
-                          + BUFFERED)
+                          + BUFFERED + IMAGES)
                + SUPERVISOR                                                     (only with workers above 1)
     optimize = OPTIMIZE_BASE + size x OPTIMIZING[quantization]            (only with an optimize init container)
     estimate = max(serve, optimize)
@@ -17,6 +17,11 @@ runtime (``bench/memory_calibration.py``; its numbers are in the README).
   sent as JSON, the heaviest of the bundled models, and over-counts small inputs.
 - ``BUFFERED``: request bodies arriving, or read and waiting their turn, which the runtime bounds per process at
   ``max_buffered_request_bytes`` (its default: the operator leaves it as it is), however many clients send at once.
+- ``IMAGES``: with image inputs, the images being decoded: each of the worker's processing threads decodes one
+  request's at a time, and ``maxImagePixels`` bounds a request's pixels per input, so ``processing threads x
+  maxImagePixels x`` the bytes one pixel takes while it is decoded, summed over the image inputs
+  (``IMAGE_BYTES_PER_PIXEL``: the decoded image, its conversion and the tensor; far more without ``resize``, where the
+  tensor is as large as the image, in floats).
 - ``workers``: each server process holds its own session, so all of the above once per worker; with more than one,
   the supervisor process and multiprocessing's resource tracker besides.
 - ``optimize``: the init container's ``kubeserve-runtime optimize`` imports more (onnx, the quantizer), parses the
@@ -30,12 +35,12 @@ import math
 from dataclasses import dataclass, replace
 
 from kubernetes.utils import parse_quantity
-from kubeserve.operator.cpu_share import wanted_workers
+from kubeserve.operator.cpu_share import processing_threads, wanted_workers
 from kubeserve.operator.spec import InferenceService, Quantization
 from kubeserve.runtime.config import RuntimeSettings
 
 MIB = 1024 * 1024
-# Calibrated on CPU (README, "Memory, planned before scheduling"): the runtime's peak was 92 MiB with the sample MLP,
+# Calibrated on CPU (docs/guide/optimization.md): the runtime's peak was 92 MiB with the sample MLP,
 # and 106 MiB with the same packages installed on a tmpfs (file pages count too, as they do in a pod's cgroup).
 BASE_BYTES = 120 * MIB
 # Peak bytes per byte of the FP32 file: 1.82 measured for a 96 MiB MLP as FP32, 0.45 quantized.
@@ -44,6 +49,12 @@ WEIGHTS: dict[str, float] = {"none": 2.0, "dynamicInt8": 0.5}
 PER_ROW_BYTES = math.ceil(2.5 * MIB)
 # Request bodies held by one server process at most: the runtime's bound, which pods keep at its default.
 BUFFERED_BYTES: int = RuntimeSettings.model_fields["max_buffered_request_bytes"].default
+# Peak bytes per pixel of one request's images being decoded, by whether the input resizes them: up to 8.2 measured
+# with resize (an RGBA PNG made RGB; 4.2 for RGB, 0.2 for a JPEG decoded at a smaller scale), 19.1 without (the
+# float tensor is as large as the image).
+IMAGE_BYTES_PER_PIXEL = {True: 9, False: 20}
+# A request's pixels per image input when the spec does not say: the runtime's default.
+MAX_IMAGE_PIXELS: int = RuntimeSettings.model_fields["max_image_pixels"].default
 # With workers: the supervisor (38 MiB measured: it imports neither ONNX Runtime nor aiohttp) and multiprocessing's
 # resource tracker (13 MiB), with some margin.
 SUPERVISOR_BYTES = 56 * MIB
@@ -66,12 +77,19 @@ class MemoryInputs:
     optimizes: bool = False  # an init container writes the model served (quantization, precompile, composition)
     workers: int = 1  # server processes in the pod, each with its own session
     buffered_bytes: int = BUFFERED_BYTES  # request bodies one process may hold (max_buffered_request_bytes)
+    image_bytes: int = 0  # one process's images being decoded at once (``image_bytes``)
 
 
 def estimate_bytes(inputs: MemoryInputs) -> int:
     """The pod's peak memory in bytes: its runtime container's, or its optimize init container's if larger."""
     rows = inputs.instance_count * max(inputs.max_batch_size, 1)
-    one = BASE_BYTES + inputs.model_bytes * WEIGHTS[inputs.quantization] + rows * PER_ROW_BYTES + inputs.buffered_bytes
+    one = (
+        BASE_BYTES
+        + inputs.model_bytes * WEIGHTS[inputs.quantization]
+        + rows * PER_ROW_BYTES
+        + inputs.buffered_bytes
+        + inputs.image_bytes
+    )
     serve = inputs.workers * one + (SUPERVISOR_BYTES if inputs.workers > 1 else 0)
     optimize = OPTIMIZE_BASE_BYTES + inputs.model_bytes * OPTIMIZING[inputs.quantization]
     return math.ceil(max(serve, optimize) if inputs.optimizes else serve)
@@ -85,14 +103,25 @@ def memory_inputs(isvc: InferenceService, workers: int | None = None) -> MemoryI
     if size is None or isvc.wants_gpu:
         return None
     optimization = isvc.optimization
+    if workers is None:
+        workers = planned_workers(isvc)
     return MemoryInputs(
         model_bytes=quantity_bytes(size),
         quantization=optimization.quantization,
         max_batch_size=isvc.spec.batching.max_batch_size,
         instance_count=isvc.spec.runtime.instance_count,
         optimizes=isvc.spec.model.rewritten,
-        workers=workers if workers is not None else planned_workers(isvc),
+        workers=workers,
+        image_bytes=image_bytes(isvc, workers),
     )
+
+
+def image_bytes(isvc: InferenceService, workers: int) -> int:
+    """One worker's images being decoded at once, at most: none without image inputs."""
+    model = isvc.spec.model
+    pixels = model.max_image_pixels or MAX_IMAGE_PIXELS
+    per_pixel = sum(IMAGE_BYTES_PER_PIXEL[each.image.resize is not None] for each in model.inputs or ())
+    return processing_threads(isvc, workers) * pixels * per_pixel
 
 
 def planned_workers(isvc: InferenceService) -> int:
@@ -107,7 +136,12 @@ def planned_workers(isvc: InferenceService) -> int:
     one = memory_inputs(isvc, workers=1)
     if one is None:
         return 1
-    fitting = [n for n in range(1, wanted + 1) if estimate_bytes(replace(one, workers=n)) <= quantity_bytes(limit)]
+    # The processing threads, and so the images decoded at once, are the CPU request shared among the workers.
+    fitting = [
+        n
+        for n in range(1, wanted + 1)
+        if estimate_bytes(replace(one, workers=n, image_bytes=image_bytes(isvc, n))) <= quantity_bytes(limit)
+    ]
     return max(fitting, default=1)
 
 

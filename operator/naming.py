@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from kubeserve.runtime.config import GRPC_PORT as RUNTIME_GRPC_PORT
+
 GROUP = "serving.kubeserve.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -32,6 +34,8 @@ MAX_SERVICE_NAME = 63
 SERVICE_PORT = 80
 # Inside the runtime pods.
 HTTP_PORT = 8080
+# gRPC, in the pods and on the Services: the runtime's default (Triton's port).
+GRPC_PORT = RUNTIME_GRPC_PORT
 CONFIG_DIR = "/etc/kubeserve"
 CONFIG_FILE = "runtime.yaml"
 MODELS_DIR = "/models"
@@ -153,3 +157,8 @@ def cold_start_hosts(isvc_name: str, namespace: str) -> list[str]:
 
 def service_url(isvc_name: str, namespace: str) -> str:
     return f"http://{service_name(isvc_name)}.{namespace}.svc.cluster.local"
+
+
+def service_grpc_address(isvc_name: str, namespace: str) -> str:
+    """Where gRPC clients connect (``host:port``, as tritonclient and grpc channels take it)."""
+    return f"{service_name(isvc_name)}.{namespace}.svc.cluster.local:{GRPC_PORT}"

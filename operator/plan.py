@@ -19,7 +19,7 @@ from typing import Any
 from kubeserve.operator import manifests, naming, rollout, status
 from kubeserve.operator.analysis import AnalysisResult
 from kubeserve.operator.deployed_revisions import live_revisions, serving_version, wanted_revision
-from kubeserve.operator.manifests.http_route import http_route
+from kubeserve.operator.manifests.http_route import grpc_route, http_route
 from kubeserve.operator.manifests.service import revision_service
 from kubeserve.operator.memory_estimate import memory_check
 from kubeserve.operator.object_ref import ObjectRef
@@ -126,6 +126,7 @@ class Plan:
     scales: list[Scale]  # revision Deployments whose replicas are not the rollout's
     prune: list[ObjectRef]  # the objects of the revisions the rollout prunes
     route: dict[str, Any] | None  # the HTTPRoute with the rollout's weights (Gateway API routing), else None
+    grpc_route: dict[str, Any] | None  # the GRPCRoute beside it, for pods that serve gRPC, else None
     route_services: list[dict[str, Any]]  # Services the route needs for revisions from before revisions
     starting_replicas: int | None  # written through the scale subresource: autoscaling's starting point
     analysis: AnalysisWanted | None
@@ -162,6 +163,10 @@ class Plan:
             observation,
             generation=metadata.get("generation"),
             url=self.desired.url if self.desired is not None else naming.service_url(name, metadata["namespace"]),
+            # An invalid spec changes nothing the pods serve: the address stays as it was.
+            grpc_address=(
+                self.desired.grpc_address if self.desired is not None else self.observed.status.get("grpcAddress")
+            ),
             now=written_at,
             selector=naming.runtime_selector(name),
             autoscaler=status.autoscaler_view(next(iter(self.observed.autoscalers), None)),
@@ -190,6 +195,7 @@ def plan(
             scales=[],
             prune=[],
             route=None,
+            grpc_route=None,
             route_services=[],
             starting_replicas=None,
             analysis=None,
@@ -229,6 +235,8 @@ def plan(
     ]
     routing = policy.traffic_routing
     route = http_route(isvc, routing.gateway_api, decision.route) if routing is not None else None
+    serves_grpc = routing is not None and "grpc" in isvc.spec.runtime.protocols
+    routed_grpc = grpc_route(isvc, routing.gateway_api, decision.route) if serves_grpc else None
     # A Deployment from before revisions has no Service of its own: the route needs one to send it requests.
     route_services = [
         revision_service(isvc, revision.name)
@@ -248,6 +256,9 @@ def plan(
         isvc.spec.model.version,
         precision=served_precision(isvc),
         memory=memory_check(isvc),
+        grpc_address=(
+            naming.service_grpc_address(isvc.name, isvc.namespace) if "grpc" in isvc.spec.runtime.protocols else None
+        ),
     )
     return Plan(
         owner=owner,
@@ -258,6 +269,7 @@ def plan(
         scales=scales,
         prune=prune,
         route=route,
+        grpc_route=routed_grpc,
         route_services=route_services,
         starting_replicas=_starting_replicas(isvc),
         analysis=wanted_analysis,

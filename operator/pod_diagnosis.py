@@ -14,6 +14,9 @@ EXIT_MODEL_LOAD_FAILED = 3
 
 # The kubelet's reason for a container the kernel killed at its cgroup's memory limit.
 OOM_KILLED = "OOMKilled"
+# The kubelet's reason for a pod it evicted: here, its emptyDir of fetched files past its sizeLimit (or the node short
+# of disk or memory); the pod's message says which.
+EVICTED = "Evicted"
 IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
 CONFIG_ERROR_REASONS = ("CreateContainerConfigError", "CreateContainerError")
 
@@ -27,6 +30,7 @@ SEVERITY = (
     "RuntimeConfigRejected",
     "ModelLoadFailed",
     OOM_KILLED,
+    EVICTED,
     "CrashLoopBackOff",
 )
 # What each init container's failure is called.
@@ -48,7 +52,7 @@ def diagnose(pod: Mapping[str, Any]) -> PodProblem | None:
         return None  # restarted and recovered: what went wrong before is history
     name = pod.get("metadata", {}).get("name", "?")
     status = pod.get("status") or {}
-    found = _unschedulable(status) or _init_problem(status) or _runtime_problem(status)
+    found = _unschedulable(status) or _evicted(status) or _init_problem(status) or _runtime_problem(status)
     if found is None:
         return None
     reason, message = found
@@ -57,6 +61,9 @@ def diagnose(pod: Mapping[str, Any]) -> PodProblem | None:
 
 def worst(pods: Sequence[Mapping[str, Any]]) -> PodProblem | None:
     problems = [problem for problem in map(diagnose, pods) if problem is not None]
+    if any(map(is_ready, pods)):
+        # An evicted pod stays (Failed) until it is collected, long after its replacement serves: no problem then.
+        problems = [problem for problem in problems if problem.reason != EVICTED]
     if not problems:
         return None
     return min(problems, key=lambda problem: SEVERITY.index(problem.reason))
@@ -72,6 +79,12 @@ def _unschedulable(status: Mapping[str, Any]) -> tuple[str, str] | None:
         scheduled = condition.get("type") == "PodScheduled" and condition.get("status") == "False"
         if scheduled and condition.get("reason") == "Unschedulable":
             return "Unschedulable", condition.get("message") or "no node can run the pod"
+    return None
+
+
+def _evicted(status: Mapping[str, Any]) -> tuple[str, str] | None:
+    if status.get("reason") == EVICTED:
+        return EVICTED, status.get("message") or "the kubelet evicted the pod"
     return None
 
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import yaml
 from kubeserve.operator import naming
-from kubeserve.operator.cpu_share import intra_op_threads
+from kubeserve.operator.cpu_share import intra_op_threads, processing_threads
 from kubeserve.operator.memory_estimate import planned_workers
 from kubeserve.operator.model_source import model_source
 from kubeserve.operator.spec import HOOK_TIMEOUT_SECONDS, InferenceService
-from kubeserve.runtime.config import RuntimeSettings, describe_validation_error
+from kubeserve.runtime.config import PROTOCOLS, RuntimeSettings, describe_validation_error
 from pydantic import ValidationError
 
 # The runtime's own, for a spec that names none.
@@ -42,6 +42,9 @@ def runtime_settings(isvc: InferenceService) -> dict[str, Any]:
         "drain_timeout_seconds": runtime.drain_timeout_seconds,
         "log_level": runtime.log_level,
     }
+    if set(runtime.protocols) != set(PROTOCOLS):
+        # Only then: an InferenceService serving both keeps the config file (and so the revision) it had.
+        settings["protocols"] = list(runtime.protocols)
     if (workers := planned_workers(isvc)) > 1:
         # Only then: a pod of one process keeps the config file (and so the revision) it had.
         settings["workers"] = workers
@@ -61,6 +64,11 @@ def runtime_settings(isvc: InferenceService) -> dict[str, Any]:
         settings["handler"] = model.handler.class_
         if source.handler_path is not None:
             settings["handler_path"] = source.handler_path
+    if model.max_image_pixels is not None:
+        settings["max_image_pixels"] = model.max_image_pixels
+    if model.inputs or runtime.processing_threads is not None:
+        # Images: as many decoded at once as the memory estimate counts. A handler alone: the runtime's choice.
+        settings["processing_threads"] = processing_threads(isvc, planned_workers(isvc))
     if runtime.preprocess_timeout_seconds != HOOK_TIMEOUT_SECONDS:
         settings["preprocess_timeout_seconds"] = runtime.preprocess_timeout_seconds
     if runtime.postprocess_timeout_seconds != HOOK_TIMEOUT_SECONDS:

@@ -20,8 +20,8 @@ from kubeserve.runtime.config import describe_validation_error, settings_from_en
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "KUBESERVE_OPERATOR_"
-# OpenTelemetry's variables the operator passes on from its own environment to every runtime container (README
-# "Tracing"): where and how spans are exported and sampled. The chart sets OTEL_EXPORTER_OTLP_ENDPOINT
+# OpenTelemetry's variables the operator passes on from its own environment to every runtime container (docs:
+# observability, "Tracing"): where and how spans are exported and sampled. The chart sets OTEL_EXPORTER_OTLP_ENDPOINT
 # (tracing.otlpEndpoint) and any of these (tracing.env).
 OTEL_FORWARDED = frozenset(
     {

@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from kubeserve.operator import naming
-from kubeserve.runtime.config import HANDLER_CLASS, STAGE_TIMEOUT_SECONDS
+from kubeserve.runtime.config import HANDLER_CLASS, PROTOCOLS, STAGE_TIMEOUT_SECONDS, yaml_number_hint
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -83,6 +83,8 @@ SPEC_CONTROLLED_ENV = (
     "KUBESERVE_HANDLER_PATH",
     "KUBESERVE_PREPROCESS_TIMEOUT_SECONDS",
     "KUBESERVE_POSTPROCESS_TIMEOUT_SECONDS",
+    "KUBESERVE_MAX_IMAGE_PIXELS",
+    "KUBESERVE_PROCESSING_THREADS",
 )
 
 # The CRD restricts metadata.name with a pattern; the operator says the same in words.
@@ -182,6 +184,11 @@ def _unset(value: object) -> bool:
     return value is None or value == Optimization()
 
 
+def _both_protocols(protocols: list[str]) -> bool:
+    # Left out of dumps at the default, as the CRD fills it in: a revision's digest stays what it was before it.
+    return sorted(protocols) == sorted(PROTOCOLS)
+
+
 def _default_hook_timeout(seconds: float) -> bool:
     # Left out of dumps at the default, as the CRD fills it in: a revision's digest stays what it was before it.
     return seconds == HOOK_TIMEOUT_SECONDS
@@ -247,6 +254,7 @@ class Model(_Fields):
     size: Quantity | None = Field(default=None, exclude_if=_unset)
     optimization: Optimization | None = Field(default=None, exclude_if=_unset)
     inputs: list[ModelInput] | None = Field(default=None, max_length=64, exclude_if=_unset)
+    max_image_pixels: int | None = Field(default=None, ge=1, exclude_if=_unset)
 
     @field_validator("uri", "preprocessing", "postprocessing", "labels")
     @classmethod
@@ -326,11 +334,16 @@ class Runtime(_Fields):
     instance_count: int = Field(default=1, ge=1, le=64)
     workers: int | None = Field(default=None, ge=1, le=64, exclude_if=_unset)
     intra_op_num_threads: int = Field(default=0, ge=0, le=1024)
+    processing_threads: int | None = Field(default=None, ge=1, le=1024, exclude_if=_unset)
     inter_op_num_threads: int = Field(default=0, ge=0, le=1024)
     allow_spinning: bool = False
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     drain_timeout_seconds: int = Field(default=30, ge=0, le=3600)
+    # The protocols the pods serve: http (REST, /metrics) on naming.HTTP_PORT, grpc on naming.GRPC_PORT.
+    protocols: list[Literal["http", "grpc"]] = Field(
+        default=list(PROTOCOLS), min_length=1, max_length=2, exclude_if=_both_protocols
+    )
     startup_timeout_seconds: int = Field(default=600, ge=10, le=86400)
     preprocess_timeout_seconds: float = Field(
         default=HOOK_TIMEOUT_SECONDS, gt=0, le=3600, exclude_if=_default_hook_timeout
@@ -571,5 +584,6 @@ def describe(error: ValidationError) -> list[str]:
             message = "required"
         elif problem["type"] == "extra_forbidden":
             message = "unknown field"
+        message += yaml_number_hint(problem)
         problems.append(f"{where}: {message}" if where else message)
     return problems

@@ -34,6 +34,7 @@ ROLLOUT_CONDITION = "RolloutComplete"
 # Every status field the operator writes (``owned_status``); the InferenceService index keeps these to compare with.
 OWNED_FIELDS = (
     "url",
+    "grpcAddress",
     "replicas",
     "readyReplicas",
     "selector",
@@ -105,6 +106,7 @@ class Desired:
     model_name: str
     url: str
     version: str = ""  # its model version, for messages (the revision when not given)
+    grpc_address: str | None = None  # where gRPC clients connect; None: the pods serve no gRPC
     precision: str = "FP32"  # what its pods compute in (``runtime_config.served_precision``)
     memory: MemoryCheck | None = None  # its memory estimate and limit, when there is an estimate
 
@@ -184,6 +186,7 @@ def owned_status(
     generation: int | None,
     url: str,
     now: datetime,
+    grpc_address: str | None = None,
     selector: str | None = None,
     autoscaler: Mapping[str, Any] | None = None,
     rollout_state: Mapping[str, Any] | None = None,
@@ -194,7 +197,8 @@ def owned_status(
     """The status fields the operator owns (``OWNED_FIELDS``), keeping transition times and the last failure's first
     sighting. A field left out is left as it is; one that is None is removed (a merge patch's null).
 
-    ``selector``: the scale subresource's; ``autoscaler``: the HPA's view (``autoscaler_view``, None without one);
+    ``grpc_address``: the Service's gRPC address (None: no gRPC, the field removed); ``selector``: the scale
+    subresource's; ``autoscaler``: the HPA's view (``autoscaler_view``, None without one);
     ``rollout_state``, ``revisions`` and ``serving_version``: the rollout's decision (left out without one: an invalid
     spec); ``observed_generation``: the generation last applied or judged invalid, once nothing of it failed.
     """
@@ -216,6 +220,7 @@ def owned_status(
         conditions.append(entry)
     result: dict[str, Any] = {
         "url": url,
+        "grpcAddress": grpc_address,
         "replicas": observation.replicas,
         "readyReplicas": observation.ready_replicas,
         "conditions": conditions,
@@ -309,14 +314,14 @@ METRIC_NOT_AVAILABLE = (
     f"the queue-delay metric {QUEUE_DELAY_METRIC} is not available, so the HPA cannot scale and keeps the current "
     "replicas: have Prometheus scrape the runtime pods and install prometheus-adapter with kubeserve's rule (the "
     "chart renders both: --set monitoring.podMonitor.enabled=true,monitoring.adapterRule.enabled=true; see the "
-    'README, "The autoscaling signal").'
+    "documentation's autoscaling guide, docs/guide/autoscaling.md)."
 )
 # The same for engine keda: KEDA could not get the queue delay from Prometheus.
 KEDA_METRIC_NOT_AVAILABLE = (
     "KEDA cannot read the queue delay from Prometheus, so its HPA cannot scale and keeps the current replicas: check "
     "spec.autoscaling.keda.serverAddress (or the chart's keda.prometheusServerAddress), and that "
     "Prometheus scrapes the runtime pods with their serving.kubeserve.io/inferenceservice label (the chart's "
-    'PodMonitor does; see the README, "Scale to zero with KEDA").'
+    "PodMonitor does; see the documentation's autoscaling guide, docs/guide/autoscaling.md)."
 )
 _METRIC_NOT_AVAILABLE = {
     "FailedGetPodsMetric": METRIC_NOT_AVAILABLE,

@@ -18,6 +18,8 @@ from kubeserve.runtime.config import (
     flag_name,
     load_settings,
 )
+from kubeserve.runtime.model_location import DERIVED_SETTINGS
+from kubeserve.runtime.termination import termination_message_read
 from pydantic.fields import FieldInfo
 
 # Exit codes: 2 is argparse's own for a bad command line; bad settings share it.
@@ -43,7 +45,9 @@ def setting_help(name: str, field: FieldInfo) -> str:
     choices = _choices(field)
     if choices:
         facts.append(f"one of: {', '.join(choices)}")
-    if field.is_required():
+    if name in DERIVED_SETTINGS:
+        facts.append("default: from model_path")
+    elif field.is_required():
         facts.append("required")
     else:
         facts.append(f"default: {_shown(field.get_default(call_default_factory=True))}")
@@ -99,6 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"kubeserve-runtime: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    settings = without_unread_wait(settings)
     # Imported here so that `--help` and config errors stay fast.
     if settings.workers > 1:
         # The supervisor imports neither ONNX Runtime nor the HTTP server: its workers do.
@@ -108,6 +113,18 @@ def _serve(args: argparse.Namespace) -> int:
     from kubeserve.runtime.server.lifecycle import serve
 
     return serve(settings)
+
+
+def without_unread_wait(settings: RuntimeSettings) -> RuntimeSettings:
+    """After a failed load the server waits load_failure_exit_seconds so that the operator (or a person) can read
+    why from /ready while Kubernetes collects the termination message. Where nothing collects it (not in a pod: a
+    terminal, a test, a plain container) nobody is waiting, so a failed load exits at once, unless the wait was
+    asked for."""
+    if "load_failure_exit_seconds" in settings.model_fields_set or termination_message_read(
+        settings.termination_message_path
+    ):
+        return settings
+    return settings.model_copy(update={"load_failure_exit_seconds": 0.0})
 
 
 def main(argv: Sequence[str] | None = None) -> None:

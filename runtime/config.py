@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from kubeserve.runtime.cpus import MAX_WORKERS
+from kubeserve.runtime.model_location import ModelNotFound, model_defaults
 from kubeserve.runtime.termination import DEFAULT_PATH
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -24,6 +25,13 @@ MSG_GPU_WORKERS = (
     "design): set workers to 1, or device to cpu"
 )
 
+
+# The protocols a server may speak (the setting ``protocols``; the operator's ``spec.runtime.protocols``).
+HTTP = "http"
+GRPC = "grpc"
+PROTOCOLS = (HTTP, GRPC)
+# gRPC's default port: Triton's, which its clients and perf_analyzer expect.
+GRPC_PORT = 8001
 
 # The preprocess and postprocess stages' default timeout.
 STAGE_TIMEOUT_SECONDS = 30.0
@@ -75,8 +83,14 @@ class RuntimeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # The model.
-    model_path: Path = Field(description="ONNX model file to serve")
-    model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", description="name in URLs")
+    model_path: Path = Field(
+        description="ONNX model file to serve, or a directory holding model.onnx or Triton's <version>/model.onnx"
+    )
+    model_name: str = Field(
+        min_length=1,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+        description="name in URLs; unset, the model file's stem, or the directory's name when model_path is one",
+    )
     model_version: str = Field(
         default="1", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", description="version in URLs"
     )
@@ -109,12 +123,20 @@ class RuntimeSettings(BaseModel):
         default=None,
         pattern=HANDLER_CLASS,
         description="a Python class run around the model, as module:Class: its preprocess and postprocess are the "
-        "request's stages, its load runs once at model load (README: Python handlers)",
+        "request's stages, its load runs once at model load (docs/guide/processing.md: Python handlers)",
     )
     handler_path: Path | None = Field(
         default=None,
         description="directory put first on sys.path before the handler is imported: its code, fetched beside the "
         "model; none: the handler is importable as installed (an image built FROM the runtime's)",
+    )
+    processing_threads: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="threads running the preprocess and postprocess stages in each server process (processes, for a "
+        "handler that holds the GIL); each decodes one request's images at a time, so this bounds that memory too; "
+        "0: the process's share of the CPUs",
     )
     preprocess_timeout_seconds: PositiveFloat = Field(
         default=STAGE_TIMEOUT_SECONDS,
@@ -152,6 +174,12 @@ class RuntimeSettings(BaseModel):
     request_body_rate_window_seconds: float = Field(
         default=5.0, gt=0, description="the span over which min_request_body_bytes_per_second is measured"
     )
+    protocols: list[Literal["http", "grpc"]] = Field(
+        default=list(PROTOCOLS),
+        description="the protocols served: http (REST: JSON and binary tensors, /metrics, health) on port, grpc (the "
+        "Open Inference Protocol over gRPC, grpc.health.v1) on grpc_port; at least one",
+    )
+    grpc_port: int = Field(default=GRPC_PORT, ge=0, le=65535, description="gRPC port to listen on (0 picks a free one)")
     access_log: bool = Field(default=False, description="log one line per request")
     idle_timeout_seconds: float = Field(
         default=75.0,
@@ -246,6 +274,18 @@ class RuntimeSettings(BaseModel):
     @classmethod
     def _split_sizes(cls, value: Any) -> Any:
         return split_commas(value)
+
+    @field_validator("protocols", mode="before")
+    @classmethod
+    def _split_protocols(cls, value: Any) -> Any:
+        return split_commas(value)
+
+    @field_validator("protocols")
+    @classmethod
+    def _check_protocols(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError(f"at least one protocol must be served: {', '.join(PROTOCOLS)}")
+        return list(dict.fromkeys(value))
 
     @field_validator("image_inputs", mode="before")
     @classmethod
@@ -353,6 +393,10 @@ def load_settings(
     from_flags = {name: value for name, value in flags.items() if value is not None}
     merged.update(from_flags)
     sources.update({name: flag_name(name) for name in from_flags})
+    try:
+        merged.update(model_defaults(merged))  # a directory's model file; name and version from the path
+    except ModelNotFound as error:
+        raise ConfigError(f"{sources['model_path']}: {error}") from error
 
     def source(location: str) -> str:
         # "preferred_batch_size.1": the list's second item; "image_inputs.image.mean": a key's field.
@@ -377,5 +421,14 @@ def describe_validation_error(
         where = name(".".join(str(part) for part in problem["loc"])) if problem["loc"] else "settings"
         given = problem.get("input")
         shown = "" if problem["type"] == "missing" or isinstance(given, dict) else f" (got {given!r})"
-        lines.append(f"{where}: {problem['msg']}{shown}")
+        lines.append(f"{where}: {problem['msg']}{shown}{yaml_number_hint(problem)}")
     return f"{title}:\n  " + "\n  ".join(lines)
+
+
+def yaml_number_hint(problem: Mapping[str, Any]) -> str:
+    """For a text field that YAML read as a number (``version: 1``), the fix, which the bare "should be a valid
+    string" does not suggest: quotes. Empty for any other problem."""
+    given = problem.get("input")
+    if problem["type"] != "string_type" or not isinstance(given, int | float) or isinstance(given, bool):
+        return ""
+    return f': quote it in YAML, "{given}", or it is read as a number'

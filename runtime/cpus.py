@@ -25,6 +25,12 @@ def cpus_per_worker(cpus: int, workers: int) -> int:
     return max(1, cpus // workers)
 
 
+def processing_threads(configured: int, workers: int) -> int:
+    """Threads running one server process's preprocess and postprocess stages (and processes, for a handler that
+    holds the GIL): ``configured`` (the ``processing_threads`` setting), else the process's share of the CPUs."""
+    return configured or cpus_per_worker(available_cpus(), workers)
+
+
 def available_cpus(cgroup_cpu_max: Path = CGROUP_CPU_MAX) -> int:
     """CPUs this process may use: its affinity (a container's cpuset), capped by its cgroup's CPU quota (a pod's
     CPU limit), which the affinity does not show."""

@@ -1,5 +1,5 @@
 """What a Python handler is given, and what it raises for a client's mistake: the public side of the ``handler``
-setting (``module:Class``; README, "Python handlers").
+setting (``module:Class``; docs/guide/processing.md, "Python handlers").
 
 The class may define any of these, and at least one of ``preprocess`` and ``postprocess``::
 

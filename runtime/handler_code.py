@@ -10,6 +10,7 @@ inputs, postprocess the outputs served. A BYTES tensor may come back as NumPy st
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import signal
@@ -115,9 +116,26 @@ def instantiate(handler_class: type, name: str, context: HandlerContext) -> obje
 def run_stage(handler: object, stage: str, tensors: Tensors, expected: Expected) -> Tensors:
     """The handler's ``stage`` (``preprocess`` or ``postprocess``) on one request's tensors, what it made checked
     (a TypeError or ValueError says how it is wrong)."""
-    made = getattr(handler, stage)(tensors)
+    return checked_stage_output(stage, getattr(handler, stage)(tensors), expected)
+
+
+async def run_async_stage(handler: object, stage: str, tensors: Tensors, expected: Expected) -> Tensors:
+    """``run_stage`` for a stage that is a coroutine function (``async def``), awaited on the event loop."""
+    return checked_stage_output(stage, await getattr(handler, stage)(tensors), expected)
+
+
+def checked_stage_output(stage: str, made: object, expected: Expected) -> Tensors:
+    """What the handler's ``stage`` made, checked against what it must make (a TypeError or ValueError says how it is
+    wrong); BYTES as NumPy strings made object arrays."""
     specs, what = expected[stage]
     if not isinstance(made, dict):
+        if inspect.iscoroutine(made):
+            made.close()  # never to be awaited: no "never awaited" warning besides this error
+        if inspect.isawaitable(made):
+            raise TypeError(
+                f"the handler's {stage} returned an awaitable: an async stage must be an async def of the class "
+                "itself (a wrapper that returns a coroutine is not recognised as one)"
+            )
         raise TypeError(f"the handler's {stage} returned {type(made).__name__}, not a dict of NumPy arrays")
     if len(made) != len(specs) or any(spec.name not in made for spec in specs):
         raise ValueError(

@@ -6,18 +6,24 @@
   request is answered 504 at its timeout, and the thread stays with the call until it returns.
 - **In processes** (``holds_gil = True``): code that holds the GIL would take turns with the event loop, so it runs in
   a pool of processes of its own (``HandlerProcesses``), one instance loaded in each. As many as the stage threads
-  (one per CPU of this server process's share): a stage thread hands the request's tensors to a free process and
-  waits for the answer. A process still busy at the stage's timeout is killed (its request has its 504, the stage
-  timeout's), and so is one that died (a crash: 500); a new one is started in the background and joins the pool once
-  it has loaded. Restarts are paced: the first after a quiet minute at once, each next 1 s after the one before,
-  doubling to 60 s, so input that crashes every process it reaches restarts no storm of them; a replacement that
-  fails to load is logged and tried again at that pace. Meanwhile a request that finds no process free waits,
+  (``processing_threads``): a stage thread hands the request's tensors to a free process and waits for the answer. A
+  process still busy at the stage's timeout (its request's: ``STAGE_DEADLINE``) is killed (its request has its 504,
+  the stage timeout's), and so is one that died (a crash: 500); a new one is started in the background and joins the
+  pool once it has loaded. Restarts are paced: the first after a quiet minute at once, each next 1 s after the one
+  before, doubling to 60 s, so input that crashes every process it reaches restarts no storm of them; a replacement
+  that fails to load is logged and tried again at that pace. Meanwhile a request that finds no process free waits,
   within its timeout (past it, the same 504), and one whose timeout passed while it waited is not sent to one.
 - **Batched** (``batched = True``): one instance in the server process, its stages called by the batcher (``Processing``
   hands them over: ``batch_preprocess``, ``batch_postprocess``) in the batch's compute, in its inference thread, once
   for the rows of all the batch's requests; each stage must return as many rows as it got. No stage timeout applies
   there (the compute has none), and a pool of processes cannot be asked for: the load refuses ``holds_gil`` with it,
   and a model that does not batch.
+
+- **On the event loop** (a stage written ``async def``): awaited in the server's event loop, under the stage's
+  timeout, with no hand-off to a thread: for stages that wait on I/O (a feature store, another service through an
+  asyncio client) rather than compute, and for the cheapest stages, which a thread's hand-off would cost more than
+  they do. Such a stage must not block: the loop serves every request of this process. Neither a pool of processes
+  nor a batched handler can have one (the load refuses them), and warm-up leaves it out (it belongs to the loop).
 
 Errors: ``InvalidInput`` is the client's mistake, a 400 with its message. Anything else (the handler raised, returned
 what it must not, or its process died) is the handler's: one ``handler_failed`` log line with the stage
@@ -26,6 +32,8 @@ and the traceback (or what became of the process), and a 500 whose message says 
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import multiprocessing
 import os
@@ -33,14 +41,15 @@ import queue
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from kubeserve.runtime.config import RuntimeSettings
-from kubeserve.runtime.cpus import available_cpus, cpus_per_worker
+from kubeserve.runtime.cpus import processing_threads
 from kubeserve.runtime.handler import HandlerContext, InvalidInput
 from kubeserve.runtime.handler_code import (
     ANSWER,
@@ -54,6 +63,7 @@ from kubeserve.runtime.handler_code import (
     handler_failed,
     import_handler,
     instantiate,
+    run_async_stage,
     run_batched_stage,
     run_stage,
     serve,
@@ -67,6 +77,11 @@ log = logging.getLogger("kubeserve.runtime.handler")
 # spell at once, each next this long after the one before, doubling up to the most (and that long quiet resets it).
 RESTART_FIRST_SECONDS = 1.0
 RESTART_MOST_SECONDS = 60.0
+
+
+# When the stage a thread runs must be done by (``time.monotonic()``), set by the stage threads (``server/stages.py``)
+# for the call they make: a pool's process is not sent a stage whose request has its 504 already, nor kept past it.
+STAGE_DEADLINE: ContextVar[float | None] = ContextVar("stage_deadline", default=None)
 
 
 class HandlerFailed(Exception):
@@ -84,12 +99,31 @@ class Handler:
     run: Callable[[str, Tensors], Tensors]  # a stage on one request's (or batch's) tensors, checked, here or in a pool
     processes: HandlerProcesses | None = None
     batched: bool = False  # its stages run on a batch's rows, in the batch's compute (``batched = True``)
+    on_loop: frozenset[str] = frozenset()  # its stages written ``async def``, awaited on the event loop
+    run_on_loop: Callable[[str, Tensors], Awaitable[Tensors]] | None = None  # such a stage, checked
 
     def preprocess(self, inputs: Tensors) -> Tensors:
         return self._stage(PREPROCESS, inputs)
 
     def postprocess(self, outputs: Tensors) -> Tensors:
         return self._stage(POSTPROCESS, outputs)
+
+    async def stage_on_loop(self, stage: str, tensors: Tensors) -> Tensors:
+        """A stage of ``on_loop`` on one request's tensors; its errors as a stage in a thread has them. Cancelling
+        (the stage's timeout, or its client gone) goes through as it is."""
+        assert self.run_on_loop is not None
+        try:
+            return await self.run_on_loop(stage, tensors)
+        except InvalidInput as error:
+            raise BadRequest(str(error)) from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():  # this request was cancelled: its timeout, or its client gone
+                raise
+            failure = traceback.format_exc()  # the handler's own (something it awaited was cancelled)
+        except (Exception, SystemExit):  # whatever the user's code raises, a broken contract included
+            failure = traceback.format_exc()
+        raise self._failed(stage, failure)
 
     def _stage(self, stage: str, tensors: Tensors) -> Tensors:
         try:
@@ -102,8 +136,11 @@ class Handler:
             failure = str(error)
         except BaseException:  # whatever the user's code raises (sys.exit() too), a broken contract included
             failure = traceback.format_exc()
+        raise self._failed(stage, failure)
+
+    def _failed(self, stage: str, failure: str) -> InternalError:
         handler_failed(self.name, stage, failure)
-        raise InternalError(f"the handler's {stage} failed (the server's log says why: event handler_failed)")
+        return InternalError(f"the handler's {stage} failed (the server's log says why: event handler_failed)")
 
     def close(self) -> None:
         if self.processes is not None:
@@ -126,7 +163,18 @@ def load_handler(name: str, settings: RuntimeSettings, inner: ModelSignature) ->
         if tensors is not None and not defined:
             raise HandlerError(f"handler {name} declares {what}, but has no {stage} to make them")
     batched = getattr(handler_class, "batched", False)
-    if batched and getattr(handler_class, "holds_gil", False):
+    holds_gil = getattr(handler_class, "holds_gil", False)
+    on_loop = frozenset(
+        stage for stage in (PREPROCESS, POSTPROCESS) if inspect.iscoroutinefunction(getattr(handler_class, stage, None))
+    )
+    if on_loop and (batched or holds_gil):
+        raise HandlerError(
+            f"handler {name} has an async {' and '.join(sorted(on_loop))} and is "
+            f"{'batched' if batched else 'holds_gil'}: an async stage is awaited on the server's event loop, not in "
+            f"{'the batch' if batched else 'a pool of processes'}; make it a plain def, or drop "
+            f"{'batched' if batched else 'holds_gil'}"
+        )
+    if batched and holds_gil:
         raise HandlerError(
             f"handler {name} is batched and holds_gil: a batched handler runs in the batch's inference thread, not in "
             "a pool of processes; drop one of them"
@@ -141,12 +189,13 @@ def load_handler(name: str, settings: RuntimeSettings, inner: ModelSignature) ->
     context = HandlerContext(
         inner, settings.model_name, settings.model_version, settings.model_path, settings.handler_path
     )
-    if getattr(handler_class, "holds_gil", False):
+    if holds_gil:
         processes = HandlerProcesses(name, settings, context, expected)
         return Handler(name, served, preprocesses, postprocesses, processes.call, processes)
     instance = instantiate(handler_class, name, context)
     run = partial(run_batched_stage if batched else run_stage, instance, expected=expected)
-    return Handler(name, served, preprocesses, postprocesses, run, batched=batched)
+    run_on_loop = partial(run_async_stage, instance, expected=expected) if on_loop else None
+    return Handler(name, served, preprocesses, postprocesses, run, None, batched, on_loop, run_on_loop)
 
 
 @dataclass(eq=False, slots=True)
@@ -171,7 +220,7 @@ class HandlerProcesses:
         # Restarts' pace (``_pace``): when the last one started (or will), and how long the next waits after it.
         self._last_start = -RESTART_MOST_SECONDS - 1.0
         self._delay = 0.0
-        started = [self._start() for _ in range(cpus_per_worker(available_cpus(), settings.workers))]
+        started = [self._start() for _ in range(processing_threads(settings.processing_threads, settings.workers))]
         try:
             for each in started:
                 self._loaded(each)
@@ -183,10 +232,12 @@ class HandlerProcesses:
 
     def call(self, stage: str, tensors: Tensors, deadline: float | None = None) -> Tensors:
         """The handler's ``stage`` on one request's tensors, in a free process, by ``deadline`` (``time.monotonic()``:
-        the request's, its stage timeout's; None: the stage's timeout from now). Past it, the 504 the stage timeout
-        gives (``GatewayTimeout``, the same message): no process free in time, or the call ran past it. A stage
-        whose deadline has passed while it waited for a process is not sent to one."""
+        the request's, its stage timeout's; None: the stage thread's ``STAGE_DEADLINE``, else the stage's timeout from
+        now). Past it, the 504 the stage timeout gives (``GatewayTimeout``, the same message): no process free in time,
+        or the call ran past it. A stage whose deadline has passed while it waited for a process is not sent to one."""
         seconds, setting = self._timeouts[stage]
+        if deadline is None:
+            deadline = STAGE_DEADLINE.get()
         if deadline is None:
             deadline = time.monotonic() + seconds
         late = f"the {stage} stage took longer than {setting} ({seconds:g} s)"

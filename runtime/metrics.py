@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 from kubeserve.runtime.admission import Rejection
+from kubeserve.runtime.config import HTTP, PROTOCOLS
 from kubeserve.runtime.statistics import ModelStatistics
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.metrics_core import Metric
@@ -51,8 +52,9 @@ class ServerMetrics:
 
         self._requests = Counter(
             "kubeserve_requests",
-            "Inference requests answered, by HTTP status code.",
-            [*names, "code"],
+            "Inference requests answered, by protocol (http, grpc) and HTTP status code (a gRPC call's is the status "
+            "REST answers the same case with: docs/grpc.md).",
+            [*names, "protocol", "code"],
             registry=self.registry,
         )
         self._rejected = Counter(
@@ -81,8 +83,8 @@ class ServerMetrics:
             "Time an inference request spent in each stage: deserialize (body read and decoded), preprocess (a Python "
             "handler's preprocess, images decoded into tensors; only requests that have one), queue (waiting for a "
             "batch), compute (its batch's inference), postprocess (a handler's postprocess, top classes picked; only "
-            "requests that have one), serialize (response encoded), total.",
-            [*names, "stage"],
+            "requests that have one), serialize (response encoded), total; by protocol (http, grpc).",
+            [*names, "protocol", "stage"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -126,19 +128,26 @@ class ServerMetrics:
             registry=self.registry,
         ).labels(**labels)
 
-        self.stage = {stage: duration.labels(**labels, stage=stage) for stage in STAGES}
+        # Each protocol's stage histograms; ``stage``: REST's.
+        self.stages = {
+            protocol: {stage: duration.labels(**labels, protocol=protocol, stage=stage) for stage in STAGES}
+            for protocol in PROTOCOLS
+        }
+        self.stage = self.stages[HTTP]
         self.statistics = ModelStatistics()
         self._labels = labels
-        self._codes: dict[int, Counter] = {}
+        self._codes: dict[tuple[str, int], Counter] = {}
         self.rejected = {reason: self._rejected.labels(**labels, reason=reason) for reason in Rejection}
 
     def http_refused(self, reason: str) -> None:
         self._http_refusals.labels(**self._labels, reason=reason).inc()
 
-    def answered(self, status: int) -> None:
-        counter = self._codes.get(status)
+    def answered(self, status: int, protocol: str = HTTP) -> None:
+        counter = self._codes.get((protocol, status))
         if counter is None:
-            counter = self._codes[status] = self._requests.labels(**self._labels, code=str(status))
+            counter = self._codes[protocol, status] = self._requests.labels(
+                **self._labels, protocol=protocol, code=str(status)
+            )
         counter.inc()
 
 

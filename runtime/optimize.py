@@ -434,7 +434,7 @@ def compare(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Compose, quantize and/or precompile an ONNX model into OUTPUT, atomically (MODEL is only read), then compare "
-        "the two. "
+        "the two: at least one of --quantization dynamicInt8, --precompile, --preprocessing and --postprocessing. "
         "Exit codes: 0 optimized, 1 the model cannot be read or optimized, 2 invalid options."
     )
     parser.add_argument("model", metavar="MODEL", type=Path, help="the ONNX model to optimize (never modified)")
@@ -497,9 +497,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_termination_message_argument(parser)
 
 
+# Refused: without any of these OUTPUT would be MODEL rewritten, unoptimized (and often larger: ONNX's own encoding).
+MSG_NOTHING_ASKED = (
+    "nothing to do: give --quantization dynamicInt8, --precompile, --preprocessing FILE or --postprocessing FILE "
+    "(without them OUTPUT would be an unoptimized copy of MODEL)"
+)
+
+
 def run(args: argparse.Namespace) -> int:
     options = OptimizeOptions(args.quantization, args.precompile, args.precompile_level)
     try:
+        if options == OptimizeOptions(precompile_level=args.precompile_level) and not (
+            args.preprocessing or args.postprocessing
+        ):
+            raise InvalidOptions(MSG_NOTHING_ASKED)
         with _composed(args.model, args.output, args.preprocessing, args.postprocessing) as source:
             return _optimize_and_report(args, source, options)
     except OptimizeError as error:

@@ -21,8 +21,9 @@ batch's compute.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -53,6 +54,16 @@ class Processing:
     images: Mapping[str, ImageDecoder] = field(default_factory=dict)
     labels: tuple[str, ...] = ()
     handler: Handler | None = None
+    # The handler's ``async def`` preprocess and postprocess, awaited on the event loop before the rest of their
+    # stage; None: none (made once here, being on every request's path).
+    preprocess_on_loop: Callable[[Tensors], Awaitable[Tensors]] | None = field(init=False, default=None)
+    postprocess_on_loop: Callable[[Tensors], Awaitable[Tensors]] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        handler = self.handler
+        for stage in (PREPROCESS, POSTPROCESS):
+            if handler is not None and stage in handler.on_loop:
+                object.__setattr__(self, f"{stage}_on_loop", partial(handler.stage_on_loop, stage))  # frozen
 
     @classmethod
     def build(cls, settings: RuntimeSettings, signature: ModelSignature) -> Processing:
@@ -89,12 +100,23 @@ class Processing:
     @property
     def preprocesses(self) -> bool:
         """Requests have a preprocess stage."""
+        return self.preprocess_on_loop is not None or self.preprocesses_in_thread
+
+    @property
+    def preprocesses_in_thread(self) -> bool:
+        """Requests' preprocess stage has work in a stage thread (``preprocess``): images, or the handler's plain
+        preprocess."""
         return bool(self.images) or self._handler_stage(PREPROCESS) is not None
 
     @property
     def postprocesses(self) -> bool:
         """Every request has a postprocess stage (the handler's), which gets every output of the model."""
-        return self._handler_stage(POSTPROCESS) is not None
+        return self.postprocess_on_loop is not None or self._handler_stage(POSTPROCESS) is not None
+
+    def postprocesses_in_thread(self, classifications: Mapping[str, int]) -> bool:
+        """A request's postprocess stage has work in a stage thread (``postprocess``): the handler's plain
+        postprocess, or top classes asked for."""
+        return bool(classifications) or self._handler_stage(POSTPROCESS) is not None
 
     @property
     def every_output(self) -> bool:
@@ -114,15 +136,15 @@ class Processing:
     def _handler_stage(self, stage: str, *, batched: bool = False) -> Callable[[Tensors], Tensors] | None:
         """The handler's ``stage``, if it has one and is batched (``batched``) or not."""
         handler = self.handler
-        if handler is None or handler.batched != batched:
+        if handler is None or handler.batched != batched or stage in handler.on_loop:
             return None
         if stage == PREPROCESS:
             return handler.preprocess if handler.preprocesses else None
         return handler.postprocess if handler.postprocesses else None
 
     def preprocess(self, feeds: Tensors) -> Tensors:
-        """The client's tensors as the model takes them: the handler's preprocess, then each image input's images
-        decoded into its tensor."""
+        """The client's tensors as the model takes them: the handler's (plain) preprocess, then each image input's
+        images decoded into its tensor."""
         handler_preprocess = self._handler_stage(PREPROCESS)
         if handler_preprocess is not None:
             feeds = handler_preprocess(feeds)

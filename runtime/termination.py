@@ -23,9 +23,16 @@ def add_termination_message_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def termination_message_read(path: Path | None) -> bool:
+    """Whether something reads the termination message: the kubelet creates the file before the container starts, so
+    it exists in a pod, and nowhere else unless someone made it. (An environment variable such as
+    KUBERNETES_SERVICE_HOST would also say "in a pod", but not whether this container's message is collected.)"""
+    return path is not None and path.is_file()
+
+
 def write_termination_message(path: Path | None, message: str) -> None:
     """Only where the kubelet made the file: never create one on a developer's machine."""
-    if path is None or not path.is_file():
+    if path is None or not termination_message_read(path):
         return
     with contextlib.suppress(OSError):
         path.write_text(message[: LIMIT - 1] + "\n")

@@ -100,9 +100,11 @@ class Heartbeat:
             self._next.cancel()
 
 
-def worker_settings(settings: RuntimeSettings, cpus: int, port: int) -> RuntimeSettings:
-    """One worker's settings: the port the supervisor reserved, and (unless set) its share of ORT's threads."""
+def worker_settings(settings: RuntimeSettings, cpus: int, port: int, grpc_port: int | None = None) -> RuntimeSettings:
+    """One worker's settings: the ports the supervisor reserved, and (unless set) its share of ORT's threads."""
     changes: dict[str, object] = {"port": port}
+    if grpc_port is not None:
+        changes["grpc_port"] = grpc_port
     if settings.intra_op_num_threads == 0:
         changes["intra_op_num_threads"] = cpus_per_worker(cpus, settings.workers)
     return settings.model_copy(update=changes)

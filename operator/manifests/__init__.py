@@ -10,8 +10,13 @@ from typing import Any
 from kubeserve.operator import naming
 from kubeserve.operator.manifests.autoscaler import autoscaler
 from kubeserve.operator.manifests.config_map import config_map
-from kubeserve.operator.manifests.deployment import container_resources, deployment, runtime_image
-from kubeserve.operator.manifests.http_route import HTTP_ROUTE_API
+from kubeserve.operator.manifests.deployment import (
+    container_resources,
+    deployment,
+    fetched_files_limit,
+    runtime_image,
+)
+from kubeserve.operator.manifests.http_route import GRPC_ROUTE_API, HTTP_ROUTE_API
 from kubeserve.operator.manifests.keda import (
     INTERCEPTOR_ROUTE_API,
     SCALED_OBJECT_API,
@@ -71,7 +76,8 @@ def revision_digest(isvc: InferenceService, settings: OperatorSettings, config_d
     rollout settings, which change no pod."""
     identity: dict[str, Any] = {
         "config": config_digest,
-        # Not spec.model.size: it feeds the memory plan alone, and what that changes in a pod is below.
+        # Not spec.model.size: it feeds the memory plan and the fetched files' bound, and what those change in a pod
+        # is below.
         "model": isvc.spec.model.model_dump(mode="json", by_alias=True, exclude={"size"}),
         "runtime": isvc.spec.runtime.model_dump(mode="json", by_alias=True),
         "image": runtime_image(isvc, settings),
@@ -80,6 +86,8 @@ def revision_digest(isvc: InferenceService, settings: OperatorSettings, config_d
     default_memory = container_resources(isvc).get("requests", {}).get("memory")
     if "memory" not in isvc.spec.runtime.resources.requests and default_memory is not None:
         identity["defaultMemoryRequest"] = default_memory  # the estimate, as the pods' request
+    if (fetched := fetched_files_limit(isvc)) is not None:
+        identity["fetchedFilesLimit"] = fetched  # the fetched files' emptyDir sizeLimit and --max-bytes
     if settings.otel_env:  # tracing's variables, which the pods get; none: the revisions of an operator without them
         identity["otelEnv"] = settings.otel_env
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -109,6 +117,8 @@ def children(isvc: InferenceService, settings: OperatorSettings) -> Children:
     wanted = {(manifest["kind"], manifest["metadata"]["name"]) for manifest in manifests}
     if isvc.spec.rollout.traffic_routing is not None:  # rendered with the rollout's weights (http_route)
         wanted.add(("HTTPRoute", naming.http_route_name(isvc.name)))
+        if "grpc" in isvc.spec.runtime.protocols:
+            wanted.add(("GRPCRoute", naming.http_route_name(isvc.name)))
     absent = [ref for ref in _optional_objects(isvc) if (ref.kind, ref.name) not in wanted]
     return Children(manifests, absent, digest, url, revision, version)
 
@@ -142,4 +152,5 @@ def _optional_objects(isvc: InferenceService) -> list[ObjectRef]:
         ObjectRef(INTERCEPTOR_ROUTE_API, "InterceptorRoute", namespace, naming.interceptor_route_name(name)),
         ObjectRef("v1", "Service", namespace, naming.cold_start_service_name(name)),
         ObjectRef(HTTP_ROUTE_API, "HTTPRoute", namespace, naming.http_route_name(name)),
+        ObjectRef(GRPC_ROUTE_API, "GRPCRoute", namespace, naming.http_route_name(name)),
     ]

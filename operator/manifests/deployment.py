@@ -8,11 +8,16 @@ from typing import Any
 
 from kubeserve.operator import naming
 from kubeserve.operator.manifests.common import child_metadata
-from kubeserve.operator.memory_estimate import as_quantity, estimate
+from kubeserve.operator.memory_estimate import as_quantity, estimate, quantity_bytes
 from kubeserve.operator.model_source import ModelSource, model_source
 from kubeserve.operator.runtime_config import precompile_level
 from kubeserve.operator.settings import OperatorSettings
 from kubeserve.operator.spec import InferenceService
+from kubeserve.runtime.fetch import MAX_UNPACKED_BYTES
+
+# Room in the fetched files' emptyDir for what is beside the model (graphs, labels, handler code): as much as the fetch
+# unpacks from one archive of code at most.
+FETCHED_BESIDE_BYTES = MAX_UNPACKED_BYTES
 
 NONROOT_ID = 65532
 # The pause before SIGTERM lets endpoints controllers and load balancers stop sending new requests.
@@ -135,13 +140,11 @@ def _runtime_container(
         "imagePullPolicy": runtime.image_pull_policy or settings.image_pull_policy,
         "command": ["kubeserve-runtime"],
         "args": ["serve", "--config", f"{naming.CONFIG_DIR}/{naming.CONFIG_FILE}"],
-        "ports": [{"name": "http", "containerPort": naming.HTTP_PORT, "protocol": "TCP"}],
-        "readinessProbe": _probe("/v2/health/ready", failures=2),
-        "livenessProbe": _probe("/v2/health/live", failures=3, period=10),
+        "ports": container_ports(isvc),
+        "readinessProbe": _probe(isvc, READY, failures=2),
+        "livenessProbe": _probe(isvc, LIVE, failures=3, period=10),
         # Liveness waits until the model has loaded and warmed up, however long that takes (up to the timeout).
-        "startupProbe": _probe(
-            "/v2/health/ready", failures=math.ceil(runtime.startup_timeout_seconds / PROBE_PERIOD_SECONDS)
-        ),
+        "startupProbe": _probe(isvc, READY, failures=math.ceil(runtime.startup_timeout_seconds / PROBE_PERIOD_SECONDS)),
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_PAUSE_SECONDS}}},
         "volumeMounts": mounts,
         "securityContext": container_security(),
@@ -157,7 +160,7 @@ def _runtime_container(
 
 
 def _tracing_env(isvc: InferenceService, settings: OperatorSettings) -> list[dict[str, Any]]:
-    """OpenTelemetry's variables for the runtime container, when the operator has any (README "Tracing"): its
+    """OpenTelemetry's variables for the runtime container, when the operator has any (docs/guide/observability.md): its
     exporter settings (``settings.OTEL_FORWARDED``: never its own service name, resource attributes or headers), a
     service named after the InferenceService and the pod's resource attributes; none that spec.runtime.env sets,
     whose own come after them."""
@@ -182,6 +185,10 @@ def _fetch_container(
     the labels file: ``URI DEST`` pairs; handler code: ``--unpack URI DIR``), a claim's copied from its mount."""
     model, runtime = isvc.spec.model, isvc.spec.runtime
     args = ["fetch"]
+    if (limit := fetched_files_limit(isvc)) is not None:
+        # Each file's own bound: one far larger than the spec says fails the fetch, in its words, before the kubelet
+        # evicts the pod for the volume.
+        args += ["--max-bytes", str(limit)]
     for fetch in source.fetches:
         args += ["--unpack", fetch.uri, fetch.dest] if fetch.unpack else [fetch.uri, fetch.dest]
     claims = [
@@ -269,9 +276,33 @@ def _has_optimized_volume(isvc: InferenceService, source: ModelSource) -> bool:
     return source.optimized or _uses_tensorrt(isvc)
 
 
-def _probe(path: str, *, failures: int, period: int = PROBE_PERIOD_SECONDS) -> dict[str, Any]:
+# Each probe's question, over HTTP (a path) and over gRPC (grpc.health.v1's service: runtime/grpc/health.py).
+READY = ("/v2/health/ready", "")
+LIVE = ("/v2/health/live", "liveness")
+
+
+def container_ports(isvc: InferenceService) -> list[dict[str, Any]]:
+    """The runtime container's ports, one per protocol it serves."""
+    protocols = isvc.spec.runtime.protocols
+    ports = []
+    if "http" in protocols:
+        ports.append({"name": "http", "containerPort": naming.HTTP_PORT, "protocol": "TCP"})
+    if "grpc" in protocols:
+        ports.append({"name": "grpc", "containerPort": naming.GRPC_PORT, "protocol": "TCP"})
+    return ports
+
+
+def _probe(
+    isvc: InferenceService, question: tuple[str, str], *, failures: int, period: int = PROBE_PERIOD_SECONDS
+) -> dict[str, Any]:
+    """Over HTTP while the pods serve it; over gRPC (the kubelet's native gRPC probe) when they serve only gRPC."""
+    path, service = question
+    if "http" in isvc.spec.runtime.protocols:
+        action: dict[str, Any] = {"httpGet": {"path": path, "port": "http"}}
+    else:  # a gRPC probe names its port by number: the kubelet takes no port name there
+        action = {"grpc": {"port": naming.GRPC_PORT, "service": service}}
     return {
-        "httpGet": {"path": path, "port": "http"},
+        **action,
         "periodSeconds": period,
         "timeoutSeconds": 2,
         "failureThreshold": failures,
@@ -284,7 +315,7 @@ def _volumes(isvc: InferenceService, source: ModelSource, revision: str) -> list
         {"name": "tmp", "emptyDir": {}},
     ]
     if source.kind == "fetch":
-        volumes.append({"name": "models", "emptyDir": {}})
+        volumes.append({"name": "models", "emptyDir": _fetched_files_volume(isvc)})
     elif source.kind == "pvc":
         volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": source.claim, "readOnly": True}})
     volumes += [
@@ -294,6 +325,25 @@ def _volumes(isvc: InferenceService, source: ModelSource, revision: str) -> list
     if _has_optimized_volume(isvc, source):
         volumes.append({"name": "optimized", "emptyDir": {}})
     return volumes
+
+
+def _fetched_files_volume(isvc: InferenceService) -> dict[str, Any]:
+    """The emptyDir the fetch fills: with spec.model.size, bounded (``fetched_files_limit``), so that a file far
+    larger than the spec says fails the fetch in its words, and files that fill the volume all the same are the pod's
+    eviction (its message naming the volume), not the node's full disk; without it, unbounded, since nothing says
+    what the model needs."""
+    limit = fetched_files_limit(isvc)
+    return {} if limit is None else {"sizeLimit": as_quantity(limit + FETCHED_BESIDE_BYTES)}
+
+
+def fetched_files_limit(isvc: InferenceService) -> int | None:
+    """Each fetched file's bytes at most (``--max-bytes``): the model's size and ``FETCHED_BESIDE_BYTES``; the
+    emptyDir holds that and as much again besides (a handler's archive and its unpacked code, the graphs, the labels).
+    None without spec.model.size, or with nothing fetched."""
+    size = isvc.spec.model.size
+    if size is None or model_source(isvc.spec.model).kind != "fetch":
+        return None
+    return quantity_bytes(size) + FETCHED_BESIDE_BYTES
 
 
 def _claim_volume(index: int) -> str:

@@ -19,7 +19,7 @@ from kubeserve.runtime.classification import classifiable
 from kubeserve.runtime.datatypes import DATATYPES
 from kubeserve.runtime.protocol import tensors
 from kubeserve.runtime.protocol.errors import BadRequest
-from kubeserve.runtime.signature import ModelSignature
+from kubeserve.runtime.signature import ModelSignature, TensorSpec
 
 # Request parameters with a meaning of their own (Triton's reserved names and the binary extension's).
 PRIORITY = "priority"
@@ -95,12 +95,22 @@ def decode_request(body: bytes | memoryview, header_length: str | None, signatur
         raise BadRequest("id must be a string")
     return InferenceRequest(
         inputs=inputs,
-        outputs=_decode_outputs(document.get("outputs"), signature, binary_default),
+        outputs=decode_outputs(document.get("outputs"), signature, binary_default),
         id=request_id,
         parameters=parameters,
-        priority=_non_negative_int(parameters, PRIORITY),
-        timeout_microseconds=_non_negative_int(parameters, TIMEOUT) if TIMEOUT in parameters else None,
+        priority=priority(parameters),
+        timeout_microseconds=timeout_microseconds(parameters),
     )
+
+
+def timeout_microseconds(parameters: dict[str, Any]) -> int | None:
+    """The request's own queue timeout (Triton's ``timeout`` parameter), if it gives one."""
+    return _non_negative_int(parameters, TIMEOUT) if TIMEOUT in parameters else None
+
+
+def priority(parameters: dict[str, Any]) -> int:
+    """The request's priority (Triton's ``priority`` parameter; 0: none given)."""
+    return _non_negative_int(parameters, PRIORITY)
 
 
 def image_body_request(
@@ -151,20 +161,7 @@ def _decode_inputs(value: object, binary: memoryview, signature: ModelSignature)
         if not isinstance(entry, dict):
             raise BadRequest("each input must be a JSON object")
         name = entry.get("name")
-        spec = signature.input(name) if isinstance(name, str) else None
-        if spec is None:
-            known = ", ".join(s.name for s in signature.inputs)
-            raise BadRequest(f"unknown input {name!r}; the model's inputs are: {known}")
-        if name in decoded:
-            raise BadRequest(f"input '{name}' is given twice")
-        datatype = entry.get("datatype")
-        if datatype != spec.datatype.name:
-            if datatype not in DATATYPES:
-                raise BadRequest(f"input '{name}': unknown datatype {datatype!r}")
-            raise BadRequest(f"input '{name}': datatype {datatype} does not match the model's {spec.datatype.name}")
-        shape = _shape(entry.get("shape"), name)
-        if not spec.matches(shape):
-            raise BadRequest(f"input '{name}': shape {list(shape)} does not fit the model's {list(spec.shape)}")
+        spec, shape = checked_input(name, entry.get("datatype"), entry.get("shape"), signature, decoded)
         input_parameters = _parameters(entry.get("parameters"), f"input '{name}'")
         size = input_parameters.get(BINARY_DATA_SIZE)
         if size is not None:
@@ -188,10 +185,38 @@ def _decode_inputs(value: object, binary: memoryview, signature: ModelSignature)
             raise BadRequest(f"input '{name}' has neither data nor binary_data_size")
     if offset != len(binary):
         raise BadRequest(f"the body has {len(binary) - offset} bytes of binary data that no input claims")
+    check_complete(decoded, signature)
+    return decoded
+
+
+def checked_input(
+    name: object, datatype: object, shape: object, signature: ModelSignature, decoded: Collection[str]
+) -> tuple[TensorSpec, tuple[int, ...]]:
+    """An input's spec and shape, once its name, datatype and shape fit the model (and ``decoded``, the inputs
+    already read, does not hold it): every wire's first checks of an input, in the same words."""
+    spec = signature.input(name) if isinstance(name, str) else None
+    if spec is None:
+        known = ", ".join(s.name for s in signature.inputs)
+        raise BadRequest(f"unknown input {name!r}; the model's inputs are: {known}")
+    if name in decoded:
+        raise BadRequest(f"input '{name}' is given twice")
+    if datatype != spec.datatype.name:
+        if datatype is None or datatype == "":  # absent from JSON; protobuf's default for an unset string
+            raise BadRequest(f"input '{name}': datatype is missing (this input takes {spec.datatype.name})")
+        if datatype not in DATATYPES:
+            raise BadRequest(f"input '{name}': unknown datatype {datatype!r}")
+        raise BadRequest(f"input '{name}': datatype {datatype} does not match the model's {spec.datatype.name}")
+    checked = _shape(shape, spec.name)
+    if not spec.matches(checked):
+        raise BadRequest(f"input '{name}': shape {list(checked)} does not fit the model's {list(spec.shape)}")
+    return spec, checked
+
+
+def check_complete(decoded: Collection[str], signature: ModelSignature) -> None:
+    """400 unless every input of the model was given."""
     missing = [spec.name for spec in signature.inputs if spec.name not in decoded]
     if missing:
         raise BadRequest(f"missing inputs: {', '.join(missing)}")
-    return decoded
 
 
 def _shape(value: object, name: str) -> tuple[int, ...]:
@@ -202,7 +227,7 @@ def _shape(value: object, name: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _decode_outputs(value: object, signature: ModelSignature, binary_default: bool) -> tuple[RequestedOutput, ...]:
+def decode_outputs(value: object, signature: ModelSignature, binary_default: bool) -> tuple[RequestedOutput, ...]:
     if value is None:
         return tuple(RequestedOutput(name, binary_default) for name in signature.output_names)
     if not isinstance(value, list):

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 import numpy as np
 from kubeserve.runtime.admission import Rejected, Rejection
 from kubeserve.runtime.batcher import DynamicBatcher, Job, Outputs
+from kubeserve.runtime.config import HTTP
 from kubeserve.runtime.metrics import POSTPROCESS, PREPROCESS, STAGES
 from kubeserve.runtime.protocol.errors import InferenceError, NotFound, Unavailable
 from kubeserve.runtime.server.codings import accepted_coding, inflate
@@ -60,12 +61,14 @@ class Exchange:
         "deserialized_at",
         "job",
         "processed",
+        "protocol",
         "resumed_at",
     )
 
-    def __init__(self, state: ServerState, request: Request) -> None:
+    def __init__(self, state: ServerState, request: Request, protocol: str = HTTP) -> None:
         self._state = state
         self._request = request
+        self.protocol = protocol  # the wire it came on (``config.PROTOCOLS``): its metrics' label
         self.arrived = time.perf_counter()
         self.arrived_on_loop = asyncio.get_running_loop().time()
         self.deserialized_at = 0.0
@@ -88,13 +91,13 @@ class Exchange:
         status = None  # of an error's answer
         if isinstance(error, InferenceError):
             status = error.status
-            metrics.answered(status)
+            metrics.answered(status, self.protocol)
             if isinstance(error, Unavailable):
                 metrics.rejected[error.reason].inc()
                 refused = error.reason is Rejection.DRAINING
         elif error is not None and not isinstance(error, asyncio.CancelledError):
             status = 500
-            metrics.answered(status)
+            metrics.answered(status, self.protocol)
         if error is not None and (trace := self._request.trace) is not None:
             trace.failed(status, error, time.perf_counter())
         # A request for another model is none of this model's failures; one whose client left is unanswered.
@@ -115,26 +118,56 @@ class Exchange:
 
     async def preprocess(self, loaded: LoadedModel, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The preprocess stage: the tensors the client sent as the model takes them (its images decoded)."""
-        loaded.batcher.batch_shape(feeds)  # rows the batcher would refuse are refused before any image is decoded
+        processing = loaded.model.processing
+        if processing.images:  # rows the batcher would refuse are refused before any image is decoded
+            loaded.batcher.batch_shape(feeds)
+        deadline = self._state.stages.deadline(PREPROCESS)  # one timeout for the stage's parts together
         self._state.arriving += 1  # it may yet share a batch: no request computes alone meanwhile
         try:
-            return await self.stage(PREPROCESS, loaded.model.processing.preprocess, feeds)
+            if (on_loop := processing.preprocess_on_loop) is not None:
+                feeds = await self.stage_on_loop(PREPROCESS, deadline, on_loop, feeds)
+            if processing.preprocesses_in_thread:
+                feeds = await self.stage(PREPROCESS, deadline, processing.preprocess, feeds)
+            return feeds
         finally:
             self._state.arriving -= 1
 
     async def postprocess(self, loaded: LoadedModel, outputs: Outputs, classifications: dict[str, int]) -> Outputs:
         """The postprocess stage: the model's outputs as the client asked for them (top classes)."""
-        return await self.stage(POSTPROCESS, loaded.model.processing.postprocess, outputs, classifications)
+        processing = loaded.model.processing
+        deadline = self._state.stages.deadline(POSTPROCESS)
+        if (on_loop := processing.postprocess_on_loop) is not None:
+            outputs = await self.stage_on_loop(POSTPROCESS, deadline, on_loop, outputs)
+        if processing.postprocesses_in_thread(classifications):
+            outputs = await self.stage(POSTPROCESS, deadline, processing.postprocess, outputs, classifications)
+        return outputs
 
-    async def stage(self, name: str, function: Callable[..., T], *args: Any) -> T:
+    async def stage(self, name: str, deadline: float, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)``, a blocking stage around the model (``PREPROCESS``, ``POSTPROCESS``): off the event
-        loop, under its timeout (504 past it), timed."""
+        loop, by ``deadline`` (504 past it: ``StageRunner.deadline``), timed."""
         started = time.perf_counter()
-        result = await self._state.stages.run(name, function, *args)
+        if (trace := self._request.trace) is not None:
+            function = trace.in_stage(name, started, function)
+        result = await self._state.stages.run(name, function, *args, deadline=deadline)
+        self._processed(name, started)
+        return result
+
+    async def stage_on_loop(self, name: str, deadline: float, function: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await function(*args)``, a stage's part written ``async def``: on the event loop, by ``deadline``, timed
+        as part of the stage."""
+        started = time.perf_counter()
+        if (trace := self._request.trace) is not None:
+            function = trace.in_stage_on_loop(name, started, function)
+        result = await self._state.stages.run_on_loop(name, function, *args, deadline=deadline)
+        self._processed(name, started)
+        return result
+
+    def _processed(self, name: str, started: float) -> None:
+        """The stage ``name`` ran from ``started`` until now: from its first part's start, if it had one before."""
         if self.processed is None:
             self.processed = {}
-        self.processed[name] = (started, time.perf_counter())
-        return result
+        first = self.processed.get(name)
+        self.processed[name] = (started if first is None else first[0], time.perf_counter())
 
     async def compute(
         self,
@@ -176,6 +209,18 @@ class Exchange:
         return bounds
 
     def respond(self, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> Response:
+        response_headers = {"Server-Timing": self.finish()}
+        if headers:
+            response_headers.update(headers)
+        response = Response(body, 200, content_type, response_headers)
+        accept = self._request.headers.get("accept-encoding")
+        if accept is not None:
+            response.coding = accepted_coding(accept)
+        return response
+
+    def finish(self) -> str:
+        """The answer is ready: its stages are recorded (once it is on its way) and traced; what ``Server-Timing``
+        says of them."""
         done = time.perf_counter()
         job = self.job
         assert job is not None, "respond() follows compute()"
@@ -200,21 +245,14 @@ class Exchange:
         trace = self._request.trace
         if trace is not None:
             loop.call_soon(trace.answered, self.stage_bounds(done), job)
-        response_headers = {"Server-Timing": server_timing(stages, durations)}
-        if headers:
-            response_headers.update(headers)
-        response = Response(body, 200, content_type, response_headers)
-        accept = self._request.headers.get("accept-encoding")
-        if accept is not None:
-            response.coding = accepted_coding(accept)
-        return response
+        return server_timing(stages, durations)
 
     def _record(self, job: Job, stages: tuple[str, ...], durations: tuple[float, ...]) -> None:
         metrics = self._state.metrics
-        histograms = metrics.stage
+        histograms = metrics.stages[self.protocol]
         for stage, seconds in zip(stages, durations, strict=True):
             histograms[stage].observe(seconds)
-        metrics.answered(200)
+        metrics.answered(200, self.protocol)
         metrics.statistics.request_succeeded(
             job.rows,
             total=durations[-1],

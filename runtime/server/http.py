@@ -2,7 +2,7 @@
 answered in the order they came (pipelining included), keep-alive by default.
 
 Why not aiohttp's server: on the bench's tiny model aiohttp alone cost 65-170 µs of CPU per request, more
-than the runtime's whole request path; this protocol costs 22-41 (``bench/http_layer.py``, README).
+than the runtime's whole request path; this protocol costs 22-41 (``bench/http_layer.py``, docs/benchmarks.md).
 
 What it does beside parsing:
 

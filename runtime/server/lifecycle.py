@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from kubeserve.runtime.batcher import DynamicBatcher
-from kubeserve.runtime.config import MSG_GPU_WORKERS, RuntimeSettings
+from kubeserve.runtime.config import GRPC, HTTP, MSG_GPU_WORKERS, RuntimeSettings
 from kubeserve.runtime.logs import configure_logging
 from kubeserve.runtime.metrics import ServerMetrics
 from kubeserve.runtime.model import GPU_PROVIDERS, ModelLoadError, OnnxModel
@@ -42,6 +42,7 @@ from kubeserve.runtime.termination import write_termination_message
 from kubeserve.runtime.workers import STOP_SIGNALS, Heartbeat, WorkerContext
 
 if TYPE_CHECKING:
+    from kubeserve.runtime.grpc.server import GrpcServer
     from kubeserve.runtime.server.tracing import Tracing
 
 log = logging.getLogger("kubeserve.runtime")
@@ -114,12 +115,32 @@ async def _serve(settings: RuntimeSettings, worker: WorkerContext | None, tracin
     heartbeat = Heartbeat(worker) if worker is not None else None
     if heartbeat is not None:
         heartbeat.start()
+    listener: asyncio.Server | None = None
+    grpc_server: GrpcServer | None = None
     try:
-        listener = await create_app(state).listen(settings.host, settings.port, reuse_port=worker is not None)
+        if HTTP in settings.protocols:
+            listener = await create_app(state).listen(settings.host, settings.port, reuse_port=worker is not None)
+        if GRPC in settings.protocols:
+            from kubeserve.runtime.grpc.server import start_grpc  # gRPC's modules only where it is served
+
+            grpc_server = await start_grpc(state, reuse_port=worker is not None)
     except OSError as error:
+        if listener is not None:
+            listener.close()
         return listen_failed(settings, error)
-    host, port = listener.sockets[0].getsockname()[:2]
-    log.info("listening", extra={"event": "listening", "host": host, "port": port, "model": settings.model_name})
+    if listener is not None:
+        host, port = listener.sockets[0].getsockname()[:2]
+        log.info("listening", extra={"event": "listening", "host": host, "port": port, "model": settings.model_name})
+    if grpc_server is not None:
+        log.info(
+            "listening for gRPC",
+            extra={
+                "event": "grpc_listening",
+                "host": settings.host,
+                "port": grpc_server.port,
+                "model": settings.model_name,
+            },
+        )
     peers = await answer_peers(state) if worker is not None else None
 
     exit_code = EXIT_OK
@@ -129,20 +150,28 @@ async def _serve(settings: RuntimeSettings, worker: WorkerContext | None, tracin
     if loading.done() and state.loaded is None:
         exit_code = EXIT_MODEL_LOAD_FAILED
         # Keep answering /ready with the reason for a while, so a person (or the operator) can read it.
+        if settings.load_failure_exit_seconds > 0:
+            log.info(
+                "exiting after load_failure_exit_seconds; /ready reports why meanwhile",
+                extra={"event": "exit_delayed", "seconds": settings.load_failure_exit_seconds},
+            )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), settings.load_failure_exit_seconds)
     elif loading.done():
         await stop.wait()
-        await _drain(state, listener)
+        await _drain(state, listener, grpc_server)
     else:
         log.info("stopping before the model loaded", extra={"event": "stopping"})
     loading.cancel()
     stopping.cancel()
-    listener.close()
+    if listener is not None:
+        listener.close()
     if state.loaded is not None:
         state.loaded.batcher.close()  # after a timed-out drain: whatever is still queued is answered 503
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(state.wait_quiet(), SHUTDOWN_TIMEOUT_SECONDS)  # let those 503s be written
+    if grpc_server is not None:
+        await grpc_server.stop(None)  # calls still open past the drain are cancelled (their 503s were written above)
     state.connections.close_all()
     state.stages.close()
     if state.loaded is not None:
@@ -219,16 +248,22 @@ async def _load(state: ServerState) -> None:
     )
 
 
-async def _drain(state: ServerState, listener: asyncio.Server) -> None:
+async def _drain(state: ServerState, listener: asyncio.Server | None, grpc_server: GrpcServer | None) -> None:
     """Serve what the open connections still send, each answer closing its connection; close idle ones once
-    quiet; stop when no connection is left, or at the drain timeout."""
+    quiet; stop when no connection is left, or at the drain timeout. gRPC alike: GOAWAY, calls in progress served
+    (a stream as long as it is used: ``grpc.service``), the server stopped when none is left."""
     settings = state.settings
     loop = asyncio.get_running_loop()
     signalled = loop.time()
     state.draining = True
     state.publish()
     state.metrics.model_ready.set(0)
-    listener.close()  # new connections are refused: nothing was sent on them, any client may retry elsewhere
+    if listener is not None:
+        listener.close()  # new connections are refused: nothing was sent on them, any client may retry elsewhere
+    # New calls are refused (GOAWAY); those in progress have until the drain's timeout.
+    grpc_stopped = (
+        asyncio.ensure_future(grpc_server.stop(settings.drain_timeout_seconds)) if grpc_server is not None else None
+    )
     log.info(
         "draining",
         extra={
@@ -243,6 +278,8 @@ async def _drain(state: ServerState, listener: asyncio.Server) -> None:
         async with asyncio.timeout(settings.drain_timeout_seconds):
             state.loaded.batcher.flush()
             await state.connections.close_when_quiet(since=signalled, grace=settings.drain_grace_seconds)
+            if grpc_stopped is not None:
+                await asyncio.shield(grpc_stopped)
             await state.wait_quiet()  # a handler whose client went away still finishes its compute
     except TimeoutError:
         log.warning(

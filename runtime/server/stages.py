@@ -1,28 +1,31 @@
 """The blocking stages around the model (``preprocess``, ``postprocess``: ``runtime/processing.py``), run off the event
 loop in a thread pool of their own, each under its timeout.
 
-The pool has a thread per CPU the worker may use (its share of the pod's: ``available_cpus() // workers``, at least
-one); they start with the first stage, so a model with nothing to process starts none. Past its timeout
-(``preprocess_timeout_seconds``, ``postprocess_timeout_seconds``) a stage's request is answered 504 at once: the
-preprocess stage runs before its request joins the queue, the postprocess stage after it has left its batch, so no
-batch waits for either. A stage that waits for a free thread waits within its timeout, and one whose request has been
-answered (504, or its client left) before a thread took it up is never run, and lets go of its arguments at once (a
-request body can be tens of MB): the queue keeps only an emptied item until a thread skips it. A thread cannot be
-stopped: the late stage finishes in its thread, and its result is dropped.
+The pool has ``processing_threads`` threads (by default one per CPU the worker may use, its share of the pod's:
+``available_cpus() // workers``, at least one); they start with the first stage, so a model with nothing to process
+starts none. Past its timeout (``preprocess_timeout_seconds``, ``postprocess_timeout_seconds``) a stage's request is
+answered 504 at once: the preprocess stage runs before its request joins the queue, the postprocess stage after it has
+left its batch, so no batch waits for either. A stage that waits for a free thread waits within its timeout, and one
+whose request has been answered (504, or its client left) before a thread took it up is never run, and lets go of its
+arguments at once (a request body can be tens of MB): the queue keeps only an emptied item until a thread skips it. A
+thread cannot be stopped: the late stage finishes in its thread, and its result is dropped.
 
-The stages waiting for a thread are bounded: ``WAITING_PER_THREAD`` per thread, counted as the stages whose requests
-are still unanswered less one per thread (those taken up). Past it a stage is refused at once with the overload answer
-(``Rejection.QUEUE_FULL``, its detail naming the stages: 503 with ``Retry-After``, ``server/unavailable.py``), as the
-batcher's queue refuses past ``max_queue_size``. The bound is the runner's own rather than ``max_queue_size``: one
-runner serves every request's stages, before the request joins its model's queue and after it left, and what it
-bounds is the waiting for its few threads; eight stages per thread is well past what keeps the threads busy, and far
-below what would hold much memory. A thread keeps nothing of a stage once it has handed back its outcome.
+The stages waiting for a thread are bounded as the batcher's queue is, at ``max_queue_size``, counted as the stages
+whose requests are still unanswered less one per thread (those taken up). Past it a stage is refused at once with the
+overload answer (``Rejection.QUEUE_FULL``, its detail naming the stages: 503 with ``Retry-After``,
+``server/unavailable.py``). A request waiting for a stage thread holds what one waiting in the queue holds (its
+tensors), and the clients that keep a pod's threads busy are as many as keep its batches full: a bound of a few stages
+per thread would refuse an ordinary 32 clients on a pod of two cores. (So a process may hold up to twice
+``max_queue_size`` requests' tensors: as many waiting for a stage thread as for a batch.) A thread keeps nothing of a
+stage once it has handed back its outcome.
 
 The hand-off is kept lean, since a Python handler's stages are on every request's path: a stage goes into
 one queue that the threads take from, and its result comes back with one ``call_soon_threadsafe``; under load a thread
 takes the next stage without waiting and the loop wakes once for several results. (A stage that does nothing, 32 at a
 time on the bench machine: 29 to 32 µs of CPU each through ``run_in_executor`` under ``wait_for``, 11 µs here; one at
-a time, both about 90 µs, the threads' wake-ups.)
+a time, both about 90 µs, the threads' wake-ups.) A handler's stage written ``async def`` needs no thread: it is
+awaited on the loop (``run_on_loop``) under the same timeout (checked every ``SWEEP_SECONDS``, by one timer for
+all of them), and costs what the call costs.
 """
 
 from __future__ import annotations
@@ -31,19 +34,19 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from kubeserve.runtime.admission import Rejected, Rejection
 from kubeserve.runtime.config import RuntimeSettings
-from kubeserve.runtime.cpus import available_cpus, cpus_per_worker
+from kubeserve.runtime.cpus import processing_threads
+from kubeserve.runtime.handler_stages import STAGE_DEADLINE
 from kubeserve.runtime.metrics import POSTPROCESS, PREPROCESS
 from kubeserve.runtime.protocol.errors import GatewayTimeout
 from kubeserve.runtime.server.unavailable import unavailable
 
 T = TypeVar("T")
-# Stages that may wait for a thread, per thread; more are refused (503).
-WAITING_PER_THREAD = 8
 
 
 class _Stage:
@@ -51,14 +54,31 @@ class _Stage:
     once the request has its answer, so a stage answered without running (504, or its client left) holds nothing
     while it stays queued, not even its future (whose exception's traceback holds the arguments)."""
 
-    __slots__ = ("job",)
+    __slots__ = ("deadline", "job")
 
-    def __init__(self, done: asyncio.Future[Any], function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def __init__(
+        self, done: asyncio.Future[Any], function: Callable[..., Any], args: tuple[Any, ...], deadline: float
+    ) -> None:
         self.job: tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]] | None = (done, function, args)
+        self.deadline = deadline  # time.monotonic() when its timeout passes
+
+
+class _OnLoop:
+    """A stage awaited on the loop: its task, when its timeout passes, and whether the sweep cancelled it for that."""
+
+    __slots__ = ("cancelled", "deadline", "task")
+
+    def __init__(self, task: asyncio.Task[Any], deadline: float) -> None:
+        self.task = task
+        self.deadline = deadline
+        self.cancelled = False
 
 
 # None stops a thread.
 _Work = _Stage | None
+# How often the stages on the loop are checked against their timeouts (how late past it a 504 may come): one timer
+# for them all, since one per stage would cost more than a cheap stage does.
+SWEEP_SECONDS = 0.05
 
 
 class StageRunner:
@@ -67,26 +87,36 @@ class StageRunner:
         for stage in (PREPROCESS, POSTPROCESS):
             seconds, setting = settings.stage_timeout(stage)
             self._timeouts[stage] = (seconds, f"the {stage} stage took longer than {setting} ({seconds:g} s)")
-        self._count = cpus_per_worker(available_cpus(), settings.workers)
+        self._count = processing_threads(settings.processing_threads, settings.workers)
         self._threads: list[threading.Thread] = []
         self._work: queue.SimpleQueue[_Work] = queue.SimpleQueue()
         # Stages whose requests await them (waiting for a thread, or running); counted on the loop.
         self.pending = 0
-        self._most_pending = self._count * (1 + WAITING_PER_THREAD)
+        # Stages awaited on the loop (``run_on_loop``), one entry per call, and the timer that sweeps them.
+        self._on_loop: set[_OnLoop] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._most_pending = self._count + settings.max_queue_size
 
-    async def run(self, stage: str, function: Callable[..., T], *args: Any) -> T:
-        """``function(*args)`` in a stage thread; a 504 naming ``stage`` past its timeout, a 503 when too many
-        stages wait for a thread."""
+    def deadline(self, stage: str) -> float:
+        """When ``stage``, starting now, must be done by (``time.monotonic()``): for a stage run in two parts (on the
+        loop, then in a thread), both keep to it."""
+        return time.monotonic() + self._timeouts[stage][0]
+
+    async def run(self, stage: str, function: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
+        """``function(*args)`` in a stage thread; a 504 naming ``stage`` past its timeout (by ``deadline``, else from
+        now), a 503 when too many stages wait for a thread."""
         if self.pending >= self._most_pending:
             waiting = self.pending - self._count
             raise unavailable(Rejected(Rejection.QUEUE_FULL, f"{waiting} stages waiting for {self._count} threads"))
-        seconds, message = self._timeouts[stage]
+        message = self._timeouts[stage][1]
+        if deadline is None:
+            deadline = self.deadline(stage)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[T] = loop.create_future()
-        timer = loop.call_later(seconds, _time_out, done, message)
+        timer = loop.call_later(max(0.0, deadline - time.monotonic()), _time_out, done, message)
         if not self._threads:
             self._start()
-        work = _Stage(done, function, args)
+        work = _Stage(done, function, args, deadline)
         self.pending += 1
         done.add_done_callback(lambda _: self._answered(work))
         self._work.put(work)
@@ -94,6 +124,41 @@ class StageRunner:
             return await done
         finally:
             timer.cancel()
+
+    async def run_on_loop(
+        self, stage: str, function: Callable[..., Awaitable[T]], *args: Any, deadline: float | None = None
+    ) -> T:
+        """``await function(*args)`` on the event loop, under ``stage``'s timeout (by ``deadline``, else from now):
+        past it (``_sweep``), cancelled and the same 504 as a stage in a thread. A cancel from elsewhere (the client
+        gone, the server stopping) goes through as it is, even one that comes with the timeout's."""
+        task = asyncio.current_task()
+        assert task is not None
+        baseline = task.cancelling()
+        entry = _OnLoop(task, self.deadline(stage) if deadline is None else deadline)
+        self._on_loop.add(entry)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep)
+        try:
+            return await function(*args)
+        except BaseException:
+            if entry.cancelled:
+                entry.cancelled = False
+                if task.uncancel() <= baseline:  # the timeout's cancel alone: whatever the stage made of it, a 504
+                    raise GatewayTimeout(self._timeouts[stage][1]) from None
+            raise
+        finally:
+            self._on_loop.discard(entry)
+            if entry.cancelled:  # the stage let the timeout's cancel go and returned: undone, as asyncio.timeout does
+                task.uncancel()
+
+    def _sweep(self) -> None:
+        """Every ``SWEEP_SECONDS`` while stages run on the loop: cancel those past their timeout."""
+        now = time.monotonic()
+        for entry in self._on_loop:
+            if entry.deadline <= now and not entry.cancelled:
+                entry.cancelled = True
+                entry.task.cancel()
+        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep) if self._on_loop else None
 
     def _answered(self, work: _Stage) -> None:
         """On the loop: a stage's request has its answer (the stage's outcome, 504, or its client left)."""
@@ -119,10 +184,13 @@ class StageRunner:
             del job
             if done.done():  # answered just now
                 continue
+            deadline = STAGE_DEADLINE.set(work.deadline)  # a handler's pool of processes keeps to it
             try:
                 outcome = (function(*args), None)
             except BaseException as error:  # whatever it raised, for the request to raise
                 outcome = (None, error)
+            finally:
+                STAGE_DEADLINE.reset(deadline)
             with contextlib.suppress(RuntimeError):  # the loop has closed (the server stopped): nobody waits
                 done.get_loop().call_soon_threadsafe(_settle, done, *outcome)
             del work, done, function, args, outcome  # nothing of this stage is held while the thread waits
@@ -138,6 +206,9 @@ class StageRunner:
                 job[0].cancel()
         for _ in self._threads:
             self._work.put(None)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
 
 def _settle(done: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -26,7 +26,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 
-from kubeserve.runtime.config import RuntimeSettings
+from kubeserve.runtime.config import GRPC, RuntimeSettings
 from kubeserve.runtime.cpus import available_cpus
 from kubeserve.runtime.logs import configure_logging
 from kubeserve.runtime.server.exits import listen_failed
@@ -66,25 +66,34 @@ class Supervisor:
         except OSError as error:
             return listen_failed(settings, error)
         port = reserved.getsockname()[1]
+        grpc_reserved = None
+        if GRPC in settings.protocols:
+            try:
+                grpc_reserved = _reserve_port(settings.host, settings.grpc_port)
+            except OSError as error:
+                reserved.close()
+                return listen_failed(settings, error)
         # One directory per port (the workers' sockets), emptied first: a killed supervisor's leftovers (the pod's
         # /tmp outlives a container restart) would stop the new workers from listening there.
         run_dir = Path(tempfile.gettempdir()) / f"kubeserve-{port}"
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
         try:
-            return self._supervise(run_dir, port)
+            return self._supervise(run_dir, port, grpc_reserved.getsockname()[1] if grpc_reserved else None)
         finally:
             self._terminate()  # workers started before a failure here must not outlive it
             for worker in self.workers:
                 if worker.pid is not None:
                     worker.join()
             reserved.close()
+            if grpc_reserved is not None:
+                grpc_reserved.close()
             shutil.rmtree(run_dir, ignore_errors=True)
 
-    def _supervise(self, run_dir: Path, port: int) -> int:
+    def _supervise(self, run_dir: Path, port: int, grpc_port: int | None) -> int:
         settings = self.settings
         cpus = available_cpus()
-        each = worker_settings(settings, cpus, port)
+        each = worker_settings(settings, cpus, port, grpc_port)
         context = multiprocessing.get_context("spawn")
         states = context.RawArray("b", settings.workers)  # WorkerState.LOADING each
         heartbeats = context.RawArray("d", settings.workers)  # 0.0: no beat yet

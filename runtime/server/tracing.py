@@ -1,5 +1,5 @@
 """OpenTelemetry traces of inference requests, when the standard ``OTEL_*`` variables ask for them
-(``lifecycle.start_tracing``, README "Tracing"): only then are this module and OpenTelemetry imported.
+(``lifecycle.start_tracing``; docs/guide/observability.md): only then are this module and OpenTelemetry imported.
 
 Each inference request is one span of kind SERVER, named as OpenTelemetry's HTTP conventions name a server's
 (``POST /v2/models/{name}/infer``: the method and the route), with one child span per stage it went through
@@ -22,15 +22,17 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from kubeserve.runtime import __version__
 from kubeserve.runtime.config import RuntimeSettings
 from kubeserve.runtime.protocol.errors import InferenceError
 from kubeserve.runtime.server.messages import Request
+from opentelemetry import trace
+from opentelemetry.context import Context, attach, detach
 from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
 from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from kubeserve.runtime.server.exchange import StageBounds
 
 log = logging.getLogger("kubeserve.runtime")
+T = TypeVar("T")
 
 # Our attributes: on the request's span, the model and the request's batch size (its rows: the first dimension of
 # its inputs, as Triton counts a request's); on its compute span, the rows of the batch it was computed in.
@@ -136,6 +139,10 @@ class Tracing:
         provider = TracerProvider(resource=_resource(), shutdown_on_exit=False)  # shut down by the server
         for _, exporter in exporters:
             provider.add_span_processor(BatchSpanProcessor(exporter))
+        # The process's global provider too: a handler's own spans (``trace.get_tracer(...)``) go where the server's
+        # go, children of the stage they are made in (``RequestSpan.in_stage``). Once per process: a server process
+        # starts one Tracing.
+        trace.set_tracer_provider(provider)
         log.info(
             "tracing inference requests",
             extra={
@@ -183,12 +190,57 @@ class Tracing:
 class RequestSpan:
     """One inference request's span, from its arrival; ``answered`` or ``failed`` ends it."""
 
-    __slots__ = ("_epoch_offset", "_span", "_tracing")
+    __slots__ = ("_epoch_offset", "_running", "_span", "_tracing")
 
     def __init__(self, tracing: Tracing, span: Span, epoch_offset: int) -> None:
         self._tracing = tracing
         self._span = span
         self._epoch_offset = epoch_offset
+        # The spans of the stages a handler's code runs in, started with their stage, ended with the request's.
+        self._running: dict[str, Span] = {}
+
+    def in_stage(self, stage: str, start: float, function: Callable[..., T]) -> Callable[..., T]:
+        """``function`` made to run with ``stage``'s span (started at ``start``, ``time.perf_counter()``) as the
+        current span, in whichever thread calls it: spans the handler's code makes are the stage's children (not
+        in a pool of processes, ``holds_gil``: those have no tracer). As it is when the request is not sampled."""
+        if not self._span.is_recording():
+            return function
+        context = self._stage_context(stage, start)
+
+        def in_context(*args: Any) -> T:
+            token = attach(context)
+            try:
+                return function(*args)
+            finally:
+                detach(token)
+
+        return in_context
+
+    def in_stage_on_loop(
+        self, stage: str, start: float, function: Callable[..., Awaitable[T]]
+    ) -> Callable[..., Awaitable[T]]:
+        """``in_stage`` for a stage awaited on the event loop (``async def``)."""
+        if not self._span.is_recording():
+            return function
+        context = self._stage_context(stage, start)
+
+        async def in_context(*args: Any) -> T:
+            token = attach(context)
+            try:
+                return await function(*args)
+            finally:
+                detach(token)
+
+        return in_context
+
+    def _stage_context(self, stage: str, start: float) -> Context:
+        """A context whose current span is ``stage``'s, started now unless the stage has one already."""
+        span = self._running.get(stage)
+        if span is None:
+            parent = set_span_in_context(self._span)
+            span = self._tracing.tracer.start_span(stage, parent, start_time=self.nanoseconds(start))
+            self._running[stage] = span
+        return set_span_in_context(span)
 
     def nanoseconds(self, seconds: float) -> int:
         """A ``time.perf_counter()`` time as nanoseconds since the epoch, by this request's offset."""
@@ -207,7 +259,9 @@ class RequestSpan:
         if span.is_recording():  # sampled
             parent = set_span_in_context(span)
             for stage, start, end in stages:
-                child = tracer.start_span(stage, parent, start_time=nanoseconds(start))
+                child = self._running.pop(stage, None) or tracer.start_span(
+                    stage, parent, start_time=nanoseconds(start)
+                )
                 if stage == "compute":
                     child.set_attribute(BATCH_SIZE, job.batch_rows)
                 child.end(nanoseconds(end))
@@ -219,6 +273,9 @@ class RequestSpan:
         none, is the server's error: status ERROR, with ``error.type``; an unexpected exception is recorded too. A
         request whose client left (``asyncio.CancelledError``) is not: ``error.type`` alone says so."""
         span = self._span
+        for running in self._running.values():  # a stage's, cut short with its request
+            running.end(self.nanoseconds(ended))
+        self._running.clear()
         if status is not None:
             span.set_attribute(HTTP_RESPONSE_STATUS_CODE, status)
         if isinstance(error, asyncio.CancelledError):

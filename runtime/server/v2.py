@@ -26,21 +26,24 @@ def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.datatype.name, "shape": list(spec.shape)}
 
 
-async def model_metadata(state: ServerState, request: Request) -> Response:
-    model = state.model_for(request).model
+def metadata(state: ServerState, loaded: LoadedModel) -> dict[str, Any]:
+    """The model's metadata, as REST answers it (gRPC's ``ModelMetadataResponse`` has all but ``parameters``)."""
+    model = loaded.model
     served = model.processing.signature
-    return json_response(
-        {
-            "name": state.settings.model_name,
-            "versions": [state.settings.model_version],
-            "platform": "onnxruntime_onnx",
-            "inputs": [_tensor_metadata(spec) for spec in served.inputs],
-            "outputs": [_tensor_metadata(spec) for spec in served.outputs],
-            # What is served: precision, quantization, precompiled (kubeserve-runtime optimize). Stock clients
-            # ignore a field the protocol does not name.
-            "parameters": model.optimization.as_parameters(),
-        }
-    )
+    return {
+        "name": state.settings.model_name,
+        "versions": [state.settings.model_version],
+        "platform": "onnxruntime_onnx",
+        "inputs": [_tensor_metadata(spec) for spec in served.inputs],
+        "outputs": [_tensor_metadata(spec) for spec in served.outputs],
+        # What is served: precision, quantization, precompiled (kubeserve-runtime optimize). Stock clients
+        # ignore a field the protocol does not name.
+        "parameters": model.optimization.as_parameters(),
+    }
+
+
+async def model_metadata(state: ServerState, request: Request) -> Response:
+    return json_response(metadata(state, state.model_for(request)))
 
 
 async def model_ready(state: ServerState, request: Request) -> Response:

@@ -46,6 +46,7 @@ APPLICATION_RULES = {
     ("keda.sh", "scaledobjects"): {"list", "watch", "create", "patch", "delete"},
     ("http.keda.sh", "interceptorroutes"): {"list", "watch", "create", "patch", "delete"},
     ("gateway.networking.k8s.io", "httproutes"): {"list", "watch", "create", "patch", "delete"},
+    ("gateway.networking.k8s.io", "grpcroutes"): {"list", "watch", "create", "patch", "delete"},
     # ...and the Deployments (one per revision) are indexed by kopf too, to report the rollout; the rollout scales
     # them (a patch) and deletes the revisions it prunes (with their Service and ConfigMap).
     ("apps", "deployments"): {"list", "watch", "create", "patch", "delete"},
@@ -533,7 +534,7 @@ def runtime_samples(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
     model = Path(written.stdout.strip())
     runtime = Path(sys.executable).with_name("kubeserve-runtime")
     command = [str(runtime), "serve", "--host", "127.0.0.1", "--port", "0", "--model-path", str(model)]
-    command += ["--model-name", "tiny", "--log-level", "info"]
+    command += ["--grpc-port", "0", "--model-name", "tiny", "--log-level", "info"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(120, process.kill)  # a runtime that hangs fails the test instead of stalling it
     watchdog.start()
@@ -765,9 +766,9 @@ def test_a_network_policy_in_each_watched_namespace_lets_only_the_listed_namespa
             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
             for name in ("apps", "monitoring")
         ]
-        # The runtime's one port, by its name: inference, health and /metrics.
-        assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
-        assert [port["name"] for port in runtime["ports"]] == ["http"]
+        # The runtime's ports, by their names: http (inference, health and /metrics) and grpc.
+        assert rule["ports"] == [{"port": "http", "protocol": "TCP"}, {"port": "grpc", "protocol": "TCP"}]
+        assert [port["name"] for port in runtime["ports"]] == ["http", "grpc"]
 
 
 def test_a_cluster_wide_operator_needs_the_network_policys_namespaces_named(helm):

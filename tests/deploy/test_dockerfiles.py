@@ -138,7 +138,7 @@ def test_runtime_images_carry_the_sample_models_built_in_a_build_stage(name):
     # onnx (the samples extra) stays in the build stage.
     assert not any("samples" in run for run in final.arguments("RUN"))
     assert json.loads(final.arguments("CMD")[0]) == ["serve", "--config", "/etc/kubeserve/runtime.yaml"]
-    assert final.arguments("EXPOSE") == ["8080"]
+    assert final.arguments("EXPOSE") == ["8080 8001"]  # REST, gRPC
 
 
 def test_the_build_context_holds_what_the_dockerfiles_copy():

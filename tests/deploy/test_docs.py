@@ -1,18 +1,24 @@
-"""The generated references (docs/crd-reference.md, docs/metrics.md) match their sources, and the README links them."""
+"""The documentation: the generated references (docs/crd-reference.md, docs/metrics.md) match their sources, the
+site builds with warnings as errors (so every link in it is alive), the pages state what the code does, and the
+README stays short and links into the site."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
+README = REPO / "README.md"
 
 
 def generator(name: str) -> ModuleType:
@@ -92,27 +98,45 @@ def test_the_metrics_reference_lists_every_metric_the_runtime_serves():
     assert not [name for name in names if f"`{name}" not in text]
 
 
-def test_the_readme_links_the_references():
-    readme = (REPO / "README.md").read_text()
+def test_the_site_builds_with_warnings_as_errors(tmp_path: Path):
+    """`mkdocs build --strict`: a dead link or anchor, or a page missing from the nav, fails it."""
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed: pip install 'kubeserve[docs]'")
+    # Not --quiet: mkdocs counts the warnings --strict fails on only at the levels it logs.
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=REPO,  # mkdocs.yml's snippets read README.md from here
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
-    for target in ("docs/crd-reference.md", "docs/metrics.md", "docs/http-limits.md"):
-        assert f"]({target})" in readme
-        assert (REPO / target).exists()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "site" / "index.html").exists()
 
 
-def test_the_readme_table_of_contents_links_existing_headings():
-    readme = (REPO / "README.md").read_text()
+def test_the_readme_is_short_and_starts_with_the_two_commands():
+    lines = README.read_text().splitlines()
+
+    assert len(lines) <= 250
+    first = "\n".join(lines[:40])
+    assert "make demo" in first and "make test" in first
+
+
+def test_the_readme_links_existing_pages_and_headings():
+    readme = README.read_text()
     # GitHub's anchors: lower case, punctuation but `-` and `_` dropped, spaces to `-`.
     anchors = {
         re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
         for heading in re.findall(r"^#{2,4} (.+)$", readme, re.M)
     }
-    links = re.findall(r"\]\(#([^)]+)\)", readme)
+    in_page = re.findall(r"\]\(#([^)]+)\)", readme)
+    pages = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", readme)
 
-    assert len(links) > 10
-    assert not [link for link in links if link not in anchors]
-    # The two commands stay first.
-    assert readme.index("make demo") < readme.index("](#")
+    assert in_page and not [link for link in in_page if link not in anchors]
+    for target in ("docs/crd-reference.md", "docs/metrics.md", "docs/http-limits.md", "docs/reference/settings.md"):
+        assert target in pages
+    assert not [page for page in pages if not (REPO / page).exists()]
 
 
 def test_the_http_limits_page_lists_every_limit_with_its_default():
@@ -163,13 +187,13 @@ def crd_default(schema: dict, path: str) -> Any:
     return node.get("default", MISSING)
 
 
-def test_every_default_the_readme_states_is_the_crds():
-    """The README's API table restates defaults for readers; the CRD (the API's one source) decides them."""
+def test_every_default_the_inferenceservice_guide_states_is_the_crds():
+    """The guide's API table restates defaults for readers; the CRD (the API's one source) decides them."""
     crd = yaml.safe_load((REPO / "crds" / "inferenceservices.yaml").read_text())
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    readme = (REPO / "README.md").read_text()
+    page = (DOCS / "guide" / "inferenceservice.md").read_text()
     checked = 0
-    for paths, defaults in re.findall(r"^\| (`spec\.[^|]+) \| ([^|]+) \|", readme, re.M):
+    for paths, defaults in re.findall(r"^\| (`spec\.[^|]+) \| ([^|]+) \|", page, re.M):
         names = [name.strip().strip("`") for name in paths.split(",")]
         full = [names[0], *(names[0].rsplit(".", 1)[0] + name for name in names[1:])]  # `.other` shorthand
         values = [value.strip() for value in defaults.split(",")] if len(full) > 1 else [defaults.strip()]
@@ -177,6 +201,21 @@ def test_every_default_the_readme_states_is_the_crds():
             default = crd_default(schema, path)
             if default is MISSING or not re.fullmatch(r"`[^`]+`", value):
                 continue
-            assert yaml.safe_load(value.strip("`")) == default, f"README says {path} defaults to {value}"
+            assert yaml.safe_load(value.strip("`")) == default, f"the guide says {path} defaults to {value}"
             checked += 1
     assert checked >= 20
+
+
+def test_make_bench_writes_the_benchmarks_page_only_when_asked():
+    """`make bench` prints its tables and keeps them in bench/out/ (ignored by git); `make bench-docs` also rewrites
+    the page's tables, between the markers bench/run.py writes between (checked here, not at the end of a long run)."""
+    makefile = (REPO / "Makefile").read_text()
+    recipe = {target: makefile.split(f"\n{target}: ", 1)[1].split("\n\n", 1)[0] for target in ("bench", "bench-docs")}
+    page = (DOCS / "benchmarks.md").read_text()
+    ignored = subprocess.run(["git", "-C", REPO, "check-ignore", "-q", "bench/out/results.md"], check=False)
+
+    assert "bench/run.py" in recipe["bench"] and "--docs" not in recipe["bench"]
+    assert "bench/run.py --docs" in recipe["bench-docs"]
+    assert ignored.returncode == 0
+    for section in ("bench", "bench-optimization"):
+        assert page.count(f"<!-- {section}:begin -->") == page.count(f"<!-- {section}:end -->") == 1

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import select
-import shutil
 import subprocess
 import sys
 import time
@@ -28,28 +27,12 @@ import numpy as np
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from kind_cluster import REPO, SAMPLE, docker_problem  # bench/, put on sys.path above
+
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "kubeserve"
-SAMPLE = REPO / "samples" / "isvc-cpu.yaml"
-OPERATOR_NAMESPACE = "kubeserve-system"
 CHILD_KINDS = "configmaps,deployments,services,horizontalpodautoscalers"
-
-
-def docker_problem() -> str | None:
-    """Why Docker cannot run this test here, or None when `docker info` answers."""
-    docker = shutil.which("docker")
-    if docker is None:
-        return "no `docker` command"
-    try:
-        result = subprocess.run([docker, "info"], capture_output=True, text=True, timeout=30, check=False)
-    except subprocess.TimeoutExpired:
-        return "`docker info` did not answer within 30 s"
-    if result.returncode != 0:
-        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
-        return f"`docker info` failed: {lines[-1] if lines else f'exit code {result.returncode}'}"
-    return None
 
 
 _problem = docker_problem()
@@ -73,7 +56,7 @@ def owned_children(cluster, namespace: str, owner_uid: str) -> list[str]:
 def port_forward(cluster, namespace: str, target: str) -> Iterator[int]:
     """`kubectl port-forward` to a free port on 127.0.0.1, for as long as the block runs."""
     process = subprocess.Popen(
-        [cluster.kubectl_binary, "port-forward", "-n", namespace, target, ":80"],
+        [str(part) for part in cluster.kubectl_command("port-forward", "-n", namespace, target, ":80")],
         env=cluster.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -116,17 +99,6 @@ def infer(port: int, model: str, features: np.ndarray, timeout: float = 60) -> d
         return json.load(response)
 
 
-def install_chart(cluster, images) -> None:
-    """The images loaded into kind and the chart installed (again: each test may run alone)."""
-    cluster.load(images.operator, images.runtime)
-    cluster.helm(
-        "upgrade", "--install", "kubeserve", CHART, "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
-        # The images exist only in the cluster (kind load): never pull them.
-        "--set", "operator.image.pullPolicy=Never", "--set", "runtime.imagePullPolicy=Never",
-        "--wait", "--timeout", "5m",
-    )  # fmt: skip
-
-
 def get_json(port: int, path: str) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=60) as response:
         return json.load(response)
@@ -138,7 +110,7 @@ def test_a_cpu_inference_service_answers_v2_requests_and_leaves_nothing_behind(c
     namespace = sample["metadata"].get("namespace", "default")
     model = sample["spec"]["model"].get("name", name)
 
-    install_chart(cluster, images)
+    cluster.install_chart(images)
     try:
         cluster.kubectl("apply", "-n", namespace, "-f", SAMPLE)
         cluster.kubectl(
@@ -196,7 +168,7 @@ def test_a_quantized_model_served_by_two_workers_says_int8_and_reports_one_pod(c
     sample["spec"].pop("autoscaling")  # one pod: the metrics below are that pod's
     sample["spec"]["replicas"] = 1
 
-    install_chart(cluster, images)
+    cluster.install_chart(images)
     try:
         manifest = tmp_path / f"{name}.yaml"
         manifest.write_text(yaml.safe_dump(sample))
@@ -252,7 +224,6 @@ def apply_and_wait(cluster, path: Path) -> tuple[str, str]:
 def test_the_processing_samples_take_raw_rows_and_images_and_answer_as_their_pipelines(cluster, images):
     """samples/isvc-tabular.yaml (scikit-learn preprocessing composed into the model by the init container) and
     samples/isvc-image.yaml (JPEG in, decoded in the pod; labels out): their settings as users copy them."""
-    sys.path.insert(0, str(REPO / "bench"))  # the JPEG the benchmark and the demo send
     from image_path import photo
     from kubeserve.runtime.samples import (
         CNN_LABELS,
@@ -261,7 +232,7 @@ def test_the_processing_samples_take_raw_rows_and_images_and_answer_as_their_pip
     )
     from payloads import tabular_inputs
 
-    install_chart(cluster, images)
+    cluster.install_chart(images)
     namespace = "default"
     try:
         name, namespace = apply_and_wait(cluster, REPO / "samples" / "isvc-tabular.yaml")

@@ -154,6 +154,7 @@ def vendored_crds() -> dict[str, dict[str, Any]]:
             ("ScaledObject", "keda.sh_scaledobjects.yaml"),
             ("InterceptorRoute", "http.keda.sh_interceptorroutes.yaml"),
             ("HTTPRoute", "gateway.networking.k8s.io_httproutes.yaml"),
+            ("GRPCRoute", "gateway.networking.k8s.io_grpcroutes.yaml"),
         ]
     }
 

@@ -45,6 +45,8 @@ class Server:
             "127.0.0.1",
             "--port",
             "0",
+            "--grpc-port",
+            "0",
             "--model-path",
             str(model),
             "--model-name",

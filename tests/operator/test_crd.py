@@ -237,6 +237,7 @@ EVERY_MODEL_FIELD = {
     "inputs": [
         {"name": "image", "image": {"resize": [224, 224], "mean": [0.485, 0.456, 0.406], "std": [0.2, 0.2, 0.2]}}
     ],
+    "maxImagePixels": 4_000_000,
     "handler": {"class": "fraud.handlers:Explain", "uri": "s3://models/fraud/handler.tar.gz"},
 }
 

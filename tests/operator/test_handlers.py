@@ -171,7 +171,8 @@ async def test_a_deleted_child_is_restored_from_its_watch_event_within_a_second(
             )
 
     assert objects(SERVICES, NS, "mlp")["spec"]["ports"] == [
-        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+        {"name": "grpc", "port": 8001, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"},
     ]
 
 
@@ -515,12 +516,12 @@ async def test_with_autoscaling_the_hpa_scales_the_inference_service_and_the_dep
     assert applies(cluster, DEPLOYMENTS, deployment_of(NS, "mlp")["metadata"]["name"])[-1]["spec"]["replicas"] == 3
 
 
-# Every request the operator sends, as (verb, resource), as documented in the README's RBAC list. (RBAC also
+# Every request the operator sends, as (verb, resource), as documented in docs/operations/rbac.md. (RBAC also
 # needs "create" where it has "patch" on the children, since a server-side apply that creates is authorized as
 # a create too, and "update" on inferenceservices/finalizers for blockOwnerDeletion; no request shows those.)
 # The children are listed and watched to repair drift; the InferenceServices patched for kopf's annotation.
 KEDA_RESOURCES = ("keda.sh/scaledobjects", "http.keda.sh/interceptorroutes")
-WATCHED_ONLY = ("gateway.networking.k8s.io/httproutes",)  # no route in this scenario
+WATCHED_ONLY = ("gateway.networking.k8s.io/httproutes", "gateway.networking.k8s.io/grpcroutes")  # no route here
 OPERATOR_VERBS = {
     ("list", "serving.kubeserve.io/inferenceservices"),
     ("watch", "serving.kubeserve.io/inferenceservices"),

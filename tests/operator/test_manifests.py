@@ -164,7 +164,10 @@ def test_pods_are_locked_down_and_drain_gracefully(samples):
     assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # the default startup timeout
-    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 8001, "protocol": "TCP"},
+    ]
 
 
 def test_pods_are_scraped_labelled_and_selected_by_the_inference_service_only(samples):
@@ -187,7 +190,10 @@ def test_pods_are_scraped_labelled_and_selected_by_the_inference_service_only(sa
     # The InferenceService's Service spans every revision; the revision's Service and Deployment only this one.
     service = rendered["Service"]["spec"]
     assert service["selector"] == {"serving.kubeserve.io/inferenceservice": "mlp"}
-    assert service["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert service["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+        {"name": "grpc", "port": 8001, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"},
+    ]
     own = {"serving.kubeserve.io/inferenceservice": "mlp", "serving.kubeserve.io/revision": revision}
     children = manifests.children(parse(with_uid(samples["isvc-cpu"])), SETTINGS)
     (revision_service,) = [m for m in children.revision_objects() if m["kind"] == "Service"]
@@ -301,8 +307,9 @@ def test_removing_autoscaling_asks_for_the_hpa_to_go(isvc_factory):
     without = manifests.children(parse(isvc_factory(replicas=3)), SETTINGS)
     with_hpa = manifests.children(parse(isvc_factory(autoscaling={"maxReplicas": 3})), SETTINGS)
 
-    # Neither KEDA's objects nor (without a traffic router) an HTTPRoute may exist either.
+    # Neither KEDA's objects nor (without a traffic router) an HTTPRoute or a GRPCRoute may exist either.
     others = [("ScaledObject", "mlp"), ("InterceptorRoute", "mlp"), ("Service", "mlp-proxy"), ("HTTPRoute", "mlp")]
+    others.append(("GRPCRoute", "mlp"))
     assert [(ref.kind, ref.name) for ref in without.absent] == [("HorizontalPodAutoscaler", "mlp"), *others]
     assert [(ref.kind, ref.name) for ref in with_hpa.absent] == others
     assert {manifest["kind"]: manifest for manifest in without.manifests}["Deployment"]["spec"]["replicas"] == 3

@@ -13,10 +13,13 @@ from kubeserve.operator import manifests, naming, pod_diagnosis, status
 from kubeserve.operator.memory_estimate import (
     BASE_BYTES,
     BUFFERED_BYTES,
+    IMAGE_BYTES_PER_PIXEL,
+    MAX_IMAGE_PIXELS,
     MIB,
     OPTIMIZE_BASE_BYTES,
     OPTIMIZING,
     PER_ROW_BYTES,
+    SUPERVISOR_BYTES,
     WEIGHTS,
     MemoryCheck,
     MemoryInputs,
@@ -24,7 +27,9 @@ from kubeserve.operator.memory_estimate import (
     estimate,
     estimate_bytes,
     memory_check,
+    planned_workers,
 )
+from kubeserve.operator.runtime_config import runtime_settings
 from kubeserve.operator.settings import OperatorSettings
 from kubeserve.operator.spec import parse
 
@@ -118,6 +123,56 @@ def test_the_estimate_follows_the_spec(isvc_factory):
         model_bytes=1024 * MIB, quantization="dynamicInt8", max_batch_size=4, instance_count=2, optimizes=True
     )
     assert estimate(parse(made)) == estimate_bytes(expected)
+
+
+def _image_model(isvc_factory, resize: list[int] | None, **model: Any) -> dict[str, Any]:
+    made = sized(isvc_factory, "96Mi", runtime={"resources": {"requests": {"cpu": "3"}}, "workers": 1})
+    image = {} if resize is None else {"resize": resize}
+    made["spec"]["model"].update(inputs=[{"name": "image", "image": image}], **model)
+    return made
+
+
+def test_images_being_decoded_count_once_per_processing_thread(isvc_factory):
+    # Three cores for one worker: three processing threads, each decoding one request's images at a time.
+    plain = parse(sized(isvc_factory, "96Mi", runtime={"resources": {"requests": {"cpu": "3"}}, "workers": 1}))
+    resized = parse(_image_model(isvc_factory, [224, 224], maxImagePixels=1_000_000))
+    assert runtime_settings(resized)["processing_threads"] == 3
+    assert runtime_settings(resized)["max_image_pixels"] == 1_000_000
+    assert estimate(resized) - estimate(plain) == 3 * 1_000_000 * IMAGE_BYTES_PER_PIXEL[True]
+    # As sent (no resize) the tensor is as large as the image: more per pixel. Unset, the runtime's bound.
+    as_sent = parse(_image_model(isvc_factory, None))
+    assert estimate(as_sent) - estimate(plain) == 3 * MAX_IMAGE_PIXELS * IMAGE_BYTES_PER_PIXEL[False]
+    assert "max_image_pixels" not in runtime_settings(as_sent)
+
+
+def test_without_a_cpu_request_one_processing_thread_decodes(isvc_factory):
+    made = sized(isvc_factory, "96Mi")
+    made["spec"]["model"]["inputs"] = [{"name": "image", "image": {"resize": [8, 8]}}]
+    assert runtime_settings(parse(made))["processing_threads"] == 1
+    # A model without images keeps its config file: the runtime's choice, unless the spec says.
+    assert "processing_threads" not in runtime_settings(parse(sized(isvc_factory, "96Mi")))
+    handler = sized(isvc_factory, "96Mi")
+    handler["spec"]["model"]["handler"] = {"class": "fraud.handlers:Explain"}
+    assert "processing_threads" not in runtime_settings(parse(handler))
+    handler["spec"]["runtime"] = {"processingThreads": 6}
+    assert runtime_settings(parse(handler))["processing_threads"] == 6
+
+
+def test_the_workers_a_memory_limit_holds_share_the_processing_threads(isvc_factory):
+    # Four cores: one worker decodes four requests' images at once, two workers two each: the same in all.
+    made = _image_model(isvc_factory, [224, 224], maxImagePixels=10_000_000)
+    made["spec"]["runtime"] = {"resources": {"requests": {"cpu": "4"}}}
+
+    def with_workers(workers: int) -> int:
+        fixed = copy.deepcopy(made)
+        fixed["spec"]["runtime"]["workers"] = workers
+        return estimate(parse(fixed))
+
+    one_worker, two_workers = with_workers(1), with_workers(2)
+    made["spec"]["runtime"]["resources"]["limits"] = {"memory": f"{two_workers // MIB + 1}Mi"}
+    assert planned_workers(parse(made)) == 2
+    images = 4 * 10_000_000 * IMAGE_BYTES_PER_PIXEL[True]
+    assert one_worker - images == (two_workers - images - SUPERVISOR_BYTES) // 2
 
 
 # --- the default request -------------------------------------------------------------------------------------
@@ -377,3 +432,45 @@ def test_the_model_size_makes_a_new_revision_only_where_it_changes_the_pods(isvc
     assert _revision(sized(isvc_factory, "10Mi", runtime=own)) == _revision(sized(isvc_factory, "20Mi", runtime=own))
     # Without, the estimate is the pods' memory request: a different request is a new revision.
     assert _revision(sized(isvc_factory, "10Mi")) != _revision(sized(isvc_factory, "200Mi"))
+    # A fetched model's size bounds the files fetched (the pods' volume): a new revision too.
+    fetched = [sized(isvc_factory, size, runtime=own) for size in ("10Mi", "20Mi")]
+    for made in fetched:
+        made["spec"]["model"]["uri"] = "https://models.example.com/mlp.onnx"
+    assert _revision(fetched[0]) != _revision(fetched[1])
+
+
+# --- the fetched files' volume -------------------------------------------------------------------------------
+
+
+def test_with_a_size_the_fetched_files_volume_and_each_file_are_bounded(isvc_factory):
+    made = sized(isvc_factory, "96Mi")
+    made["spec"]["model"]["uri"] = "https://models.example.com/mlp.onnx"
+    spec = pod_spec(made)
+    (models,) = [volume for volume in spec["volumes"] if volume["name"] == "models"]
+    # Each file at most the model and 1 GiB; the volume that, and as much again for what is beside the model.
+    assert models["emptyDir"] == {"sizeLimit": "2144Mi"}
+    (fetch,) = spec["initContainers"][:1]
+    assert fetch["args"][:3] == ["fetch", "--max-bytes", str((96 + 1024) * MIB)]
+
+
+def test_without_a_size_nothing_bounds_the_fetched_files(isvc_factory):
+    made = sized(isvc_factory, None)
+    made["spec"]["model"]["uri"] = "https://models.example.com/mlp.onnx"
+    spec = pod_spec(made)
+    (models,) = [volume for volume in spec["volumes"] if volume["name"] == "models"]
+    assert models["emptyDir"] == {}
+    assert "--max-bytes" not in spec["initContainers"][0]["args"]
+
+
+def test_an_evicted_pod_says_why_in_the_kubelets_words():
+    message = 'Usage of EmptyDir volume "models" exceeds the limit "2144Mi". '
+    evicted = {
+        "metadata": {"name": "mlp-1-abc-7d4-x2x"},
+        "status": {"phase": "Failed", "reason": "Evicted", "message": message},
+    }
+    problem = pod_diagnosis.diagnose(evicted)
+    assert problem == pod_diagnosis.PodProblem("Evicted", f"pod mlp-1-abc-7d4-x2x: {message}")
+    assert pod_diagnosis.worst([evicted]) == problem
+    # Its replacement serves: the evicted pod, which stays until it is collected, is no problem any more.
+    ready = {"metadata": {"name": "mlp-1-abc-7d4-y3y"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    assert pod_diagnosis.worst([evicted, ready]) is None

@@ -1,7 +1,7 @@
 """The memory estimate against the real runtime: ``kubeserve-runtime serve`` of the bundled models, as FP32 and
 quantized to INT8 (by ``kubeserve-runtime optimize``, as the init container does), at two batch sizes, and the
 optimize command itself; peak resident memory read from /proc and wait4 (bench/memory_calibration.py, the
-README's table).
+docs/guide/optimization.md's table).
 
 The bound: the estimate is never below the measured peak (a limit set to it must not be OOMKilled), and at most two
 and a half times it (the per-row allowance, sized for images, over-counts the MLP's rows at batch 32); at batch 1,

@@ -239,6 +239,7 @@ async def test_with_gateway_api_routing_an_httproute_carries_the_rollouts_weight
     gateway = {"parentRef": {"name": "public", "namespace": "gateways"}, "hostnames": ["mlp.example.com"]}
     rollout = {"steps": [{"weight": 25, "pauseSeconds": 600}], "trafficRouting": {"gatewayAPI": gateway}}
     routes = "gateway.networking.k8s.io/v1/httproutes"
+    grpc_routes = "gateway.networking.k8s.io/v1/grpcroutes"
 
     def weights() -> dict[str, int] | None:
         """The route's weights by Service (None before there is one); each version of it valid as Gateway API's."""
@@ -248,9 +249,20 @@ async def test_with_gateway_api_routing_an_httproute_carries_the_rollouts_weight
         assert crd_schemas["HTTPRoute"].errors(route) == []
         return {ref["name"]: ref["weight"] for ref in route["spec"]["rules"][0]["backendRefs"]}
 
+    def grpc_weights() -> dict[str, int] | None:
+        """The GRPCRoute's (the pods serve gRPC by default): the HTTPRoute's weights, to the gRPC ports."""
+        route = objects(grpc_routes, NS, "mlp")
+        if route is None:
+            return None
+        assert crd_schemas["GRPCRoute"].errors(route) == []
+        assert {ref["port"] for ref in route["spec"]["rules"][0]["backendRefs"]} == {8001}
+        return {ref["name"]: ref["weight"] for ref in route["spec"]["rules"][0]["backendRefs"]}
+
     async with run_operator():
         v1 = await rolled_out(4, rollout)
         await eventually(lambda: weights() == {v1: 100})
+        await eventually(lambda: grpc_weights() == {v1: 100})
+        assert status()["grpcAddress"] == f"mlp.{NS}.svc.cluster.local:8001"
         route = objects(routes, NS, "mlp")["spec"]
         assert route["parentRefs"] == [{"name": "public", "namespace": "gateways"}]
         assert route["hostnames"] == ["mlp.example.com"]
@@ -260,6 +272,7 @@ async def test_with_gateway_api_routing_an_httproute_carries_the_rollouts_weight
         await eventually(lambda: weights() == {v1: 100, v2: 0})
         await serve(controller, objects, v2, 1)
         await eventually(lambda: weights() == {v1: 75, v2: 25} and replicas() == {v1: 3, v2: 1})
+        await eventually(lambda: grpc_weights() == {v1: 75, v2: 25})
         await eventually(
             lambda: (
                 {r["name"]: r["weight"] for r in status()["revisions"]}
@@ -275,10 +288,16 @@ async def test_with_gateway_api_routing_an_httproute_carries_the_rollouts_weight
         await api.patch(f"/apis/{routes.rsplit('/', 1)[0]}/namespaces/{NS}/httproutes/mlp", {"spec": {"rules": edited}})
         assert weights() == {v2: 100}
         await eventually(lambda: weights() == {v1: 75, v2: 25}, within=1)
+        # The GRPCRoute too.
+        edited = [{"backendRefs": [{"name": v2, "port": 8001, "weight": 100}]}]
+        await api.patch(f"/apis/{routes.rsplit('/', 1)[0]}/namespaces/{NS}/grpcroutes/mlp", {"spec": {"rules": edited}})
+        assert grpc_weights() == {v2: 100}
+        await eventually(lambda: grpc_weights() == {v1: 75, v2: 25}, within=1)
 
         # No router any more: the route goes.
         await api.patch(f"{ISVC_PATH}/mlp", {"spec": {"rollout": {"trafficRouting": None}}})
         await eventually(lambda: objects(routes, NS, "mlp") is None)
+        await eventually(lambda: objects(grpc_routes, NS, "mlp") is None)
 
 
 async def test_a_restarted_operator_resumes_the_rollout_where_it_was(

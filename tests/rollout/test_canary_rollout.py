@@ -1,4 +1,4 @@
-"""No failed request through a versioned rollout (issue 9's proof), with real runtime processes on this machine
+"""No failed request through a versioned rollout (the canary's contract), with real runtime processes on this machine
 (``bench/canary_rollout.py``): a stable revision of 3 pods under open-loop load, a canary to model version 2 driven by
 ``rollout.decide`` through 25% and 50% to 100%, analysed on its own ``/metrics`` every interval, old pods sent SIGTERM
 as their revision is scaled down. Then a canary that answers 500 for half its batches: rolled back on its own.

@@ -206,7 +206,8 @@ class RuntimeProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **(env or {})},
+            # A free gRPC port too (the default, 8001, would be shared by every server a test run starts).
+            env={**os.environ, "KUBESERVE_GRPC_PORT": "0", **(env or {})},
         )
         self.lines: list[str] = []
         self.events: list[dict[str, Any]] = []
@@ -249,6 +250,10 @@ class RuntimeProcess:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.wait_for_event('grpc_listening')['port']}"
 
     def wait_ready(self, workers: int = 1) -> RuntimeProcess:
         """Until the model is ready in every one of ``workers`` server processes."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from kubeserve.runtime.cli import build_parser, main
 from kubeserve.runtime.config import ConfigError, RuntimeSettings, env_name, flag_name, load_settings
+from kubeserve.runtime.model_location import DERIVED_SETTINGS
 
 
 def help_text(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *argv: str) -> str:
@@ -31,7 +32,7 @@ def test_serve_help_names_every_flag_with_its_default_and_variable(capsys, monke
     for name, field in RuntimeSettings.model_fields.items():
         line = flag_line(text, name)
         assert f"env: {env_name(name)}" in line, line
-        assert ("required" if field.is_required() else "default: ") in line, line
+        assert ("required" if field.is_required() and name not in DERIVED_SETTINGS else "default: ") in line, line
     assert "(required; env: KUBESERVE_MODEL_PATH)" in flag_line(text, "model_path")
     assert "default: 32;" in flag_line(text, "max_batch_size")
     assert "default: none;" in flag_line(text, "preferred_batch_size")

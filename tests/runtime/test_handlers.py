@@ -22,6 +22,7 @@ import tritonclient.http as triton
 from kubeserve.runtime.config import ConfigError, RuntimeSettings, load_settings
 from kubeserve.runtime.datatypes import DATATYPES
 from kubeserve.runtime.handler_code import run_stage
+from kubeserve.runtime.handler_stages import STAGE_DEADLINE
 from kubeserve.runtime.model import ModelLoadError, OnnxModel
 from kubeserve.runtime.protocol.errors import GatewayTimeout, InternalError
 from kubeserve.runtime.server.stages import StageRunner
@@ -203,9 +204,12 @@ def test_a_bytes_output_of_anything_but_strings_breaks_the_contract():
 
 async def test_a_hung_handler_is_a_504_and_holds_nobody_up(serve_in_process, monkeypatch):
     # Two stage threads, whatever this machine has: one held, one free.
-    monkeypatch.setattr("kubeserve.runtime.server.stages.available_cpus", lambda: 2)
     server = await serve_in_process(
-        "mlp", handler="words_handler:Words", handler_path=HANDLERS, preprocess_timeout_seconds=0.5
+        "mlp",
+        handler="words_handler:Words",
+        handler_path=HANDLERS,
+        preprocess_timeout_seconds=0.5,
+        processing_threads=2,
     )
     import words_handler  # the server's own module: its handler_path is on sys.path now
 
@@ -230,11 +234,51 @@ async def test_a_hung_handler_is_a_504_and_holds_nobody_up(serve_in_process, mon
     assert outputs(await post(server, texts_request("fish")))["topic"]["shape"] == [1]
 
 
+# -- stages written async def: on the event loop ---------------------------------------------------------------------
+
+
+async def test_async_stages_are_awaited_on_the_loop_timed_and_bounded(serve_in_process, reference):
+    server = await serve_in_process(
+        "mlp", handler="words_handler:WordsOnLoop", handler_path=HANDLERS, preprocess_timeout_seconds=0.5
+    )
+    import words_handler
+
+    texts = ("cat dog cat", "fish")
+    topics, probabilities = expected(reference, *texts)
+    answer = await post(server, texts_request(*texts))
+    served = outputs(answer)
+    assert served["topic"]["data"] == topics
+    np.testing.assert_allclose(served["probability"]["data"], probabilities, rtol=1e-5)
+    stages = [part.split(";")[0].strip() for part in answer.headers["server-timing"].split(",")]
+    assert stages == ["deserialize", "preprocess", "queue", "compute", "postprocess", "serialize", "total"]
+    # The stages ran on the loop's thread (this test's), not in a stage thread.
+    assert {threading.current_thread().name} == words_handler.LOOP_THREADS
+
+    assert_error(await post(server, texts_request("a zebra")), 400, "text 0 has no word of the vocabulary")
+    assert_error(await post(server, texts_request("cat boom")), 500, FAILED)
+    # Its own CancelledError (nobody cancelled the request) is the handler's failure too, answered.
+    assert_error(await post(server, texts_request("cat cancelled")), 500, FAILED)
+
+    # One that stalls past its timeout is cancelled and answered 504 on real time; the others go on meanwhile.
+    words_handler.LOOP_STALLED.clear()
+    words_handler.LOOP_RELEASE.clear()
+    started = time.monotonic()
+    held = asyncio.create_task(post(server, texts_request("stall cat")))
+    assert await asyncio.to_thread(words_handler.LOOP_STALLED.wait, 30)
+    assert outputs(await post(server, texts_request("dog")))["topic"]["shape"] == [1]
+    assert_error(await held, 504, "the preprocess stage took longer than preprocess_timeout_seconds (0.5 s)")
+    assert time.monotonic() - started >= 0.5
+    assert outputs(await post(server, texts_request("fish")))["topic"]["shape"] == [1]
+
+
 async def test_a_stage_answered_while_it_waited_for_a_thread_never_runs(monkeypatch):
-    monkeypatch.setattr("kubeserve.runtime.server.stages.available_cpus", lambda: 1)  # one stage thread
     stages = StageRunner(
         RuntimeSettings(
-            model_path="m.onnx", model_name="m", preprocess_timeout_seconds=0.2, postprocess_timeout_seconds=300
+            model_path="m.onnx",
+            model_name="m",
+            preprocess_timeout_seconds=0.2,
+            postprocess_timeout_seconds=300,
+            processing_threads=1,
         )
     )
     entered, release, ran = threading.Event(), threading.Event(), []
@@ -294,11 +338,13 @@ async def test_a_crashed_or_hung_process_is_replaced(pool_server):
 
 
 async def test_while_a_process_hangs_the_others_answer(serve_in_process, monkeypatch, tmp_path):
-    monkeypatch.setattr("kubeserve.runtime.handler_stages.available_cpus", lambda: 2)  # two processes
-    monkeypatch.setattr("kubeserve.runtime.server.stages.available_cpus", lambda: 2)
     monkeypatch.setenv("WORDS_HOLD_DIR", str(tmp_path))  # the processes' "hold" waits for tmp_path/release
-    server = await serve_in_process(
-        "mlp", handler="words_handler:WordsInProcesses", handler_path=HANDLERS, preprocess_timeout_seconds=60.0
+    server = await serve_in_process(  # two processes, and two stage threads to wait on them
+        "mlp",
+        handler="words_handler:WordsInProcesses",
+        handler_path=HANDLERS,
+        preprocess_timeout_seconds=60.0,
+        processing_threads=2,
     )
     try:
         held = asyncio.create_task(post(server, texts_request("hold cat")))
@@ -316,10 +362,13 @@ async def test_while_a_process_hangs_the_others_answer(serve_in_process, monkeyp
 
 
 def test_a_call_past_its_deadline_is_the_stage_timeouts_504_and_never_sent(models, monkeypatch, tmp_path):
-    monkeypatch.setattr("kubeserve.runtime.handler_stages.available_cpus", lambda: 1)  # one process
     monkeypatch.setenv("WORDS_HOLD_DIR", str(tmp_path))
     settings = RuntimeSettings(
-        model_path=models["mlp"], model_name="mlp", handler="words_handler:WordsInProcesses", handler_path=HANDLERS
+        model_path=models["mlp"],
+        model_name="mlp",
+        handler="words_handler:WordsInProcesses",
+        handler_path=HANDLERS,
+        processing_threads=1,  # one process
     )
     model = OnnxModel.load(models["mlp"], settings)
     processes = model.processing.handler.processes
@@ -328,6 +377,13 @@ def test_a_call_past_its_deadline_is_the_stage_timeouts_504_and_never_sent(model
         late = "the preprocess stage took longer than preprocess_timeout_seconds (30 s)"
         with pytest.raises(GatewayTimeout, match=re.escape(late)):  # its request has had its 504: not sent
             processes.call("preprocess", text, deadline=time.monotonic() - 1)
+        # The same by the deadline the stage thread that calls it runs under (its request's).
+        passed = STAGE_DEADLINE.set(time.monotonic() - 1)
+        try:
+            with pytest.raises(GatewayTimeout, match=re.escape(late)):
+                processes.call("preprocess", text)
+        finally:
+            STAGE_DEADLINE.reset(passed)
         assert not (tmp_path / "held").exists()
         cat = {"text": np.array([b"cat"], dtype=object)}
         assert processes.call("preprocess", cat)["features"].shape == (1, 32)  # the process is still free
@@ -428,6 +484,12 @@ LOAD_ERRORS = {
                 "requests, so it must lead with -1"),
     "batched, in processes": ("words_handler:BatchedInProcesses", "handler words_handler:BatchedInProcesses is batched "
                               "and holds_gil: a batched handler runs in the batch's inference thread"),
+    "async, batched": ("words_handler:BatchedOnLoop", "handler words_handler:BatchedOnLoop has an async postprocess "
+                       "and preprocess and is batched: an async stage is awaited on the server's event loop, not in "
+                       "the batch"),
+    "async, in processes": ("words_handler:OnLoopInProcesses", "handler words_handler:OnLoopInProcesses has an async "
+                            "postprocess and preprocess and is holds_gil: an async stage is awaited on the server's "
+                            "event loop, not in a pool of processes"),
     "outputs nothing makes": ("words_handler:OutputsWithoutPostprocess",
                               "handler words_handler:OutputsWithoutPostprocess declares outputs, but has no postprocess"
                               " to make them"),

@@ -263,8 +263,8 @@ def test_invalid_options_exit_2_and_touch_nothing(bundled, tmp_path, capsys):
     output = tmp_path / "model.onnx"
     output.write_bytes(b"the model served now")
 
-    same, _, same_err = run_cli(capsys, bundled["mlp"], bundled["mlp"])
-    unfit, _, unfit_err = run_cli(capsys, bundled["mlp"], output, "--sample-inputs", sample)
+    same, _, same_err = run_cli(capsys, bundled["mlp"], bundled["mlp"], "--precompile")
+    unfit, _, unfit_err = run_cli(capsys, bundled["mlp"], output, "--precompile", "--sample-inputs", sample)
 
     assert same == EXIT_INVALID
     assert "is MODEL: the original is never modified" in same_err

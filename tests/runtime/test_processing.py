@@ -508,7 +508,7 @@ async def test_the_stages_are_measured_and_counted(cnn_server):
             (sample.name, sample.labels.get("stage", "")): sample.value
             for family in text_string_to_metric_families(metrics)
             for sample in family.samples
-            if sample.name.startswith("kubeserve_request_duration_seconds_")
+            if sample.name.startswith("kubeserve_request_duration_seconds_") and sample.labels["protocol"] == "http"
         }
         return samples, stats["inference_stats"]
 
@@ -538,8 +538,6 @@ async def test_the_stages_are_measured_and_counted(cnn_server):
 async def test_a_preprocess_past_its_timeout_is_a_504_and_holds_nobody_up(serve_in_process, monkeypatch):
     from kubeserve.runtime.images import ImageDecoder
 
-    # Two stage threads, whatever this machine has: one held, one free.
-    monkeypatch.setattr("kubeserve.runtime.server.stages.available_cpus", lambda: 2)
     slow, fast = encoded("PNG", 32, 48, seed=11), encoded("PNG", 32, 48, seed=12)
     entered, release = threading.Event(), threading.Event()
     decode = ImageDecoder.decode
@@ -551,7 +549,10 @@ async def test_a_preprocess_past_its_timeout_is_a_504_and_holds_nobody_up(serve_
         return decode(self, items)
 
     monkeypatch.setattr(ImageDecoder, "decode", held_decode)
-    server = await serve_in_process("pixels", image_inputs={"image": PIXELS_IMAGES}, preprocess_timeout_seconds=1.0)
+    # Two stage threads, whatever this machine has: one held, one free.
+    server = await serve_in_process(
+        "pixels", image_inputs={"image": PIXELS_IMAGES}, preprocess_timeout_seconds=1.0, processing_threads=2
+    )
     try:
         started = time.monotonic()
         held = asyncio.create_task(post(server, "/v2/models/pixels/infer", slow, {"Content-Type": "image/png"}))

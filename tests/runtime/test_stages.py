@@ -1,33 +1,29 @@
-"""The stage runner (``server/stages.py``): its bound on stages waiting for a thread, and what a stage answered
-without running (504, or its client left) still holds."""
+"""The stage runner (``server/stages.py``): its bound on stages waiting for a thread, what a stage answered without
+running (504, or its client left) still holds, and the timeouts of stages awaited on the loop."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import threading
 import weakref
 
 import pytest
 from kubeserve.runtime.admission import Rejection
 from kubeserve.runtime.config import RuntimeSettings
+from kubeserve.runtime.handler_stages import STAGE_DEADLINE
 from kubeserve.runtime.metrics import POSTPROCESS, PREPROCESS
 from kubeserve.runtime.protocol.errors import GatewayTimeout, Unavailable
-from kubeserve.runtime.server import stages
-from kubeserve.runtime.server.stages import WAITING_PER_THREAD, StageRunner
+from kubeserve.runtime.server.stages import StageRunner
 
 
 class Body:
     """Stands for a request's arguments: weakly referenced, to see who still holds it."""
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setattr(stages, "available_cpus", lambda: 1)
-
-
 def _runner(**settings) -> StageRunner:
-    return StageRunner(RuntimeSettings(model_path="m.onnx", model_name="m", workers=1, **settings))
+    return StageRunner(RuntimeSettings(model_path="m.onnx", model_name="m", processing_threads=1, **settings))
 
 
 async def _occupy(runner: StageRunner, release: threading.Event) -> tuple[asyncio.Task, threading.Event]:
@@ -54,21 +50,24 @@ async def _outcome(awaitable) -> type[BaseException] | None:
     return None
 
 
+QUEUE_SIZE = 8
+
+
 async def test_stages_past_the_bound_are_refused_with_the_overload_answer():
-    runner = _runner()
+    runner = _runner(max_queue_size=QUEUE_SIZE)  # as many may wait for a thread as for a batch
     release = threading.Event()
     holder, _ = await _occupy(runner, release)
-    waiting = [asyncio.create_task(runner.run(PREPROCESS, lambda n=n: n)) for n in range(WAITING_PER_THREAD)]
+    waiting = [asyncio.create_task(runner.run(PREPROCESS, lambda n=n: n)) for n in range(QUEUE_SIZE)]
     await asyncio.sleep(0)
     with pytest.raises(Unavailable) as refused:
         await runner.run(PREPROCESS, lambda: "one too many")
     assert refused.value.status == 503
     assert refused.value.reason is Rejection.QUEUE_FULL
     assert refused.value.headers == {"Retry-After": "1"}
-    assert f"{WAITING_PER_THREAD} stages waiting for 1 threads" in str(refused.value)
+    assert f"{QUEUE_SIZE} stages waiting for 1 threads" in str(refused.value)
     release.set()
     assert await holder == "held"
-    assert await asyncio.gather(*waiting) == list(range(WAITING_PER_THREAD))
+    assert await asyncio.gather(*waiting) == list(range(QUEUE_SIZE))
     assert runner.pending == 0
     assert await runner.run(PREPROCESS, lambda: "room again") == "room again"
     runner.close()
@@ -106,4 +105,76 @@ async def test_a_stage_timed_out_or_cancelled_while_queued_lets_go_of_its_argume
     assert await holder == "held"
     assert await runner.run(POSTPROCESS, lambda: "after") == "after"  # the emptied items were skipped
     assert ran == []
+    runner.close()
+
+
+# -- stages awaited on the loop (a handler's async def), on real time --------------------------------------------------
+
+TIMEOUT = 0.2
+LATE = f"the preprocess stage took longer than preprocess_timeout_seconds ({TIMEOUT:g} s)"
+
+
+async def test_an_async_stage_past_its_timeout_is_a_504_even_after_one_that_swallowed_its_cancel():
+    runner = _runner(preprocess_timeout_seconds=TIMEOUT)
+
+    async def swallows() -> str:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            return "kept going"  # a stage that ignores its cancel is answered as it answers
+        return "slept"
+
+    async def sleeps() -> str:
+        await asyncio.sleep(30)
+        return "slept"
+
+    async def requests_on_one_connection() -> list[object]:
+        # One task answers a keep-alive connection's requests one after another: what one stage did with its cancel
+        # must not change the next one's timeout.
+        first = await runner.run_on_loop(PREPROCESS, swallows)
+        try:
+            await runner.run_on_loop(PREPROCESS, sleeps)
+        except GatewayTimeout as late:
+            return [first, str(late), asyncio.current_task().cancelling()]
+        return [first, "no timeout"]
+
+    assert await asyncio.wait_for(requests_on_one_connection(), 10) == ["kept going", LATE, 0]
+    runner.close()
+
+
+async def test_a_cancel_from_elsewhere_goes_through_even_with_the_timeouts():
+    runner = _runner(preprocess_timeout_seconds=TIMEOUT)
+    entered = asyncio.Event()
+
+    async def waits() -> None:
+        entered.set()
+        await asyncio.sleep(30)
+
+    task = asyncio.create_task(runner.run_on_loop(PREPROCESS, waits, deadline=0.0))  # overdue at the first sweep
+    await entered.wait()
+    task.cancel()  # the client left, in the same pass as the sweep or before it
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.1)  # a sweep or two: nothing left to cancel
+    runner.close()
+
+
+async def test_a_stage_in_two_parts_keeps_to_one_deadline():
+    runner = _runner(preprocess_timeout_seconds=TIMEOUT)
+    seen, release = [], threading.Event()
+
+    async def on_loop() -> str:
+        return "first part"
+
+    def in_thread() -> None:
+        seen.append(STAGE_DEADLINE.get())  # what the stage thread runs under, which a handler's pool keeps to
+        release.wait(30)
+
+    deadline = runner.deadline(PREPROCESS)
+    assert await runner.run_on_loop(PREPROCESS, on_loop, deadline=deadline) == "first part"
+    with pytest.raises(GatewayTimeout, match=re.escape(LATE)):
+        await runner.run(PREPROCESS, in_thread, deadline=deadline)
+    release.set()
+    # The thread part ran under the stage's deadline, not a timeout of its own from when it started.
+    assert seen == [deadline]
     runner.close()

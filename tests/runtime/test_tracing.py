@@ -18,6 +18,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import SimpleNamespace
 
 import aiohttp
@@ -42,6 +43,7 @@ FEATURES = json.dumps(
     {"inputs": [{"name": "features", "shape": [3, 32], "datatype": "FP32", "data": [0.5] * 96}]}
 ).encode()
 CNN_IMAGES = {"image": {"resize": [64, 64]}}
+HANDLERS = Path(__file__).resolve().parent / "user_handlers"
 
 
 def classified_image() -> tuple[bytes, dict[str, str]]:
@@ -148,6 +150,33 @@ async def test_an_image_classified_has_all_six_stages(serve_in_process, exporter
     ]  # fmt: skip
     assert request.start_time <= stages[0].start_time and stages[-1].end_time == request.end_time
     assert all(a.end_time <= b.start_time for a, b in itertools.pairwise(stages))
+
+
+async def test_a_handlers_code_runs_in_its_stages_span(serve_in_process, exporter):
+    server = await serve_in_process(
+        "mlp", tracing=tracing_for(exporter, "mlp"), handler="words_handler:Traced", handler_path=HANDLERS
+    )
+    import words_handler
+
+    words_handler.CURRENT_SPANS.clear()
+    body = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["cat"]}]}).encode()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{server.url}/v2/models/mlp/infer", data=body) as answer,
+    ):
+        assert answer.status == 200
+
+    request, *stages = await finished(exporter, 7)
+    spans = {stage.name: stage for stage in stages}
+    assert list(spans) == ["deserialize", "preprocess", "queue", "compute", "postprocess", "serialize"]
+    # Its plain preprocess (in a stage thread) and its async postprocess (on the loop) each ran with its stage's span
+    # current: what the handler traces is a child of that stage, in the request's trace.
+    assert [(stage, context.span_id) for stage, context in words_handler.CURRENT_SPANS] == [
+        ("preprocess", spans["preprocess"].context.span_id),
+        ("postprocess", spans["postprocess"].context.span_id),
+    ]
+    assert all(context.trace_id == request.context.trace_id for _, context in words_handler.CURRENT_SPANS)
+    assert all(stage.parent.span_id == request.context.span_id for stage in stages)
 
 
 async def test_a_v1_prediction_is_named_by_its_route_without_the_routes_pattern(serve_in_process, exporter):

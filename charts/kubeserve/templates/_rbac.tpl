@@ -43,7 +43,7 @@ watches (kopf indexes), never one at a time, so it needs no get on them.
   verbs: [list, watch, create, patch, delete]
 # Rollouts with a Gateway API traffic router (harmless where Gateway API is not installed).
 - apiGroups: [gateway.networking.k8s.io]
-  resources: [httproutes]
+  resources: [httproutes, grpcroutes]
   verbs: [list, watch, create, patch, delete]
 # Runtime Deployments (one per revision) are also indexed to report the rollout in the status; the rollout scales
 # them (a patch of spec.replicas) and deletes pruned ones.

@@ -13,6 +13,7 @@ a row.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -21,11 +22,16 @@ from pathlib import Path
 
 import numpy as np
 from kubeserve.runtime.handler import HandlerContext, InvalidInput
+from opentelemetry import trace
 
 log = logging.getLogger("words_handler")
 TOPICS = [f"topic-{index}" for index in range(10)]
 HUNG = threading.Event()  # a text with "hang" is being preprocessed
 RELEASE = threading.Event()  # lets it go on
+LOOP_STALLED = threading.Event()  # an async preprocess awaits LOOP_RELEASE
+LOOP_RELEASE = asyncio.Event()  # set on the server's loop
+LOOP_THREADS: set[str] = set()  # the threads the async stages ran in
+CURRENT_SPANS: list[tuple[str, trace.SpanContext]] = []  # Traced's stages and the span current in each
 
 
 def hold(folder: Path) -> None:
@@ -79,6 +85,38 @@ class Words:
         }
 
 
+class WordsOnLoop(Words):
+    """The same, its stages ``async def`` (awaited on the server's event loop): ``stall`` awaits ``LOOP_RELEASE``
+    (an asyncio event, on that loop), ``LOOP_STALLED`` says it does; ``cancelled`` raises CancelledError itself."""
+
+    async def preprocess(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        LOOP_THREADS.add(threading.current_thread().name)
+        texts = [text.decode() if isinstance(text, bytes) else str(text) for text in inputs["text"]]
+        if any("stall" in text for text in texts):
+            LOOP_STALLED.set()
+            await LOOP_RELEASE.wait()
+        if any("cancelled" in text for text in texts):  # as if something it awaited was cancelled
+            raise asyncio.CancelledError
+        return super().preprocess(inputs)
+
+    async def postprocess(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        LOOP_THREADS.add(threading.current_thread().name)
+        return super().postprocess(outputs)
+
+
+class Traced(Words):
+    """Records the span current in each of its stages, plain (a stage thread) and async (the loop): a span it made
+    with ``opentelemetry.trace.get_tracer(...)`` would be that span's child."""
+
+    def preprocess(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        CURRENT_SPANS.append(("preprocess", trace.get_current_span().get_span_context()))
+        return super().preprocess(inputs)
+
+    async def postprocess(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        CURRENT_SPANS.append(("postprocess", trace.get_current_span().get_span_context()))
+        return super().postprocess(outputs)
+
+
 class WordsInProcesses(Words):
     holds_gil = True
 
@@ -102,6 +140,14 @@ class WordsBatched(Words):
 
 
 class BatchedInProcesses(WordsBatched):
+    holds_gil = True
+
+
+class BatchedOnLoop(WordsOnLoop):
+    batched = True
+
+
+class OnLoopInProcesses(WordsOnLoop):
     holds_gil = True
 
 
