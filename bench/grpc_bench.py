@@ -3,7 +3,8 @@ request, each point driven over REST by bench/loadgen.py and over gRPC by bench/
 point's median shown), with the server's CPU per request.
 
 Points: tiny at concurrency 1 (p50; REST JSON, gRPC raw), mlp and cnn at concurrency 32 (req/s; REST JSON, REST
-binary, gRPC raw). Floors: on the cnn, gRPC with raw contents serves at least what REST with binary tensors does;
+binary, gRPC raw; and, where it is installed, REST binary and gRPC raw from perf_analyzer, whose own cost per call is
+the same for both). Floors: on the cnn, gRPC with raw contents serves at least what REST with binary tensors does;
 tiny's p50 over gRPC is within 10% of REST's.
 """
 
@@ -17,12 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import models as comparison_models
+import perf_analyzer
 from payloads import Payload, binary_payload, json_payload, sample_rows
 from server import RunningServer
 
 HERE = Path(__file__).resolve().parent
 GRPC_LOAD = HERE / "grpc_load.py"
 REST_JSON, REST_BINARY, GRPC_RAW = "REST JSON", "REST binary", "gRPC raw"
+# The same two from perf_analyzer (bench/perf_analyzer.py), and the protocol it is told to speak for each.
+PA_REST_BINARY, PA_GRPC_RAW = "REST binary, perf_analyzer", "gRPC raw, perf_analyzer"
+PERF_ANALYZER_WAYS = {PA_REST_BINARY: "http", PA_GRPC_RAW: "grpc"}
 
 
 @dataclass(frozen=True)
@@ -35,8 +40,8 @@ class GrpcPoint:
 
 POINTS = (
     GrpcPoint("tiny", 1, "p50_ms", (REST_JSON, GRPC_RAW)),
-    GrpcPoint("mlp", 32, "requests_per_second", (REST_JSON, REST_BINARY, GRPC_RAW)),
-    GrpcPoint("cnn", 32, "requests_per_second", (REST_JSON, REST_BINARY, GRPC_RAW)),
+    GrpcPoint("mlp", 32, "requests_per_second", (REST_JSON, REST_BINARY, GRPC_RAW, *PERF_ANALYZER_WAYS)),
+    GrpcPoint("cnn", 32, "requests_per_second", (REST_JSON, REST_BINARY, GRPC_RAW, *PERF_ANALYZER_WAYS)),
 )
 TINY_P50_MARGIN = 1.10  # gRPC's p50 at most 10% over REST's
 Drive = Callable[..., dict]
@@ -87,7 +92,13 @@ def measure_grpc(work: Path, seconds: float, rounds: int, drive: Drive, workers:
             }
             with RunningServer(path, point.model, workers=workers) as server:
                 for way in point.ways:
-                    if way == GRPC_RAW:
+                    if way in PERF_ANALYZER_WAYS:
+                        if not perf_analyzer.available():
+                            continue
+                        name, shape = comparison_models.INPUTS[point.model]
+                        protocol = PERF_ANALYZER_WAYS[way]
+                        result = perf_analyzer.drive(server, name, shape, point.concurrency, protocol)
+                    elif way == GRPC_RAW:
                         result = drive_grpc(server, grpc_body(point.model), point.concurrency, seconds, work / "grpc")
                     else:
                         result = drive(server, payloads[way], point.concurrency, seconds, work / "body")
@@ -122,7 +133,7 @@ def grpc_floors(results: Results) -> list[tuple[str, bool, str]]:
 
 
 def render_grpc(results: Results) -> str:
-    ways = (REST_JSON, REST_BINARY, GRPC_RAW)
+    ways = (REST_JSON, REST_BINARY, GRPC_RAW, *PERF_ANALYZER_WAYS)
     lines = [
         "| point | " + " | ".join(ways) + " | server CPU µs/req: " + " | ".join(ways) + " |",
         "|---|" + "---:|" * (2 * len(ways)),
@@ -130,7 +141,7 @@ def render_grpc(results: Results) -> str:
     for point in POINTS:
         unit = "p50 ms" if point.metric == "p50_ms" else "req/s"
         shown = "{:.3f}" if point.metric == "p50_ms" else "{:,.0f}"
-        medians = {way: _median(results, point, way) for way in point.ways}
+        medians = {way: _median(results, point, way) for way in point.ways if results[label(point)][way]}
         cells = [shown.format(medians[way][point.metric]) if way in medians else "" for way in ways]
         cells += [f"{medians[way]['server_cpu_us_per_request']:,.0f}" if way in medians else "" for way in ways]
         lines.append(f"| {label(point)}, {unit} | " + " | ".join(cells) + " |")
@@ -139,5 +150,6 @@ def render_grpc(results: Results) -> str:
         f"{label(point)} {way}: " + "/".join(f"{r[point.metric]:,.3g}" for r in results[label(point)][way])
         for point in POINTS
         for way in point.ways
+        if results[label(point)][way]
     )
     return "\n".join([*lines, "", f"Each round ({rounds}): {spread}."])

@@ -38,9 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import http_attacks
 import models as comparison_models
 import onnxruntime
+import perf_analyzer
 from grpc_bench import grpc_floors, measure_grpc, render_grpc
 from image_path import measure_image_path, render_image_path
-from inprocess import samples_per_second
+from inprocess import DEFAULTS, SERVER, Ceilings, best, ceilings, describe, samples_per_second
 from kubeserve.runtime.cpus import available_cpus, workers_for_cores
 from kubeserve.runtime.samples import write_sample
 from optimization import measure_optimization, measure_startup, render_optimization, render_startup
@@ -87,14 +88,17 @@ class Point:
     encoding: str  # "json" or "binary"
     concurrency: int
     metric: str  # the loadgen result compared: "p50_ms" (lower is better) or "requests_per_second"
+    client: str = "loadgen"  # bench/loadgen.py against every server; "perf_analyzer": against kubeserve's only
 
 
+PERF_ANALYZER_POINT = "cnn, c=32, binary, perf_analyzer, req/s"
 POINTS = (
     Point("tiny, c=1, p50 ms", "tiny", "json", 1, "p50_ms"),
     Point("tiny, c=32, req/s", "tiny", "json", 32, "requests_per_second"),
     Point("mlp, c=32, JSON, req/s", "mlp", "json", 32, "requests_per_second"),
     Point("cnn, c=32, JSON, req/s", "cnn", "json", 32, "requests_per_second"),
     Point("cnn, c=32, binary, req/s", "cnn", "binary", 32, "requests_per_second"),
+    Point(PERF_ANALYZER_POINT, "cnn", "binary", 32, "requests_per_second", client="perf_analyzer"),
 )
 # kubeserve as the operator runs it in a pod that asks for the cores this bench may use (one worker per whole core,
 # ONNX Runtime's threads shared between them), and as one process. The floors are checked on the first.
@@ -112,7 +116,8 @@ KUBESERVE = [name for name in SERVERS if name != "plain"]
 # the machines it runs on are shared, and one run of a point can be off by a fifth.
 ROUNDS = 3
 
-Results = dict[str, dict[str, dict]]  # loadgen results by point label and server
+Results = dict[str, dict[str, dict]]  # load generators' results by point label and server
+Round = tuple[Results, Ceilings]  # and in-process ORT's on the cnn
 
 
 def drive(
@@ -161,81 +166,117 @@ def server_cores(result: dict) -> float:
     return result["server_cpu_us_per_request"] * result["requests_per_second"] / 1e6
 
 
-def compare(work: Path, seconds: float, rounds: int = ROUNDS) -> list[tuple[Results, dict[int, float]]]:
-    """Each round: each point on each server (loadgen results by point label and server), and in-process ORT on the
-    cnn (samples/s by batch size)."""
+def compare(work: Path, seconds: float, rounds: int = ROUNDS) -> list[Round]:
+    """Each round: each point on each server (load generators' results by point label and server), and in-process
+    ORT's ceilings on the cnn (samples/s by batch size). perf_analyzer's point only where it is installed."""
     write = comparison_models.write_model
     paths = {name: write(name, work / f"compare-{name}.onnx") for name in comparison_models.BUILDERS}
+    if not perf_analyzer.available():
+        print(f"compare: {PERF_ANALYZER_POINT} not measured: {perf_analyzer.MISSING}", flush=True)
     measured = []
     for round_number in range(1, rounds + 1):
         results: Results = {point.label: {} for point in POINTS}
         for model, path in paths.items():
             for server_name, start in SERVERS.items():
                 with start(path, model) as server:
-                    for point in (p for p in POINTS if p.model == model):
-                        make = binary_payload if point.encoding == "binary" else json_payload
-                        payload = make(model, 1, inputs=comparison_models.INPUTS)
-                        result = drive(server, payload, point.concurrency, seconds, work / "body")
+                    for point in (p for p in POINTS if p.model == model and measures(p, server_name)):
+                        result = drive_point(point, server, seconds, work)
                         results[point.label][server_name] = result
+                        client = (
+                            f" client {result['client_cpu_us_per_request']:5,.0f} µs/req"
+                            if "client_cpu_us_per_request" in result
+                            else ""
+                        )
                         print(
                             f"compare {round_number} {point.label:26} {server_name:21} "
                             f"{result['requests_per_second']:9,.0f} req/s p50 {result['p50_ms']:7.2f} ms "
                             f"p99 {result['p99_ms']:7.2f} ms cpu {result['server_cpu_us_per_request']:7,.0f} µs/req "
-                            f"({server_cores(result):.2f} cores)",
+                            f"({server_cores(result):.2f} cores){client}",
                             flush=True,
                         )
-        inprocess = samples_per_second("cnn", paths["cnn"], BATCH_SIZES, inputs=comparison_models.INPUTS)
-        print(
-            f"compare {round_number} in-process cnn: " + ", ".join(f"b{b} {v:,.0f}/s" for b, v in inprocess.items()),
-            flush=True,
-        )
+        inprocess = ceilings("cnn", paths["cnn"], BATCH_SIZES, inputs=comparison_models.INPUTS)
+        print(f"compare {round_number} in-process cnn: {describe(inprocess)}", flush=True)
         measured.append((results, inprocess))
     return measured
 
 
-def medians(measured: list[tuple[Results, dict[int, float]]]) -> tuple[Results, dict[int, float]]:
-    """Each point's median round (the whole result of the round whose compared metric is the median), and in-process
-    ORT's median samples/s at each batch size."""
+def measures(point: Point, server_name: str) -> bool:
+    """Whether ``point`` is measured on that server in this run."""
+    if point.client == "perf_analyzer":  # it needs the model's metadata and configuration: kubeserve's alone
+        return server_name in KUBESERVE and perf_analyzer.available()
+    return True
+
+
+def drive_point(point: Point, server: RunningServer, seconds: float, work: Path) -> dict:
+    if point.client == "perf_analyzer":
+        name, shape = comparison_models.INPUTS[point.model]
+        return perf_analyzer.drive(server, name, shape, point.concurrency)
+    make = binary_payload if point.encoding == "binary" else json_payload
+    payload = make(point.model, 1, inputs=comparison_models.INPUTS)
+    return drive(server, payload, point.concurrency, seconds, work / "body")
+
+
+def medians(measured: list[Round]) -> Round:
+    """Each point's median round (the whole result of the round whose compared metric is the median), and each
+    in-process ceiling's median samples/s at each batch size."""
     results: Results = {}
     for point in POINTS:
         results[point.label] = {}
         for server in SERVERS:
-            ranked = sorted((round_[point.label][server] for round_, _ in measured), key=lambda r: r[point.metric])
-            results[point.label][server] = ranked[len(ranked) // 2]
-    inprocess = {batch: statistics.median(round_[batch] for _, round_ in measured) for batch in BATCH_SIZES}
-    return results, inprocess
+            ranked = sorted(
+                (round_[point.label][server] for round_, _ in measured if server in round_[point.label]),
+                key=lambda r: r[point.metric],
+            )
+            if ranked:
+                results[point.label][server] = ranked[len(ranked) // 2]
+    ceilings_ = {
+        ceiling: {batch: statistics.median(round_[ceiling][batch] for _, round_ in measured) for batch in BATCH_SIZES}
+        for ceiling in measured[0][1]
+    }
+    return results, ceilings_
 
 
-def _ratio(label: str) -> Callable[[Results, dict[int, float]], float]:
+def _ratio(label: str) -> Callable[[Results, Ceilings], float | None]:
     """kubeserve's value at ``label`` over plain's."""
     metric = next(p for p in POINTS if p.label == label).metric
     return lambda results, _: results[label][DEPLOYED][metric] / results[label]["plain"][metric]
 
 
-def _cnn_share(results: Results, inprocess: dict[int, float]) -> float:
-    return results["cnn, c=32, binary, req/s"][DEPLOYED]["requests_per_second"] / max(inprocess.values())
+def _cnn_share(label: str) -> Callable[[Results, Ceilings], float | None]:
+    """kubeserve's req/s (one image per request) at ``label`` over in-process ORT's best samples/s; None: not
+    measured."""
+
+    def share(results: Results, inprocess: Ceilings) -> float | None:
+        result = results[label].get(DEPLOYED)
+        return None if result is None else result["requests_per_second"] / best(inprocess)[1]
+
+    return share
 
 
-# The floors against the plain server and in-process ORT: the measured value, the bound, and which way it
-# passes (the p50's ratio must stay at or under 1; the others at or over their bound).
+# The floors against the plain server and in-process ORT at its best (inprocess.best): the measured value, the
+# bound, and which way it passes (the p50's ratio must stay at or under 1; the others at or over their bound). The
+# Python load generator shares the cores and costs more CPU per request than perf_analyzer, hence its lower bound.
 FLOORS = (
     ("tiny, concurrency 1: p50 no worse than plain's", _ratio("tiny, c=1, p50 ms"), 1.0, "at most"),
     ("tiny, c=32: at least 1.3x plain's req/s", _ratio("tiny, c=32, req/s"), 1.3, "at least"),
     ("mlp, c=32, JSON: at least 2.5x plain's req/s", _ratio("mlp, c=32, JSON, req/s"), 2.5, "at least"),
-    ("cnn, c=32, one binary image per request: at least 0.45x in-process ORT's best samples/s", _cnn_share, 0.45,
-     "at least"),
+    ("cnn, c=32, one binary image per request (bench/loadgen.py): at least 0.38x in-process ORT's best samples/s",
+     _cnn_share("cnn, c=32, binary, req/s"), 0.38, "at least"),
+    ("cnn, c=32, one binary image per request (perf_analyzer): at least 0.5x in-process ORT's best samples/s "
+     "(goal 0.7x)", _cnn_share(PERF_ANALYZER_POINT), 0.5, "at least"),
 )  # fmt: skip
 
 
-def compare_floors(
-    measured: list[tuple[Results, dict[int, float]]], scaling: dict[str, list[dict]]
-) -> list[tuple[str, bool | None, str]]:
+def compare_floors(measured: list[Round], scaling: dict[str, list[dict]]) -> list[tuple[str, bool | None, str]]:
     """The comparison's floors on each point's median round, with the value each round gave. ``None``: not measurable in
     this run (said so rather than passed)."""
     results, inprocess = medians(measured)
-    floors = []
+    floors: list[tuple[str, bool | None, str]] = []
     for name, value_of, bound, way in FLOORS:
         value = value_of(results, inprocess)
+        if value is None:
+            floors.append((name, None, perf_analyzer.MISSING))
+            continue
         passed = value <= bound if way == "at most" else value >= bound
         each = ", ".join(f"{value_of(*round_):.2f}x" for round_ in measured)
         floors.append((name, passed, f"{value:.2f}x of the medians (rounds: {each})"))
@@ -257,8 +298,24 @@ def scale(work: Path, seconds: float) -> dict[str, list[dict]]:
     return scaling
 
 
-def render_comparison(results: Results, inprocess_cnn: dict[int, float]) -> str:
-    """Each point on each server, the ratios to plain, and each server's CPU per request and cores kept busy."""
+def _comparison_cells(point: Point, measured: dict[str, dict]) -> list[str]:
+    """A point's row: its value on each server, kubeserve's over plain's, server CPU per request and cores kept busy;
+    empty where a server was not measured."""
+    shown = "{:.2f}" if point.metric == "p50_ms" else "{:,.0f}"
+    plain = measured.get("plain")
+    values = [shown.format(measured[name][point.metric]) if name in measured else "" for name in SERVERS]
+    ratios = [
+        f"{measured[name][point.metric] / plain[point.metric]:.2f}x" if plain and name in measured else ""
+        for name in KUBESERVE
+    ]
+    cpu = [f"{measured[name]['server_cpu_us_per_request']:,.0f}" if name in measured else "" for name in SERVERS]
+    cores = [f"{server_cores(measured[name]):.2f}" if name in measured else "" for name in SERVERS]
+    return values + ratios + cpu + cores
+
+
+def render_comparison(results: Results, inprocess_cnn: Ceilings) -> str:
+    """Each point on each server, the ratios to plain, each server's CPU per request and cores kept busy; then the
+    in-process ceilings and the cnn's share of the best."""
     short = [name.removeprefix("kubeserve, ") for name in SERVERS]  # the headers after the first group
     lines = [
         "| point | " + " | ".join(SERVERS) + " | ÷ plain: " + " | ".join(short[: len(KUBESERVE)])
@@ -267,21 +324,36 @@ def render_comparison(results: Results, inprocess_cnn: dict[int, float]) -> str:
     ]  # fmt: skip
     for point in POINTS:
         measured = results[point.label]
-        shown = "{:.2f}" if point.metric == "p50_ms" else "{:,.0f}"
-        plain = measured["plain"][point.metric]
-        cells = [shown.format(measured[name][point.metric]) for name in SERVERS]
-        cells += [f"{measured[name][point.metric] / plain:.2f}x" for name in KUBESERVE]
-        cells += [f"{measured[name]['server_cpu_us_per_request']:,.0f}" for name in SERVERS]
-        cells += [f"{server_cores(measured[name]):.2f}" for name in SERVERS]
+        if not measured:
+            continue
+        cells = _comparison_cells(point, measured)
         lines.append(f"| {point.label} | " + " | ".join(cells) + " |")
-    best_batch, best = max(inprocess_cnn.items(), key=lambda item: item[1])
-    cnn = results["cnn, c=32, binary, req/s"]
-    shares = ", ".join(f"{name} {cnn[name]['requests_per_second'] / best:.2f}x" for name in KUBESERVE)
+    best_batch, best_rate = best(inprocess_cnn)
+    defaults_batch, defaults_rate = best(inprocess_cnn, DEFAULTS)
+    server_batch, server_rate = best(inprocess_cnn, SERVER)
+    shares = "; ".join(
+        f"{point.label.removesuffix(', req/s')}: "
+        + ", ".join(
+            f"{name} {results[point.label][name]['requests_per_second'] / best_rate:.2f}x"
+            for name in KUBESERVE
+            if name in results[point.label]
+        )
+        for point in POINTS
+        if point.model == "cnn" and point.encoding == "binary" and results[point.label]
+    )
+    clients = [
+        f"{name} {results[PERF_ANALYZER_POINT][name]['client_cpu_us_per_request']:,.0f}"
+        for name in KUBESERVE
+        if name in results[PERF_ANALYZER_POINT]
+    ]
     lines += [
         "",
-        f"In-process ONNX Runtime on the same cnn, one session with the server's settings for one process, median of "
-        f"the rounds at each batch size: best {best:,.0f} samples/s (batch {best_batch}); the binary c=32 point is, of "
-        f"it: {shares}.",
+        f"In-process ONNX Runtime on the same cnn, median of the rounds at each batch size: with its defaults "
+        f"({available_cpus()} intra-op threads, spinning on) {defaults_rate:,.0f} samples/s at best (batch "
+        f"{defaults_batch}); with the server's session options for one process (spinning off) {server_rate:,.0f} "
+        f"(batch {server_batch}). Its best, {best_rate:,.0f} samples/s (batch {best_batch}), is the ceiling; of it, "
+        f"one binary image per request serves: {shares}."
+        + (f" perf_analyzer's own CPU per request (µs): {', '.join(clients)}." if clients else ""),
     ]
     return "\n".join(lines)
 
@@ -302,7 +374,7 @@ def render(rows: list[dict], inprocess: dict[str, dict[int, float]], floors: lis
             f"| {row['requests_per_second']:,.0f} | {row['samples_per_second']:,.0f} | {row['p50_ms']:.2f} "
             f"| {row['p99_ms']:.2f} | {row['server_cpu_us_per_request']:,.0f} |"
         )
-    lines += ["", "In-process ONNX Runtime, same model file and session settings (samples/s):", ""]
+    lines += ["", "In-process ONNX Runtime with its defaults (same model file, spinning on), samples/s:", ""]
     lines += ["| model | " + " | ".join(f"batch {b}" for b in BATCH_SIZES) + " |"]
     lines += ["|---|" + "---:|" * len(BATCH_SIZES)]
     for model, by_batch in inprocess.items():
@@ -322,9 +394,9 @@ def check_floors(rows: list[dict], inprocess: dict[str, dict[int, float]]) -> li
     mlp_on, mlp_off = point("mlp", "JSON", "on", 32), point("mlp", "JSON", "off", 32)
     cnn_request = f"binary, {CNN_ROWS} images"
     cnn_bin, cnn_json = point("cnn", cnn_request, "on", 32), point("cnn", f"JSON, {CNN_ROWS} images", "on", 32)
-    best = max(inprocess["cnn"].values())
+    ceiling = max(inprocess["cnn"].values())
     gain = mlp_on["requests_per_second"] / mlp_off["requests_per_second"]
-    share = cnn_bin["samples_per_second"] / best
+    share = cnn_bin["samples_per_second"] / ceiling
     binary_gain = cnn_bin["samples_per_second"] / cnn_json["samples_per_second"]
     return [
         ("tiny, concurrency 1: p50 under 0.5 ms", tiny_1["p50_ms"] < 0.5, f"{tiny_1['p50_ms']:.3f} ms"),
@@ -334,7 +406,7 @@ def check_floors(rows: list[dict], inprocess: dict[str, dict[int, float]]) -> li
         ("MLP, concurrency 32, JSON: more than 4,000 req/s", mlp_on["requests_per_second"] > 4000,
          f"{mlp_on['requests_per_second']:,.0f} req/s"),
         ("CNN, concurrency 32, binary: at least 40% of in-process ORT's best samples/s", share >= 0.4,
-         f"{share:.0%} ({cnn_bin['samples_per_second']:,.0f} of {best:,.0f})"),
+         f"{share:.0%} ({cnn_bin['samples_per_second']:,.0f} of {ceiling:,.0f})"),
         ("CNN, concurrency 32: binary at least 5x JSON", binary_gain >= 5, f"{binary_gain:.1f}x"),
     ]  # fmt: skip
 

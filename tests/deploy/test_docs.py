@@ -216,6 +216,8 @@ def test_make_bench_writes_the_benchmarks_page_only_when_asked():
 
     assert "bench/run.py" in recipe["bench"] and "--docs" not in recipe["bench"]
     assert "bench/run.py --docs" in recipe["bench-docs"]
+    for target in ("bench", "bench-docs"):  # perf_analyzer first, and the bench goes on where it cannot be fetched
+        assert "\t-@$(MAKE) --no-print-directory perf-analyzer" in recipe[target]
     assert ignored.returncode == 0
     for section in ("bench", "bench-optimization"):
         assert page.count(f"<!-- {section}:begin -->") == page.count(f"<!-- {section}:end -->") == 1
