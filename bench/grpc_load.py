@@ -23,6 +23,7 @@ import grpc
 # PYTHONSAFEPATH keeps the script's folder off sys.path (the repository root holds `operator/`); add bench/ only.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from loadgen import summary
 from processes import tree_cpu_seconds
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -68,22 +69,7 @@ async def drive(args: argparse.Namespace, request: bytes) -> dict:
     await asyncio.gather(*tasks)
     for channel in channels:
         await channel.close()
-    latencies.sort()
-    count = len(latencies)
-
-    def percentile(q: float) -> float:
-        return latencies[min(count - 1, int(q * count))] if count else float("nan")
-
-    result = {
-        "requests": count,
-        "statuses": statuses,
-        "requests_per_second": count / args.duration,
-        "p50_ms": percentile(0.50) * 1e3,
-        "p99_ms": percentile(0.99) * 1e3,
-    }
-    if cpu:
-        result["server_cpu_us_per_request"] = (cpu["end"] - cpu["start"]) / max(count, 1) * 1e6
-    return result
+    return summary(latencies, statuses, args.duration, cpu)
 
 
 def main() -> None:

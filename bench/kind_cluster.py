@@ -15,17 +15,20 @@ waits for it to be Ready and prints how to send it a request.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import platform
+import re
+import select
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,6 +237,31 @@ class Cluster:
             values_file = Path(scratch) / "values.json"  # JSON is YAML
             values_file.write_text(json.dumps(chart_values(images)))
             run(*self.install_command(values_file), timeout=600, env=self.env)
+
+    @contextlib.contextmanager
+    def port_forward(self, namespace: str, target: str, port: int = 80) -> Iterator[int]:
+        """`kubectl port-forward` of ``target``'s ``port`` to a free port on 127.0.0.1, for as long as the block
+        runs."""
+        process = subprocess.Popen(
+            [str(part) for part in self.kubectl_command("port-forward", "-n", namespace, target, f":{port}")],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert process.stdout is not None
+            ready, _, _ = select.select([process.stdout], [], [], 60)
+            line = process.stdout.readline() if ready else ""
+            match = re.search(r"127\.0\.0\.1:(\d+)", line)
+            if match is None:
+                process.terminate()
+                raise AssertionError(f"kubectl port-forward {target} did not start: {line}{process.communicate()[1]}")
+            yield int(match.group(1))
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)
 
     def diagnostics(self, namespace: str) -> str:
         """What a person would look at when something fails: the objects, the pods, the operator's logs."""

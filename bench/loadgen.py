@@ -126,11 +126,18 @@ def run(args: argparse.Namespace, body: bytes) -> dict:
             cpu["end"] = tree_cpu_seconds(args.server_pid)
         results = parts.get()
 
-    latencies = sorted(latency for part, _ in results for latency in part)
+    latencies = [latency for part, _ in results for latency in part]
     statuses: dict[int, int] = {}
     for _, part in results:
         for status, n in part.items():
             statuses[status] = statuses.get(status, 0) + n
+    return summary(latencies, statuses, args.duration, cpu)
+
+
+def summary(latencies: list[float], statuses: dict, duration: float, cpu: dict[str, float]) -> dict:
+    """The printed result: requests/s over ``duration``, latency percentiles, and (``cpu``: the server's CPU-seconds
+    at the window's ``start`` and ``end``) its CPU per request. bench/grpc_load.py prints the same."""
+    latencies = sorted(latencies)
     count = len(latencies)
 
     def percentile(q: float) -> float:
@@ -139,7 +146,7 @@ def run(args: argparse.Namespace, body: bytes) -> dict:
     result = {
         "requests": count,
         "statuses": statuses,
-        "requests_per_second": count / args.duration,
+        "requests_per_second": count / duration,
         "p50_ms": percentile(0.50) * 1e3,
         "p99_ms": percentile(0.99) * 1e3,
     }

@@ -7,19 +7,15 @@ client, which `make test` imports."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
-import select
-import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from kubeserve.runtime.config import GRPC_PORT
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from kind_cluster import SAMPLE, docker_problem  # bench/, put on sys.path above
@@ -31,33 +27,6 @@ if _problem is not None:
     pytest.skip(f"kind end-to-end test needs Docker, which is not usable here ({_problem})", allow_module_level=True)
 if os.environ.get("KUBESERVE_E2E") != "1":
     pytest.skip("kind end-to-end test: Docker works here; run it with `make e2e`", allow_module_level=True)
-
-GRPC_PORT = 8001
-
-
-@contextlib.contextmanager
-def port_forward(cluster, namespace: str, target: str, port: int) -> Iterator[int]:
-    """`kubectl port-forward` of ``target``'s ``port`` to a free port on 127.0.0.1, for as long as the block runs."""
-    process = subprocess.Popen(
-        [str(part) for part in cluster.kubectl_command("port-forward", "-n", namespace, target, f":{port}")],
-        env=cluster.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], 60)
-        line = process.stdout.readline() if ready else ""
-        match = re.search(r"127\.0\.0\.1:(\d+)", line)
-        if match is None:
-            process.terminate()
-            raise AssertionError(f"kubectl port-forward {target} did not start: {line}{process.communicate()[1]}")
-        yield int(match.group(1))
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=30)
 
 
 def test_the_cpu_sample_answers_grpc_through_its_service(cluster, images):
@@ -87,7 +56,7 @@ def test_the_cpu_sample_answers_grpc_through_its_service(cluster, images):
 
         features = np.linspace(-1.0, 1.0, 3 * 32, dtype=np.float32).reshape(3, 32)
         with (
-            port_forward(cluster, namespace, f"service/{name}", GRPC_PORT) as port,
+            cluster.port_forward(namespace, f"service/{name}", GRPC_PORT) as port,
             grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
         ):
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)

@@ -10,16 +10,11 @@ else, `make test` included, it is collected and skipped with one line that says 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
-import select
-import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -50,31 +45,6 @@ def owned_children(cluster, namespace: str, owner_uid: str) -> list[str]:
         for item in listed["items"]
         if any(owner["uid"] == owner_uid for owner in item["metadata"].get("ownerReferences", []))
     )
-
-
-@contextlib.contextmanager
-def port_forward(cluster, namespace: str, target: str) -> Iterator[int]:
-    """`kubectl port-forward` to a free port on 127.0.0.1, for as long as the block runs."""
-    process = subprocess.Popen(
-        [str(part) for part in cluster.kubectl_command("port-forward", "-n", namespace, target, ":80")],
-        env=cluster.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], 60)
-        line = process.stdout.readline() if ready else ""
-        match = re.search(r"127\.0\.0\.1:(\d+)", line)
-        if match is None:
-            process.terminate()
-            raise AssertionError(f"kubectl port-forward {target} did not start: {line}{process.communicate()[1]}")
-        yield int(match.group(1))
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=30)
 
 
 def expected_probabilities(features: np.ndarray) -> np.ndarray:
@@ -125,7 +95,7 @@ def test_a_cpu_inference_service_answers_v2_requests_and_leaves_nothing_behind(c
         assert service in children
 
         features = np.linspace(-1.0, 1.0, 3 * 32, dtype=np.float32).reshape(3, 32)
-        with port_forward(cluster, namespace, service) as port:
+        with cluster.port_forward(namespace, service) as port:
             answer = infer(port, model, features)
             # The sample's batching window, the way traffic comes: bursts, then idle gaps. A request that
             # arrives when nothing follows must still leave the queue after its window.
@@ -186,7 +156,7 @@ def test_a_quantized_model_served_by_two_workers_says_int8_and_reports_one_pod(c
 
         features = np.linspace(-1.0, 1.0, 3 * 32, dtype=np.float32).reshape(3, 32)
         sent = 20
-        with port_forward(cluster, namespace, service) as port:
+        with cluster.port_forward(namespace, service) as port:
             parameters = get_json(port, "/v2/models/mlp")["parameters"]
             assert parameters == {"precision": "INT8", "quantization": "dynamicInt8", "precompiled": True}
             answers = [infer(port, "mlp", features) for _ in range(sent)]  # a connection each: both workers serve
@@ -237,7 +207,7 @@ def test_the_processing_samples_take_raw_rows_and_images_and_answer_as_their_pip
     try:
         name, namespace = apply_and_wait(cluster, REPO / "samples" / "isvc-tabular.yaml")
         rows, _fraud = tabular_rows(16, seed=5)
-        with port_forward(cluster, namespace, f"service/{name}") as port:
+        with cluster.port_forward(namespace, f"service/{name}") as port:
             answer = post(
                 port,
                 f"/v2/models/{name}/infer",
@@ -257,7 +227,7 @@ def test_the_processing_samples_take_raw_rows_and_images_and_answer_as_their_pip
                 "outputs": [{"name": "logits", "parameters": {"classification": 3, "binary_data": False}}],
             }
         ).encode()  # fmt: skip
-        with port_forward(cluster, namespace, f"service/{name}") as port:
+        with cluster.port_forward(namespace, f"service/{name}") as port:
             answer = post_binary(port, f"/v2/models/{name}/infer", body, len(jpeg).to_bytes(4, "little") + jpeg)
         (top,) = answer["outputs"]
         assert top["datatype"] == "BYTES" and top["shape"] == [1, 3]

@@ -6,8 +6,6 @@ nothing collects the termination message, ``version: 1`` in YAML is told to be q
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,15 +16,12 @@ from kubeserve.runtime.config import ConfigError, RuntimeSettings, load_settings
 from kubeserve.runtime.datatypes import DATATYPES
 from kubeserve.runtime.protocol.errors import BadRequest
 from kubeserve.runtime.protocol.v2_request import checked_input
-from kubeserve.runtime.samples import write_sample
 from kubeserve.runtime.signature import ModelSignature, TensorSpec
 
-RUNTIME = str(Path(sys.executable).with_name("kubeserve-runtime"))
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_sample("tiny", tmp_path_factory.mktemp("models") / "tiny.onnx")
+@pytest.fixture
+def tiny(models: dict[str, Path]) -> Path:
+    return models["tiny"]
 
 
 def triton_layout(root: Path, tiny: Path, *versions: str) -> Path:
@@ -92,32 +87,12 @@ def test_help_says_where_the_name_comes_from():
     assert "default: from model_path" in text and "required" not in text
 
 
-def test_a_server_started_on_a_triton_directory_answers_under_its_name_and_version(tiny, tmp_path):
+def test_a_server_started_on_a_triton_directory_answers_under_its_name_and_version(start_runtime, tiny, tmp_path):
     repository = triton_layout(tmp_path / "tinyrepo", tiny, "2", "5")
-    process = subprocess.Popen(
-        [RUNTIME, "serve", "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0", "--model-path", str(repository)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stderr is not None
-        port = None
-        for line in process.stderr:
-            event = json.loads(line)
-            if event.get("event") == "listening":
-                port = event["port"]
-            if event.get("event") in ("model_ready", "model_load_failed"):
-                assert event["event"] == "model_ready", event
-                break
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/tinyrepo", timeout=30) as response:
-            metadata = json.load(response)
-        assert (metadata["name"], metadata["versions"]) == ("tinyrepo", ["5"])
-    finally:
-        process.terminate()
-        process.wait(60)
-        if process.stderr is not None:
-            process.stderr.close()
+    server = start_runtime(None, "--model-path", str(repository)).wait_ready()
+    with urllib.request.urlopen(f"{server.url}/v2/models/tinyrepo", timeout=30) as response:
+        metadata = json.load(response)
+    assert (metadata["name"], metadata["versions"]) == ("tinyrepo", ["5"])
 
 
 # --- a failed load ---------------------------------------------------------------------------------------------
@@ -136,30 +111,25 @@ def test_a_failed_load_waits_only_where_the_termination_message_is_collected(tmp
     assert without_unread_wait(asked).load_failure_exit_seconds == 1.0
 
 
-def run_serve(*flags: str) -> tuple[int, list[dict]]:
-    result = subprocess.run(
-        [RUNTIME, "serve", "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0", *flags],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    return result.returncode, [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+def run_serve(start_runtime, *flags: str) -> tuple[int, list[dict]]:
+    server = start_runtime(None, *flags)
+    return server.wait(timeout=120), server.events
 
 
-def test_outside_a_pod_a_failed_load_exits_3_without_waiting(tmp_path):
-    code, events = run_serve("--model-path", str(tmp_path / "missing.onnx"), "--termination-message-path",
-                             str(tmp_path / "none"))  # fmt: skip
+def test_outside_a_pod_a_failed_load_exits_3_without_waiting(start_runtime, tmp_path):
+    missing, nowhere = str(tmp_path / "missing.onnx"), str(tmp_path / "none")
+    code, events = run_serve(start_runtime, "--model-path", missing, "--termination-message-path", nowhere)
     assert code == 3
     names = [event.get("event") for event in events]
     assert "model_load_failed" in names and "exit_delayed" not in names
 
 
-def test_in_a_pod_a_failed_load_says_why_it_waits(tmp_path):
+def test_in_a_pod_a_failed_load_says_why_it_waits(start_runtime, tmp_path):
     termination = tmp_path / "termination-log"
     termination.touch()
-    code, events = run_serve("--model-path", str(tmp_path / "missing.onnx"), "--termination-message-path",
-                             str(termination), "--load-failure-exit-seconds", "0.2")  # fmt: skip
+    missing = str(tmp_path / "missing.onnx")
+    code, events = run_serve(start_runtime, "--model-path", missing, "--termination-message-path", str(termination),
+                             "--load-failure-exit-seconds", "0.2")  # fmt: skip
     assert code == 3
     (delayed,) = [event for event in events if event.get("event") == "exit_delayed"]
     assert delayed["seconds"] == 0.2 and "/ready reports why" in delayed["message"]
@@ -195,40 +165,19 @@ def test_optimize_with_nothing_asked_for_refuses_and_writes_nothing(tiny, tmp_pa
 # --- a V2 input without datatype -------------------------------------------------------------------------------
 
 
-def test_a_v2_input_without_datatype_is_told_it_is_missing(tiny, tmp_path):
-    process = subprocess.Popen(
-        [RUNTIME, "serve", "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0", "--model-path", str(tiny)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stderr is not None
-        port = None
-        for line in process.stderr:
-            event = json.loads(line)
-            port = event["port"] if event.get("event") == "listening" else port
-            if event.get("event") == "model_ready":
-                break
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/tiny", timeout=30) as response:
-            (model_input,) = json.load(response)["inputs"][:1]
-        body = {"inputs": [{"name": model_input["name"], "shape": [1, 1], "data": [0]}]}
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v2/models/tiny/infer",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=30)
-        assert refused.value.code == 400
-        assert json.load(refused.value) == {
-            "error": f"input '{model_input['name']}': datatype is missing (this input takes {model_input['datatype']})"
-        }
-    finally:
-        process.terminate()
-        process.wait(60)
-        if process.stderr is not None:
-            process.stderr.close()
+def test_a_v2_input_without_datatype_is_told_it_is_missing(start_runtime):
+    server = start_runtime("tiny").wait_ready()
+    with urllib.request.urlopen(f"{server.url}/v2/models/tiny", timeout=30) as response:
+        (model_input,) = json.load(response)["inputs"][:1]
+    body = {"inputs": [{"name": model_input["name"], "shape": [1, 1], "data": [0]}]}
+    headers = {"Content-Type": "application/json"}
+    request = urllib.request.Request(f"{server.url}/v2/models/tiny/infer", json.dumps(body).encode(), headers)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 400
+    assert json.load(refused.value) == {
+        "error": f"input '{model_input['name']}': datatype is missing (this input takes {model_input['datatype']})"
+    }
 
 
 @pytest.mark.parametrize("datatype", [None, ""])  # JSON without the field; gRPC's unset string
