@@ -45,19 +45,32 @@ class Family:
 
 def families(registry: CollectorRegistry) -> Iterator[Family]:
     # A labelled metric yields no samples until a child exists, so its families carry no label names: those come
-    # from the metric objects, which prometheus_client exposes only through the registry's collector map.
+    # from the metric objects, which prometheus_client exposes only through the registry's collector map (our own
+    # collectors, ``runtime.metrics.LoopHistogram``, say theirs as ``labelnames``).
     by_name = {name: collector for collector, names in registry._collector_to_names.items() for name in names}
     for family in registry.collect():
         collector = by_name[family.name]
-        labels = tuple(getattr(collector, "_labelnames", ()))
+        labels = tuple(getattr(collector, "labelnames", None) or getattr(collector, "_labelnames", ()))
         yield Family(
             name=family.name,
             type=family.type,
             documentation=family.documentation,
             labels=labels,
             values=known_values(family, labels),
-            buckets=tuple(getattr(collector, "_upper_bounds", ())),
+            buckets=bucket_bounds(family) or tuple(getattr(collector, "_upper_bounds", ())),
         )
+
+
+def bucket_bounds(family: Metric) -> tuple[float, ...]:
+    """A histogram's bucket bounds, from its first label set's ``_bucket`` samples; () without samples."""
+    bounds: list[float] = []
+    for sample in family.samples:
+        if sample.name == f"{family.name}_bucket":
+            bound = float(sample.labels["le"])
+            if bounds and bound <= bounds[-1]:  # the next label set's buckets
+                break
+            bounds.append(bound)
+    return tuple(bounds)
 
 
 def known_values(family: Metric, labels: tuple[str, ...]) -> dict[str, tuple[str, ...]]:

@@ -119,14 +119,10 @@ def run_stage(handler: object, stage: str, tensors: Tensors, expected: Expected)
     return checked_stage_output(stage, getattr(handler, stage)(tensors), expected)
 
 
-async def run_async_stage(handler: object, stage: str, tensors: Tensors, expected: Expected) -> Tensors:
-    """``run_stage`` for a stage that is a coroutine function (``async def``), awaited on the event loop."""
-    return checked_stage_output(stage, await getattr(handler, stage)(tensors), expected)
-
-
 def checked_stage_output(stage: str, made: object, expected: Expected) -> Tensors:
     """What the handler's ``stage`` made, checked against what it must make (a TypeError or ValueError says how it is
-    wrong); BYTES as NumPy strings made object arrays."""
+    wrong); BYTES as NumPy strings made object arrays. On every request's path: what passes as it came is returned as
+    it is."""
     specs, what = expected[stage]
     if not isinstance(made, dict):
         if inspect.iscoroutine(made):
@@ -137,36 +133,45 @@ def checked_stage_output(stage: str, made: object, expected: Expected) -> Tensor
                 "itself (a wrapper that returns a coroutine is not recognised as one)"
             )
         raise TypeError(f"the handler's {stage} returned {type(made).__name__}, not a dict of NumPy arrays")
-    if len(made) != len(specs) or any(spec.name not in made for spec in specs):
-        raise ValueError(
-            f"the handler's {stage} returned {sorted(map(str, made))}; {what} are {[spec.name for spec in specs]}"
-        )
-    checked = {}
+    if len(made) != len(specs):
+        raise _other_names(stage, made, specs, what)
+    converted: dict[str, np.ndarray] | None = None  # a copy of ``made``, once an array in it is converted
     for spec in specs:
-        array = made[spec.name]
+        array = made.get(spec.name)
+        if array is None:
+            raise _other_names(stage, made, specs, what)
         if not isinstance(array, np.ndarray):
             raise TypeError(f"the handler's {stage} made '{spec.name}' a {type(array).__name__}, not a NumPy array")
-        if array.dtype == object and spec.datatype.is_bytes:
-            for item in array.flat:  # each element: what ONNX Runtime, or the answer, takes for a string
-                if not isinstance(item, bytes | str):
-                    raise TypeError(
-                        f"the handler's {stage} made '{spec.name}' (BYTES in {what}) with an element of type "
-                        f"{type(item).__name__}; each must be bytes or str"
-                    )
-        elif array.dtype != spec.datatype.numpy:
-            if not (spec.datatype.is_bytes and array.dtype.kind in "SU"):
-                raise TypeError(
-                    f"the handler's {stage} made '{spec.name}' of dtype {array.dtype}; it is {spec.datatype.name} "
-                    f"({spec.datatype.numpy}) in {what}"
-                )
+        datatype = spec.datatype
+        dtype = array.dtype
+        if dtype is datatype.numpy or dtype == datatype.numpy:  # the same object, mostly: NumPy's are singletons
+            if dtype.kind == "O":  # BYTES
+                for item in array.flat:  # each element: what ONNX Runtime, or the answer, takes for a string
+                    if not isinstance(item, bytes | str):
+                        raise TypeError(
+                            f"the handler's {stage} made '{spec.name}' (BYTES in {what}) with an element of type "
+                            f"{type(item).__name__}; each must be bytes or str"
+                        )
+        elif datatype.is_bytes and dtype.kind in "SU":
             array = array.astype(object)
+            if converted is None:
+                converted = dict(made)
+            converted[spec.name] = array
+        else:
+            raise TypeError(
+                f"the handler's {stage} made '{spec.name}' of dtype {dtype}; it is {datatype.name} "
+                f"({datatype.numpy}) in {what}"
+            )
         if not spec.matches(array.shape):
             raise ValueError(
                 f"the handler's {stage} made '{spec.name}' of shape {list(array.shape)}, which does not fit "
                 f"{list(spec.shape)} in {what}"
             )
-        checked[spec.name] = array
-    return checked
+    return made if converted is None else converted
+
+
+def _other_names(stage: str, made: dict, specs: tuple[TensorSpec, ...], what: str) -> ValueError:
+    return ValueError(f"the handler's {stage} returned {sorted(map(str, made))}; {what} are {[s.name for s in specs]}")
 
 
 def run_batched_stage(handler: object, stage: str, tensors: Tensors, expected: Expected) -> Tensors:

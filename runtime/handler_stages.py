@@ -41,7 +41,7 @@ import queue
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
@@ -59,11 +59,11 @@ from kubeserve.runtime.handler_code import (
     Expected,
     HandlerError,
     Tensors,
+    checked_stage_output,
     declared,
     handler_failed,
     import_handler,
     instantiate,
-    run_async_stage,
     run_batched_stage,
     run_stage,
     serve,
@@ -100,7 +100,9 @@ class Handler:
     processes: HandlerProcesses | None = None
     batched: bool = False  # its stages run on a batch's rows, in the batch's compute (``batched = True``)
     on_loop: frozenset[str] = frozenset()  # its stages written ``async def``, awaited on the event loop
-    run_on_loop: Callable[[str, Tensors], Awaitable[Tensors]] | None = None  # such a stage, checked
+    # For those: the instance whose ``async def`` stages they are, and what each stage must make (``expected``).
+    instance: object = None
+    expected: Expected | None = None
 
     def preprocess(self, inputs: Tensors) -> Tensors:
         return self._stage(PREPROCESS, inputs)
@@ -111,9 +113,9 @@ class Handler:
     async def stage_on_loop(self, stage: str, tensors: Tensors) -> Tensors:
         """A stage of ``on_loop`` on one request's tensors; its errors as a stage in a thread has them. Cancelling
         (the stage's timeout, or its client gone) goes through as it is."""
-        assert self.run_on_loop is not None
+        assert self.expected is not None
         try:
-            return await self.run_on_loop(stage, tensors)
+            return checked_stage_output(stage, await getattr(self.instance, stage)(tensors), self.expected)
         except InvalidInput as error:
             raise BadRequest(str(error)) from None
         except asyncio.CancelledError:
@@ -194,8 +196,9 @@ def load_handler(name: str, settings: RuntimeSettings, inner: ModelSignature) ->
         return Handler(name, served, preprocesses, postprocesses, processes.call, processes)
     instance = instantiate(handler_class, name, context)
     run = partial(run_batched_stage if batched else run_stage, instance, expected=expected)
-    run_on_loop = partial(run_async_stage, instance, expected=expected) if on_loop else None
-    return Handler(name, served, preprocesses, postprocesses, run, None, batched, on_loop, run_on_loop)
+    if on_loop:
+        return Handler(name, served, preprocesses, postprocesses, run, None, batched, on_loop, instance, expected)
+    return Handler(name, served, preprocesses, postprocesses, run, None, batched)
 
 
 @dataclass(eq=False, slots=True)

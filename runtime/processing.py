@@ -54,16 +54,38 @@ class Processing:
     images: Mapping[str, ImageDecoder] = field(default_factory=dict)
     labels: tuple[str, ...] = ()
     handler: Handler | None = None
+    # What follows is made once here from the above, being on every request's path.
     # The handler's ``async def`` preprocess and postprocess, awaited on the event loop before the rest of their
-    # stage; None: none (made once here, being on every request's path).
+    # stage; None: none.
     preprocess_on_loop: Callable[[Tensors], Awaitable[Tensors]] | None = field(init=False, default=None)
     postprocess_on_loop: Callable[[Tensors], Awaitable[Tensors]] | None = field(init=False, default=None)
+    # Requests have a preprocess stage; and it has work in a stage thread (``preprocess``): images, or the handler's
+    # plain preprocess.
+    preprocesses: bool = field(init=False, default=False)
+    preprocesses_in_thread: bool = field(init=False, default=False)
+    # Every request has a postprocess stage (the handler's), which gets every output of the model.
+    postprocesses: bool = field(init=False, default=False)
+    # The handler's plain (not batched, not ``async def``) preprocess and postprocess, run in a stage thread; None:
+    # none.
+    _handler_preprocess: Callable[[Tensors], Tensors] | None = field(init=False, default=None)
+    _handler_postprocess: Callable[[Tensors], Tensors] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         handler = self.handler
-        for stage in (PREPROCESS, POSTPROCESS):
-            if handler is not None and stage in handler.on_loop:
-                object.__setattr__(self, f"{stage}_on_loop", partial(handler.stage_on_loop, stage))  # frozen
+        made: dict[str, object] = {}  # the fields above (the dataclass is frozen)
+        if handler is not None:
+            for stage in (PREPROCESS, POSTPROCESS):
+                if stage in handler.on_loop:
+                    made[f"{stage}_on_loop"] = partial(handler.stage_on_loop, stage)
+            made["_handler_preprocess"] = self._handler_stage(PREPROCESS)
+            made["_handler_postprocess"] = self._handler_stage(POSTPROCESS)
+        made["preprocesses_in_thread"] = bool(self.images) or made.get("_handler_preprocess") is not None
+        made["preprocesses"] = made["preprocesses_in_thread"] or made.get("preprocess_on_loop") is not None
+        made["postprocesses"] = (
+            made.get("postprocess_on_loop") is not None or made.get("_handler_postprocess") is not None
+        )
+        for name, value in made.items():
+            object.__setattr__(self, name, value)
 
     @classmethod
     def build(cls, settings: RuntimeSettings, signature: ModelSignature) -> Processing:
@@ -97,26 +119,10 @@ class Processing:
             raise
         return cls(handler.signature, images, labels, handler)
 
-    @property
-    def preprocesses(self) -> bool:
-        """Requests have a preprocess stage."""
-        return self.preprocess_on_loop is not None or self.preprocesses_in_thread
-
-    @property
-    def preprocesses_in_thread(self) -> bool:
-        """Requests' preprocess stage has work in a stage thread (``preprocess``): images, or the handler's plain
-        preprocess."""
-        return bool(self.images) or self._handler_stage(PREPROCESS) is not None
-
-    @property
-    def postprocesses(self) -> bool:
-        """Every request has a postprocess stage (the handler's), which gets every output of the model."""
-        return self.postprocess_on_loop is not None or self._handler_stage(POSTPROCESS) is not None
-
     def postprocesses_in_thread(self, classifications: Mapping[str, int]) -> bool:
         """A request's postprocess stage has work in a stage thread (``postprocess``): the handler's plain
         postprocess, or top classes asked for."""
-        return bool(classifications) or self._handler_stage(POSTPROCESS) is not None
+        return bool(classifications) or self._handler_postprocess is not None
 
     @property
     def every_output(self) -> bool:
@@ -145,7 +151,7 @@ class Processing:
     def preprocess(self, feeds: Tensors) -> Tensors:
         """The client's tensors as the model takes them: the handler's (plain) preprocess, then each image input's
         images decoded into its tensor."""
-        handler_preprocess = self._handler_stage(PREPROCESS)
+        handler_preprocess = self._handler_preprocess
         if handler_preprocess is not None:
             feeds = handler_preprocess(feeds)
         images = self.images
@@ -156,7 +162,7 @@ class Processing:
     def postprocess(self, outputs: Tensors, classifications: Mapping[str, int]) -> Tensors:
         """The model's outputs as asked for: the handler's postprocess, then the outputs in ``classifications``
         (name: K) as their top K classes."""
-        handler_postprocess = self._handler_stage(POSTPROCESS)
+        handler_postprocess = self._handler_postprocess
         if handler_postprocess is not None:
             outputs = handler_postprocess(outputs)
         for name, count in classifications.items():

@@ -38,13 +38,19 @@ from kubeserve.runtime.server.unavailable import unavailable
 T = TypeVar("T")
 # A stage, and when it started and ended (time.perf_counter()).
 StageBounds = tuple[str, float, float]
-# The stages of a request without a preprocess or postprocess stage: the model's alone.
-MODEL_STAGES = tuple(stage for stage in STAGES if stage not in (PREPROCESS, POSTPROCESS))
+# The stages a request passed through, by whether it had a preprocess and a postprocess stage.
+_STAGES_PASSED = {
+    (preprocessed, postprocessed): tuple(
+        stage for stage in STAGES if (stage != PREPROCESS or preprocessed) and (stage != POSTPROCESS or postprocessed)
+    )
+    for preprocessed in (False, True)
+    for postprocessed in (False, True)
+}
 # Server-Timing's template for each list of stages a request may go through.
 _SERVER_TIMING: dict[tuple[str, ...], str] = {}
 
 
-def server_timing(stages: tuple[str, ...], durations: tuple[float, ...]) -> str:
+def server_timing(stages: tuple[str, ...], durations: Sequence[float]) -> str:
     """The ``Server-Timing`` header: each stage's duration in milliseconds."""
     template = _SERVER_TIMING.get(stages)
     if template is None:
@@ -60,7 +66,8 @@ class Exchange:
         "arrived_on_loop",
         "deserialized_at",
         "job",
-        "processed",
+        "postprocessed",
+        "preprocessed",
         "protocol",
         "resumed_at",
     )
@@ -74,8 +81,9 @@ class Exchange:
         self.deserialized_at = 0.0
         self.resumed_at = 0.0
         self.job: Job | None = None
-        # The stages run by ``stage`` (preprocess, postprocess), with their start and end; None: none ran.
-        self.processed: dict[str, tuple[float, float]] | None = None
+        # The preprocess and postprocess stages' start and end (``time.perf_counter()``); None: it had none.
+        self.preprocessed: tuple[float, float] | None = None
+        self.postprocessed: tuple[float, float] | None = None
         if state.tracing is not None:
             request.trace = state.tracing.start(request, self.arrived)
 
@@ -121,53 +129,54 @@ class Exchange:
         processing = loaded.model.processing
         if processing.images:  # rows the batcher would refuse are refused before any image is decoded
             loaded.batcher.batch_shape(feeds)
-        deadline = self._state.stages.deadline(PREPROCESS)  # one timeout for the stage's parts together
+        started = time.perf_counter()
         self._state.arriving += 1  # it may yet share a batch: no request computes alone meanwhile
         try:
-            if (on_loop := processing.preprocess_on_loop) is not None:
-                feeds = await self.stage_on_loop(PREPROCESS, deadline, on_loop, feeds)
-            if processing.preprocesses_in_thread:
-                feeds = await self.stage(PREPROCESS, deadline, processing.preprocess, feeds)
-            return feeds
+            feeds = await self._stage(
+                PREPROCESS, started, processing.preprocess_on_loop, processing.preprocesses_in_thread,
+                processing.preprocess, feeds,
+            )  # fmt: skip
         finally:
             self._state.arriving -= 1
+        self.preprocessed = (started, time.perf_counter())
+        return feeds
 
     async def postprocess(self, loaded: LoadedModel, outputs: Outputs, classifications: dict[str, int]) -> Outputs:
         """The postprocess stage: the model's outputs as the client asked for them (top classes)."""
         processing = loaded.model.processing
-        deadline = self._state.stages.deadline(POSTPROCESS)
-        if (on_loop := processing.postprocess_on_loop) is not None:
-            outputs = await self.stage_on_loop(POSTPROCESS, deadline, on_loop, outputs)
-        if processing.postprocesses_in_thread(classifications):
-            outputs = await self.stage(POSTPROCESS, deadline, processing.postprocess, outputs, classifications)
+        started = time.perf_counter()
+        outputs = await self._stage(
+            POSTPROCESS, started, processing.postprocess_on_loop, processing.postprocesses_in_thread(classifications),
+            processing.postprocess, outputs, classifications,
+        )  # fmt: skip
+        self.postprocessed = (started, time.perf_counter())
         return outputs
 
-    async def stage(self, name: str, deadline: float, function: Callable[..., T], *args: Any) -> T:
-        """``function(*args)``, a blocking stage around the model (``PREPROCESS``, ``POSTPROCESS``): off the event
-        loop, by ``deadline`` (504 past it: ``StageRunner.deadline``), timed."""
-        started = time.perf_counter()
-        if (trace := self._request.trace) is not None:
-            function = trace.in_stage(name, started, function)
-        result = await self._state.stages.run(name, function, *args, deadline=deadline)
-        self._processed(name, started)
-        return result
-
-    async def stage_on_loop(self, name: str, deadline: float, function: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """``await function(*args)``, a stage's part written ``async def``: on the event loop, by ``deadline``, timed
-        as part of the stage."""
-        started = time.perf_counter()
-        if (trace := self._request.trace) is not None:
-            function = trace.in_stage_on_loop(name, started, function)
-        result = await self._state.stages.run_on_loop(name, function, *args, deadline=deadline)
-        self._processed(name, started)
-        return result
-
-    def _processed(self, name: str, started: float) -> None:
-        """The stage ``name`` ran from ``started`` until now: from its first part's start, if it had one before."""
-        if self.processed is None:
-            self.processed = {}
-        first = self.processed.get(name)
-        self.processed[name] = (started if first is None else first[0], time.perf_counter())
+    async def _stage(
+        self,
+        name: str,
+        started: float,
+        on_loop: Callable[[T], Awaitable[T]] | None,
+        in_thread: bool,
+        function: Callable[..., T],
+        tensors: T,
+        *args: Any,
+    ) -> T:
+        """The stage ``name`` (``PREPROCESS``, ``POSTPROCESS``) from ``started``, in its two parts, both by one
+        deadline (504 past it: ``StageRunner.deadline``): ``await on_loop(tensors)`` (a handler's ``async def``) on
+        the event loop, then (``in_thread``) ``function(tensors, *args)``, which blocks, off it."""
+        stages = self._state.stages
+        deadline = stages.deadline(name)
+        trace = self._request.trace
+        if on_loop is not None:
+            if trace is not None:
+                on_loop = trace.in_stage_on_loop(name, started, on_loop)
+            tensors = await stages.run_on_loop(name, on_loop, tensors, deadline=deadline)
+        if in_thread:
+            if trace is not None:
+                function = trace.in_stage(name, started, function)
+            tensors = await stages.run(name, function, tensors, *args, deadline=deadline)
+        return tensors
 
     async def compute(
         self,
@@ -197,14 +206,13 @@ class Exchange:
         response is ready."""
         job = self.job
         assert job is not None, "stages are reported after compute()"
-        processed = self.processed or {}
         bounds = [("deserialize", self.arrived, self.deserialized_at)]
-        if (preprocess := processed.get(PREPROCESS)) is not None:
-            bounds.append((PREPROCESS, *preprocess))
+        if (preprocessed := self.preprocessed) is not None:
+            bounds.append((PREPROCESS, *preprocessed))
         bounds += [("queue", job.queued, job.started), ("compute", job.started, job.finished)]
-        if (postprocess := processed.get(POSTPROCESS)) is not None:
-            bounds.append((POSTPROCESS, *postprocess))
-        serialized_from = postprocess[1] if postprocess is not None else self.resumed_at
+        if (postprocessed := self.postprocessed) is not None:
+            bounds.append((POSTPROCESS, *postprocessed))
+        serialized_from = postprocessed[1] if postprocessed is not None else self.resumed_at
         bounds += [("serialize", serialized_from, done), ("total", self.arrived, done)]
         return bounds
 
@@ -224,21 +232,17 @@ class Exchange:
         done = time.perf_counter()
         job = self.job
         assert job is not None, "respond() follows compute()"
-        if self.processed is None:
-            # The model's stages alone (``stage_bounds``' without processing), timed with no more work than they
-            # were before the processing stages existed: one tuple, one template.
-            stages = MODEL_STAGES
-            durations = (
-                self.deserialized_at - self.arrived,
-                job.started - job.queued,
-                job.finished - job.started,
-                done - self.resumed_at,
-                done - self.arrived,
-            )
-        else:
-            bounds = self.stage_bounds(done)
-            stages = tuple(stage for stage, _, _ in bounds)
-            durations = tuple(end - start for _, start, end in bounds)
+        preprocessed, postprocessed = self.preprocessed, self.postprocessed
+        # Each stage's duration, as ``stage_bounds`` has them, with no more work than the model's stages alone need.
+        durations = [self.deserialized_at - self.arrived]
+        if preprocessed is not None:
+            durations.append(preprocessed[1] - preprocessed[0])
+        durations += (job.started - job.queued, job.finished - job.started)
+        if postprocessed is not None:
+            durations.append(postprocessed[1] - postprocessed[0])
+        serialized_from = self.resumed_at if postprocessed is None else postprocessed[1]
+        durations += (done - serialized_from, done - self.arrived)
+        stages = _STAGES_PASSED[preprocessed is not None, postprocessed is not None]
         # Recorded once the answer is on its way: bookkeeping is no part of the client's latency.
         loop = asyncio.get_running_loop()
         loop.call_soon(self._record, job, stages, durations)
@@ -247,7 +251,7 @@ class Exchange:
             loop.call_soon(trace.answered, self.stage_bounds(done), job)
         return server_timing(stages, durations)
 
-    def _record(self, job: Job, stages: tuple[str, ...], durations: tuple[float, ...]) -> None:
+    def _record(self, job: Job, stages: tuple[str, ...], durations: Sequence[float]) -> None:
         metrics = self._state.metrics
         histograms = metrics.stages[self.protocol]
         for stage, seconds in zip(stages, durations, strict=True):
@@ -257,12 +261,12 @@ class Exchange:
             job.rows,
             total=durations[-1],
             queue=job.started - job.queued,
-            compute_input=job.inferring - job.started + self._processed_seconds(PREPROCESS),
+            compute_input=job.inferring - job.started + _seconds(self.preprocessed),
             compute_infer=job.inferred - job.inferring,
-            compute_output=job.finished - job.inferred + self._processed_seconds(POSTPROCESS),
+            compute_output=job.finished - job.inferred + _seconds(self.postprocessed),
         )
 
-    def _processed_seconds(self, stage: str) -> float:
-        """How long a stage run by ``stage`` took; 0 if it did not run."""
-        bounds = self.processed.get(stage) if self.processed is not None else None
-        return bounds[1] - bounds[0] if bounds is not None else 0.0
+
+def _seconds(bounds: tuple[float, float] | None) -> float:
+    """How long a stage with these bounds took; 0 for one that did not run (None)."""
+    return bounds[1] - bounds[0] if bounds is not None else 0.0

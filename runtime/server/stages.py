@@ -4,11 +4,11 @@ loop in a thread pool of their own, each under its timeout.
 The pool has ``processing_threads`` threads (by default one per CPU the worker may use, its share of the pod's:
 ``available_cpus() // workers``, at least one); they start with the first stage, so a model with nothing to process
 starts none. Past its timeout (``preprocess_timeout_seconds``, ``postprocess_timeout_seconds``) a stage's request is
-answered 504 at once: the preprocess stage runs before its request joins the queue, the postprocess stage after it has
-left its batch, so no batch waits for either. A stage that waits for a free thread waits within its timeout, and one
-whose request has been answered (504, or its client left) before a thread took it up is never run, and lets go of its
-arguments at once (a request body can be tens of MB): the queue keeps only an emptied item until a thread skips it. A
-thread cannot be stopped: the late stage finishes in its thread, and its result is dropped.
+answered 504, within ``SWEEP_SECONDS``: the preprocess stage runs before its request joins the queue, the postprocess
+stage after it has left its batch, so no batch waits for either. A stage that waits for a free thread waits within its
+timeout, and one whose request has been answered (504, or its client left) before a thread took it up is never run,
+and lets go of its arguments at once (a request body can be tens of MB): the queue keeps only an emptied item until a
+thread skips it. A thread cannot be stopped: the late stage finishes in its thread, and its result is dropped.
 
 The stages waiting for a thread are bounded as the batcher's queue is, at ``max_queue_size``, counted as the stages
 whose requests are still unanswered less one per thread (those taken up). Past it a stage is refused at once with the
@@ -21,11 +21,11 @@ stage once it has handed back its outcome.
 
 The hand-off is kept lean, since a Python handler's stages are on every request's path: a stage goes into
 one queue that the threads take from, and its result comes back with one ``call_soon_threadsafe``; under load a thread
-takes the next stage without waiting and the loop wakes once for several results. (A stage that does nothing, 32 at a
-time on the bench machine: 29 to 32 µs of CPU each through ``run_in_executor`` under ``wait_for``, 11 µs here; one at
-a time, both about 90 µs, the threads' wake-ups.) A handler's stage written ``async def`` needs no thread: it is
-awaited on the loop (``run_on_loop``) under the same timeout (checked every ``SWEEP_SECONDS``, by one timer for
-all of them), and costs what the call costs.
+takes the next stage without waiting and the loop wakes once for several results. The timeouts cost no timer per
+stage: one timer (``_sweep``, every ``SWEEP_SECONDS`` while stages run) answers those past theirs. (A stage that does
+nothing, 32 at a time on the bench machine: about 8 µs of CPU each; one at a time about 70 µs, the threads' wake-ups.)
+A handler's stage written ``async def`` needs no thread: it is awaited on the loop (``run_on_loop``) under the same
+timeout, and costs what the call costs.
 """
 
 from __future__ import annotations
@@ -54,30 +54,31 @@ class _Stage:
     once the request has its answer, so a stage answered without running (504, or its client left) holds nothing
     while it stays queued, not even its future (whose exception's traceback holds the arguments)."""
 
-    __slots__ = ("deadline", "job")
+    __slots__ = ("deadline", "job", "late")
 
     def __init__(
-        self, done: asyncio.Future[Any], function: Callable[..., Any], args: tuple[Any, ...], deadline: float
+        self,
+        done: asyncio.Future[Any],
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        deadline: float,
+        late: str,
     ) -> None:
         self.job: tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]] | None = (done, function, args)
         self.deadline = deadline  # time.monotonic() when its timeout passes
+        self.late = late  # the 504's message
 
-
-class _OnLoop:
-    """A stage awaited on the loop: its task, when its timeout passes, and whether the sweep cancelled it for that."""
-
-    __slots__ = ("cancelled", "deadline", "task")
-
-    def __init__(self, task: asyncio.Task[Any], deadline: float) -> None:
-        self.task = task
-        self.deadline = deadline
-        self.cancelled = False
+    def expire(self) -> None:
+        """Its timeout has passed: its request is answered 504 (a thread that has it finishes it, to no one)."""
+        job = self.job
+        if job is not None and not job[0].done():
+            job[0].set_exception(GatewayTimeout(self.late))
 
 
 # None stops a thread.
 _Work = _Stage | None
-# How often the stages on the loop are checked against their timeouts (how late past it a 504 may come): one timer
-# for them all, since one per stage would cost more than a cheap stage does.
+# How often the stages are checked against their timeouts (how late past it a 504 may come): one timer for them all,
+# since one per stage would cost more than a cheap stage does.
 SWEEP_SECONDS = 0.05
 
 
@@ -92,8 +93,11 @@ class StageRunner:
         self._work: queue.SimpleQueue[_Work] = queue.SimpleQueue()
         # Stages whose requests await them (waiting for a thread, or running); counted on the loop.
         self.pending = 0
-        # Stages awaited on the loop (``run_on_loop``), one entry per call, and the timer that sweeps them.
-        self._on_loop: set[_OnLoop] = set()
+        # The stages whose requests await them, and the timer that sweeps them for timeouts (``_sweep``): those for
+        # a thread, and the tasks awaiting a stage on the loop (a task awaits one at a time), each with its deadline.
+        self._in_threads: set[_Stage] = set()
+        self._on_loop: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()  # of those tasks, the ones the sweep cancelled
         self._sweeper: asyncio.TimerHandle | None = None
         self._most_pending = self._count + settings.max_queue_size
 
@@ -108,22 +112,23 @@ class StageRunner:
         if self.pending >= self._most_pending:
             waiting = self.pending - self._count
             raise unavailable(Rejected(Rejection.QUEUE_FULL, f"{waiting} stages waiting for {self._count} threads"))
-        message = self._timeouts[stage][1]
         if deadline is None:
             deadline = self.deadline(stage)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[T] = loop.create_future()
-        timer = loop.call_later(max(0.0, deadline - time.monotonic()), _time_out, done, message)
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         if not self._threads:
             self._start()
-        work = _Stage(done, function, args, deadline)
+        work = _Stage(done, function, args, deadline, self._timeouts[stage][1])
+        self._in_threads.add(work)
+        if self._sweeper is None:
+            self._sweep_soon()
         self.pending += 1
-        done.add_done_callback(lambda _: self._answered(work))
         self._work.put(work)
         try:
             return await done
-        finally:
-            timer.cancel()
+        finally:  # the stage's outcome, its 504, or its client gone
+            self.pending -= 1
+            self._in_threads.discard(work)
+            work.job = None  # a stage still queued lets go of its arguments
 
     async def run_on_loop(
         self, stage: str, function: Callable[..., Awaitable[T]], *args: Any, deadline: float | None = None
@@ -134,36 +139,40 @@ class StageRunner:
         task = asyncio.current_task()
         assert task is not None
         baseline = task.cancelling()
-        entry = _OnLoop(task, self.deadline(stage) if deadline is None else deadline)
-        self._on_loop.add(entry)
+        self._on_loop[task] = self.deadline(stage) if deadline is None else deadline
         if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep)
+            self._sweep_soon()
         try:
             return await function(*args)
         except BaseException:
-            if entry.cancelled:
-                entry.cancelled = False
+            if task in self._expired:
+                self._expired.discard(task)
                 if task.uncancel() <= baseline:  # the timeout's cancel alone: whatever the stage made of it, a 504
                     raise GatewayTimeout(self._timeouts[stage][1]) from None
             raise
         finally:
-            self._on_loop.discard(entry)
-            if entry.cancelled:  # the stage let the timeout's cancel go and returned: undone, as asyncio.timeout does
+            del self._on_loop[task]
+            if task in self._expired:  # the stage let the timeout's cancel go and returned: undone (as asyncio.timeout)
+                self._expired.discard(task)
                 task.uncancel()
 
-    def _sweep(self) -> None:
-        """Every ``SWEEP_SECONDS`` while stages run on the loop: cancel those past their timeout."""
-        now = time.monotonic()
-        for entry in self._on_loop:
-            if entry.deadline <= now and not entry.cancelled:
-                entry.cancelled = True
-                entry.task.cancel()
-        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep) if self._on_loop else None
+    def _sweep_soon(self) -> None:
+        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep)
 
-    def _answered(self, work: _Stage) -> None:
-        """On the loop: a stage's request has its answer (the stage's outcome, 504, or its client left)."""
-        self.pending -= 1
-        work.job = None  # a stage still queued lets go of its arguments
+    def _sweep(self) -> None:
+        """Every ``SWEEP_SECONDS`` while stages run: those past their timeout are answered 504 (a stage in a thread's
+        request at once; a stage on the loop cancelled, which ``run_on_loop`` makes the 504)."""
+        now = time.monotonic()
+        for work in [work for work in self._in_threads if work.deadline <= now]:
+            work.expire()
+        for task in [task for task, deadline in self._on_loop.items() if deadline <= now]:
+            if task not in self._expired:
+                self._expired.add(task)
+                task.cancel()
+        if self._in_threads or self._on_loop:
+            self._sweep_soon()
+        else:
+            self._sweeper = None
 
     def _start(self) -> None:
         for index in range(self._count):
@@ -219,8 +228,3 @@ def _settle(done: asyncio.Future[Any], result: Any, error: BaseException | None)
         done.set_exception(error)
     else:
         done.set_result(result)
-
-
-def _time_out(done: asyncio.Future[Any], message: str) -> None:
-    if not done.done():
-        done.set_exception(GatewayTimeout(message))

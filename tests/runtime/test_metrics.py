@@ -7,6 +7,8 @@ import json
 
 import aiohttp
 import pytest
+from kubeserve.runtime.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS, LoopHistogram
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -144,3 +146,18 @@ def test_workers_metrics_merge_into_the_pods():
     assert value("kubeserve_model_load_seconds") == 3.5
     assert "# TYPE kubeserve_requests_total counter" in text
     assert "# TYPE kubeserve_request_duration_seconds histogram" in text
+
+
+@pytest.mark.parametrize("buckets", [LATENCY_BUCKETS, BATCH_SIZE_BUCKETS], ids=["latency", "batch size"])
+def test_the_loop_histograms_expose_what_the_librarys_histogram_does(buckets):
+    """The request path's histograms (``LoopHistogram``) against prometheus_client's own ``Histogram`` given the same
+    observations, values on a bucket's bound and past the last one included: the same exposition, line for line."""
+    library, ours = CollectorRegistry(), CollectorRegistry()
+    theirs = Histogram("h_seconds", "Help.", ["stage"], buckets=buckets, registry=library)
+    loop = LoopHistogram("h_seconds", "Help.", ["stage"], buckets=buckets, registry=ours)
+    values = [*buckets, *(bound * 0.999 for bound in buckets), *(bound * 1.001 for bound in buckets), 0.0, 1e6]
+    for stage in ("queue", "compute"):
+        for value in values:
+            theirs.labels(stage=stage).observe(value)
+            loop.labels(stage=stage).observe(value)
+    assert generate_latest(ours).decode() == generate_latest(library).decode()
