@@ -133,13 +133,13 @@ def checked_stage_output(stage: str, made: object, expected: Expected) -> Tensor
                 "itself (a wrapper that returns a coroutine is not recognised as one)"
             )
         raise TypeError(f"the handler's {stage} returned {type(made).__name__}, not a dict of NumPy arrays")
-    if len(made) != len(specs):
-        raise _other_names(stage, made, specs, what)
+    if len(made) != len(specs) or any(spec.name not in made for spec in specs):
+        raise ValueError(
+            f"the handler's {stage} returned {sorted(map(str, made))}; {what} are {[spec.name for spec in specs]}"
+        )
     converted: dict[str, np.ndarray] | None = None  # a copy of ``made``, once an array in it is converted
     for spec in specs:
-        array = made.get(spec.name)
-        if array is None:
-            raise _other_names(stage, made, specs, what)
+        array = made[spec.name]
         if not isinstance(array, np.ndarray):
             raise TypeError(f"the handler's {stage} made '{spec.name}' a {type(array).__name__}, not a NumPy array")
         datatype = spec.datatype
@@ -168,10 +168,6 @@ def checked_stage_output(stage: str, made: object, expected: Expected) -> Tensor
                 f"{list(spec.shape)} in {what}"
             )
     return made if converted is None else converted
-
-
-def _other_names(stage: str, made: dict, specs: tuple[TensorSpec, ...], what: str) -> ValueError:
-    return ValueError(f"the handler's {stage} returned {sorted(map(str, made))}; {what} are {[s.name for s in specs]}")
 
 
 def run_batched_stage(handler: object, stage: str, tensors: Tensors, expected: Expected) -> Tensors:

@@ -165,6 +165,8 @@ class Processing:
         handler_postprocess = self._handler_postprocess
         if handler_postprocess is not None:
             outputs = handler_postprocess(outputs)
+        if classifications:  # a copy to change: the outputs may be a dict the handler keeps
+            outputs = dict(outputs)
         for name, count in classifications.items():
             outputs[name] = top_classes(name, outputs[name], count, self.labels)
         return outputs

@@ -205,7 +205,8 @@ class StageRunner:
             del work, done, function, args, outcome  # nothing of this stage is held while the thread waits
 
     def close(self) -> None:
-        """Stages not started yet are dropped (their requests cancelled); those running finish in their threads."""
+        """Stages not started yet are dropped (their requests cancelled); those running finish in their threads, their
+        requests still answered 504 past their timeouts."""
         while True:
             try:
                 work = self._work.get_nowait()
@@ -215,7 +216,7 @@ class StageRunner:
                 job[0].cancel()
         for _ in self._threads:
             self._work.put(None)
-        if self._sweeper is not None:
+        if self._sweeper is not None and not (self._in_threads or self._on_loop):  # else it keeps their timeouts
             self._sweeper.cancel()
             self._sweeper = None
 

@@ -186,6 +186,22 @@ def test_a_postprocess_that_breaks_its_contract_fails_the_request(models, caplog
     assert "returned ['topic']; the outputs served are ['topic', 'probability']" in record.error
 
 
+def test_classification_leaves_a_dict_the_handler_keeps_as_it_was(models):
+    """Top classes replace an output in the answer, not in the dict the handler returned (it may keep and return it
+    again): a request that asks for classes, then one that does not, get each what it asked for."""
+    settings = RuntimeSettings(
+        model_path=models["mlp"], model_name="mlp", handler="words_handler:KeepsItsAnswer", handler_path=HANDLERS
+    )
+    model = OnnxModel.load(models["mlp"], settings)
+    processing = model.processing
+    outputs = model.run({"features": np.ones((1, 32), np.float32)}, None)
+    before = processing.postprocess(dict(outputs), {})["probabilities"].copy()
+    assert processing.postprocess(dict(outputs), {"probabilities": 1})["probabilities"].dtype == object
+    after = processing.postprocess(dict(outputs), {})["probabilities"]
+    assert after.dtype == np.float32
+    np.testing.assert_array_equal(after, before)
+
+
 def test_a_bytes_output_of_anything_but_strings_breaks_the_contract():
     class Topics:
         def postprocess(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -197,6 +213,8 @@ def test_a_bytes_output_of_anything_but_strings_breaks_the_contract():
     for bad in (np.array([b"a", 7], dtype=object), np.array([b"a", None], dtype=object)):
         with pytest.raises(TypeError, match="made 'topic' \\(BYTES in the outputs served\\) with an element of type"):
             run_stage(Topics(), "postprocess", {"topic": bad}, expected)
+    with pytest.raises(TypeError, match="made 'topic' a NoneType, not a NumPy array"):
+        run_stage(Topics(), "postprocess", {"topic": None}, expected)
 
 
 # -- a handler that hangs: 504 naming the stage, and the others are answered ----------------------------------------

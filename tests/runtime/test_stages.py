@@ -178,3 +178,21 @@ async def test_a_stage_in_two_parts_keeps_to_one_deadline():
     # The thread part ran under the stage's deadline, not a timeout of its own from when it started.
     assert seen == [deadline]
     runner.close()
+
+
+async def test_a_stage_still_in_its_thread_when_the_runner_closes_keeps_its_timeout():
+    """Closing (the server stopping) lets a running stage finish in its thread; its request is still answered 504 at
+    its timeout (within a sweep), not when the thread lets go, on real time."""
+    runner = _runner(preprocess_timeout_seconds=TIMEOUT)
+    started, release = threading.Event(), threading.Event()
+
+    def holds() -> None:
+        started.set()
+        release.wait(30)
+
+    task = asyncio.create_task(runner.run(PREPROCESS, holds))
+    await asyncio.to_thread(started.wait, 30)
+    runner.close()
+    with pytest.raises(GatewayTimeout, match=re.escape(LATE)):
+        await asyncio.wait_for(task, 10)  # the thread holds for 30 s
+    release.set()

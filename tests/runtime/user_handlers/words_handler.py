@@ -187,3 +187,15 @@ class NoRows(Words):
 
 class OutputsWithoutPostprocess(Doubled):
     outputs = {"topic": ("BYTES", [-1])}
+
+
+class KeepsItsAnswer:
+    """Answers every request with the first answer's dict, which it keeps (a cached answer)."""
+
+    def load(self, context: HandlerContext) -> None:
+        self.answer: dict[str, np.ndarray] | None = None
+
+    def postprocess(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.answer is None:
+            self.answer = dict(outputs)
+        return self.answer
