@@ -74,6 +74,7 @@ _.NoStage
 _.BadDatatype
 _.NoRows
 _.OutputsWithoutPostprocess
+_.KeepsItsAnswer
 # gRPC calls a servicer's methods by the service's RPC names (runtime/grpc/service.py); protobuf messages' fields are
 # set for the wire; the generated modules read the descriptor pool (runtime/grpc/descriptors.py).
 _.ServerLive
