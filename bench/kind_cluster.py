@@ -52,7 +52,8 @@ KIND_INSTALL = "https://kind.sigs.k8s.io/docs/user/quick-start/#installation"
 
 # The images exist only in the cluster (kind load): never pull them.
 PULL_POLICY = "Never"
-READY_TIMEOUT = "600s"
+# How long an InferenceService may take to be Ready (its pods started, its model fetched and loaded).
+READY_SECONDS = 600
 
 
 class SetupError(Exception):
@@ -281,23 +282,36 @@ class Sample:
     model: str
 
 
-def cpu_sample() -> Sample:
+def read_sample(manifest: Path) -> Sample:
+    """The InferenceService in ``manifest``: its name, namespace and model's name."""
     import yaml
 
-    sample = yaml.safe_load(SAMPLE.read_text())
+    sample = yaml.safe_load(manifest.read_text())
     name = sample["metadata"]["name"]
     return Sample(name, sample["metadata"].get("namespace", "default"), sample["spec"]["model"].get("name", name))
 
 
-def sample_commands(cluster: Cluster, sample: Sample) -> list[tuple[str | Path, ...]]:
-    """Apply the CPU sample and wait until its InferenceService is Ready."""
+def cpu_sample() -> Sample:
+    return read_sample(SAMPLE)
+
+
+def sample_commands(cluster: Cluster, sample: Sample, manifest: Path = SAMPLE) -> list[tuple[str | Path, ...]]:
+    """Apply ``manifest`` (``sample``'s; the CPU sample by default) and wait until its InferenceService is Ready."""
     resource = f"{RESOURCE}/{sample.name}"
     return [
-        cluster.kubectl_command("apply", "-n", sample.namespace, "-f", SAMPLE),
+        cluster.kubectl_command("apply", "-n", sample.namespace, "-f", manifest),
         cluster.kubectl_command(
-            "wait", "-n", sample.namespace, resource, "--for=condition=Ready", f"--timeout={READY_TIMEOUT}"
+            "wait", "-n", sample.namespace, resource, "--for=condition=Ready", f"--timeout={READY_SECONDS}s"
         ),
     ]
+
+
+def apply_ready(cluster: Cluster, manifest: Path) -> dict[str, Any]:
+    """Apply the InferenceService in ``manifest`` and wait until it is Ready (``sample_commands``): the object then."""
+    sample = read_sample(manifest)
+    for command in sample_commands(cluster, sample, manifest):
+        run(*command, timeout=READY_SECONDS + 60, env=cluster.env)
+    return json.loads(cluster.kubectl("get", "-n", sample.namespace, f"{RESOURCE}/{sample.name}", "-o", "json"))
 
 
 def how_to_call(cluster: Cluster, sample: Sample) -> str:
@@ -403,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for command in sample_commands(cluster, sample):
             print(f"$ {shlex.join(str(part) for part in command)}", flush=True)
-            run(*command, timeout=660, env=cluster.env)
+            run(*command, timeout=READY_SECONDS + 60, env=cluster.env)
     except CommandFailed as error:
         print(f"make kind: {error}\n\n{cluster.diagnostics(sample.namespace)}", file=sys.stderr)
         return 1

@@ -23,12 +23,15 @@ from kind_cluster import (  # bench/, put on sys.path above
     OPERATOR_NAMESPACE,
     PULL_POLICY,
     REPO,
+    RESOURCE,
     SAMPLE,
     Cluster,
+    apply_ready,
     chart_values,
     cpu_sample,
     how_to_call,
     local_images,
+    read_sample,
 )
 
 SCRIPT = REPO / "bench" / "kind_cluster.py"
@@ -168,3 +171,25 @@ def test_the_chart_readme_and_notes_say_no_image_is_published():
     readme = (CHART / "README.md").read_text()
     assert NO_IMAGE in readme.replace("**", "").replace("`", "")
     assert NO_IMAGE in (CHART / "templates" / "NOTES.txt").read_text()
+
+
+def test_applying_a_sample_waits_for_it_and_reads_back_the_object(tmp_path):
+    """What the end-to-end tests call on each InferenceService they apply, against a kubectl that records its calls
+    and answers `get` with an object: apply, wait for Ready, get, each naming the manifest's object."""
+    calls = tmp_path / "calls"
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text(
+        f'#!/bin/sh\necho "$@" >> {calls}\n'
+        'case "$*" in *" get "*) echo \'{"metadata": {"name": "mlp", "namespace": "default"}}\';; esac\n'
+    )
+    kubectl.chmod(0o755)
+    cluster = Cluster("e2e", None, "kind", str(kubectl), "helm")
+    manifest = REPO / "samples" / "isvc-tabular.yaml"
+    sample = read_sample(manifest)
+    assert apply_ready(cluster, manifest) == {"metadata": {"name": "mlp", "namespace": "default"}}
+    resource = f"{RESOURCE}/{sample.name}"
+    assert [shlex.split(line) for line in calls.read_text().splitlines()] == [
+        ["--context", "kind-e2e", "apply", "-n", sample.namespace, "-f", str(manifest)],
+        ["--context", "kind-e2e", "wait", "-n", sample.namespace, resource, "--for=condition=Ready", "--timeout=600s"],
+        ["--context", "kind-e2e", "get", "-n", sample.namespace, resource, "-o", "json"],
+    ]

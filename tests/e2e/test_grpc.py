@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from kubeserve.runtime.config import GRPC_PORT
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from kind_cluster import SAMPLE, docker_problem  # bench/, put on sys.path above
+from kind_cluster import SAMPLE, apply_ready, cpu_sample, docker_problem  # bench/, put on sys.path above
 
 pytestmark = pytest.mark.e2e
 
@@ -37,18 +36,12 @@ def test_the_cpu_sample_answers_grpc_through_its_service(cluster, images):
     from kubeserve.runtime.grpc import grpc_service_pb2_grpc as rpc
     from kubeserve.runtime.samples import build_mlp
 
-    sample = yaml.safe_load(SAMPLE.read_text())
-    name = sample["metadata"]["name"]
-    namespace = sample["metadata"].get("namespace", "default")
-    model = sample["spec"]["model"].get("name", name)
+    sample = cpu_sample()
+    name, namespace, model = sample.name, sample.namespace, sample.model
 
     cluster.install_chart(images)
     try:
-        cluster.kubectl("apply", "-n", namespace, "-f", SAMPLE)
-        cluster.kubectl(
-            "wait", "-n", namespace, f"inferenceservice/{name}", "--for=condition=Ready", "--timeout=600s", timeout=660
-        )
-        status = json.loads(cluster.kubectl("get", "-n", namespace, f"inferenceservice/{name}", "-o", "json"))
+        status = apply_ready(cluster, SAMPLE)
         assert status["status"]["grpcAddress"] == f"{name}.{namespace}.svc.cluster.local:{GRPC_PORT}"
         service = json.loads(cluster.kubectl("get", "-n", namespace, f"service/{name}", "-o", "json"))
         (grpc_port,) = [port for port in service["spec"]["ports"] if port["name"] == "grpc"]

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from kind_cluster import REPO, SAMPLE, docker_problem  # bench/, put on sys.path above
+from kind_cluster import REPO, SAMPLE, apply_ready, cpu_sample, docker_problem  # bench/, put on sys.path above
 
 pytestmark = pytest.mark.e2e
 
@@ -75,18 +75,12 @@ def get_json(port: int, path: str) -> dict:
 
 
 def test_a_cpu_inference_service_answers_v2_requests_and_leaves_nothing_behind(cluster, images):
-    sample = yaml.safe_load(SAMPLE.read_text())
-    name = sample["metadata"]["name"]
-    namespace = sample["metadata"].get("namespace", "default")
-    model = sample["spec"]["model"].get("name", name)
+    sample = cpu_sample()
+    name, namespace, model = sample.name, sample.namespace, sample.model
 
     cluster.install_chart(images)
     try:
-        cluster.kubectl("apply", "-n", namespace, "-f", SAMPLE)
-        cluster.kubectl(
-            "wait", "-n", namespace, f"inferenceservice/{name}", "--for=condition=Ready", "--timeout=600s", timeout=660
-        )
-        status = json.loads(cluster.kubectl("get", "-n", namespace, f"inferenceservice/{name}", "-o", "json"))
+        status = apply_ready(cluster, SAMPLE)
         assert status["status"]["url"] == f"http://{name}.{namespace}.svc.cluster.local"
         children = owned_children(cluster, namespace, status["metadata"]["uid"])
         assert {child.split("/")[0] for child in children} >= {"configmap", "deployment", "service"}
@@ -142,11 +136,7 @@ def test_a_quantized_model_served_by_two_workers_says_int8_and_reports_one_pod(c
     try:
         manifest = tmp_path / f"{name}.yaml"
         manifest.write_text(yaml.safe_dump(sample))
-        cluster.kubectl("apply", "-n", namespace, "-f", manifest)
-        cluster.kubectl(
-            "wait", "-n", namespace, f"inferenceservice/{name}", "--for=condition=Ready", "--timeout=600s", timeout=660
-        )
-        status = json.loads(cluster.kubectl("get", "-n", namespace, f"inferenceservice/{name}", "-o", "json"))
+        status = apply_ready(cluster, manifest)
         assert status["status"]["precision"] == "INT8"
         memory = [c for c in status["status"]["conditions"] if c["type"] == "MemoryLimitSufficient"]
         assert [c["reason"] for c in memory] == ["MemoryLimitSufficient"]
@@ -180,15 +170,9 @@ def post(port: int, path: str, body: bytes, content_type: str) -> dict:
         return json.load(response)
 
 
-def apply_and_wait(cluster, path: Path) -> tuple[str, str]:
-    """The sample applied and Ready: its name and namespace."""
-    sample = yaml.safe_load(path.read_text())
-    name, namespace = sample["metadata"]["name"], sample["metadata"].get("namespace", "default")
-    cluster.kubectl("apply", "-n", namespace, "-f", path)
-    cluster.kubectl(
-        "wait", "-n", namespace, f"inferenceservice/{name}", "--for=condition=Ready", "--timeout=600s", timeout=660
-    )
-    return name, namespace
+def name_and_namespace(applied: dict) -> tuple[str, str]:
+    """An object's name and namespace."""
+    return applied["metadata"]["name"], applied["metadata"]["namespace"]
 
 
 def test_the_processing_samples_take_raw_rows_and_images_and_answer_as_their_pipelines(cluster, images):
@@ -205,7 +189,7 @@ def test_the_processing_samples_take_raw_rows_and_images_and_answer_as_their_pip
     cluster.install_chart(images)
     namespace = "default"
     try:
-        name, namespace = apply_and_wait(cluster, REPO / "samples" / "isvc-tabular.yaml")
+        name, namespace = name_and_namespace(apply_ready(cluster, REPO / "samples" / "isvc-tabular.yaml"))
         rows, _fraud = tabular_rows(16, seed=5)
         with cluster.port_forward(namespace, f"service/{name}") as port:
             answer = post(
@@ -218,7 +202,7 @@ def test_the_processing_samples_take_raw_rows_and_images_and_answer_as_their_pip
         probabilities = np.asarray(served["data"]).reshape(served["shape"])
         np.testing.assert_allclose(probabilities, tabular_pipeline().predict_proba(rows), atol=1e-5)
 
-        name, namespace = apply_and_wait(cluster, REPO / "samples" / "isvc-image.yaml")
+        name, namespace = name_and_namespace(apply_ready(cluster, REPO / "samples" / "isvc-image.yaml"))
         jpeg = photo()
         body = json.dumps(
             {
