@@ -72,20 +72,24 @@ class Processing:
 
     def __post_init__(self) -> None:
         handler = self.handler
-        made: dict[str, object] = {}  # the fields above (the dataclass is frozen)
-        if handler is not None:
-            for stage in (PREPROCESS, POSTPROCESS):
-                if stage in handler.on_loop:
-                    made[f"{stage}_on_loop"] = partial(handler.stage_on_loop, stage)
-            made["_handler_preprocess"] = self._handler_stage(PREPROCESS)
-            made["_handler_postprocess"] = self._handler_stage(POSTPROCESS)
-        made["preprocesses_in_thread"] = bool(self.images) or made.get("_handler_preprocess") is not None
-        made["preprocesses"] = made["preprocesses_in_thread"] or made.get("preprocess_on_loop") is not None
-        made["postprocesses"] = (
-            made.get("postprocess_on_loop") is not None or made.get("_handler_postprocess") is not None
-        )
+        on_loop = {
+            stage: partial(handler.stage_on_loop, stage) if handler is not None and stage in handler.on_loop else None
+            for stage in (PREPROCESS, POSTPROCESS)
+        }
+        handler_preprocess = self._handler_stage(PREPROCESS)
+        handler_postprocess = self._handler_stage(POSTPROCESS)
+        preprocesses_in_thread = bool(self.images) or handler_preprocess is not None
+        made = {
+            "preprocess_on_loop": on_loop[PREPROCESS],
+            "postprocess_on_loop": on_loop[POSTPROCESS],
+            "preprocesses": preprocesses_in_thread or on_loop[PREPROCESS] is not None,
+            "preprocesses_in_thread": preprocesses_in_thread,
+            "postprocesses": on_loop[POSTPROCESS] is not None or handler_postprocess is not None,
+            "_handler_preprocess": handler_preprocess,
+            "_handler_postprocess": handler_postprocess,
+        }
         for name, value in made.items():
-            object.__setattr__(self, name, value)
+            object.__setattr__(self, name, value)  # the dataclass is frozen
 
     @classmethod
     def build(cls, settings: RuntimeSettings, signature: ModelSignature) -> Processing:

@@ -8,8 +8,9 @@ request asks for the other), ``serialize`` (response encoded) and ``total`` (arr
 overlap. ``stage_bounds`` gives each stage's start and end; their durations go to
 ``kubeserve_request_duration_seconds``, to Triton's statistics (``statistics``: preprocess counts in
 ``compute_input`` and postprocess in ``compute_output``, as Triton counts an ensemble's), and back to the caller in a
-``Server-Timing`` header. ``preprocess`` and ``postprocess`` run the model's ``Processing`` as those stages, through
-``stage``: a blocking function off the event loop, under its stage's timeout, timed. While tracing
+``Server-Timing`` header. ``preprocess`` and ``postprocess`` run the model's ``Processing`` as those stages (a
+handler's ``async def`` part on the event loop, the blocking part off it: ``server.stages``), under the stage's
+timeout, timed. While tracing
 (``server.tracing``), the request is a span from its arrival, with a child span for each of ``stage_bounds``.
 
 Compressed request bodies are inflated, and answers compressed when the client accepts it, as
