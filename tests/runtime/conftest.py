@@ -14,7 +14,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import onnx
@@ -197,6 +197,15 @@ def element_types() -> dict[str, int]:
 RUNTIME = str(Path(sys.executable).with_name("kubeserve-runtime"))
 
 
+class ClosedLoopLoad(Protocol):
+    """Clients a drain test signals the server under (tests/runtime/test_drain.py, test_grpc_drain.py)."""
+
+    enough: asyncio.Event  # set once the clients are under way
+    signalled: bool  # the server has been sent SIGTERM
+
+    async def run(self) -> None: ...
+
+
 class RuntimeProcess:
     """``kubeserve-runtime serve`` in a subprocess; its JSON log lines are collected as they come."""
 
@@ -273,6 +282,16 @@ class RuntimeProcess:
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         self.process.send_signal(signum)
+
+    async def sigterm_under(self, load: ClosedLoopLoad) -> None:
+        """SIGTERM once ``load``'s clients are under way (``enough``), marked ``signalled`` from then; until they are
+        done, within 60 s."""
+        running = asyncio.create_task(load.run())
+        await load.enough.wait()
+        load.signalled = True
+        self.signal(signal.SIGTERM)
+        async with asyncio.timeout(60):
+            await running
 
     def wait(self, timeout: float = 60) -> int:
         code = self.process.wait(timeout)

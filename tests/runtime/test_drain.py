@@ -86,22 +86,12 @@ class KeepAliveLoad:
                 writer.close()
 
 
-async def _load_through_sigterm(server, clients: int) -> KeepAliveLoad:
-    load = KeepAliveLoad(server.port, clients)
-    running = asyncio.create_task(load.run())
-    await load.enough.wait()
-    load.signalled = True
-    server.signal(signal.SIGTERM)
-    async with asyncio.timeout(60):
-        await running
-    return load
-
-
 def test_sigterm_under_keep_alive_load_answers_every_request_sent_on_an_open_connection(start_runtime):
     # A race: one lucky run proves little, so three servers, each signalled mid-load.
     for _ in range(3):
         server = start_runtime("mlp", "--drain-grace-seconds", "5").wait_ready()  # ample: clients never idle
-        load = asyncio.run(_load_through_sigterm(server, clients=32))
+        load = KeepAliveLoad(server.port, 32)
+        asyncio.run(server.sigterm_under(load))
 
         assert load.failures == []
         assert set(load.statuses) == {200}
@@ -120,7 +110,8 @@ def test_sigterm_to_a_pod_of_workers_drains_every_worker_without_losing_a_reques
     # The supervisor passes the signal on; each worker drains the connections the kernel gave it.
     for _ in range(2):
         server = start_runtime("mlp", "--workers", "2", "--drain-grace-seconds", "5").wait_ready(workers=2)
-        load = asyncio.run(_load_through_sigterm(server, clients=32))
+        load = KeepAliveLoad(server.port, 32)
+        asyncio.run(server.sigterm_under(load))
 
         assert load.failures == []
         assert set(load.statuses) == {200}

@@ -115,21 +115,11 @@ class GrpcLoad:
                     return
 
 
-async def _load_through_sigterm(server, unary: int, streaming: int) -> GrpcLoad:
-    load = GrpcLoad(server.grpc_address, unary, streaming)
-    running = asyncio.create_task(load.run())
-    await load.enough.wait()
-    load.signalled = True
-    server.signal(signal.SIGTERM)
-    async with asyncio.timeout(60):
-        await running
-    return load
-
-
 def test_sigterm_under_32_unary_and_streaming_grpc_clients_answers_every_call_sent(start_runtime):
     for _ in range(2):  # a race: one lucky run proves little
         server = start_runtime("mlp", "--drain-grace-seconds", "5").wait_ready()
-        load = asyncio.run(_load_through_sigterm(server, unary=16, streaming=16))
+        load = GrpcLoad(server.grpc_address, 16, 16)
+        asyncio.run(server.sigterm_under(load))
 
         assert load.failures == []
         assert load.refused_before_signal == 0
@@ -142,7 +132,8 @@ def test_sigterm_under_32_unary_and_streaming_grpc_clients_answers_every_call_se
 
 def test_sigterm_to_a_pod_of_workers_drains_every_workers_grpc_calls(start_runtime):
     server = start_runtime("mlp", "--workers", "2", "--drain-grace-seconds", "5").wait_ready(workers=2)
-    load = asyncio.run(_load_through_sigterm(server, unary=16, streaming=16))
+    load = GrpcLoad(server.grpc_address, 16, 16)
+    asyncio.run(server.sigterm_under(load))
 
     assert load.failures == []
     assert load.refused_before_signal == 0
