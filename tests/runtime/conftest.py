@@ -277,6 +277,12 @@ class RuntimeProcess:
         assert len(events) >= count, f"{len(events)} {name!r} events of {count}; server said:\n{''.join(self.lines)}"
         return events[:count]
 
+    def count_events(self, name: str) -> int:
+        """How many log events called ``name`` have been read so far: ``wait_for_events(name, count + 1)[-1]`` is then
+        the next one (a line the server logs before it answers may be read after the answer arrives)."""
+        with self._changed:
+            return len(self._events(name))
+
     def _events(self, name: str) -> list[dict[str, Any]]:
         return [event for event in self.events if event.get("event") == name]
 

@@ -162,10 +162,11 @@ async def test_invalid_input_is_a_400_a_failure_a_500_and_the_server_goes_on(wor
         ("float64 cat", "the handler's preprocess made 'features' of dtype float64; it is FP32 (float32) in the "
          "model's inputs"),
     ):  # fmt: skip
+        failures = words_server.count_events("handler_failed")
         answer = await post(words_server, texts_request(text))
         assert_error(answer, 500, FAILED)
         assert answer.json() == {"error": FAILED}  # nothing of the handler's inside goes out
-        event = next(e for e in reversed(words_server.events) if e.get("event") == "handler_failed")
+        event = words_server.wait_for_events("handler_failed", failures + 1)[-1]
         assert (event["level"], event["stage"], event["handler"]) == ("ERROR", "preprocess", "words_handler:Words")
         assert event["error"].startswith("Traceback (most recent call last):")
         assert logged in event["error"]
@@ -335,8 +336,9 @@ async def test_a_handler_that_holds_the_gil_runs_in_its_own_processes(pool_serve
     np.testing.assert_allclose(served["probability"]["data"], probabilities, rtol=1e-5)
 
     assert_error(await post(pool_server, texts_request("a zebra")), 400, "text 0 has no word of the vocabulary")
+    failures = pool_server.count_events("handler_failed")
     assert_error(await post(pool_server, texts_request("cat boom")), 500, FAILED)
-    event = next(e for e in reversed(pool_server.events) if e.get("event") == "handler_failed")
+    event = pool_server.wait_for_events("handler_failed", failures + 1)[-1]
     assert event["stage"] == "preprocess" and "ZeroDivisionError" in event["error"]  # the traceback, from its process
 
 
