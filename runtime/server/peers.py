@@ -5,6 +5,7 @@ one (Triton's statistics are per model, and Prometheus scrapes a pod, not a proc
 from __future__ import annotations
 
 import asyncio
+import importlib
 from typing import Any
 
 import orjson
@@ -41,8 +42,12 @@ async def _exposition(state: ServerState, request: Request) -> Response:
 
 
 async def answer_peers(state: ServerState) -> asyncio.Server:
-    """Serve this worker's statistics and metrics on its socket; the caller closes the server."""
+    """Serve this worker's statistics and metrics on its socket, and load the client that asks the other workers
+    for theirs (``_ask_peer``); the caller closes the server."""
     assert state.worker is not None
+    # Loaded now, at the worker's start: its import blocks the event loop for 150-200 ms, which the first scrape
+    # would otherwise cost every request then in flight.
+    importlib.import_module("aiohttp")
     router = Router()
     router.get("/stats", _statistics)
     router.get("/metrics", _exposition)
@@ -52,7 +57,7 @@ async def answer_peers(state: ServerState) -> asyncio.Server:
 
 
 async def _ask_peer(state: ServerState, index: int, path: str, what: str) -> bytes:
-    import aiohttp  # its client; a server without workers never needs it
+    import aiohttp  # its client, loaded by answer_peers; a server without workers never needs it
 
     assert state.worker is not None
     connector = aiohttp.UnixConnector(path=str(state.worker.socket_path(index)))

@@ -17,6 +17,7 @@ import pytest
 from kubeserve.runtime.config import RuntimeSettings
 from kubeserve.runtime.cpus import available_cpus
 from kubeserve.runtime.metrics import ServerMetrics
+from kubeserve.runtime.server.peers import answer_peers
 from kubeserve.runtime.server.state import LoadedModel, ServerState
 from kubeserve.runtime.statistics import ModelStatistics, merge_model_stats
 from kubeserve.runtime.workers import WorkerContext, WorkerState, worker_settings
@@ -60,6 +61,19 @@ async def test_a_worker_is_ready_only_when_every_worker_is(tmp_path: Path):
     state.draining = True
     state.publish()
     assert (states[0], state.ready) == (WorkerState.DRAINING, False)
+
+
+async def test_a_worker_loads_its_client_for_the_others_statistics_when_it_starts(tmp_path: Path, monkeypatch):
+    """Not at the first scrape: the import would block the event loop while it serves requests."""
+    state = ServerState(
+        _settings(workers=2), ServerMetrics("m", "1"), worker=WorkerContext(0, 2, tmp_path, [0, 0], [0.0] * 2)
+    )
+    monkeypatch.delitem(sys.modules, "aiohttp")  # put back as it was after the test
+    server = await answer_peers(state)
+    try:
+        assert "aiohttp" in sys.modules
+    finally:
+        server.close()
 
 
 def test_statistics_of_several_workers_sum_as_one_models():
