@@ -1,15 +1,17 @@
 """How the workers of one pod read each other's statistics and metrics: each answers ``GET /stats`` and
-``GET /metrics`` on a Unix socket of its own in the pod's run directory, and the worker a client asked makes them
-one (Triton's statistics are per model, and Prometheus scrapes a pod, not a process)."""
+``GET /metrics`` (its metric families as JSON: ``metrics.metric_families``) on a Unix socket of its own in the pod's
+run directory, and the worker a client asked makes them one (Triton's statistics are per model, and Prometheus
+scrapes a pod, not a process)."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 from typing import Any
 
 import orjson
-from kubeserve.runtime.metrics import merge_expositions
+from kubeserve.runtime.metrics import merge_metrics, metric_families
 from kubeserve.runtime.protocol.errors import InternalError
 from kubeserve.runtime.server.application import Application
 from kubeserve.runtime.server.connections import ConnectionTracker
@@ -18,7 +20,7 @@ from kubeserve.runtime.server.responses import json_response
 from kubeserve.runtime.server.router import Router
 from kubeserve.runtime.server.state import ServerState
 from kubeserve.runtime.statistics import merge_model_stats
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 PEER_TIMEOUT_SECONDS = 5.0
 
@@ -28,17 +30,13 @@ def own_statistics(state: ServerState) -> dict[str, Any]:
     return state.metrics.statistics.as_json(settings.model_name, settings.model_version)
 
 
-def own_exposition(state: ServerState) -> str:
-    """This process's metrics as Prometheus text."""
-    return generate_latest(state.metrics.registry).decode()
-
-
 async def _statistics(state: ServerState, request: Request) -> Response:
     return json_response(own_statistics(state))
 
 
-async def _exposition(state: ServerState, request: Request) -> Response:
-    return Response(own_exposition(state).encode(), content_type=CONTENT_TYPE_LATEST)
+async def _metric_families(state: ServerState, request: Request) -> Response:
+    # The standard library's JSON: a gauge may be NaN or infinite, which orjson would write as null.
+    return Response(json.dumps(metric_families(state.metrics.registry)).encode())
 
 
 async def answer_peers(state: ServerState) -> asyncio.Server:
@@ -50,7 +48,7 @@ async def answer_peers(state: ServerState) -> asyncio.Server:
     importlib.import_module("aiohttp")
     router = Router()
     router.get("/stats", _statistics)
-    router.get("/metrics", _exposition)
+    router.get("/metrics", _metric_families)
     return await Application(state, router, ConnectionTracker()).listen_unix(
         str(state.worker.socket_path(state.worker.index))
     )
@@ -84,8 +82,8 @@ async def pod_statistics(state: ServerState) -> dict[str, Any]:
 
 
 async def pod_metrics(state: ServerState) -> CollectorRegistry:
-    """The pod's metrics: this process's registry, or every worker's merged (``metrics.merge_expositions``)."""
+    """The pod's metrics: this process's registry, or every worker's merged (``metrics.merge_metrics``)."""
     if state.worker is None:
         return state.metrics.registry
     peers = await asyncio.gather(*(_ask_peer(state, i, "/metrics", "metrics") for i in state.worker.peers))
-    return merge_expositions([own_exposition(state), *(peer.decode() for peer in peers)])
+    return merge_metrics([metric_families(state.metrics.registry), *(json.loads(peer) for peer in peers)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 
 import aiohttp
 import pytest
@@ -108,7 +109,7 @@ LE = ("0.0025", "0.005", "0.01", "+Inf")
 def test_workers_metrics_merge_into_the_pods():
     """Each worker keeps its own values; the pod's are their sum, except the gauges that say otherwise: ready when
     every worker is, loaded when the slowest has."""
-    from kubeserve.runtime.metrics import ServerMetrics, merge_expositions
+    from kubeserve.runtime.metrics import ServerMetrics, merge_metrics, metric_families
     from prometheus_client import generate_latest
 
     workers = [ServerMetrics("m", "1") for _ in range(3)]
@@ -120,7 +121,7 @@ def test_workers_metrics_merge_into_the_pods():
         metrics.model_ready.set(0 if index == 2 else 1)
         metrics.model_load_seconds.set(1.5 + index)
         metrics.in_flight.set_function(lambda index=index: index)
-    merged = merge_expositions([generate_latest(metrics.registry).decode() for metrics in workers])
+    merged = merge_metrics([json.loads(json.dumps(metric_families(metrics.registry))) for metrics in workers])
     text = generate_latest(merged).decode()
     assert generate_latest(merged).decode() == text  # collected again, the same
 
@@ -146,6 +147,11 @@ def test_workers_metrics_merge_into_the_pods():
     assert value("kubeserve_model_load_seconds") == 3.5
     assert "# TYPE kubeserve_requests_total counter" in text
     assert "# TYPE kubeserve_request_duration_seconds histogram" in text
+
+    # As the workers send them (server/peers.py): JSON that keeps a gauge's infinity (or NaN) a number.
+    workers[0].model_load_seconds.set(math.inf)
+    merged = merge_metrics([json.loads(json.dumps(metric_families(metrics.registry))) for metrics in workers])
+    assert 'kubeserve_model_load_seconds{model="m",version="1"} +Inf' in generate_latest(merged).decode()
 
 
 @pytest.mark.parametrize("buckets", [LATENCY_BUCKETS, BATCH_SIZE_BUCKETS], ids=["latency", "batch size"])
