@@ -376,7 +376,11 @@ class Gate:
         self._open.set()
 
     def close(self) -> None:
+        """Hold compute from now on; ``wait_entered`` counts the batches that reach the model from now on (not those
+        that went through while it was open)."""
         self._open.clear()
+        while self.entered.acquire(blocking=False):
+            pass
 
     def open(self) -> None:
         self._open.set()
