@@ -120,7 +120,7 @@ async def test_an_interval_measured_on_real_pods_counts_what_the_clients_saw(pod
         # Traffic before the interval is not the interval's.
         for server in pods:
             assert (await session.post(f"{server.url}/v2/models/tiny/infer", data=_body(1))).status == 200
-        start = await scrape([*urls, gone], session=session)
+        start = await scrape([*urls, gone], session=session, within=30)  # however busy the machine
 
         async def call(server: Server, body: str) -> None:
             async with session.post(f"{server.url}/v2/models/tiny/infer", data=body) as response:
@@ -131,7 +131,7 @@ async def test_an_interval_measured_on_real_pods_counts_what_the_clients_saw(pod
         await asyncio.gather(*(call(pods[0], _body(2)) for _ in range(20)))
         await asyncio.gather(*(call(pods[0], "{broken") for _ in range(3)))
         await asyncio.gather(*(call(pods[1], _body(32)) for _ in range(40)))
-        end = await scrape([*urls, gone], session=session, within=5)
+        end = await scrape([*urls, gone], session=session, within=30)
 
     assert start[gone].counters is None and "ClientConnectorError" in (start[gone].error or "")
     result = measure(start, end)

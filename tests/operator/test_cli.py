@@ -214,15 +214,20 @@ async def test_run_reconciles_with_peering_serves_liveness_and_stops_cleanly_on_
             session.get(f"http://127.0.0.1:{health_port}/healthz") as response,
         ):
             assert response.status == 200
-        # Its own metrics: the reconcile of mlp counted, in Prometheus' text format.
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response,
-        ):
-            assert response.status == 200
-            exposition = await response.text()
-        families = {family.name: family for family in text_string_to_metric_families(exposition)}
-        reconciles = {s.labels["result"]: s.value for s in families["kubeserve_operator_reconciles"].samples}
+        # Its own metrics: the reconcile of mlp counted, in Prometheus' text format. (Counted once the operator has
+        # the answer to its apply, which may be a moment after the test sees the Deployment.)
+        for _ in range(600):
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response,
+            ):
+                assert response.status == 200
+                exposition = await response.text()
+            families = {family.name: family for family in text_string_to_metric_families(exposition)}
+            reconciles = {s.labels["result"]: s.value for s in families["kubeserve_operator_reconciles"].samples}
+            if reconciles.get("ok", 0) >= 1:
+                break
+            await asyncio.sleep(0.05)
         assert reconciles.get("ok", 0) >= 1
         phases = [s for s in families["kubeserve_operator_rollout_phase"].samples if s.value == 1]
         assert [(s.labels["inferenceservice"], s.labels["phase"]) for s in phases] == [("mlp", "Progressing")]

@@ -86,7 +86,8 @@ def test_a_canary_rollout_under_load_fails_no_request(model):
     weights = [period.weight for period in result.periods]
     assert sorted(set(weights)) == [*(step.weight for step in POLICY.steps), 100], "through every step"
     assert weights == sorted(weights), "steps only go forward"
-    assert not any(a.verdict is Verdict.FAIL for a in result.analyses)
+    # A failed analysis is possible without a fault (on a busy machine a fresh pod's one slow answer can be its p99
+    # over a short interval); fewer than the sample's failureLimit of them leave the rollout going, as above.
     assert any(a.verdict is Verdict.PASS for a in result.analyses), "steps advanced on passing analyses"
 
     # Every old pod got SIGTERM from a decision (the load running), and no canary pod did.

@@ -31,7 +31,8 @@ async def bursts(url: str, count: int, seed: int) -> list[int | str]:
     """``count`` bursts of 1-40 concurrent requests on keep-alive connections, idle gaps between them."""
     rng = random.Random(seed)
     outcomes: list[int | str] = []
-    timeout = aiohttp.ClientTimeout(total=3)  # the window is 2 ms: a request still waiting at 3 s was forgotten
+    # The window is 2 ms: a request still waiting at 30 s was forgotten (a busy machine answers well within it).
+    timeout = aiohttp.ClientTimeout(total=30)
 
     async def call(session: aiohttp.ClientSession) -> None:
         try:
@@ -39,7 +40,7 @@ async def bursts(url: str, count: int, seed: int) -> list[int | str]:
                 await response.read()
                 outcomes.append(response.status)
         except TimeoutError:
-            outcomes.append("no answer within 3 s")
+            outcomes.append("no answer within 30 s")
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=40)) as session:
         for _ in range(count):

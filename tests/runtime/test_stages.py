@@ -160,7 +160,8 @@ async def test_a_cancel_from_elsewhere_goes_through_even_with_the_timeouts():
 
 
 async def test_a_stage_in_two_parts_keeps_to_one_deadline():
-    runner = _runner(preprocess_timeout_seconds=TIMEOUT)
+    timeout = 1.0  # long enough for the (started, idle) thread to take the stage up before it passes, however busy
+    runner = _runner(preprocess_timeout_seconds=timeout)
     seen, release = [], threading.Event()
 
     async def on_loop() -> str:
@@ -170,9 +171,10 @@ async def test_a_stage_in_two_parts_keeps_to_one_deadline():
         seen.append(STAGE_DEADLINE.get())  # what the stage thread runs under, which a handler's pool keeps to
         release.wait(30)
 
+    await runner.run(POSTPROCESS, lambda: None)  # the thread started
     deadline = runner.deadline(PREPROCESS)
     assert await runner.run_on_loop(PREPROCESS, on_loop, deadline=deadline) == "first part"
-    with pytest.raises(GatewayTimeout, match=re.escape(LATE)):
+    with pytest.raises(GatewayTimeout, match=re.escape("longer than preprocess_timeout_seconds (1 s)")):
         await runner.run(PREPROCESS, in_thread, deadline=deadline)
     release.set()
     # The thread part ran under the stage's deadline, not a timeout of its own from when it started.

@@ -193,8 +193,9 @@ def test_workers_above_one_on_a_gpu_are_refused_before_anything_starts():
 
 
 def test_a_worker_whose_event_loop_stops_is_killed_and_takes_the_pod_down(start_runtime):
-    # Real time: the heartbeat's timer and the supervisor's watch, with a short stall allowance.
-    server = start_runtime("mlp", "--workers", str(WORKERS), "--worker-stall-seconds", "1.5").wait_ready(WORKERS)
+    # Real time: the heartbeat's timer and the supervisor's watch, with a short stall allowance (beats come every
+    # second: 3 s leaves a running worker's beat two seconds late before it is taken for stalled).
+    server = start_runtime("mlp", "--workers", str(WORKERS), "--worker-stall-seconds", "3").wait_ready(WORKERS)
     stalled, survivor = server.wait_for_event("workers_started")["pids"]
     os.kill(stalled, signal.SIGSTOP)  # a loop that never runs again, as a deadlock would leave it
     assert server.wait() == 128 + signal.SIGKILL
