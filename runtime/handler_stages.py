@@ -100,7 +100,8 @@ class Handler:
     processes: HandlerProcesses | None = None
     batched: bool = False  # its stages run on a batch's rows, in the batch's compute (``batched = True``)
     on_loop: frozenset[str] = frozenset()  # its stages written ``async def``, awaited on the event loop
-    # For those: the instance whose ``async def`` stages they are, and what each stage must make (``expected``).
+    # The instance in this process (None: in a pool's processes), whose ``async def`` stages ``stage_on_loop`` awaits,
+    # and what each stage must make.
     instance: object = None
     expected: Expected | None = None
 
@@ -196,9 +197,7 @@ def load_handler(name: str, settings: RuntimeSettings, inner: ModelSignature) ->
         return Handler(name, served, preprocesses, postprocesses, processes.call, processes)
     instance = instantiate(handler_class, name, context)
     run = partial(run_batched_stage if batched else run_stage, instance, expected=expected)
-    if on_loop:
-        return Handler(name, served, preprocesses, postprocesses, run, None, batched, on_loop, instance, expected)
-    return Handler(name, served, preprocesses, postprocesses, run, None, batched)
+    return Handler(name, served, preprocesses, postprocesses, run, None, batched, on_loop, instance, expected)
 
 
 @dataclass(eq=False, slots=True)
