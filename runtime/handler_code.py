@@ -19,6 +19,7 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -32,8 +33,34 @@ from kubeserve.runtime.signature import TensorSpec
 log = logging.getLogger("kubeserve.runtime.handler")
 
 Tensors = dict[str, np.ndarray]
-# What each stage must return (its tensors), and what they are called in errors, by stage (the method's name).
-Expected = Mapping[str, tuple[tuple[TensorSpec, ...], str]]
+
+
+@dataclass(frozen=True, slots=True)
+class StageOutput:
+    """What a stage must return: its tensors, and what they are called in errors."""
+
+    specs: tuple[TensorSpec, ...]
+    what: str
+    # Made once from the specs, for the check on every request's path (``checked_stage_output``): their names, and
+    # each as (name, dtype, number of dimensions, every dimension after the first), where every spec is numeric
+    # with a dynamic first dimension and fixed others (a model that batches, mostly); None: the full check alone.
+    names: frozenset[str] = field(init=False)
+    quick: tuple[tuple[str, np.dtype, int, tuple[int, ...]], ...] | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        quick = tuple(
+            (spec.name, np.dtype(spec.datatype.numpy), len(spec.shape), spec.shape[1:]) for spec in self.specs
+        )
+        if not all(
+            spec.shape[:1] == (-1,) and -1 not in spec.shape[1:] and not spec.datatype.is_bytes for spec in self.specs
+        ):
+            quick = None
+        object.__setattr__(self, "names", frozenset(spec.name for spec in self.specs))  # the dataclass is frozen
+        object.__setattr__(self, "quick", quick)
+
+
+# What each stage must return, by stage (the method's name).
+Expected = Mapping[str, StageOutput]
 # A pool's process and the server: what the process says of a call (or, first, of its load).
 READY, ANSWER, INVALID, FAILED = "ready", "answer", "invalid", "failed"
 # How often a pool's process looks whether the server process that started it is still there.
@@ -123,7 +150,23 @@ def checked_stage_output(stage: str, made: object, expected: Expected) -> Tensor
     """What the handler's ``stage`` made, checked against what it must make (a TypeError or ValueError says how it is
     wrong); BYTES as NumPy strings made object arrays. On every request's path: what passes as it came is returned as
     it is."""
-    specs, what = expected[stage]
+    output = expected[stage]
+    quick = output.quick
+    if quick is not None and type(made) is dict and made.keys() == output.names:
+        # What most stages return, in a few comparisons: each tensor a NumPy array of the datatype (NumPy's dtypes
+        # are singletons, mostly) and shape. Anything else has the full check, which says what is wrong.
+        for name, dtype, dimensions, after_first in quick:
+            array = made[name]
+            if (
+                type(array) is not np.ndarray
+                or array.dtype is not dtype
+                or array.ndim != dimensions
+                or array.shape[1:] != after_first
+            ):
+                break
+        else:
+            return made
+    specs, what = output.specs, output.what
     if not isinstance(made, dict):
         if inspect.iscoroutine(made):
             made.close()  # never to be awaited: no "never awaited" warning besides this error

@@ -41,7 +41,7 @@ import queue
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
@@ -58,6 +58,7 @@ from kubeserve.runtime.handler_code import (
     READY,
     Expected,
     HandlerError,
+    StageOutput,
     Tensors,
     checked_stage_output,
     declared,
@@ -100,8 +101,8 @@ class Handler:
     processes: HandlerProcesses | None = None
     batched: bool = False  # its stages run on a batch's rows, in the batch's compute (``batched = True``)
     on_loop: frozenset[str] = frozenset()  # its stages written ``async def``, awaited on the event loop
-    # The instance in this process (None: in a pool's processes), whose ``async def`` stages ``stage_on_loop`` awaits,
-    # and what each stage must make.
+    # The instance in this process (None: in a pool's processes), whose ``async def`` stages the server awaits
+    # (``stage_on_loop``), and what each stage must make.
     instance: object = None
     expected: Expected | None = None
 
@@ -111,22 +112,31 @@ class Handler:
     def postprocess(self, outputs: Tensors) -> Tensors:
         return self._stage(POSTPROCESS, outputs)
 
-    async def stage_on_loop(self, stage: str, tensors: Tensors) -> Tensors:
-        """A stage of ``on_loop`` on one request's tensors; its errors as a stage in a thread has them. Cancelling
-        (the stage's timeout, or its client gone) goes through as it is."""
+    def stage_on_loop(self, stage: str) -> Callable[[Tensors], Awaitable[object]]:
+        """The instance's ``async def`` ``stage`` (one of ``on_loop``): what the server awaits on its loop, under the
+        stage's timeout; what it makes goes through ``on_loop_output``, what it raises through ``on_loop_failure``."""
+        return getattr(self.instance, stage)
+
+    def on_loop_output(self, stage: str, made: object) -> Tensors:
+        """What a stage of ``on_loop`` made, checked, as a stage in a thread has it checked."""
         assert self.expected is not None
         try:
-            return checked_stage_output(stage, await getattr(self.instance, stage)(tensors), self.expected)
-        except InvalidInput as error:
-            raise BadRequest(str(error)) from None
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is None or task.cancelling():  # this request was cancelled: its timeout, or its client gone
-                raise
-            failure = traceback.format_exc()  # the handler's own (something it awaited was cancelled)
-        except (Exception, SystemExit):  # whatever the user's code raises, a broken contract included
+            return checked_stage_output(stage, made, self.expected)
+        except (TypeError, ValueError):
             failure = traceback.format_exc()
         raise self._failed(stage, failure)
+
+    def on_loop_failure(self, stage: str, error: BaseException) -> BaseException:
+        """What the request raises for ``error``, raised by a stage of ``on_loop`` (called where it is caught): a 400
+        for ``InvalidInput``, a cancel of the request (its stage's timeout, or its client gone) as it is, and a 500
+        for anything else the user's code raises."""
+        if isinstance(error, InvalidInput):
+            return BadRequest(str(error))
+        if isinstance(error, asyncio.CancelledError):
+            task = asyncio.current_task()
+            if task is None or task.cancelling():  # this request was cancelled: its timeout, or its client gone
+                return error
+        return self._failed(stage, traceback.format_exc())  # a cancel of the handler's own (what it awaited) too
 
     def _stage(self, stage: str, tensors: Tensors) -> Tensors:
         try:
@@ -188,7 +198,10 @@ def load_handler(name: str, settings: RuntimeSettings, inner: ModelSignature) ->
             "the model has no dynamic first dimension)"
         )
     served = ModelSignature(inputs=inputs or inner.inputs, outputs=outputs or inner.outputs)
-    expected = {PREPROCESS: (inner.inputs, "the model's inputs"), POSTPROCESS: (served.outputs, "the outputs served")}
+    expected = {
+        PREPROCESS: StageOutput(inner.inputs, "the model's inputs"),
+        POSTPROCESS: StageOutput(served.outputs, "the outputs served"),
+    }
     context = HandlerContext(
         inner, settings.model_name, settings.model_version, settings.model_path, settings.handler_path
     )

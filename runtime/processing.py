@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -56,9 +55,10 @@ class Processing:
     handler: Handler | None = None
     # What follows is made once here from the above, being on every request's path.
     # The handler's ``async def`` preprocess and postprocess, awaited on the event loop before the rest of their
-    # stage; None: none.
-    preprocess_on_loop: Callable[[Tensors], Awaitable[Tensors]] | None = field(init=False, default=None)
-    postprocess_on_loop: Callable[[Tensors], Awaitable[Tensors]] | None = field(init=False, default=None)
+    # stage (what they make and raise go through the handler: ``Handler.on_loop_output``, ``on_loop_failure``); None:
+    # none.
+    preprocess_on_loop: Callable[[Tensors], Awaitable[object]] | None = field(init=False, default=None)
+    postprocess_on_loop: Callable[[Tensors], Awaitable[object]] | None = field(init=False, default=None)
     # Requests have a preprocess stage; and it has work in a stage thread (``preprocess``): images, or the handler's
     # plain preprocess.
     preprocesses: bool = field(init=False, default=False)
@@ -73,7 +73,7 @@ class Processing:
     def __post_init__(self) -> None:
         handler = self.handler
         on_loop = {
-            stage: partial(handler.stage_on_loop, stage) if handler is not None and stage in handler.on_loop else None
+            stage: handler.stage_on_loop(stage) if handler is not None and stage in handler.on_loop else None
             for stage in (PREPROCESS, POSTPROCESS)
         }
         handler_preprocess = self._handler_stage(PREPROCESS)

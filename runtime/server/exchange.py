@@ -30,7 +30,8 @@ from kubeserve.runtime.admission import Rejected, Rejection
 from kubeserve.runtime.batcher import DynamicBatcher, Job, Outputs
 from kubeserve.runtime.config import HTTP
 from kubeserve.runtime.metrics import POSTPROCESS, PREPROCESS, STAGES
-from kubeserve.runtime.protocol.errors import InferenceError, NotFound, Unavailable
+from kubeserve.runtime.processing import Processing
+from kubeserve.runtime.protocol.errors import GatewayTimeout, InferenceError, NotFound, Unavailable
 from kubeserve.runtime.server.codings import accepted_coding, inflate
 from kubeserve.runtime.server.messages import Request, Response
 from kubeserve.runtime.server.state import LoadedModel, ServerState
@@ -134,7 +135,7 @@ class Exchange:
         self._state.arriving += 1  # it may yet share a batch: no request computes alone meanwhile
         try:
             feeds = await self._stage(
-                PREPROCESS, started, processing.preprocess_on_loop, processing.preprocesses_in_thread,
+                PREPROCESS, started, processing, processing.preprocess_on_loop, processing.preprocesses_in_thread,
                 processing.preprocess, feeds,
             )  # fmt: skip
         finally:
@@ -147,8 +148,8 @@ class Exchange:
         processing = loaded.model.processing
         started = time.perf_counter()
         outputs = await self._stage(
-            POSTPROCESS, started, processing.postprocess_on_loop, processing.postprocesses_in_thread(classifications),
-            processing.postprocess, outputs, classifications,
+            POSTPROCESS, started, processing, processing.postprocess_on_loop,
+            processing.postprocesses_in_thread(classifications), processing.postprocess, outputs, classifications,
         )  # fmt: skip
         self.postprocessed = (started, time.perf_counter())
         return outputs
@@ -157,22 +158,37 @@ class Exchange:
         self,
         name: str,
         started: float,
-        on_loop: Callable[[T], Awaitable[T]] | None,
+        processing: Processing,
+        on_loop: Callable[[T], Awaitable[object]] | None,
         in_thread: bool,
         function: Callable[..., T],
         tensors: T,
         *args: Any,
     ) -> T:
         """The stage ``name`` (``PREPROCESS``, ``POSTPROCESS``) from ``started``, in its two parts, both by one
-        deadline (504 past it: ``StageRunner.deadline``): ``await on_loop(tensors)`` (a handler's ``async def``) on
-        the event loop, then (``in_thread``) ``function(tensors, *args)``, which blocks, off it."""
+        deadline (504 past it: ``StageRunner.deadline``): ``await on_loop(tensors)`` (a handler's ``async def``, what
+        it makes and raises judged by the handler) on the event loop, then (``in_thread``) ``function(tensors,
+        *args)``, which blocks, off it. The handler's call is awaited here, not in a coroutine of its own: on every
+        request's path, each frame costs."""
         stages = self._state.stages
-        deadline = stages.deadline(name)
+        # Both parts by one deadline; a stage of one part takes its own from now, as this would.
+        deadline = stages.deadline(name) if on_loop is not None and in_thread else None
         trace = self._request.trace
         if on_loop is not None:
+            handler = processing.handler
+            assert handler is not None
             if trace is not None:
                 on_loop = trace.in_stage_on_loop(name, started, on_loop)
-            tensors = await stages.run_on_loop(name, on_loop, tensors, deadline=deadline)
+            try:
+                made = await stages.run_on_loop(name, on_loop, tensors, deadline=deadline)
+            except GatewayTimeout:  # the stage's timeout: its own 504
+                raise
+            except (Exception, SystemExit, asyncio.CancelledError) as error:  # the user's code's, and cancels
+                failure = handler.on_loop_failure(name, error)
+                if failure is error:
+                    raise
+                raise failure from None
+            tensors = handler.on_loop_output(name, made)  # type: ignore[assignment]  (checked: the stage's tensors)
         if in_thread:
             if trace is not None:
                 function = trace.in_stage(name, started, function)

@@ -21,7 +21,7 @@ import pytest
 import tritonclient.http as triton
 from kubeserve.runtime.config import ConfigError, RuntimeSettings, load_settings
 from kubeserve.runtime.datatypes import DATATYPES
-from kubeserve.runtime.handler_code import run_stage
+from kubeserve.runtime.handler_code import StageOutput, checked_stage_output, run_stage
 from kubeserve.runtime.handler_stages import STAGE_DEADLINE
 from kubeserve.runtime.model import ModelLoadError, OnnxModel
 from kubeserve.runtime.protocol.errors import GatewayTimeout, InternalError
@@ -208,7 +208,7 @@ def test_a_bytes_output_of_anything_but_strings_breaks_the_contract():
         def postprocess(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             return {"topic": outputs["topic"]}
 
-    expected = {"postprocess": ((TensorSpec("topic", DATATYPES["BYTES"], (-1,)),), "the outputs served")}
+    expected = {"postprocess": StageOutput((TensorSpec("topic", DATATYPES["BYTES"], (-1,)),), "the outputs served")}
     for good in (np.array([b"a", "b"], dtype=object), np.array(["a", "b"]), np.array([b"a", b"b"])):
         assert list(run_stage(Topics(), "postprocess", {"topic": good}, expected)["topic"]) == list(good)
     for bad in (np.array([b"a", 7], dtype=object), np.array([b"a", None], dtype=object)):
@@ -216,6 +216,54 @@ def test_a_bytes_output_of_anything_but_strings_breaks_the_contract():
             run_stage(Topics(), "postprocess", {"topic": bad}, expected)
     with pytest.raises(TypeError, match="made 'topic' a NoneType, not a NumPy array"):
         run_stage(Topics(), "postprocess", {"topic": None}, expected)
+
+
+class _Float32Subclass(np.ndarray):
+    """An array of a subclass of NumPy's: as good as one of NumPy's own."""
+
+
+def test_what_a_stage_returns_is_checked_alike_on_either_path():
+    """The check on every request's path takes what most stages return (NumPy arrays of the datatype, the rows first,
+    the other dimensions fixed) in a few comparisons; anything else goes through the full check, which takes what it
+    may and says what is wrong with the rest."""
+    specs = (TensorSpec("x", DATATYPES["FP32"], (-1, 3)), TensorSpec("y", DATATYPES["INT64"], (-1,)))
+    expected = {"preprocess": StageOutput(specs, "the model's inputs")}
+    assert expected["preprocess"].quick is not None  # the quick check applies
+
+    def check(**made: object) -> object:
+        return checked_stage_output("preprocess", made, expected)
+
+    y = np.arange(2, dtype=np.int64)
+    good = {"x": np.zeros((2, 3), np.float32), "y": y}
+    assert checked_stage_output("preprocess", good, expected) is good  # as it came
+    assert check(x=np.zeros((0, 3), np.float32), y=y[:0])["x"].shape == (0, 3)  # no rows
+    # Taken by the full check alone: a subclass, and a dtype equal to the datatype's but not NumPy's own object.
+    assert type(check(x=np.zeros((2, 3), np.float32).view(_Float32Subclass), y=y)["x"]) is _Float32Subclass
+    assert check(x=np.zeros((2, 3), np.dtype("=f4", metadata={"a": 1})), y=y)["x"].dtype == np.float32
+    for made, error, message in (
+        ({"x": good["x"]}, ValueError, "returned ['x']; the model's inputs are ['x', 'y']"),
+        ({**good, "z": y}, ValueError, "returned ['x', 'y', 'z']; the model's inputs are ['x', 'y']"),
+        ({"x": good["x"].astype(np.float64), "y": y}, TypeError, "made 'x' of dtype float64; it is FP32"),
+        ({"x": good["x"].astype(">f4"), "y": y}, TypeError, "made 'x' of dtype >f4; it is FP32"),
+        (
+            {"x": np.zeros((2, 4), np.float32), "y": y},
+            ValueError,
+            "made 'x' of shape [2, 4], which does not fit [-1, 3]",
+        ),
+        ({"x": np.zeros((3,), np.float32), "y": y}, ValueError, "made 'x' of shape [3], which does not fit [-1, 3]"),
+        ({"x": [[0.0] * 3], "y": y}, TypeError, "made 'x' a list, not a NumPy array"),
+    ):
+        with pytest.raises(error, match=re.escape(message)):
+            checked_stage_output("preprocess", made, expected)
+    with pytest.raises(TypeError, match="returned list, not a dict of NumPy arrays"):
+        checked_stage_output("preprocess", [good], expected)
+    # Where a tensor has a fixed first dimension, a dynamic one after it, or is BYTES, the full check alone runs.
+    for spec in (
+        TensorSpec("x", DATATYPES["FP32"], (2, 3)),
+        TensorSpec("x", DATATYPES["FP32"], (-1, -1)),
+        TensorSpec("x", DATATYPES["BYTES"], (-1,)),
+    ):
+        assert StageOutput((spec,), "the model's inputs").quick is None
 
 
 # -- a handler that hangs: 504 naming the stage, and the others are answered ----------------------------------------
@@ -275,6 +323,7 @@ async def test_async_stages_are_awaited_on_the_loop_timed_and_bounded(serve_in_p
 
     assert_error(await post(server, texts_request("a zebra")), 400, "text 0 has no word of the vocabulary")
     assert_error(await post(server, texts_request("cat boom")), 500, FAILED)
+    assert_error(await post(server, texts_request("cat float64")), 500, FAILED)  # what it made is checked too
     # Its own CancelledError (nobody cancelled the request) is the handler's failure too, answered.
     assert_error(await post(server, texts_request("cat cancelled")), 500, FAILED)
 
@@ -288,6 +337,32 @@ async def test_async_stages_are_awaited_on_the_loop_timed_and_bounded(serve_in_p
     assert_error(await held, 504, "the preprocess stage took longer than preprocess_timeout_seconds (0.5 s)")
     assert time.monotonic() - started >= 0.5
     assert outputs(await post(server, texts_request("fish")))["topic"]["shape"] == [1]
+
+
+async def test_an_async_stage_whose_request_is_cancelled_is_no_failure_of_the_handler(models, caplog):
+    """A cancel of the request (its client gone, the server stopping) while an ``async def`` stage awaits goes through
+    as it is, logged as nothing of the handler's; the handler's own CancelledError is its failure (tested above)."""
+    settings = RuntimeSettings(
+        model_path=models["mlp"], model_name="mlp", handler="words_handler:WordsOnLoop", handler_path=HANDLERS
+    )
+    handler = OnnxModel.load(models["mlp"], settings).processing.handler
+    assert handler is not None
+    awaiting = asyncio.Event()
+
+    async def request() -> bool:
+        try:
+            awaiting.set()
+            await asyncio.Event().wait()
+        except asyncio.CancelledError as cancelled:
+            return handler.on_loop_failure("preprocess", cancelled) is cancelled
+        return False
+
+    with caplog.at_level(logging.ERROR):
+        task = asyncio.create_task(request())
+        await awaiting.wait()
+        task.cancel()
+        assert await task
+    assert not [r for r in caplog.records if getattr(r, "event", None) == "handler_failed"]
 
 
 async def test_a_stage_answered_while_it_waited_for_a_thread_never_runs(monkeypatch):
