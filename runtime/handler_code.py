@@ -48,8 +48,9 @@ class StageOutput:
     quick: tuple[tuple[str, np.dtype, int, tuple[int, ...]], ...] | None = field(init=False)
 
     def __post_init__(self) -> None:
+        # NumPy's own dtype for each (by its string: one unpickled in a pool's process is an equal copy, not it).
         quick = tuple(
-            (spec.name, np.dtype(spec.datatype.numpy), len(spec.shape), spec.shape[1:]) for spec in self.specs
+            (spec.name, np.dtype(spec.datatype.numpy.str), len(spec.shape), spec.shape[1:]) for spec in self.specs
         )
         if not all(
             spec.shape[:1] == (-1,) and -1 not in spec.shape[1:] and not spec.datatype.is_bytes for spec in self.specs
@@ -57,6 +58,10 @@ class StageOutput:
             quick = None
         object.__setattr__(self, "names", frozenset(spec.name for spec in self.specs))  # the dataclass is frozen
         object.__setattr__(self, "quick", quick)
+
+    def __reduce__(self) -> tuple[type[StageOutput], tuple[tuple[TensorSpec, ...], str]]:
+        """Pickled (to a pool's processes) as what it is made from: made again there, NumPy's dtypes its own."""
+        return StageOutput, (self.specs, self.what)
 
 
 # What each stage must return, by stage (the method's name).

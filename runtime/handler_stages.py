@@ -122,21 +122,22 @@ class Handler:
         assert self.expected is not None
         try:
             return checked_stage_output(stage, made, self.expected)
-        except (TypeError, ValueError):
+        except (Exception, SystemExit):  # a broken contract, or what an odd object it returned raised when looked at
             failure = traceback.format_exc()
         raise self._failed(stage, failure)
 
     def on_loop_failure(self, stage: str, error: BaseException) -> BaseException:
-        """What the request raises for ``error``, raised by a stage of ``on_loop`` (called where it is caught): a 400
-        for ``InvalidInput``, a cancel of the request (its stage's timeout, or its client gone) as it is, and a 500
-        for anything else the user's code raises."""
+        """What the request raises for ``error``, raised by a stage of ``on_loop`` (the stage's timeout is the 504 of
+        ``StageRunner.run_on_loop``, not this): a 400 for ``InvalidInput``, a cancel of the request (its client gone,
+        the server stopping) as it is, and a 500 for anything else the user's code raises."""
         if isinstance(error, InvalidInput):
             return BadRequest(str(error))
         if isinstance(error, asyncio.CancelledError):
             task = asyncio.current_task()
-            if task is None or task.cancelling():  # this request was cancelled: its timeout, or its client gone
+            if task is None or task.cancelling():  # this request was cancelled
                 return error
-        return self._failed(stage, traceback.format_exc())  # a cancel of the handler's own (what it awaited) too
+        # A cancel of the handler's own (of something it awaited) too.
+        return self._failed(stage, "".join(traceback.format_exception(error)))
 
     def _stage(self, stage: str, tensors: Tensors) -> Tensors:
         try:

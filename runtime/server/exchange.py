@@ -181,7 +181,7 @@ class Exchange:
                 on_loop = trace.in_stage_on_loop(name, started, on_loop)
             try:
                 made = await stages.run_on_loop(name, on_loop, tensors, deadline=deadline)
-            except GatewayTimeout:  # the stage's timeout: its own 504
+            except GatewayTimeout:  # the stage's timeout (or one the handler raised, as in a thread): a 504
                 raise
             except (Exception, SystemExit, asyncio.CancelledError) as error:  # the user's code's, and cancels
                 failure = handler.on_loop_failure(name, error)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import pickle
 import re
 import sys
 import threading
@@ -257,6 +258,8 @@ def test_what_a_stage_returns_is_checked_alike_on_either_path():
             checked_stage_output("preprocess", made, expected)
     with pytest.raises(TypeError, match="returned list, not a dict of NumPy arrays"):
         checked_stage_output("preprocess", [good], expected)
+    # Made again where it is unpickled (a pool's processes): the quick check compares with NumPy's own dtypes there too.
+    assert pickle.loads(pickle.dumps(expected["preprocess"])).quick[0][1] is np.dtype(np.float32)
     # Where a tensor has a fixed first dimension, a dynamic one after it, or is BYTES, the full check alone runs.
     for spec in (
         TensorSpec("x", DATATYPES["FP32"], (2, 3)),
@@ -339,9 +342,18 @@ async def test_async_stages_are_awaited_on_the_loop_timed_and_bounded(serve_in_p
     assert outputs(await post(server, texts_request("fish")))["topic"]["shape"] == [1]
 
 
-async def test_an_async_stage_whose_request_is_cancelled_is_no_failure_of_the_handler(models, caplog):
-    """A cancel of the request (its client gone, the server stopping) while an ``async def`` stage awaits goes through
-    as it is, logged as nothing of the handler's; the handler's own CancelledError is its failure (tested above)."""
+class _Unreadable(dict):
+    """What a handler's stage may return: a dict that raises when it is read."""
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        raise KeyError(key)
+
+
+async def test_how_the_handler_judges_what_an_async_stage_raised_or_made(models, caplog):
+    """The handler's judgement of an ``async def`` stage's outcome, which the server asks for where it awaits the
+    stage: a cancel of the request (its client gone, the server stopping) goes through as it is, logged as nothing of
+    the handler's (the handler's own CancelledError is its failure: tested above, on a real server); and whatever
+    looking at what it made raises is its failure."""
     settings = RuntimeSettings(
         model_path=models["mlp"], model_name="mlp", handler="words_handler:WordsOnLoop", handler_path=HANDLERS
     )
@@ -363,6 +375,11 @@ async def test_an_async_stage_whose_request_is_cancelled_is_no_failure_of_the_ha
         task.cancel()
         assert await task
     assert not [r for r in caplog.records if getattr(r, "event", None) == "handler_failed"]
+
+    with caplog.at_level(logging.ERROR), pytest.raises(InternalError, match="the handler's postprocess failed"):
+        handler.on_loop_output("postprocess", _Unreadable(topic=None, probability=None))
+    (record,) = [r for r in caplog.records if getattr(r, "event", None) == "handler_failed"]
+    assert "KeyError: 'topic'" in record.error
 
 
 async def test_a_stage_answered_while_it_waited_for_a_thread_never_runs(monkeypatch):
