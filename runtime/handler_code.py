@@ -181,7 +181,7 @@ def checked_stage_output(stage: str, made: object, expected: Expected) -> Tensor
                 "itself (a wrapper that returns a coroutine is not recognised as one)"
             )
         raise TypeError(f"the handler's {stage} returned {type(made).__name__}, not a dict of NumPy arrays")
-    if len(made) != len(specs) or any(spec.name not in made for spec in specs):
+    if made.keys() != output.names:
         raise ValueError(
             f"the handler's {stage} returned {sorted(map(str, made))}; {what} are {[spec.name for spec in specs]}"
         )
