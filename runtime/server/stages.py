@@ -19,13 +19,17 @@ per thread would refuse an ordinary 32 clients on a pod of two cores. (So a proc
 ``max_queue_size`` requests' tensors: as many waiting for a stage thread as for a batch.) A thread keeps nothing of a
 stage once it has handed back its outcome.
 
-The hand-off is kept lean, since a Python handler's stages are on every request's path: a stage goes into
-one queue that the threads take from, and its result comes back with one ``call_soon_threadsafe``; under load a thread
-takes the next stage without waiting and the loop wakes once for several results. The timeouts cost no timer per
-stage: one timer (``_sweep``, every ``SWEEP_SECONDS`` while stages run) answers those past theirs. (A stage that does
-nothing, 32 at a time on the bench machine: 5 to 7 µs of CPU each; one at a time 30 to 75 µs, the threads' wake-ups.)
-A handler's stage written ``async def`` needs no thread: it is awaited on the loop (``run_on_loop``) under the same
-timeout, and costs what the call costs.
+The hand-off is kept lean, since a Python handler's stages are on every request's path, and on a few shared cores each
+wake-up of a thread (and each time it then waits for the GIL while the loop runs) costs more than a stage that does
+little. So the stages started in one turn of the event loop are handed over together, by one callback that the first of
+them schedules (``_hand_over``): they join one queue, and one thread is woken to take them, one after another (none,
+when a thread is taking stages from the queue already: it takes these too). A thread that takes a stage while others
+wait behind it first calls one more thread, unless a call is outstanding (``_helper_called``), so a slow stage never
+holds up the rest while a thread is free; for cheap stages the one called finds little left. Each outcome is handed back
+as soon as it is made, and the loop is woken once for all those made before it settles them (``_settle_all``: one
+``call_soon_threadsafe``). The timeouts cost no timer per stage: one timer (``_sweep``, every ``SWEEP_SECONDS`` while
+stages run) answers those past theirs. A handler's stage written ``async def`` needs no thread: it is awaited on the
+loop (``run_on_loop``) under the same timeout, and costs what the call costs.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import asyncio
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -74,11 +79,11 @@ class _Stage:
             job[0].set_exception(GatewayTimeout(self.late))
 
 
-# None stops a thread.
-_Work = _Stage | None
 # How often the stages are checked against their timeouts (how late past it a 504 may come): one timer for them all,
 # since one per stage would cost more than a cheap stage does.
 SWEEP_SECONDS = 0.05
+# An outcome for its request: the stage's result, or what it raised.
+_Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
 
 
 class StageRunner:
@@ -89,7 +94,15 @@ class StageRunner:
             self._timeouts[stage] = (seconds, f"the {stage} stage took longer than {setting} ({seconds:g} s)")
         self._count = processing_threads(settings.processing_threads, settings.workers)
         self._threads: list[threading.Thread] = []
-        self._work: queue.SimpleQueue[_Work] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one the stages' requests await on
+        self._starting: list[_Stage] = []  # stages started in this turn of the loop, handed over at its end
+        self._queued: deque[_Stage] = deque()  # stages for the threads to take, in order
+        # Wakes a thread to take stages (True), or stops one (None).
+        self._wake: queue.SimpleQueue[bool | None] = queue.SimpleQueue()
+        self._helper_called = False  # a thread has been called to help with the queued stages, and none has woken since
+        self._closed = False
+        self._outcomes: deque[_Outcome] = deque()  # made by the threads, for the loop to settle
+        self._settle_called = False  # the loop has been asked to settle them, and has not yet
         # Stages whose requests await them (waiting for a thread, or running); counted on the loop.
         self.pending = 0
         # The stages whose requests await them, and the timer that sweeps them for timeouts (``_sweep``): those for
@@ -108,12 +121,15 @@ class StageRunner:
     async def run(self, stage: str, function: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
         """``function(*args)`` in a stage thread; a 504 naming ``stage`` past its timeout (by ``deadline``, else from
         now), a 503 when too many stages wait for a thread."""
+        if self._closed:  # the server is stopping: no thread will take it
+            raise unavailable(Rejected(Rejection.DRAINING))
         if self.pending >= self._most_pending:
             waiting = self.pending - self._count
             raise unavailable(Rejected(Rejection.QUEUE_FULL, f"{waiting} stages waiting for {self._count} threads"))
         if deadline is None:
             deadline = self.deadline(stage)
-        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        loop = self._loop = asyncio.get_running_loop()
+        done: asyncio.Future[T] = loop.create_future()
         if not self._threads:
             self._start()
         work = _Stage(done, function, args, deadline, self._timeouts[stage][1])
@@ -121,7 +137,9 @@ class StageRunner:
         if self._sweeper is None:
             self._sweep_soon()
         self.pending += 1
-        self._work.put(work)
+        if not self._starting:
+            loop.call_soon(self._hand_over)
+        self._starting.append(work)
         try:
             return await done
         finally:  # the stage's outcome, its 504, or its client gone
@@ -179,45 +197,86 @@ class StageRunner:
             self._threads.append(thread)
             thread.start()
 
+    def _hand_over(self) -> None:
+        """In the loop's next turn: the stages started in this one join the queue, and a thread is woken for them
+        unless one is taking stages from it already (it takes these too, since it stops only when it finds the queue
+        empty). Whether one is, is judged after they joined: judged before, a thread could find the queue empty and
+        stop between the two, leaving them to no one."""
+        starting, self._starting = self._starting, []
+        if self._closed or not starting:
+            return
+        queued = self._queued
+        queued.extend(starting)
+        if len(queued) <= len(starting):  # nothing queued before them is left: no thread may be taking from it
+            self._wake.put(True)
+
     def _serve(self) -> None:
-        """A stage thread: run what comes, until told to stop."""
-        while True:
-            work = self._work.get()
-            if work is None:
-                return
-            job = work.job  # read once: the loop may empty it meanwhile
-            if job is None:  # answered while it waited for a thread (timed out, or its client left)
-                continue
-            done, function, args = job
-            del job
-            if done.done():  # answered just now
-                continue
-            # A handler's pool of processes keeps to it. Not reset after: this thread runs stages alone, each
-            # setting its own.
-            STAGE_DEADLINE.set(work.deadline)
-            try:
-                outcome = (function(*args), None)
-            except BaseException as error:  # whatever it raised, for the request to raise
-                outcome = (None, error)
-            # Not contextlib.suppress: on every stage's path, its context manager costs a microsecond.
-            try:  # noqa: SIM105
-                done.get_loop().call_soon_threadsafe(_settle, done, *outcome)
-            except RuntimeError:  # the loop has closed (the server stopped): nobody waits
-                pass
-            del work, done, function, args, outcome  # nothing of this stage is held while the thread waits
+        """A stage thread: when woken, run the queued stages until none is left, until told to stop."""
+        queued, outcomes = self._queued, self._outcomes
+        while self._wake.get():
+            self._helper_called = False
+            while True:
+                try:
+                    work = queued.popleft()
+                except IndexError:
+                    break
+                if queued and not self._helper_called:  # a slow stage must not hold up those behind it
+                    self._helper_called = True
+                    self._wake.put(True)
+                job, deadline = work.job, work.deadline  # the job read once: the loop may empty it meanwhile
+                del work
+                if job is None:  # answered while it waited for a thread (timed out, or its client left)
+                    continue
+                done, function, args = job
+                del job
+                if done.done():  # answered just now
+                    del done, function, args  # nothing of a stage is held while the thread waits
+                    continue
+                # A handler's pool of processes keeps to it. Not reset after: this thread runs stages alone, each
+                # setting its own.
+                STAGE_DEADLINE.set(deadline)
+                try:
+                    outcomes.append((done, function(*args), None))
+                except BaseException as error:  # whatever it raised, for the request to raise
+                    outcomes.append((done, None, error))
+                del done, function, args
+                self._hand_back()
+
+    def _hand_back(self) -> None:
+        """In a stage thread: the loop is asked to settle the outcomes made, unless it has been already."""
+        if self._settle_called:
+            return
+        self._settle_called = True
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._settle_all)
+        except RuntimeError:  # the loop has closed (the server stopped): nobody waits, nothing is kept
+            self._outcomes.clear()
+            self._settle_called = False
+
+    def _settle_all(self) -> None:
+        """On the loop: each outcome made to its request. Cleared first: an outcome made meanwhile asks again."""
+        self._settle_called = False
+        outcomes = self._outcomes
+        while outcomes:
+            _settle(*outcomes.popleft())
 
     def close(self) -> None:
-        """Stages not started yet are dropped (their requests cancelled); those running finish in their threads, their
-        requests still answered 504 past their timeouts."""
-        while True:
+        """Stages no thread has taken are dropped (their requests cancelled), and later ones refused as draining;
+        those running finish in their threads, their requests still answered 504 past their timeouts."""
+        self._closed = True
+        waiting = self._starting
+        self._starting = []
+        while True:  # one at a time: a thread may be taking from the queue meanwhile
             try:
-                work = self._work.get_nowait()
-            except queue.Empty:
+                waiting.append(self._queued.popleft())
+            except IndexError:
                 break
-            if work is not None and (job := work.job) is not None:
+        for work in waiting:
+            if (job := work.job) is not None:
                 job[0].cancel()
         for _ in self._threads:
-            self._work.put(None)
+            self._wake.put(None)
         if self._sweeper is not None and not (self._in_threads or self._on_loop):  # else it keeps their timeouts
             self._sweeper.cancel()
             self._sweeper = None

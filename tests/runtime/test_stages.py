@@ -7,7 +7,9 @@ import asyncio
 import gc
 import re
 import threading
+import time
 import weakref
+from collections import deque
 
 import pytest
 from kubeserve.runtime.admission import Rejection
@@ -23,7 +25,7 @@ class Body:
 
 
 def _runner(**settings) -> StageRunner:
-    return StageRunner(RuntimeSettings(model_path="m.onnx", model_name="m", processing_threads=1, **settings))
+    return StageRunner(RuntimeSettings(model_path="m.onnx", model_name="m", **{"processing_threads": 1, **settings}))
 
 
 async def _occupy(runner: StageRunner, release: threading.Event) -> tuple[asyncio.Task, threading.Event]:
@@ -106,6 +108,87 @@ async def test_a_stage_timed_out_or_cancelled_while_queued_lets_go_of_its_argume
     assert await runner.run(POSTPROCESS, lambda: "after") == "after"  # the emptied items were skipped
     assert ran == []
     runner.close()
+
+
+async def test_a_slow_stage_holds_up_none_of_those_started_with_it():
+    """Stages started in one turn of the loop go to the threads together: with a thread free, those queued behind a
+    slow one run meanwhile; with none, each outcome still comes back as soon as it is made."""
+    release = threading.Event()
+
+    def slow() -> str:
+        release.wait(30)
+        return "slow"
+
+    runner = _runner(processing_threads=2)
+    held = asyncio.create_task(runner.run(PREPROCESS, slow))
+    quick = [asyncio.create_task(runner.run(PREPROCESS, lambda n=n: n)) for n in range(20)]
+    assert await asyncio.wait_for(asyncio.gather(*quick), 10) == list(range(20))
+    assert not held.done()
+    release.set()
+    assert await held == "slow"
+    runner.close()
+
+    release.clear()
+    runner = _runner()  # one thread: the quick stage's outcome comes back while the same thread runs the slow one
+    first = asyncio.create_task(runner.run(PREPROCESS, lambda: "quick"))
+    held = asyncio.create_task(runner.run(PREPROCESS, slow))
+    assert await asyncio.wait_for(first, 10) == "quick"
+    assert not held.done()
+    release.set()
+    assert await held == "slow"
+    runner.close()
+
+
+async def test_stages_handed_over_as_the_threads_run_out_of_work_are_taken():
+    """The threads stop taking stages when they find the queue empty: stages that join it just then still wake one
+    (whether a thread is taking from the queue is judged after they joined). Here the threads finish what they had
+    while a hand-over is halfway through adding a stage."""
+    release, last_ran = threading.Event(), threading.Event()
+
+    class Halfway(deque):
+        def extend(self, stages) -> None:
+            if len(self) == 1:  # the hand-over of the fourth stage, while the third still waits for a thread
+                release.set()
+                last_ran.wait(30)
+                time.sleep(0.2)  # the threads find the queue empty and wait for a wake-up
+            super().extend(stages)
+
+    def slow() -> str:
+        release.wait(30)
+        return "slow"
+
+    def third() -> str:
+        last_ran.set()
+        return "third"
+
+    runner = _runner(processing_threads=2, preprocess_timeout_seconds=30)
+    runner._queued = Halfway()  # white-box: before the threads start and take the queue
+    first = [asyncio.create_task(runner.run(PREPROCESS, slow)) for _ in range(2)]
+    waiting = asyncio.create_task(runner.run(PREPROCESS, third))
+    await asyncio.sleep(0.2)  # both threads busy, the third stage queued behind them
+    fourth = asyncio.create_task(runner.run(PREPROCESS, lambda: "fourth"))
+    assert await asyncio.wait_for(asyncio.gather(*first, waiting, fourth), 10) == ["slow", "slow", "third", "fourth"]
+    runner.close()
+
+
+async def test_closing_cancels_the_stages_no_thread_has_taken():
+    release = threading.Event()
+    runner = _runner()
+    holder, _ = await _occupy(runner, release)
+    queued = asyncio.create_task(runner.run(PREPROCESS, lambda: "queued"))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # handed over, behind the held stage
+    starting = asyncio.create_task(runner.run(PREPROCESS, lambda: "starting"))
+    await asyncio.sleep(0)  # started in this turn, not yet handed over
+    assert (len(runner._queued), len(runner._starting)) == (1, 1)  # white-box: where each of the two waits
+    runner.close()
+    assert await _outcome(queued) is asyncio.CancelledError
+    assert await _outcome(starting) is asyncio.CancelledError
+    with pytest.raises(Unavailable) as refused:  # the server is stopping
+        await runner.run(PREPROCESS, lambda: "late")
+    assert refused.value.reason is Rejection.DRAINING
+    release.set()
+    assert await holder == "held"  # the stage a thread had taken finishes
 
 
 # -- stages awaited on the loop (a handler's async def), on real time --------------------------------------------------
