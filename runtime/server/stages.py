@@ -95,12 +95,12 @@ class StageRunner:
         self._count = processing_threads(settings.processing_threads, settings.workers)
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None  # the one the stages' requests await on
-        self._starting: list[_Stage] = []  # stages started in this turn of the loop, handed over at its end
+        self._starting: list[_Stage] = []  # stages started in this turn of the loop, handed over in the next
         self._queued: deque[_Stage] = deque()  # stages for the threads to take, in order
         # Wakes a thread to take stages (True), or stops one (None).
         self._wake: queue.SimpleQueue[bool | None] = queue.SimpleQueue()
         self._helper_called = False  # a thread has been called to help with the queued stages, and none has woken since
-        self._closed = False
+        self._closed = False  # the server is stopping: no stage is taken any more
         self._outcomes: deque[_Outcome] = deque()  # made by the threads, for the loop to settle
         self._settle_called = False  # the loop has been asked to settle them, and has not yet
         # Stages whose requests await them (waiting for a thread, or running); counted on the loop.
@@ -203,7 +203,7 @@ class StageRunner:
         empty). Whether one is, is judged after they joined: judged before, a thread could find the queue empty and
         stop between the two, leaving them to no one."""
         starting, self._starting = self._starting, []
-        if self._closed or not starting:
+        if self._closed:  # what it had started was cancelled
             return
         queued = self._queued
         queued.extend(starting)
