@@ -9,6 +9,7 @@ server's options shows. On a quiet machine ORT's defaults are the faster; on a b
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -59,10 +60,22 @@ def samples_per_second(
 
 
 def ceilings(
-    model: str, path: Path, batch_sizes: tuple[int, ...], seconds: float = 1.0, inputs: Inputs = INPUTS
+    model: str,
+    path: Path,
+    batch_sizes: tuple[int, ...],
+    seconds: float = 1.0,
+    inputs: Inputs = INPUTS,
+    cpus: set[int] | None = None,
 ) -> Ceilings:
-    """Both sessions, one after the other: samples/s by batch size."""
-    return {kind: samples_per_second(model, path, batch_sizes, seconds, inputs, kind) for kind in SESSIONS}
+    """Both sessions, one after the other: samples/s by batch size; on ``cpus`` (None: this process's), as a server
+    pinned to them has them (the sessions' threads are as many, and run there)."""
+    before = os.sched_getaffinity(0)
+    if cpus:
+        os.sched_setaffinity(0, cpus)  # this thread's, which the sessions' threads inherit
+    try:
+        return {kind: samples_per_second(model, path, batch_sizes, seconds, inputs, kind) for kind in SESSIONS}
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def best(measured: Ceilings, session_kind: str | None = None) -> tuple[int, float]:

@@ -47,10 +47,16 @@ def requests_served(server: RunningServer) -> float:
 
 
 def drive(
-    server: RunningServer, input_name: str, shape: tuple[int, ...], concurrency: int, protocol: str = "http"
+    server: RunningServer,
+    input_name: str,
+    shape: tuple[int, ...],
+    concurrency: int,
+    protocol: str = "http",
+    cpus: set[int] | None = None,
 ) -> dict:
     """One closed-loop run of ``concurrency`` requests of one sample each (``protocol`` http: binary tensors; grpc:
-    raw contents): loadgen.py's keys, with ``client_cpu_us_per_request`` added."""
+    raw contents), perf_analyzer pinned to ``cpus`` if given: loadgen.py's keys, with ``client_cpu_us_per_request``
+    added."""
     address = server.grpc_address if protocol == "grpc" else server.url.removeprefix("http://")
     with tempfile.TemporaryDirectory(prefix="kubeserve-perf-analyzer-") as folder:
         report = Path(folder) / "report.csv"
@@ -62,7 +68,8 @@ def drive(
         environment = {**os.environ, "LD_LIBRARY_PATH": str(HOME / "lib")}
         served, cpu = requests_served(server), tree_cpu_seconds(server.pid)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+        done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300, preexec_fn=pin)
         if done.returncode != 0:
             raise RuntimeError(f"perf_analyzer failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}")
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
