@@ -18,7 +18,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from processes import tree_cpu_seconds
+from processes import pinned_to, tree_cpu_seconds
 from prometheus_client.parser import text_string_to_metric_families
 from server import RunningServer
 
@@ -68,8 +68,9 @@ def drive(
         environment = {**os.environ, "LD_LIBRARY_PATH": str(HOME / "lib")}
         served, cpu = requests_served(server), tree_cpu_seconds(server.pid)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-        done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300, preexec_fn=pin)
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=environment, timeout=300, preexec_fn=pinned_to(cpus)
+        )
         if done.returncode != 0:
             raise RuntimeError(f"perf_analyzer failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}")
         after = resource.getrusage(resource.RUSAGE_CHILDREN)

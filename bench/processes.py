@@ -1,9 +1,11 @@
 """A server's process tree as /proc shows it: the process and its descendants (a supervisor's workers), and what
-the kernel counts for each. Processes that exit while they are read are left out."""
+the kernel counts for each. Processes that exit while they are read are left out. And the bench's child processes
+pinned to CPUs of their own (``pinned_to``)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -54,3 +56,8 @@ def tree_cpu_seconds(pid: int) -> float:
 
 def tree_bytes(pid: int, field: str) -> int:
     return sum(status_bytes(process, field) for process in process_tree(pid))
+
+
+def pinned_to(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that pins the child process to ``cpus``; None (no pinning) for None or none."""
+    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None

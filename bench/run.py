@@ -49,6 +49,7 @@ from kubeserve.runtime.samples import write_sample
 from optimization import measure_optimization, measure_startup, render_optimization, render_startup
 from payloads import Payload, binary_payload, json_payload
 from pod import CNN_SHARE_FLOOR, CNN_SHARE_GOAL, measure_pod, pod_floor, render_pod
+from processes import pinned_to
 from scaling import measure_scaling, render_scaling, scaling_floor
 from server import PlainServer, RunningServer
 from tracing_cost import measure_tracing
@@ -142,8 +143,8 @@ def drive(
     ]  # fmt: skip
     for name, value in payload.headers.items():
         command += ["--header", f"{name}: {value}"]
-    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-    result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True, preexec_fn=pin).stdout)
+    done = subprocess.run(command, check=True, capture_output=True, text=True, preexec_fn=pinned_to(cpus))
+    result = json.loads(done.stdout)
     bad = {status: n for status, n in result["statuses"].items() if status != "200"}
     if bad:
         raise RuntimeError(f"the server answered {bad} under load")
@@ -564,8 +565,10 @@ def main() -> None:
         measured = compare(work, args.seconds, args.rounds)
         results, inprocess_cnn = medians(measured)
         scaling = scale(work, args.seconds)
-        pod_rounds = measure_pod(comparison_models.write_model("cnn", work / "pod-cnn.onnx"), args.rounds, BATCH_SIZES)
-        floors = [*compare_floors(measured, scaling), pod_floor(pod_rounds)]
+        connections = next(point.concurrency for point in POINTS if point.label == PERF_ANALYZER_POINT)
+        pod_model = comparison_models.write_model("cnn", work / "pod-cnn.onnx")
+        pod = measure_pod(pod_model, args.rounds, BATCH_SIZES, connections)
+        floors = [*compare_floors(measured, scaling), pod_floor(pod)]
         text += (
             "\n\nAgainst a plain server (bench/plain_server.py: aiohttp on uvloop, `json`, `session.run` in the "
             "handler, 2 intra-op threads) on the models of bench/models.py, one sample per request, same load "
@@ -575,7 +578,7 @@ def main() -> None:
             "on it:\n\n"
             + render_comparison(results, inprocess_cnn)
             + "\n\n"
-            + render_pod(pod_rounds)
+            + render_pod(pod)
             + "\n\nPast one core, `workers`: N workers pinned to N CPUs, the load generator to CPUs of its own, 32 "
             "connections per worker, one sample per request (only where the machine has twice the CPUs):\n\n"
             + "\n\n".join(render_scaling(model, rows) for model, rows in scaling.items())
@@ -587,7 +590,7 @@ def main() -> None:
             "results": results,
             "inprocess_cnn": inprocess_cnn,
             "scaling": scaling,
-            "pod": [{"result": result, "inprocess_cnn": ceiling} for result, ceiling in pod_rounds],
+            "pod": [{"result": result, "inprocess_cnn": ceiling} for result, ceiling in pod.rounds],
         }
     if args.part in ("all", "grpc"):
         grpc_results = measure_grpc(work, args.seconds, args.rounds, drive, DEPLOYED_WORKERS)

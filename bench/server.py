@@ -5,12 +5,13 @@ reference server (bench/plain_server.py), which logs the same two events."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from types import TracebackType
+
+from processes import pinned_to
 
 RUNTIME = str(Path(sys.executable).with_name("kubeserve-runtime"))
 PLAIN = str(Path(__file__).resolve().with_name("plain_server.py"))
@@ -35,7 +36,7 @@ class RunningServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+            preexec_fn=pinned_to(cpus),
         )
         self.model_name = model_name
         self.events: dict[str, dict] = {}  # the last log event of each name seen so far
