@@ -575,7 +575,7 @@ def main() -> None:
             f"generator, one server at a time, in {args.rounds} rounds (each point's median round shown). {DEPLOYED} "
             f"is the runtime as the operator runs it in a pod that asks for the {available_cpus()} cores this bench "
             "may use (one worker per whole core, ONNX Runtime's threads shared between them); the floors are checked "
-            "on it:\n\n"
+            "on it, but for the pod point's (after the table):\n\n"
             + render_comparison(results, inprocess_cnn)
             + "\n\n"
             + render_pod(pod)
