@@ -27,8 +27,8 @@ CNN_SHARE_FLOOR, CNN_SHARE_GOAL = 0.5, 0.7
 PodRound = tuple[dict, Ceilings]
 
 
-@dataclass(frozen=True)
-class PodPoint:
+@dataclass
+class PodPoint:  # its rounds appended as they are measured
     pod: set[int]  # the server's CPUs
     client: set[int]  # perf_analyzer's
     connections: int  # perf_analyzer's, in all
