@@ -72,6 +72,7 @@ class Exchange:
         "preprocessed",
         "protocol",
         "resumed_at",
+        "task",
     )
 
     def __init__(self, state: ServerState, request: Request, protocol: str = HTTP) -> None:
@@ -86,6 +87,8 @@ class Exchange:
         # The preprocess and postprocess stages' start and end (``time.perf_counter()``); None: it had none.
         self.preprocessed: tuple[float, float] | None = None
         self.postprocessed: tuple[float, float] | None = None
+        # The task answering the request, once a stage on the loop has looked it up (the other stage needs it too).
+        self.task: asyncio.Task[Any] | None = None
         if state.tracing is not None:
             request.trace = state.tracing.start(request, self.arrived)
 
@@ -179,8 +182,11 @@ class Exchange:
             assert handler is not None
             if trace is not None:
                 on_loop = trace.in_stage_on_loop(name, started, on_loop)
+            task = self.task
+            if task is None:
+                task = self.task = asyncio.current_task()
             try:
-                made = await stages.run_on_loop(name, on_loop, tensors, deadline=deadline)
+                made = await stages.run_on_loop(name, on_loop, tensors, deadline=deadline, task=task)
             except GatewayTimeout:  # the stage's timeout (or one the handler raised, as in a thread): a 504
                 raise
             except (Exception, SystemExit, asyncio.CancelledError) as error:  # the user's code's, and cancels

@@ -148,13 +148,20 @@ class StageRunner:
             work.job = None  # a stage still queued lets go of its arguments
 
     async def run_on_loop(
-        self, stage: str, function: Callable[..., Awaitable[T]], *args: Any, deadline: float | None = None
+        self,
+        stage: str,
+        function: Callable[..., Awaitable[T]],
+        *args: Any,
+        deadline: float | None = None,
+        task: asyncio.Task[Any] | None = None,
     ) -> T:
         """``await function(*args)`` on the event loop, under ``stage``'s timeout (by ``deadline``, else from now):
         past it (``_sweep``), cancelled and the same 504 as a stage in a thread. A cancel from elsewhere (the client
-        gone, the server stopping) goes through as it is, even one that comes with the timeout's."""
-        task = asyncio.current_task()
-        assert task is not None
+        gone, the server stopping) goes through as it is, even one that comes with the timeout's. ``task``: the one
+        running this, where the caller has it already (on every request's path, looking it up costs)."""
+        if task is None:
+            task = asyncio.current_task()
+            assert task is not None
         baseline = task.cancelling()
         self._on_loop[task] = self.deadline(stage) if deadline is None else deadline
         if self._sweeper is None:
